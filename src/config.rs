@@ -1,0 +1,664 @@
+//! Typed configuration (SPEC section 2): TOML with unknown keys refused, secrets resolved
+//! from inline / `env:NAME` / `file:PATH`, and `validate()` reporting `file:line: problem`.
+//! Invariant: nothing else in the crate reads environment variables or config files.
+
+use serde::Deserialize;
+use std::collections::HashSet;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+/// A configuration problem, already phrased for a person: `file:line: what is wrong`.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{path}: cannot read: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// A secret value, resolved at load time from inline text, `env:NAME` or `file:PATH`.
+/// Its `Debug` never prints the value.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Secret(value.into())
+    }
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+impl<'de> Deserialize<'de> for Secret {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let raw = String::deserialize(d)?;
+        resolve_secret(&raw).map(Secret).map_err(serde::de::Error::custom)
+    }
+}
+
+fn resolve_secret(raw: &str) -> Result<String, String> {
+    if let Some(name) = raw.strip_prefix("env:") {
+        std::env::var(name).map_err(|_| format!("secret refers to environment variable {name}, which is not set"))
+    } else if let Some(path) = raw.strip_prefix("file:") {
+        std::fs::read_to_string(path)
+            .map(|s| s.trim_end_matches(['\r', '\n']).to_string())
+            .map_err(|e| format!("secret refers to file {path}, which cannot be read: {e}"))
+    } else {
+        Ok(raw.to_string())
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub server: ServerConfig,
+    #[serde(default)]
+    pub smtp: SmtpConfig,
+    #[serde(default)]
+    pub http: HttpConfig,
+    #[serde(default)]
+    pub outbound: OutboundConfig,
+    #[serde(default)]
+    pub admin: AdminConfig,
+    #[serde(default)]
+    pub dns: DnsConfig,
+    #[serde(default)]
+    pub webhooks: WebhookConfig,
+    #[serde(default)]
+    pub log: LogConfig,
+    #[serde(default, rename = "service")]
+    pub services: Vec<ServiceConfig>,
+    #[serde(default, rename = "asset")]
+    pub assets: Vec<AssetConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+    /// Banner, EHLO name, right side of generated Message-IDs.
+    pub hostname: String,
+    /// Where the sled database, spooled bodies and keys live.
+    pub data_dir: PathBuf,
+    /// Base of tracking, unsubscribe and inbound-attachment links.
+    pub public_url: String,
+    /// Forwarding addresses are `<asset-id>@<inbound_domain>`.
+    pub inbound_domain: String,
+    /// VERP return paths live here.
+    pub bounce_domain: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SmtpConfig {
+    pub listen: Vec<SocketAddr>,
+    /// Bytes; advertised in EHLO SIZE.
+    pub max_message_size: usize,
+    pub max_recipients: usize,
+    pub max_connections: usize,
+    pub max_connections_per_ip: usize,
+    /// Seconds allowed per command.
+    pub command_timeout: u64,
+    /// Seconds allowed for the whole DATA/BDAT phase.
+    pub data_timeout: u64,
+    /// PEM certificate chain; enables STARTTLS together with `tls_key`.
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    /// Seconds SIGTERM waits for in-flight sessions before exiting.
+    pub shutdown_grace: u64,
+}
+
+impl Default for SmtpConfig {
+    fn default() -> Self {
+        SmtpConfig {
+            listen: vec!["127.0.0.1:2525".parse().expect("static address")],
+            max_message_size: 41_943_040,
+            max_recipients: 100,
+            max_connections: 1000,
+            max_connections_per_ip: 50,
+            command_timeout: 300,
+            data_timeout: 600,
+            tls_cert: None,
+            tls_key: None,
+            shutdown_grace: 30,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    pub listen: SocketAddr,
+    pub max_body_size: usize,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            listen: "127.0.0.1:8080".parse().expect("static address"),
+            max_body_size: 10_485_760,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OutboundConfig {
+    /// CIDRs that URLs from API requests may reach despite being private/loopback.
+    pub allow_private_targets: Vec<String>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminConfig {
+    /// Bearer token for `/admin/`; empty disables the admin API.
+    pub token: Secret,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DnsConfig {
+    pub resolver: ResolverSetting,
+}
+
+/// `"system"`, `"off"`, or a list of `ip:port` name servers.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum ResolverSetting {
+    #[default]
+    System,
+    Off,
+    Servers(Vec<SocketAddr>),
+}
+
+impl<'de> Deserialize<'de> for ResolverSetting {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Word(String),
+            List(Vec<String>),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Word(w) if w == "system" => Ok(ResolverSetting::System),
+            Raw::Word(w) if w == "off" => Ok(ResolverSetting::Off),
+            Raw::Word(w) => Err(serde::de::Error::custom(format!(
+                "resolver must be \"system\", \"off\" or a list of \"ip:port\", not \"{w}\""
+            ))),
+            Raw::List(list) => list
+                .iter()
+                .map(|s| {
+                    s.parse::<SocketAddr>()
+                        .map_err(|_| serde::de::Error::custom(format!("resolver address \"{s}\" is not ip:port")))
+                })
+                .collect::<Result<_, _>>()
+                .map(ResolverSetting::Servers),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WebhookConfig {
+    /// Seconds an event is retried before it moves to the dead-letter store.
+    pub retry_for: u64,
+    /// Seconds one POST may take.
+    pub timeout: u64,
+    /// POSTs in flight at once.
+    pub concurrency: usize,
+}
+
+impl Default for WebhookConfig {
+    fn default() -> Self {
+        WebhookConfig {
+            retry_for: 86_400,
+            timeout: 10,
+            concurrency: 32,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Human,
+    Json,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    pub format: LogFormat,
+    /// A tracing filter such as `info` or `postern=debug`; `RUST_LOG` wins when set.
+    pub level: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceConfig {
+    pub id: String,
+    pub key: Secret,
+    pub secret: Secret,
+    #[serde(default = "default_tps")]
+    pub tps: u32,
+    #[serde(default)]
+    pub assets: Vec<String>,
+    pub notify_url: Option<String>,
+}
+
+fn default_tps() -> u32 {
+    100
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MoAttachments {
+    /// Attachments base64-encoded inside the MO JSON.
+    #[default]
+    Inline,
+    /// Signed links to the stored message instead of content.
+    Url,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AssetConfig {
+    pub id: String,
+    #[serde(default)]
+    pub name: String,
+    #[serde(default)]
+    pub domains: Vec<String>,
+    #[serde(default)]
+    pub inbound: bool,
+    #[serde(default = "default_max_inbound")]
+    pub max_inbound_size: usize,
+    #[serde(default)]
+    pub sandbox: bool,
+    #[serde(default)]
+    pub verified_recipients: Vec<String>,
+    pub incoming_webhook: Option<String>,
+    pub delivery_webhook: Option<String>,
+    pub webhook_secret: Option<Secret>,
+    #[serde(default)]
+    pub mo_attachments: MoAttachments,
+    #[serde(default = "default_inbound_retention")]
+    pub inbound_retention_days: u32,
+    pub route: Option<RouteConfig>,
+    pub dkim: Option<DkimConfig>,
+    pub unsubscribe: Option<UnsubscribeConfig>,
+    pub bounces: Option<BouncesConfig>,
+}
+
+fn default_max_inbound() -> usize {
+    41_943_040
+}
+fn default_inbound_retention() -> u32 {
+    3
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RouteKind {
+    Smtp,
+    Ses,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Security {
+    #[default]
+    None,
+    Ssl,
+    Starttls,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RouteAuth {
+    #[default]
+    None,
+    Password,
+    Oauth2,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteConfig {
+    pub kind: RouteKind,
+    pub host: Option<String>,
+    pub port: Option<u16>,
+    #[serde(default)]
+    pub security: Security,
+    #[serde(default)]
+    pub auth: RouteAuth,
+    pub username: Option<String>,
+    pub password: Option<Secret>,
+    pub client_id: Option<String>,
+    pub client_secret: Option<Secret>,
+    pub token_url: Option<String>,
+    pub refresh_token: Option<Secret>,
+    pub scope: Option<String>,
+    pub region: Option<String>,
+    pub access_key_id: Option<Secret>,
+    pub secret_access_key: Option<Secret>,
+    pub endpoint: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+pub enum DkimAlgorithm {
+    #[default]
+    #[serde(rename = "rsa-sha256")]
+    RsaSha256,
+    #[serde(rename = "ed25519-sha256")]
+    Ed25519Sha256,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DkimConfig {
+    #[serde(default = "default_selector")]
+    pub selector: String,
+    #[serde(default)]
+    pub algorithm: DkimAlgorithm,
+}
+
+fn default_selector() -> String {
+    "postern1".into()
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UnsubscribeConfig {
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    #[serde(default = "yes")]
+    pub headers: bool,
+    #[serde(default)]
+    pub skip_sender_ids: Vec<String>,
+    pub mailto: Option<String>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BouncesConfig {
+    #[serde(default = "default_bounce_retention")]
+    pub retention_days: u32,
+}
+
+fn default_bounce_retention() -> u32 {
+    7
+}
+
+impl Config {
+    /// Reads, parses and validates the file; every problem names `file:line`.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Config::parse(&text, &path.display().to_string())
+    }
+
+    /// Parses and validates TOML text; `origin` names the file in messages.
+    pub fn parse(text: &str, origin: &str) -> Result<Config, ConfigError> {
+        let mut config: Config = toml::from_str(text).map_err(|e| {
+            let line = e.span().map(|s| line_of_offset(text, s.start)).unwrap_or(0);
+            ConfigError::Invalid(format!("{origin}:{line}: {}", e.message()))
+        })?;
+        config.normalise();
+        let problems = config.problems();
+        if problems.is_empty() {
+            Ok(config)
+        } else {
+            let lines: Vec<String> = problems
+                .into_iter()
+                .map(|(at, msg)| format!("{origin}:{}: {msg}", at.line(text)))
+                .collect();
+            Err(ConfigError::Invalid(lines.join("\n")))
+        }
+    }
+
+    fn normalise(&mut self) {
+        self.server.inbound_domain = self.server.inbound_domain.to_ascii_lowercase();
+        self.server.bounce_domain = self.server.bounce_domain.to_ascii_lowercase();
+        for asset in &mut self.assets {
+            for d in &mut asset.domains {
+                *d = d.trim().trim_end_matches('.').to_ascii_lowercase();
+            }
+        }
+    }
+
+    /// Every semantic problem as (where it stands in the file, message).
+    fn problems(&self) -> Vec<(Locate, String)> {
+        let mut out = Vec::new();
+        let mut push = |needle: &str, msg: String| out.push((Locate::First(needle.to_string()), msg));
+        if self.server.hostname.is_empty() || self.server.hostname.contains(char::is_whitespace) {
+            push("hostname", "server.hostname must be a host name without spaces".into());
+        }
+        for (key, url) in [("public_url", &self.server.public_url)] {
+            if !(url.starts_with("http://") || url.starts_with("https://")) {
+                push(key, format!("server.{key} must be an http:// or https:// URL, not \"{url}\""));
+            }
+        }
+        for (key, dom) in [
+            ("inbound_domain", &self.server.inbound_domain),
+            ("bounce_domain", &self.server.bounce_domain),
+        ] {
+            if !is_domain(dom) {
+                push(key, format!("server.{key} \"{dom}\" is not a domain name"));
+            }
+        }
+        if self.smtp.listen.is_empty() {
+            push("[smtp]", "smtp.listen must name at least one address".into());
+        }
+        if self.smtp.max_message_size < 1024 {
+            push("max_message_size", "smtp.max_message_size must be at least 1024 bytes".into());
+        }
+        if self.smtp.max_recipients == 0 {
+            push("max_recipients", "smtp.max_recipients must be at least 1".into());
+        }
+        if self.smtp.max_connections == 0 || self.smtp.max_connections_per_ip == 0 {
+            push("max_connections", "smtp connection caps must be at least 1".into());
+        }
+        if self.smtp.command_timeout == 0 || self.smtp.data_timeout == 0 {
+            push("timeout", "smtp timeouts must be at least 1 second".into());
+        }
+        if self.smtp.tls_cert.is_some() != self.smtp.tls_key.is_some() {
+            push("tls_", "smtp.tls_cert and smtp.tls_key go together: set both or neither".into());
+        }
+        if self.webhooks.concurrency == 0 {
+            push("concurrency", "webhooks.concurrency must be at least 1".into());
+        }
+        let mut ids = HashSet::new();
+        let mut domains = HashSet::new();
+        let mut out_dup = Vec::new();
+        for asset in &self.assets {
+            let needle = format!("\"{}\"", asset.id);
+            if asset.id.is_empty() || !asset.id.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-') {
+                push(&needle, format!("asset id \"{}\" must be letters, digits, '_' or '-'", asset.id));
+            }
+            if !ids.insert(asset.id.clone()) {
+                push(&needle, format!("asset id \"{}\" is used twice", asset.id));
+            }
+            for d in &asset.domains {
+                if !is_domain(d) {
+                    push(d, format!("asset {}: \"{d}\" is not a domain name", asset.id));
+                } else if !domains.insert(d.clone()) {
+                    out_dup.push(d.clone());
+                }
+            }
+            for (key, url) in [
+                ("incoming_webhook", &asset.incoming_webhook),
+                ("delivery_webhook", &asset.delivery_webhook),
+            ] {
+                if let Some(url) = url {
+                    if reqwest::Url::parse(url).map(|u| !matches!(u.scheme(), "http" | "https")).unwrap_or(true) {
+                        push(url, format!("asset {}: {key} \"{url}\" is not an http(s) URL", asset.id));
+                    }
+                }
+            }
+            if asset.max_inbound_size == 0 || asset.max_inbound_size > self.smtp.max_message_size {
+                push(
+                    "max_inbound_size",
+                    format!(
+                        "asset {}: max_inbound_size must be between 1 and smtp.max_message_size ({})",
+                        asset.id, self.smtp.max_message_size
+                    ),
+                );
+            }
+            if asset.inbound && asset.incoming_webhook.is_none() {
+                push(&needle, format!("asset {}: inbound = true needs an incoming_webhook", asset.id));
+            }
+        }
+        for d in out_dup {
+            push(&format!("\u{0}{d}"), format!("domain \"{d}\" belongs to two assets; a domain has one asset"));
+        }
+        let mut service_ids = HashSet::new();
+        for service in &self.services {
+            if !service_ids.insert(service.id.clone()) {
+                push(&service.id, format!("service id \"{}\" is used twice", service.id));
+            }
+            for a in &service.assets {
+                if !ids.contains(a) {
+                    push(a, format!("service {}: asset \"{a}\" is not defined", service.id));
+                }
+            }
+            if service.tps == 0 {
+                push("tps", format!("service {}: tps must be at least 1", service.id));
+            }
+        }
+        out.into_iter()
+            .map(|(at, msg)| match at {
+                // A leading NUL marks "the second mention": the duplicate, not the original.
+                Locate::First(n) if n.starts_with('\u{0}') => (Locate::Last(format!("\"{}\"", &n[1..])), msg),
+                other => (other, msg),
+            })
+            .collect()
+    }
+
+    pub fn asset(&self, id: &str) -> Option<&AssetConfig> {
+        self.assets.iter().find(|a| a.id == id)
+    }
+
+    /// The asset that owns `domain` (already lower-case).
+    pub fn asset_for_domain(&self, domain: &str) -> Option<&AssetConfig> {
+        self.assets.iter().find(|a| a.domains.iter().any(|d| d == domain))
+    }
+}
+
+fn is_domain(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 253
+        && s.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+        })
+}
+
+fn line_of_offset(text: &str, offset: usize) -> usize {
+    text[..offset.min(text.len())].matches('\n').count() + 1
+}
+
+/// Where a problem stands: the first or the last line mentioning some text
+/// (case-insensitively, comments skipped); line 0 when it is not written (a default).
+enum Locate {
+    First(String),
+    Last(String),
+}
+
+impl Locate {
+    fn line(&self, text: &str) -> usize {
+        let (needle, last) = match self {
+            Locate::First(n) => (n.to_ascii_lowercase(), false),
+            Locate::Last(n) => (n.to_ascii_lowercase(), true),
+        };
+        let mut hits = text
+            .lines()
+            .enumerate()
+            .filter(|(_, l)| !l.trim_start().starts_with('#') && l.to_ascii_lowercase().contains(&needle))
+            .map(|(i, _)| i + 1);
+        if last { hits.last() } else { hits.next() }.unwrap_or(0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = r#"
+[server]
+hostname = "mx.example.test"
+data_dir = "./data"
+public_url = "http://127.0.0.1:8080"
+inbound_domain = "inbound.example.test"
+bounce_domain = "bounces.example.test"
+"#;
+
+    #[test]
+    fn repository_example_config_is_valid() {
+        let text = include_str!("../etc/postern.toml");
+        std::env::set_var("POSTERN_ADMIN_TOKEN", "x");
+        let config = Config::parse(text, "etc/postern.toml").expect("etc/postern.toml must validate");
+        assert!(config.smtp.listen.iter().all(|a| a.ip().is_loopback()));
+        assert!(config.http.listen.ip().is_loopback());
+    }
+
+    #[test]
+    fn unknown_key_is_named_with_its_line() {
+        let text = format!("{MINIMAL}\n[smtp]\nlisten = [\"127.0.0.1:2525\"]\nmax_mesage_size = 5\n");
+        let err = Config::parse(&text, "t.toml").unwrap_err().to_string();
+        assert!(err.contains("max_mesage_size"), "{err}");
+        assert!(err.starts_with("t.toml:11:"), "{err}");
+    }
+
+    #[test]
+    fn secrets_resolve_from_env_and_file() {
+        std::env::set_var("POSTERN_TEST_SECRET_X", "from-env");
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("tok");
+        std::fs::write(&file, "from-file\n").unwrap();
+        let text = format!("{MINIMAL}\n[admin]\ntoken = \"env:POSTERN_TEST_SECRET_X\"\n");
+        assert_eq!(Config::parse(&text, "t").unwrap().admin.token.expose(), "from-env");
+        let text = format!("{MINIMAL}\n[admin]\ntoken = \"file:{}\"\n", file.display());
+        assert_eq!(Config::parse(&text, "t").unwrap().admin.token.expose(), "from-file");
+        let text = format!("{MINIMAL}\n[admin]\ntoken = \"env:POSTERN_SURELY_UNSET_VAR\"\n");
+        let err = Config::parse(&text, "t").unwrap_err().to_string();
+        assert!(err.contains("POSTERN_SURELY_UNSET_VAR"), "{err}");
+    }
+
+    #[test]
+    fn a_domain_in_two_assets_is_refused_with_its_line() {
+        let text = format!(
+            "{MINIMAL}\n[[asset]]\nid = \"a1\"\ndomains = [\"Example.test\"]\n\n[[asset]]\nid = \"a2\"\ndomains = [\"example.test\"]\n"
+        );
+        let err = Config::parse(&text, "t").unwrap_err().to_string();
+        assert!(err.contains("belongs to two assets"), "{err}");
+        assert!(err.starts_with("t:15:"), "{err}");
+    }
+
+    #[test]
+    fn resolver_accepts_words_and_lists() {
+        let text = format!("{MINIMAL}\n[dns]\nresolver = [\"127.0.0.1:5353\"]\n");
+        let c = Config::parse(&text, "t").unwrap();
+        assert_eq!(c.dns.resolver, ResolverSetting::Servers(vec!["127.0.0.1:5353".parse().unwrap()]));
+        let text = format!("{MINIMAL}\n[dns]\nresolver = \"sometimes\"\n");
+        assert!(Config::parse(&text, "t").unwrap_err().to_string().contains("resolver must be"));
+    }
+}

@@ -1,0 +1,227 @@
+//! HTTP routes (axum): health and readiness, Prometheus metrics, the admin API for dead
+//! letters, and the signed inbound links of `mo_attachments = "url"`. Every error is a
+//! JSON `{"code","description"}` body, never a framework's plain-text default.
+
+use crate::inbound::mo;
+use crate::store::now_ms;
+use crate::Daemon;
+use axum::extract::{Path, Query, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::json;
+use std::sync::Arc;
+
+type AppState = Arc<Daemon>;
+
+pub fn router(daemon: Arc<Daemon>) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .route("/admin/dead-letters", get(dead_list))
+        .route("/admin/dead-letters/replay", post(dead_replay_all))
+        .route("/admin/dead-letters/{id}/replay", post(dead_replay_one))
+        .route("/v2/inbound/{tid}/raw", get(inbound_raw))
+        .route("/v2/inbound/{tid}/attachments/{n}", get(inbound_attachment))
+        .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "7404", "no such resource") })
+        .method_not_allowed_fallback(|| async {
+            ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "7405", "method not allowed on this resource")
+        })
+        .with_state(daemon)
+}
+
+/// The one error shape of the API.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    code: &'static str,
+    description: String,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, code: &'static str, description: impl Into<String>) -> Self {
+        ApiError {
+            status,
+            code,
+            description: description.into(),
+        }
+    }
+
+    fn internal(e: impl std::fmt::Display) -> Self {
+        tracing::error!(error = %e, "internal error");
+        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "7500", "internal error; see the daemon log")
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.status, Json(json!({"code": self.code, "description": self.description}))).into_response()
+    }
+}
+
+async fn readyz(State(d): State<AppState>) -> Response {
+    if d.is_ready() {
+        Json(json!({"status": "ready"})).into_response()
+    } else {
+        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "7503", "starting").into_response()
+    }
+}
+
+async fn metrics(State(d): State<AppState>) -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        d.metrics.render(d.store.outbox_len()),
+    )
+        .into_response()
+}
+
+/// Checks `Authorization: Bearer <admin token>` before anything else is looked at.
+fn admin(d: &Daemon, headers: &HeaderMap) -> Result<(), ApiError> {
+    let config = d.config();
+    let want = config.admin.token.expose();
+    let Some(value) = headers.get(header::AUTHORIZATION) else {
+        return Err(ApiError::new(StatusCode::UNAUTHORIZED, "7001", "Authentication failed: admin token required"));
+    };
+    let given = value.to_str().ok().and_then(|v| v.strip_prefix("Bearer ")).unwrap_or("");
+    if want.is_empty() || !constant_time_eq(given.as_bytes(), want.as_bytes()) {
+        return Err(ApiError::new(StatusCode::FORBIDDEN, "7001", "Authentication failed"));
+    }
+    Ok(())
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+#[derive(Deserialize)]
+struct UrlFilter {
+    url: Option<String>,
+}
+
+async fn dead_list(State(d): State<AppState>, headers: HeaderMap, Query(q): Query<UrlFilter>) -> Result<Response, ApiError> {
+    admin(&d, &headers)?;
+    let list = d.store.dead_list(q.url.as_deref()).map_err(ApiError::internal)?;
+    let items: Vec<_> = list
+        .iter()
+        .map(|x| {
+            json!({
+                "id": x.entry.id,
+                "kind": x.entry.kind.label(),
+                "url": x.entry.url,
+                "assetId": x.entry.asset_id,
+                "attempts": x.entry.attempts,
+                "reason": x.reason,
+                "lastError": x.entry.last_error,
+                "createdAt": crate::events::timestamp(x.entry.created_ms),
+                "diedAt": crate::events::timestamp(x.died_ms),
+            })
+        })
+        .collect();
+    Ok(Json(json!({"deadLetters": items, "count": items.len()})).into_response())
+}
+
+async fn replay(d: &Daemon, ids: Vec<String>) -> Result<Response, ApiError> {
+    let entries = d.store.dead_replay(&ids).await.map_err(ApiError::internal)?;
+    let replayed: Vec<String> = entries.iter().map(|e| e.id.clone()).collect();
+    tracing::info!(count = replayed.len(), "dead letters replayed");
+    d.outbox.schedule(entries);
+    Ok(Json(json!({"replayed": replayed})).into_response())
+}
+
+async fn dead_replay_one(State(d): State<AppState>, headers: HeaderMap, Path(id): Path<String>) -> Result<Response, ApiError> {
+    admin(&d, &headers)?;
+    if d.store.dead_list(None).map_err(ApiError::internal)?.iter().all(|x| x.entry.id != id) {
+        return Err(ApiError::new(StatusCode::NOT_FOUND, "7404", format!("no dead letter with id {id}")));
+    }
+    replay(&d, vec![id]).await
+}
+
+/// Replays every dead letter, or only those of `?url=`.
+async fn dead_replay_all(State(d): State<AppState>, headers: HeaderMap, Query(q): Query<UrlFilter>) -> Result<Response, ApiError> {
+    admin(&d, &headers)?;
+    let ids = d
+        .store
+        .dead_list(q.url.as_deref())
+        .map_err(ApiError::internal)?
+        .into_iter()
+        .map(|x| x.entry.id)
+        .collect();
+    replay(&d, ids).await
+}
+
+#[derive(Deserialize)]
+struct TokenQuery {
+    token: Option<String>,
+}
+
+/// Verifies an inbound link token for `tid` and `part`, returning the spool id.
+fn inbound_link(d: &Daemon, tid: &str, part: &str, token: Option<&str>) -> Result<String, ApiError> {
+    let refused = || ApiError::new(StatusCode::FORBIDDEN, "7001", "link token is missing, altered or expired");
+    let payload = d.signer.verify("inbound", token.ok_or_else(refused)?).ok_or_else(refused)?;
+    let mut fields = payload.split('|');
+    let (Some(t), Some(p), Some(exp)) = (fields.next(), fields.next(), fields.next()) else {
+        return Err(refused());
+    };
+    if t != tid || p != part || exp.parse::<u64>().map(|e| e < now_ms()).unwrap_or(true) {
+        return Err(refused());
+    }
+    d.store
+        .spool_id_for_tid(tid)
+        .map_err(ApiError::internal)?
+        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "7404", "the stored message has expired"))
+}
+
+async fn inbound_raw(State(d): State<AppState>, Path(tid): Path<String>, Query(q): Query<TokenQuery>) -> Result<Response, ApiError> {
+    let spool_id = inbound_link(&d, &tid, "raw", q.token.as_deref())?;
+    let record = d
+        .store
+        .spool_record(&spool_id)
+        .map_err(ApiError::internal)?
+        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "7404", "the stored message has expired"))?;
+    let body = d.store.load_body(&record).map_err(ApiError::internal)?;
+    let mut raw = Vec::with_capacity(record.auth_header.len() + body.len());
+    raw.extend_from_slice(record.auth_header.as_bytes());
+    raw.extend_from_slice(&body);
+    Ok(([(header::CONTENT_TYPE, "message/rfc822")], raw).into_response())
+}
+
+async fn inbound_attachment(
+    State(d): State<AppState>,
+    Path((tid, n)): Path<(String, usize)>,
+    Query(q): Query<TokenQuery>,
+) -> Result<Response, ApiError> {
+    let spool_id = inbound_link(&d, &tid, &n.to_string(), q.token.as_deref())?;
+    let record = d
+        .store
+        .spool_record(&spool_id)
+        .map_err(ApiError::internal)?
+        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "7404", "the stored message has expired"))?;
+    let store = d.store.clone();
+    let found = tokio::task::spawn_blocking(move || -> Result<Option<(String, String, Vec<u8>)>, String> {
+        let body = store.load_body(&record).map_err(|e| e.to_string())?;
+        let bytes = mo::repaired(&body);
+        let Some(message) = mo::parse(&bytes) else { return Ok(None) };
+        Ok(mo::attachments(&message)
+            .into_iter()
+            .nth(n)
+            .map(|a| (a.name, a.content_type, a.bytes.to_vec())))
+    })
+    .await
+    .map_err(ApiError::internal)?
+    .map_err(ApiError::internal)?;
+    let Some((name, content_type, bytes)) = found else {
+        return Err(ApiError::new(StatusCode::NOT_FOUND, "7404", format!("message has no attachment {n}")));
+    };
+    let safe_name: String = name.chars().filter(|c| !c.is_control() && *c != '"' && *c != '\\').collect();
+    Ok((
+        [
+            (header::CONTENT_TYPE, content_type),
+            (header::CONTENT_DISPOSITION, format!("attachment; filename=\"{safe_name}\"")),
+        ],
+        bytes,
+    )
+        .into_response())
+}

@@ -1,0 +1,269 @@
+//! Postern: a self-hosted transactional mail daemon.
+//!
+//! Code map (see ARCHITECTURE.md for the data paths and invariants):
+//! - [`config`]: typed TOML, validation with `file:line`; the only reader of env and files.
+//! - [`store`]: the only module that touches sled and the spool directory.
+//! - [`smtp`]: listener, connection caps, STARTTLS, the session state machine, DATA scanner.
+//! - [`inbound`]: recipient policy, SPF/DKIM/DMARC/ARC, accept (spool + events), MO JSON.
+//! - [`events`]: the durable webhook outbox worker (retry, signature, dead letters).
+//! - [`http`]: axum routes (health, metrics, admin, inbound attachment links).
+//! - [`tokens`]: signed tokens for public links. [`metrics`]: Prometheus counters.
+//!
+//! [`start`] runs the whole daemon on listeners the caller bound, so tests can use port 0
+//! and stop it through the returned [`Handle`].
+
+pub mod config;
+pub mod events;
+pub mod http;
+pub mod inbound;
+pub mod metrics;
+pub mod smtp;
+pub mod store;
+pub mod tokens;
+
+use config::Config;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio_rustls::TlsAcceptor;
+
+/// Sockets bound before the daemon starts (so systemd ports and test port 0 both work).
+pub struct Listeners {
+    pub smtp: Vec<TcpListener>,
+    pub http: TcpListener,
+}
+
+impl Listeners {
+    pub async fn bind(config: &Config) -> std::io::Result<Listeners> {
+        let mut smtp = Vec::new();
+        for addr in &config.smtp.listen {
+            smtp.push(
+                TcpListener::bind(addr)
+                    .await
+                    .map_err(|e| std::io::Error::new(e.kind(), format!("smtp.listen {addr}: {e}")))?,
+            );
+        }
+        let http = TcpListener::bind(config.http.listen)
+            .await
+            .map_err(|e| std::io::Error::new(e.kind(), format!("http.listen {}: {e}", config.http.listen)))?;
+        Ok(Listeners { smtp, http })
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("data_dir {path}: {source}")]
+    DataDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Store(#[from] store::StoreError),
+    #[error("signing key: {0}")]
+    Key(std::io::Error),
+    #[error(transparent)]
+    Resolver(#[from] inbound::auth::ResolverError),
+    #[error("STARTTLS certificate: {0}")]
+    Tls(String),
+}
+
+/// The daemon's shared state.
+pub struct Daemon {
+    config: Arc<RwLock<Arc<Config>>>,
+    config_path: Option<PathBuf>,
+    pub store: store::Store,
+    pub metrics: Arc<metrics::Metrics>,
+    pub inbound: Arc<inbound::Inbound>,
+    pub signer: tokens::Signer,
+    pub outbox: events::Outbox,
+    pub conns: Arc<smtp::ConnLimits>,
+    tls: RwLock<Option<TlsAcceptor>>,
+    ready: AtomicBool,
+}
+
+impl Daemon {
+    /// The configuration in force (replaced as a whole on reload).
+    pub fn config(&self) -> Arc<Config> {
+        self.config.read().map(|c| c.clone()).unwrap_or_else(|p| p.into_inner().clone())
+    }
+
+    pub fn tls(&self) -> Option<TlsAcceptor> {
+        self.tls.read().map(|t| t.clone()).unwrap_or_else(|p| p.into_inner().clone())
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Acquire)
+    }
+
+    /// Re-reads the config file and the TLS certificate (SIGHUP). A bad file changes
+    /// nothing. Listen addresses and the resolver need a restart; that is logged.
+    pub fn reload(&self) -> Result<(), String> {
+        let Some(path) = &self.config_path else {
+            return Err("no configuration file to reload".into());
+        };
+        let new = Config::load(path).map_err(|e| e.to_string())?;
+        let tls = smtp::tls_from_config(&new)?;
+        let old = self.config();
+        if old.smtp.listen != new.smtp.listen || old.http.listen != new.http.listen {
+            tracing::warn!("listen addresses changed: they take effect after a restart");
+        }
+        if old.dns.resolver != new.dns.resolver || old.server.data_dir != new.server.data_dir {
+            tracing::warn!("dns.resolver and server.data_dir take effect after a restart");
+        }
+        *self.tls.write().unwrap_or_else(|p| p.into_inner()) = tls;
+        *self.config.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(new);
+        tracing::info!("configuration and certificates reloaded");
+        Ok(())
+    }
+}
+
+/// A running daemon.
+pub struct Handle {
+    pub daemon: Arc<Daemon>,
+    pub smtp_addrs: Vec<SocketAddr>,
+    pub http_addr: SocketAddr,
+    shutdown: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+    worker: JoinHandle<()>,
+}
+
+impl Handle {
+    /// SIGTERM semantics: stop accepting, let in-flight SMTP transactions finish (up to
+    /// `smtp.shutdown_grace`), let in-flight webhooks finish, flush, return.
+    pub async fn shutdown(self) {
+        let grace = Duration::from_secs(self.daemon.config().smtp.shutdown_grace);
+        let _ = self.shutdown.send(true);
+        if !self.daemon.conns.drained(grace).await {
+            tracing::warn!(open = self.daemon.conns.open(), "shutdown grace ended with sessions open");
+        }
+        for t in self.tasks {
+            t.abort();
+        }
+        let _ = self.worker.await;
+        if let Err(e) = self.daemon.store.flush_now() {
+            tracing::error!(error = %e, "final flush failed");
+        }
+        tracing::info!("stopped");
+    }
+
+    /// Waits for the shutdown signal, then shuts down.
+    pub async fn run_until(self, mut signal: watch::Receiver<bool>) {
+        while !*signal.borrow() {
+            if signal.changed().await.is_err() {
+                break;
+            }
+        }
+        self.shutdown().await;
+    }
+}
+
+/// Opens the store, loads the outbox, starts the SMTP and HTTP listeners and the webhook
+/// worker. When this returns, the daemon is serving and ready.
+pub async fn start(config: Config, config_path: Option<PathBuf>, listeners: Listeners) -> Result<Handle, StartError> {
+    let data_dir = config.server.data_dir.clone();
+    std::fs::create_dir_all(&data_dir).map_err(|source| StartError::DataDir {
+        path: data_dir.clone(),
+        source,
+    })?;
+    let store = store::Store::open(&data_dir)?;
+    let signer = tokens::Signer::load_or_create(&data_dir).map_err(StartError::Key)?;
+    let verifier = inbound::auth::Verifier::new(&config.dns.resolver)?;
+    let tls = smtp::tls_from_config(&config).map_err(StartError::Tls)?;
+    let metrics = Arc::new(metrics::Metrics::default());
+    let (outbox, outbox_rx) = events::Outbox::channel();
+    let client = events::Worker::http_client(Duration::from_secs(config.webhooks.timeout.max(1)));
+    let shared_config = Arc::new(RwLock::new(Arc::new(config)));
+
+    let inbound = Arc::new(inbound::Inbound {
+        store: store.clone(),
+        auth: verifier,
+        outbox: outbox.clone(),
+        metrics: metrics.clone(),
+    });
+    let daemon = Arc::new(Daemon {
+        config: shared_config.clone(),
+        config_path,
+        store: store.clone(),
+        metrics: metrics.clone(),
+        inbound,
+        signer: signer.clone(),
+        outbox: outbox.clone(),
+        conns: Arc::new(smtp::ConnLimits::default()),
+        tls: RwLock::new(tls),
+        ready: AtomicBool::new(false),
+    });
+
+    let gc_store = store.clone();
+    match tokio::task::spawn_blocking(move || gc_store.collect_garbage()).await {
+        Ok(Ok(n)) if n > 0 => tracing::info!(removed = n, "spool garbage collected"),
+        Ok(Err(e)) => tracing::warn!(error = %e, "spool garbage collection failed"),
+        _ => {}
+    }
+
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let worker = Arc::new(events::Worker {
+        store: store.clone(),
+        config: shared_config,
+        metrics,
+        signer,
+        outbox,
+        client,
+    });
+    let worker = tokio::spawn(worker.run(outbox_rx, shutdown_rx.clone()));
+
+    let mut tasks = Vec::new();
+    let mut smtp_addrs = Vec::new();
+    for l in listeners.smtp {
+        smtp_addrs.push(l.local_addr().map_err(|source| StartError::DataDir {
+            path: data_dir.clone(),
+            source,
+        })?);
+        tasks.push(tokio::spawn(smtp::accept_loop(l, daemon.clone(), shutdown_rx.clone())));
+    }
+    let http_addr = listeners.http.local_addr().map_err(|source| StartError::DataDir {
+        path: data_dir.clone(),
+        source,
+    })?;
+    let app = http::router(daemon.clone());
+    let mut http_shutdown = shutdown_rx.clone();
+    tasks.push(tokio::spawn(async move {
+        let served = axum::serve(listeners.http, app.into_make_service_with_connect_info::<SocketAddr>())
+            .with_graceful_shutdown(async move {
+                let _ = http_shutdown.wait_for(|s| *s).await;
+            })
+            .await;
+        if let Err(e) = served {
+            tracing::error!(error = %e, "HTTP server stopped");
+        }
+    }));
+    tasks.push(tokio::spawn(gc_loop(store)));
+
+    daemon.ready.store(true, Ordering::Release);
+    tracing::info!(smtp = ?smtp_addrs, http = %http_addr, "postern ready");
+    Ok(Handle {
+        daemon,
+        smtp_addrs,
+        http_addr,
+        shutdown: shutdown_tx,
+        tasks,
+        worker,
+    })
+}
+
+/// Removes expired spool entries every minute.
+async fn gc_loop(store: store::Store) {
+    let mut tick = tokio::time::interval(Duration::from_secs(60));
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        let s = store.clone();
+        if let Ok(Err(e)) = tokio::task::spawn_blocking(move || s.collect_garbage()).await {
+            tracing::warn!(error = %e, "spool garbage collection failed");
+        }
+    }
+}

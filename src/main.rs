@@ -1,0 +1,135 @@
+//! The `postern` command line: parse arguments, load the config, set up logging, run.
+//! Exit codes: 0 ok, 1 failure, 2 usage (clap's own errors exit 2 as well).
+
+use clap::{Parser, Subcommand};
+use postern::config::{Config, LogFormat};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+#[derive(Parser)]
+#[command(name = "postern", version, about = "Self-hosted transactional mail daemon: inbound SMTP to JSON webhooks")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the daemon in the foreground (systemd Type=notify).
+    Serve {
+        /// Configuration file.
+        #[arg(long, env = "POSTERN_CONFIG", default_value = "/etc/postern/postern.toml")]
+        config: PathBuf,
+    },
+    /// Validate the configuration; print problems as file:line and exit 1 on error.
+    CheckConfig {
+        /// Configuration file.
+        #[arg(long, env = "POSTERN_CONFIG", default_value = "/etc/postern/postern.toml")]
+        config: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::CheckConfig { config } => match Config::load(&config) {
+            Ok(c) => {
+                println!(
+                    "{}: ok ({} asset(s), {} service(s))",
+                    config.display(),
+                    c.assets.len(),
+                    c.services.len()
+                );
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("{e}");
+                ExitCode::from(1)
+            }
+        },
+        Command::Serve { config } => serve(config),
+    }
+}
+
+fn serve(path: PathBuf) -> ExitCode {
+    let config = match Config::load(&path) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::from(1);
+        }
+    };
+    init_tracing(&config);
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("cannot start the async runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match runtime.block_on(run(config, path)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e}");
+            eprintln!("postern: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+async fn run(config: Config, path: PathBuf) -> anyhow::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let listeners = postern::Listeners::bind(&config).await?;
+    let handle = postern::start(config, Some(path), listeners).await?;
+    let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
+    spawn_watchdog();
+
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let mut hup = signal(SignalKind::hangup())?;
+    loop {
+        tokio::select! {
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+            _ = hup.recv() => {
+                let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Reloading]);
+                if let Err(e) = handle.daemon.reload() {
+                    tracing::error!("reload refused, old configuration kept: {e}");
+                }
+                let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
+            }
+        }
+    }
+    tracing::info!("shutting down: draining SMTP sessions and webhooks");
+    let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
+    handle.shutdown().await;
+    Ok(())
+}
+
+/// Pings systemd's watchdog at half its interval when `WatchdogSec=` is set.
+fn spawn_watchdog() {
+    let mut usec = 0;
+    if sd_notify::watchdog_enabled(false, &mut usec) && usec > 0 {
+        let every = Duration::from_micros(usec / 2);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            loop {
+                tick.tick().await;
+                let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Watchdog]);
+            }
+        });
+    }
+}
+
+fn init_tracing(config: &Config) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env()
+        .or_else(|_| EnvFilter::try_new(config.log.level.as_deref().unwrap_or("info")))
+        .unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match config.log.format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Human => builder.init(),
+    }
+}

@@ -1,0 +1,347 @@
+//! Accepted inbound messages. A body up to [`INLINE_LIMIT`] lives in the `bodies` tree
+//! (covered by the group commit); a larger one streams to `spool/<id>.tmp`, is fsynced and
+//! renamed to `spool/<id>.eml` before the record naming it is written. So a 40 MB message
+//! costs a fixed buffer in memory, never its size.
+
+use super::{codec, now_ms, OutboxEntry, Store, StoreError};
+use serde::{Deserialize, Serialize};
+use sled::transaction::{ConflictableTransactionError, TransactionError, Transactional};
+use std::io::Write;
+use std::path::PathBuf;
+
+/// Bodies up to this size are stored inside the database.
+pub const INLINE_LIMIT: usize = 256 * 1024;
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub enum BodyLocation {
+    /// In the `bodies` tree under the message id.
+    Inline,
+    /// A file name under the spool directory.
+    File(String),
+}
+
+/// Authentication verdicts in the words of RFC 8601 (`pass`, `fail`, `none`, ...).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct AuthSummary {
+    pub spf: String,
+    pub dkim: String,
+    pub dmarc: String,
+    pub arc: String,
+}
+
+/// The envelope and bookkeeping of one accepted message.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SpoolRecord {
+    pub id: String,
+    pub received_ms: u64,
+    pub peer: String,
+    pub helo: String,
+    pub mail_from: String,
+    pub rcpts: Vec<String>,
+    /// The `Authentication-Results` header line (with CRLF) prepended to the raw message.
+    pub auth_header: String,
+    pub auth: AuthSummary,
+    pub body: BodyLocation,
+    pub size: u64,
+    /// The record may be removed once this time has passed and no event refers to it.
+    pub keep_until_ms: u64,
+    /// Outbox event ids built from this message.
+    pub events: Vec<String>,
+    /// Mail for the bounce domain, kept for DSN/ARF processing.
+    pub bounce: bool,
+}
+
+/// Collects a message body as it arrives: memory first, a spool file past the limit.
+pub struct BodyWriter {
+    id: String,
+    buf: Vec<u8>,
+    file: Option<(std::fs::File, PathBuf)>,
+    len: u64,
+    dir: PathBuf,
+}
+
+impl BodyWriter {
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// Appends bytes, spilling to a file once the in-memory part passes the limit. File
+    /// writes are buffered by the kernel; they are forced to disk in [`BodyWriter::finish`].
+    pub fn write(&mut self, bytes: &[u8]) -> Result<(), StoreError> {
+        self.len += bytes.len() as u64;
+        if let Some((file, path)) = &mut self.file {
+            return file.write_all(bytes).map_err(|source| StoreError::File {
+                path: path.clone(),
+                source,
+            });
+        }
+        self.buf.extend_from_slice(bytes);
+        if self.buf.len() > INLINE_LIMIT {
+            let path = self.dir.join(format!("{}.tmp", self.id));
+            let mut file = std::fs::File::create(&path).map_err(|source| StoreError::File {
+                path: path.clone(),
+                source,
+            })?;
+            file.write_all(&self.buf).map_err(|source| StoreError::File {
+                path: path.clone(),
+                source,
+            })?;
+            self.buf = Vec::new();
+            self.file = Some((file, path));
+        }
+        Ok(())
+    }
+
+    /// Makes the body durable. Inline bodies become durable with the record's commit.
+    pub async fn finish(self) -> Result<FinishedBody, StoreError> {
+        match self.file {
+            None => Ok(FinishedBody {
+                id: self.id,
+                location: BodyLocation::Inline,
+                inline: Some(self.buf),
+                size: self.len,
+            }),
+            Some((file, tmp)) => {
+                let name = format!("{}.eml", self.id);
+                let dir = self.dir.clone();
+                let id = self.id.clone();
+                let size = self.len;
+                tokio::task::spawn_blocking(move || -> Result<FinishedBody, StoreError> {
+                    let io = |source, path: &PathBuf| StoreError::File {
+                        path: path.clone(),
+                        source,
+                    };
+                    file.sync_all().map_err(|e| io(e, &tmp))?;
+                    let target = dir.join(&name);
+                    std::fs::rename(&tmp, &target).map_err(|e| io(e, &target))?;
+                    std::fs::File::open(&dir).and_then(|d| d.sync_all()).map_err(|e| io(e, &dir))?;
+                    Ok(FinishedBody {
+                        id,
+                        location: BodyLocation::File(name),
+                        inline: None,
+                        size,
+                    })
+                })
+                .await
+                .map_err(|e| StoreError::File {
+                    path: self.dir,
+                    source: std::io::Error::other(e),
+                })?
+            }
+        }
+    }
+
+    /// Throws the partial body away (rejected or aborted transaction).
+    pub fn discard(self) {
+        if let Some((_, path)) = self.file {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+}
+
+/// A body that is on disk (file) or ready to be written with its record (inline).
+pub struct FinishedBody {
+    pub id: String,
+    pub location: BodyLocation,
+    inline: Option<Vec<u8>>,
+    pub size: u64,
+}
+
+impl FinishedBody {
+    /// The body bytes when they are still in memory (small messages).
+    pub fn inline_bytes(&self) -> Option<&[u8]> {
+        self.inline.as_deref()
+    }
+}
+
+/// A stored body: owned bytes or a read-only map of the spool file.
+pub enum Body {
+    Bytes(sled::IVec),
+    Mapped(memmap2::Mmap),
+}
+
+impl std::ops::Deref for Body {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        match self {
+            Body::Bytes(b) => b,
+            Body::Mapped(m) => m,
+        }
+    }
+}
+
+/// Where a mapped body came from, for error messages.
+pub fn map_file(path: &std::path::Path) -> Result<Body, StoreError> {
+    let file = std::fs::File::open(path).map_err(|source| StoreError::File {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    if file.metadata().map(|m| m.len()).unwrap_or(0) == 0 {
+        return Ok(Body::Bytes(sled::IVec::default()));
+    }
+    // SAFETY: spool files are written once, renamed into place, and only deleted (never
+    // modified) afterwards; deletion keeps an existing map valid on Unix.
+    let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|source| StoreError::File {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    Ok(Body::Mapped(map))
+}
+
+impl Store {
+    /// A writer for a new message's body, named by a fresh time-ordered id.
+    pub fn body_writer(&self) -> BodyWriter {
+        BodyWriter {
+            id: uuid::Uuid::now_v7().to_string(),
+            buf: Vec::new(),
+            file: None,
+            len: 0,
+            dir: self.inner.spool_dir.clone(),
+        }
+    }
+
+    /// Writes the record, its inline body, its events and tid index in one transaction,
+    /// then waits for the group commit: when this returns, the message is durable.
+    pub async fn accept_message(
+        &self,
+        record: &SpoolRecord,
+        body: &FinishedBody,
+        events: &[OutboxEntry],
+        tids: &[(String, String)],
+    ) -> Result<(), StoreError> {
+        let key = record.id.as_bytes();
+        let encoded = codec::encode(record);
+        let i = &self.inner;
+        (&i.spool, &i.bodies, &i.outbox, &i.inbound_tids)
+            .transaction(|(spool, bodies, outbox, tidx)| {
+                if let Some(bytes) = body.inline_bytes() {
+                    bodies.insert(key, bytes)?;
+                }
+                for e in events {
+                    outbox.insert(e.id.as_bytes(), codec::encode(e))?;
+                }
+                for (tid, spool_id) in tids {
+                    tidx.insert(tid.as_bytes(), spool_id.as_bytes())?;
+                }
+                spool.insert(key, encoded.as_slice())?;
+                Ok::<_, ConflictableTransactionError<StoreError>>(())
+            })
+            .map_err(|e: TransactionError<StoreError>| StoreError::from(e))?;
+        self.commit().await
+    }
+
+    pub fn spool_record(&self, id: &str) -> Result<Option<SpoolRecord>, StoreError> {
+        match self.inner.spool.get(id.as_bytes())? {
+            None => Ok(None),
+            Some(v) => match codec::decode(&v) {
+                Ok(r) => Ok(Some(r)),
+                Err(reason) => {
+                    self.quarantine("spool", id.as_bytes(), &v, &reason);
+                    Err(StoreError::Corrupt {
+                        tree: "spool",
+                        key: id.into(),
+                        reason,
+                    })
+                }
+            },
+        }
+    }
+
+    /// The raw message as received (without the Authentication-Results line).
+    pub fn load_body(&self, record: &SpoolRecord) -> Result<Body, StoreError> {
+        match &record.body {
+            BodyLocation::Inline => Ok(Body::Bytes(self.inner.bodies.get(record.id.as_bytes())?.unwrap_or_default())),
+            BodyLocation::File(name) => map_file(&self.inner.spool_dir.join(name)),
+        }
+    }
+
+    /// The spool id behind an MO tid (for signed attachment links).
+    pub fn spool_id_for_tid(&self, tid: &str) -> Result<Option<String>, StoreError> {
+        Ok(self
+            .inner
+            .inbound_tids
+            .get(tid.as_bytes())?
+            .map(|v| String::from_utf8_lossy(&v).into_owned()))
+    }
+
+    /// Removes a message whose events are all done and whose retention has passed.
+    /// Returns whether it was removed.
+    pub fn release_spool_if_done(&self, id: &str) -> Result<bool, StoreError> {
+        let Some(record) = self.spool_record(id)? else {
+            return Ok(false);
+        };
+        if record.keep_until_ms > now_ms() || record.bounce {
+            return Ok(false);
+        }
+        for ev in &record.events {
+            if self.inner.outbox.contains_key(ev.as_bytes())? || self.inner.dead.contains_key(ev.as_bytes())? {
+                return Ok(false);
+            }
+        }
+        self.inner.spool.remove(id.as_bytes())?;
+        self.inner.bodies.remove(id.as_bytes())?;
+        if let BodyLocation::File(name) = &record.body {
+            let _ = std::fs::remove_file(self.inner.spool_dir.join(name));
+        }
+        Ok(true)
+    }
+
+    /// Removes every expired message no event still needs, stale tid links, and leftover
+    /// temporary files of sessions that died mid-transfer. Returns how many were removed.
+    pub fn collect_garbage(&self) -> Result<usize, StoreError> {
+        let mut removed = 0;
+        let ids: Vec<String> = self
+            .inner
+            .spool
+            .iter()
+            .keys()
+            .filter_map(|k| k.ok().map(|k| String::from_utf8_lossy(&k).into_owned()))
+            .collect();
+        for id in ids {
+            match self.release_spool_if_done(&id) {
+                Ok(true) => removed += 1,
+                Ok(false) => {}
+                Err(StoreError::Corrupt { .. }) => {
+                    let _ = self.inner.spool.remove(id.as_bytes());
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        for item in self.inner.inbound_tids.iter() {
+            let (tid, spool_id) = item?;
+            if !self.inner.spool.contains_key(&spool_id)? {
+                self.inner.inbound_tids.remove(tid)?;
+            }
+        }
+        if let Ok(dir) = std::fs::read_dir(&self.inner.spool_dir) {
+            for entry in dir.flatten() {
+                let name = entry.file_name().to_string_lossy().into_owned();
+                if let Some(id) = name.strip_suffix(".tmp") {
+                    // A .tmp file older than the longest DATA phase belongs to a dead session.
+                    let old = entry
+                        .metadata()
+                        .and_then(|m| m.modified())
+                        .map(|t| t.elapsed().map(|e| e.as_secs() > 3600).unwrap_or(false))
+                        .unwrap_or(false);
+                    if old {
+                        tracing::info!(id, "removing abandoned partial body");
+                        let _ = std::fs::remove_file(entry.path());
+                    }
+                }
+            }
+        }
+        Ok(removed)
+    }
+
+    pub fn spool_len(&self) -> usize {
+        self.inner.spool.len()
+    }
+}
