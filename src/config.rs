@@ -43,13 +43,16 @@ impl fmt::Debug for Secret {
 impl<'de> Deserialize<'de> for Secret {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let raw = String::deserialize(d)?;
-        resolve_secret(&raw).map(Secret).map_err(serde::de::Error::custom)
+        resolve_secret(&raw)
+            .map(Secret)
+            .map_err(serde::de::Error::custom)
     }
 }
 
 fn resolve_secret(raw: &str) -> Result<String, String> {
     if let Some(name) = raw.strip_prefix("env:") {
-        std::env::var(name).map_err(|_| format!("secret refers to environment variable {name}, which is not set"))
+        std::env::var(name)
+            .map_err(|_| format!("secret refers to environment variable {name}, which is not set"))
     } else if let Some(path) = raw.strip_prefix("file:") {
         std::fs::read_to_string(path)
             .map(|s| s.trim_end_matches(['\r', '\n']).to_string())
@@ -197,8 +200,9 @@ impl<'de> Deserialize<'de> for ResolverSetting {
             Raw::List(list) => list
                 .iter()
                 .map(|s| {
-                    s.parse::<SocketAddr>()
-                        .map_err(|_| serde::de::Error::custom(format!("resolver address \"{s}\" is not ip:port")))
+                    s.parse::<SocketAddr>().map_err(|_| {
+                        serde::de::Error::custom(format!("resolver address \"{s}\" is not ip:port"))
+                    })
                 })
                 .collect::<Result<_, _>>()
                 .map(ResolverSetting::Servers),
@@ -445,13 +449,20 @@ impl Config {
     /// Every semantic problem as (where it stands in the file, message).
     fn problems(&self) -> Vec<(Locate, String)> {
         let mut out = Vec::new();
-        let mut push = |needle: &str, msg: String| out.push((Locate::First(needle.to_string()), msg));
+        let mut push =
+            |needle: &str, msg: String| out.push((Locate::First(needle.to_string()), msg));
         if self.server.hostname.is_empty() || self.server.hostname.contains(char::is_whitespace) {
-            push("hostname", "server.hostname must be a host name without spaces".into());
+            push(
+                "hostname",
+                "server.hostname must be a host name without spaces".into(),
+            );
         }
         for (key, url) in [("public_url", &self.server.public_url)] {
             if !(url.starts_with("http://") || url.starts_with("https://")) {
-                push(key, format!("server.{key} must be an http:// or https:// URL, not \"{url}\""));
+                push(
+                    key,
+                    format!("server.{key} must be an http:// or https:// URL, not \"{url}\""),
+                );
             }
         }
         for (key, dom) in [
@@ -463,40 +474,72 @@ impl Config {
             }
         }
         if self.smtp.listen.is_empty() {
-            push("[smtp]", "smtp.listen must name at least one address".into());
+            push(
+                "[smtp]",
+                "smtp.listen must name at least one address".into(),
+            );
         }
         if self.smtp.max_message_size < 1024 {
-            push("max_message_size", "smtp.max_message_size must be at least 1024 bytes".into());
+            push(
+                "max_message_size",
+                "smtp.max_message_size must be at least 1024 bytes".into(),
+            );
         }
         if self.smtp.max_recipients == 0 {
-            push("max_recipients", "smtp.max_recipients must be at least 1".into());
+            push(
+                "max_recipients",
+                "smtp.max_recipients must be at least 1".into(),
+            );
         }
         if self.smtp.max_connections == 0 || self.smtp.max_connections_per_ip == 0 {
-            push("max_connections", "smtp connection caps must be at least 1".into());
+            push(
+                "max_connections",
+                "smtp connection caps must be at least 1".into(),
+            );
         }
         if self.smtp.command_timeout == 0 || self.smtp.data_timeout == 0 {
             push("timeout", "smtp timeouts must be at least 1 second".into());
         }
         if self.smtp.tls_cert.is_some() != self.smtp.tls_key.is_some() {
-            push("tls_", "smtp.tls_cert and smtp.tls_key go together: set both or neither".into());
+            push(
+                "tls_",
+                "smtp.tls_cert and smtp.tls_key go together: set both or neither".into(),
+            );
         }
         if self.webhooks.concurrency == 0 {
-            push("concurrency", "webhooks.concurrency must be at least 1".into());
+            push(
+                "concurrency",
+                "webhooks.concurrency must be at least 1".into(),
+            );
         }
         let mut ids = HashSet::new();
         let mut domains = HashSet::new();
         let mut out_dup = Vec::new();
         for asset in &self.assets {
             let needle = format!("\"{}\"", asset.id);
-            if asset.id.is_empty() || !asset.id.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-') {
-                push(&needle, format!("asset id \"{}\" must be letters, digits, '_' or '-'", asset.id));
+            if asset.id.is_empty()
+                || !asset
+                    .id
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+            {
+                push(
+                    &needle,
+                    format!(
+                        "asset id \"{}\" must be letters, digits, '_' or '-'",
+                        asset.id
+                    ),
+                );
             }
             if !ids.insert(asset.id.clone()) {
                 push(&needle, format!("asset id \"{}\" is used twice", asset.id));
             }
             for d in &asset.domains {
                 if !is_domain(d) {
-                    push(d, format!("asset {}: \"{d}\" is not a domain name", asset.id));
+                    push(
+                        d,
+                        format!("asset {}: \"{d}\" is not a domain name", asset.id),
+                    );
                 } else if !domains.insert(d.clone()) {
                     out_dup.push(d.clone());
                 }
@@ -506,8 +549,14 @@ impl Config {
                 ("delivery_webhook", &asset.delivery_webhook),
             ] {
                 if let Some(url) = url {
-                    if reqwest::Url::parse(url).map(|u| !matches!(u.scheme(), "http" | "https")).unwrap_or(true) {
-                        push(url, format!("asset {}: {key} \"{url}\" is not an http(s) URL", asset.id));
+                    if reqwest::Url::parse(url)
+                        .map(|u| !matches!(u.scheme(), "http" | "https"))
+                        .unwrap_or(true)
+                    {
+                        push(
+                            url,
+                            format!("asset {}: {key} \"{url}\" is not an http(s) URL", asset.id),
+                        );
                     }
                 }
             }
@@ -521,30 +570,50 @@ impl Config {
                 );
             }
             if asset.inbound && asset.incoming_webhook.is_none() {
-                push(&needle, format!("asset {}: inbound = true needs an incoming_webhook", asset.id));
+                push(
+                    &needle,
+                    format!(
+                        "asset {}: inbound = true needs an incoming_webhook",
+                        asset.id
+                    ),
+                );
             }
         }
         for d in out_dup {
-            push(&format!("\u{0}{d}"), format!("domain \"{d}\" belongs to two assets; a domain has one asset"));
+            push(
+                &format!("\u{0}{d}"),
+                format!("domain \"{d}\" belongs to two assets; a domain has one asset"),
+            );
         }
         let mut service_ids = HashSet::new();
         for service in &self.services {
             if !service_ids.insert(service.id.clone()) {
-                push(&service.id, format!("service id \"{}\" is used twice", service.id));
+                push(
+                    &service.id,
+                    format!("service id \"{}\" is used twice", service.id),
+                );
             }
             for a in &service.assets {
                 if !ids.contains(a) {
-                    push(a, format!("service {}: asset \"{a}\" is not defined", service.id));
+                    push(
+                        a,
+                        format!("service {}: asset \"{a}\" is not defined", service.id),
+                    );
                 }
             }
             if service.tps == 0 {
-                push("tps", format!("service {}: tps must be at least 1", service.id));
+                push(
+                    "tps",
+                    format!("service {}: tps must be at least 1", service.id),
+                );
             }
         }
         out.into_iter()
             .map(|(at, msg)| match at {
                 // A leading NUL marks "the second mention": the duplicate, not the original.
-                Locate::First(n) if n.starts_with('\u{0}') => (Locate::Last(format!("\"{}\"", &n[1..])), msg),
+                Locate::First(n) if n.starts_with('\u{0}') => {
+                    (Locate::Last(format!("\"{}\"", &n[1..])), msg)
+                }
                 other => (other, msg),
             })
             .collect()
@@ -556,7 +625,9 @@ impl Config {
 
     /// The asset that owns `domain` (already lower-case).
     pub fn asset_for_domain(&self, domain: &str) -> Option<&AssetConfig> {
-        self.assets.iter().find(|a| a.domains.iter().any(|d| d == domain))
+        self.assets
+            .iter()
+            .find(|a| a.domains.iter().any(|d| d == domain))
     }
 }
 
@@ -592,7 +663,9 @@ impl Locate {
         let mut hits = text
             .lines()
             .enumerate()
-            .filter(|(_, l)| !l.trim_start().starts_with('#') && l.to_ascii_lowercase().contains(&needle))
+            .filter(|(_, l)| {
+                !l.trim_start().starts_with('#') && l.to_ascii_lowercase().contains(&needle)
+            })
             .map(|(i, _)| i + 1);
         if last { hits.last() } else { hits.next() }.unwrap_or(0)
     }
@@ -615,14 +688,16 @@ bounce_domain = "bounces.example.test"
     fn repository_example_config_is_valid() {
         let text = include_str!("../etc/postern.toml");
         std::env::set_var("POSTERN_ADMIN_TOKEN", "x");
-        let config = Config::parse(text, "etc/postern.toml").expect("etc/postern.toml must validate");
+        let config =
+            Config::parse(text, "etc/postern.toml").expect("etc/postern.toml must validate");
         assert!(config.smtp.listen.iter().all(|a| a.ip().is_loopback()));
         assert!(config.http.listen.ip().is_loopback());
     }
 
     #[test]
     fn unknown_key_is_named_with_its_line() {
-        let text = format!("{MINIMAL}\n[smtp]\nlisten = [\"127.0.0.1:2525\"]\nmax_mesage_size = 5\n");
+        let text =
+            format!("{MINIMAL}\n[smtp]\nlisten = [\"127.0.0.1:2525\"]\nmax_mesage_size = 5\n");
         let err = Config::parse(&text, "t.toml").unwrap_err().to_string();
         assert!(err.contains("max_mesage_size"), "{err}");
         assert!(err.starts_with("t.toml:11:"), "{err}");
@@ -635,9 +710,15 @@ bounce_domain = "bounces.example.test"
         let file = dir.path().join("tok");
         std::fs::write(&file, "from-file\n").unwrap();
         let text = format!("{MINIMAL}\n[admin]\ntoken = \"env:POSTERN_TEST_SECRET_X\"\n");
-        assert_eq!(Config::parse(&text, "t").unwrap().admin.token.expose(), "from-env");
+        assert_eq!(
+            Config::parse(&text, "t").unwrap().admin.token.expose(),
+            "from-env"
+        );
         let text = format!("{MINIMAL}\n[admin]\ntoken = \"file:{}\"\n", file.display());
-        assert_eq!(Config::parse(&text, "t").unwrap().admin.token.expose(), "from-file");
+        assert_eq!(
+            Config::parse(&text, "t").unwrap().admin.token.expose(),
+            "from-file"
+        );
         let text = format!("{MINIMAL}\n[admin]\ntoken = \"env:POSTERN_SURELY_UNSET_VAR\"\n");
         let err = Config::parse(&text, "t").unwrap_err().to_string();
         assert!(err.contains("POSTERN_SURELY_UNSET_VAR"), "{err}");
@@ -657,8 +738,14 @@ bounce_domain = "bounces.example.test"
     fn resolver_accepts_words_and_lists() {
         let text = format!("{MINIMAL}\n[dns]\nresolver = [\"127.0.0.1:5353\"]\n");
         let c = Config::parse(&text, "t").unwrap();
-        assert_eq!(c.dns.resolver, ResolverSetting::Servers(vec!["127.0.0.1:5353".parse().unwrap()]));
+        assert_eq!(
+            c.dns.resolver,
+            ResolverSetting::Servers(vec!["127.0.0.1:5353".parse().unwrap()])
+        );
         let text = format!("{MINIMAL}\n[dns]\nresolver = \"sometimes\"\n");
-        assert!(Config::parse(&text, "t").unwrap_err().to_string().contains("resolver must be"));
+        assert!(Config::parse(&text, "t")
+            .unwrap_err()
+            .to_string()
+            .contains("resolver must be"));
     }
 }

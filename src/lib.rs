@@ -43,14 +43,14 @@ impl Listeners {
         let mut smtp = Vec::new();
         for addr in &config.smtp.listen {
             smtp.push(
-                TcpListener::bind(addr)
-                    .await
-                    .map_err(|e| std::io::Error::new(e.kind(), format!("smtp.listen {addr}: {e}")))?,
+                TcpListener::bind(addr).await.map_err(|e| {
+                    std::io::Error::new(e.kind(), format!("smtp.listen {addr}: {e}"))
+                })?,
             );
         }
-        let http = TcpListener::bind(config.http.listen)
-            .await
-            .map_err(|e| std::io::Error::new(e.kind(), format!("http.listen {}: {e}", config.http.listen)))?;
+        let http = TcpListener::bind(config.http.listen).await.map_err(|e| {
+            std::io::Error::new(e.kind(), format!("http.listen {}: {e}", config.http.listen))
+        })?;
         Ok(Listeners { smtp, http })
     }
 }
@@ -89,11 +89,17 @@ pub struct Daemon {
 impl Daemon {
     /// The configuration in force (replaced as a whole on reload).
     pub fn config(&self) -> Arc<Config> {
-        self.config.read().map(|c| c.clone()).unwrap_or_else(|p| p.into_inner().clone())
+        self.config
+            .read()
+            .map(|c| c.clone())
+            .unwrap_or_else(|p| p.into_inner().clone())
     }
 
     pub fn tls(&self) -> Option<TlsAcceptor> {
-        self.tls.read().map(|t| t.clone()).unwrap_or_else(|p| p.into_inner().clone())
+        self.tls
+            .read()
+            .map(|t| t.clone())
+            .unwrap_or_else(|p| p.into_inner().clone())
     }
 
     pub fn is_ready(&self) -> bool {
@@ -139,10 +145,16 @@ impl Handle {
         let grace = Duration::from_secs(self.daemon.config().smtp.shutdown_grace);
         let _ = self.shutdown.send(true);
         if !self.daemon.conns.drained(grace).await {
-            tracing::warn!(open = self.daemon.conns.open(), "shutdown grace ended with sessions open");
+            tracing::warn!(
+                open = self.daemon.conns.open(),
+                "shutdown grace ended with sessions open"
+            );
+        }
+        for t in &self.tasks {
+            t.abort();
         }
         for t in self.tasks {
-            t.abort();
+            let _ = t.await;
         }
         let _ = self.worker.await;
         if let Err(e) = self.daemon.store.flush_now() {
@@ -164,7 +176,11 @@ impl Handle {
 
 /// Opens the store, loads the outbox, starts the SMTP and HTTP listeners and the webhook
 /// worker. When this returns, the daemon is serving and ready.
-pub async fn start(config: Config, config_path: Option<PathBuf>, listeners: Listeners) -> Result<Handle, StartError> {
+pub async fn start(
+    config: Config,
+    config_path: Option<PathBuf>,
+    listeners: Listeners,
+) -> Result<Handle, StartError> {
     let data_dir = config.server.data_dir.clone();
     std::fs::create_dir_all(&data_dir).map_err(|source| StartError::DataDir {
         path: data_dir.clone(),
@@ -223,20 +239,30 @@ pub async fn start(config: Config, config_path: Option<PathBuf>, listeners: List
             path: data_dir.clone(),
             source,
         })?);
-        tasks.push(tokio::spawn(smtp::accept_loop(l, daemon.clone(), shutdown_rx.clone())));
+        tasks.push(tokio::spawn(smtp::accept_loop(
+            l,
+            daemon.clone(),
+            shutdown_rx.clone(),
+        )));
     }
-    let http_addr = listeners.http.local_addr().map_err(|source| StartError::DataDir {
-        path: data_dir.clone(),
-        source,
-    })?;
+    let http_addr = listeners
+        .http
+        .local_addr()
+        .map_err(|source| StartError::DataDir {
+            path: data_dir.clone(),
+            source,
+        })?;
     let app = http::router(daemon.clone());
     let mut http_shutdown = shutdown_rx.clone();
     tasks.push(tokio::spawn(async move {
-        let served = axum::serve(listeners.http, app.into_make_service_with_connect_info::<SocketAddr>())
-            .with_graceful_shutdown(async move {
-                let _ = http_shutdown.wait_for(|s| *s).await;
-            })
-            .await;
+        let served = axum::serve(
+            listeners.http,
+            app.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(async move {
+            let _ = http_shutdown.wait_for(|s| *s).await;
+        })
+        .await;
         if let Err(e) = served {
             tracing::error!(error = %e, "HTTP server stopped");
         }

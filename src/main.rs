@@ -8,7 +8,11 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 #[derive(Parser)]
-#[command(name = "postern", version, about = "Self-hosted transactional mail daemon: inbound SMTP to JSON webhooks")]
+#[command(
+    name = "postern",
+    version,
+    about = "Self-hosted transactional mail daemon: inbound SMTP to JSON webhooks"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -19,13 +23,21 @@ enum Command {
     /// Run the daemon in the foreground (systemd Type=notify).
     Serve {
         /// Configuration file.
-        #[arg(long, env = "POSTERN_CONFIG", default_value = "/etc/postern/postern.toml")]
+        #[arg(
+            long,
+            env = "POSTERN_CONFIG",
+            default_value = "/etc/postern/postern.toml"
+        )]
         config: PathBuf,
     },
     /// Validate the configuration; print problems as file:line and exit 1 on error.
     CheckConfig {
         /// Configuration file.
-        #[arg(long, env = "POSTERN_CONFIG", default_value = "/etc/postern/postern.toml")]
+        #[arg(
+            long,
+            env = "POSTERN_CONFIG",
+            default_value = "/etc/postern/postern.toml"
+        )]
         config: PathBuf,
     },
 }
@@ -61,7 +73,10 @@ fn serve(path: PathBuf) -> ExitCode {
         }
     };
     init_tracing(&config);
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(r) => r,
         Err(e) => {
             eprintln!("cannot start the async runtime: {e}");
@@ -127,7 +142,11 @@ fn init_tracing(config: &Config) {
     let filter = EnvFilter::try_from_default_env()
         .or_else(|_| EnvFilter::try_new(config.log.level.as_deref().unwrap_or("info")))
         .unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    use std::io::IsTerminal;
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_writer(std::io::stderr);
     match config.log.format {
         LogFormat::Json => builder.json().init(),
         LogFormat::Human => builder.init(),

@@ -40,12 +40,30 @@ impl Metrics {
         let mut s = String::new();
         let _ = writeln!(s, "# HELP postern_smtp_connections Open SMTP connections.");
         let _ = writeln!(s, "# TYPE postern_smtp_connections gauge");
-        let _ = writeln!(s, "postern_smtp_connections {}", self.smtp_connections.load(Relaxed));
-        let _ = writeln!(s, "# HELP postern_inbound_messages_total Inbound SMTP transactions by result.");
+        let _ = writeln!(
+            s,
+            "postern_smtp_connections {}",
+            self.smtp_connections.load(Relaxed)
+        );
+        let _ = writeln!(
+            s,
+            "# HELP postern_inbound_messages_total Inbound SMTP transactions by result."
+        );
         let _ = writeln!(s, "# TYPE postern_inbound_messages_total counter");
-        let _ = writeln!(s, "postern_inbound_messages_total{{result=\"accepted\"}} {}", self.inbound_accepted.load(Relaxed));
-        let _ = writeln!(s, "postern_inbound_messages_total{{result=\"rejected\"}} {}", self.inbound_rejected.load(Relaxed));
-        let _ = writeln!(s, "# HELP postern_webhooks_total Webhook POST outcomes by event kind.");
+        let _ = writeln!(
+            s,
+            "postern_inbound_messages_total{{result=\"accepted\"}} {}",
+            self.inbound_accepted.load(Relaxed)
+        );
+        let _ = writeln!(
+            s,
+            "postern_inbound_messages_total{{result=\"rejected\"}} {}",
+            self.inbound_rejected.load(Relaxed)
+        );
+        let _ = writeln!(
+            s,
+            "# HELP postern_webhooks_total Webhook POST outcomes by event kind."
+        );
         let _ = writeln!(s, "# TYPE postern_webhooks_total counter");
         for (k, kind) in KINDS.iter().enumerate() {
             for (r, result) in RESULTS.iter().enumerate() {
@@ -57,7 +75,10 @@ impl Metrics {
                 );
             }
         }
-        let _ = writeln!(s, "# HELP postern_webhook_backlog Events waiting in the durable outbox.");
+        let _ = writeln!(
+            s,
+            "# HELP postern_webhook_backlog Events waiting in the durable outbox."
+        );
         let _ = writeln!(s, "# TYPE postern_webhook_backlog gauge");
         let _ = writeln!(s, "postern_webhook_backlog {backlog}");
         s

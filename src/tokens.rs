@@ -94,7 +94,11 @@ mod tests {
         assert_eq!(s.verify("inbound", &t).as_deref(), Some("tid|0|99"));
         assert_eq!(s.verify("click", &t), None);
         assert_eq!(s.verify("inbound", &t[..t.len() - 2]), None);
-        let forged = format!("{}.{}", B64.encode("tid|1|99"), t.split_once('.').unwrap().1);
+        let forged = format!(
+            "{}.{}",
+            B64.encode("tid|1|99"),
+            t.split_once('.').unwrap().1
+        );
         assert_eq!(s.verify("inbound", &forged), None);
         assert_eq!(Signer::new([8; 32]).verify("inbound", &t), None);
     }

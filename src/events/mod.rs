@@ -53,7 +53,10 @@ impl Outbox {
 pub enum Outcome {
     Delivered,
     /// Timeouts, connection errors, 408, 429, 5xx; with the receiver's Retry-After, if any.
-    Retry { reason: String, after: Option<Duration> },
+    Retry {
+        reason: String,
+        after: Option<Duration>,
+    },
     /// Any other 4xx (or a body that cannot be built): logged and dead-lettered at once.
     Refused(String),
 }
@@ -72,7 +75,8 @@ pub fn classify(status: u16, retry_after: Option<Duration>) -> Outcome {
 
 /// Signature header value: `t=<unix>,v1=<hex hmac-sha256 of "<t>.<body>">`.
 pub fn signature(secret: &str, unix: u64, body: &[u8]) -> String {
-    let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).expect("HMAC takes any key length");
+    let mut mac =
+        Hmac::<Sha256>::new_from_slice(secret.as_bytes()).expect("HMAC takes any key length");
     mac.update(unix.to_string().as_bytes());
     mac.update(b".");
     mac.update(body);
@@ -100,11 +104,18 @@ impl Worker {
     }
 
     fn config(&self) -> Arc<Config> {
-        self.config.read().map(|c| c.clone()).unwrap_or_else(|p| p.into_inner().clone())
+        self.config
+            .read()
+            .map(|c| c.clone())
+            .unwrap_or_else(|p| p.into_inner().clone())
     }
 
     /// Runs until `shutdown` flips; in-flight POSTs finish first.
-    pub async fn run(self: Arc<Self>, mut rx: mpsc::UnboundedReceiver<(u64, String)>, mut shutdown: watch::Receiver<bool>) {
+    pub async fn run(
+        self: Arc<Self>,
+        mut rx: mpsc::UnboundedReceiver<(u64, String)>,
+        mut shutdown: watch::Receiver<bool>,
+    ) {
         let mut due: BinaryHeap<Reverse<(u64, String)>> = BinaryHeap::new();
         match self.store.outbox_all() {
             Ok(all) => {
@@ -117,8 +128,12 @@ impl Worker {
         loop {
             let now = now_ms();
             while due.peek().is_some_and(|Reverse((t, _))| *t <= now) {
-                let Ok(permit) = slots.clone().try_acquire_owned() else { break };
-                let Some(Reverse((_, id))) = due.pop() else { break };
+                let Ok(permit) = slots.clone().try_acquire_owned() else {
+                    break;
+                };
+                let Some(Reverse((_, id))) = due.pop() else {
+                    break;
+                };
                 let me = self.clone();
                 tokio::spawn(async move {
                     me.deliver(&id).await;
@@ -126,7 +141,9 @@ impl Worker {
                 });
             }
             let wait = match due.peek() {
-                Some(Reverse((t, _))) if slots.available_permits() > 0 => Duration::from_millis(t.saturating_sub(now)),
+                Some(Reverse((t, _))) if slots.available_permits() > 0 => {
+                    Duration::from_millis(t.saturating_sub(now))
+                }
                 Some(_) => Duration::from_millis(50),
                 None => Duration::from_secs(3600),
             };
@@ -183,7 +200,10 @@ impl Worker {
                     .spool_record(spool_id)
                     .map_err(|e| e.to_string())?
                     .ok_or_else(|| format!("stored message {spool_id} is missing"))?;
-                let mode = config.asset(asset_id).map(|a| a.mo_attachments).unwrap_or_default();
+                let mode = config
+                    .asset(asset_id)
+                    .map(|a| a.mo_attachments)
+                    .unwrap_or_default();
                 let store = self.store.clone();
                 let signer = self.signer.clone();
                 let public_url = config.server.public_url.trim_end_matches('/').to_string();
@@ -199,7 +219,9 @@ impl Worker {
                         let part = n.map(|n| n.to_string()).unwrap_or_else(|| "raw".into());
                         let token = signer.sign("inbound", &format!("{tid}|{part}|{expires}"));
                         match n {
-                            Some(n) => format!("{public_url}/v2/inbound/{tid}/attachments/{n}?token={token}"),
+                            Some(n) => format!(
+                                "{public_url}/v2/inbound/{tid}/attachments/{n}?token={token}"
+                            ),
                             None => format!("{public_url}/v2/inbound/{tid}/raw?token={token}"),
                         }
                     };
@@ -229,9 +251,15 @@ impl Worker {
             .header("content-type", "application/json")
             .header("x-postern-event-id", &entry.id)
             .timeout(Duration::from_secs(config.webhooks.timeout.max(1)));
-        if let Some(secret) = config.asset(&entry.asset_id).and_then(|a| a.webhook_secret.as_ref()) {
+        if let Some(secret) = config
+            .asset(&entry.asset_id)
+            .and_then(|a| a.webhook_secret.as_ref())
+        {
             let unix = now_ms() / 1000;
-            req = req.header("x-postern-signature", signature(secret.expose(), unix, &body));
+            req = req.header(
+                "x-postern-signature",
+                signature(secret.expose(), unix, &body),
+            );
         }
         match req.body(body).send().await {
             Ok(resp) => {
@@ -276,7 +304,8 @@ impl Worker {
                     self.to_dead(entry, why).await;
                     return;
                 }
-                let delay = retry::delay(entry.attempts, rand::random::<f64>()).max(after.unwrap_or_default());
+                let delay = retry::delay(entry.attempts, rand::random::<f64>())
+                    .max(after.unwrap_or_default());
                 entry.next_ms = (now + delay.as_millis() as u64).min(deadline);
                 entry.last_error = reason.clone();
                 tracing::info!(reason = %reason, retry_in_ms = entry.next_ms - now, "webhook will be retried");
@@ -319,7 +348,10 @@ mod tests {
     fn statuses_map_to_outcomes() {
         assert_eq!(classify(204, None), Outcome::Delivered);
         assert!(matches!(classify(503, None), Outcome::Retry { .. }));
-        assert!(matches!(classify(429, Some(Duration::from_secs(9))), Outcome::Retry { after: Some(_), .. }));
+        assert!(matches!(
+            classify(429, Some(Duration::from_secs(9))),
+            Outcome::Retry { after: Some(_), .. }
+        ));
         assert!(matches!(classify(408, None), Outcome::Retry { .. }));
         assert!(matches!(classify(404, None), Outcome::Refused(_)));
         assert!(matches!(classify(301, None), Outcome::Refused(_)));

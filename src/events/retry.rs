@@ -10,7 +10,9 @@ const CAP_MS: u64 = 3_600_000;
 /// Delay before attempt `attempts + 1`, given `attempts` failures so far (>= 1) and a
 /// random `jitter` in [0, 1).
 pub fn delay(attempts: u32, jitter: f64) -> Duration {
-    let exp = BASE_MS.saturating_mul(1u64 << attempts.saturating_sub(1).min(20)).min(CAP_MS);
+    let exp = BASE_MS
+        .saturating_mul(1u64 << attempts.saturating_sub(1).min(20))
+        .min(CAP_MS);
     let half = exp / 2;
     Duration::from_millis(half + (half as f64 * jitter.clamp(0.0, 1.0)) as u64)
 }

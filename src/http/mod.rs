@@ -28,7 +28,11 @@ pub fn router(daemon: Arc<Daemon>) -> Router {
         .route("/v2/inbound/{tid}/attachments/{n}", get(inbound_attachment))
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "7404", "no such resource") })
         .method_not_allowed_fallback(|| async {
-            ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "7405", "method not allowed on this resource")
+            ApiError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "7405",
+                "method not allowed on this resource",
+            )
         })
         .with_state(daemon)
 }
@@ -52,13 +56,21 @@ impl ApiError {
 
     fn internal(e: impl std::fmt::Display) -> Self {
         tracing::error!(error = %e, "internal error");
-        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "7500", "internal error; see the daemon log")
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "7500",
+            "internal error; see the daemon log",
+        )
     }
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (self.status, Json(json!({"code": self.code, "description": self.description}))).into_response()
+        (
+            self.status,
+            Json(json!({"code": self.code, "description": self.description})),
+        )
+            .into_response()
     }
 }
 
@@ -83,11 +95,23 @@ fn admin(d: &Daemon, headers: &HeaderMap) -> Result<(), ApiError> {
     let config = d.config();
     let want = config.admin.token.expose();
     let Some(value) = headers.get(header::AUTHORIZATION) else {
-        return Err(ApiError::new(StatusCode::UNAUTHORIZED, "7001", "Authentication failed: admin token required"));
+        return Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "7001",
+            "Authentication failed: admin token required",
+        ));
     };
-    let given = value.to_str().ok().and_then(|v| v.strip_prefix("Bearer ")).unwrap_or("");
+    let given = value
+        .to_str()
+        .ok()
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
     if want.is_empty() || !constant_time_eq(given.as_bytes(), want.as_bytes()) {
-        return Err(ApiError::new(StatusCode::FORBIDDEN, "7001", "Authentication failed"));
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "7001",
+            "Authentication failed",
+        ));
     }
     Ok(())
 }
@@ -101,9 +125,16 @@ struct UrlFilter {
     url: Option<String>,
 }
 
-async fn dead_list(State(d): State<AppState>, headers: HeaderMap, Query(q): Query<UrlFilter>) -> Result<Response, ApiError> {
+async fn dead_list(
+    State(d): State<AppState>,
+    headers: HeaderMap,
+    Query(q): Query<UrlFilter>,
+) -> Result<Response, ApiError> {
     admin(&d, &headers)?;
-    let list = d.store.dead_list(q.url.as_deref()).map_err(ApiError::internal)?;
+    let list = d
+        .store
+        .dead_list(q.url.as_deref())
+        .map_err(ApiError::internal)?;
     let items: Vec<_> = list
         .iter()
         .map(|x| {
@@ -124,23 +155,44 @@ async fn dead_list(State(d): State<AppState>, headers: HeaderMap, Query(q): Quer
 }
 
 async fn replay(d: &Daemon, ids: Vec<String>) -> Result<Response, ApiError> {
-    let entries = d.store.dead_replay(&ids).await.map_err(ApiError::internal)?;
+    let entries = d
+        .store
+        .dead_replay(&ids)
+        .await
+        .map_err(ApiError::internal)?;
     let replayed: Vec<String> = entries.iter().map(|e| e.id.clone()).collect();
     tracing::info!(count = replayed.len(), "dead letters replayed");
     d.outbox.schedule(entries);
     Ok(Json(json!({"replayed": replayed})).into_response())
 }
 
-async fn dead_replay_one(State(d): State<AppState>, headers: HeaderMap, Path(id): Path<String>) -> Result<Response, ApiError> {
+async fn dead_replay_one(
+    State(d): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
     admin(&d, &headers)?;
-    if d.store.dead_list(None).map_err(ApiError::internal)?.iter().all(|x| x.entry.id != id) {
-        return Err(ApiError::new(StatusCode::NOT_FOUND, "7404", format!("no dead letter with id {id}")));
+    if d.store
+        .dead_list(None)
+        .map_err(ApiError::internal)?
+        .iter()
+        .all(|x| x.entry.id != id)
+    {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "7404",
+            format!("no dead letter with id {id}"),
+        ));
     }
     replay(&d, vec![id]).await
 }
 
 /// Replays every dead letter, or only those of `?url=`.
-async fn dead_replay_all(State(d): State<AppState>, headers: HeaderMap, Query(q): Query<UrlFilter>) -> Result<Response, ApiError> {
+async fn dead_replay_all(
+    State(d): State<AppState>,
+    headers: HeaderMap,
+    Query(q): Query<UrlFilter>,
+) -> Result<Response, ApiError> {
     admin(&d, &headers)?;
     let ids = d
         .store
@@ -158,9 +210,23 @@ struct TokenQuery {
 }
 
 /// Verifies an inbound link token for `tid` and `part`, returning the spool id.
-fn inbound_link(d: &Daemon, tid: &str, part: &str, token: Option<&str>) -> Result<String, ApiError> {
-    let refused = || ApiError::new(StatusCode::FORBIDDEN, "7001", "link token is missing, altered or expired");
-    let payload = d.signer.verify("inbound", token.ok_or_else(refused)?).ok_or_else(refused)?;
+fn inbound_link(
+    d: &Daemon,
+    tid: &str,
+    part: &str,
+    token: Option<&str>,
+) -> Result<String, ApiError> {
+    let refused = || {
+        ApiError::new(
+            StatusCode::FORBIDDEN,
+            "7001",
+            "link token is missing, altered or expired",
+        )
+    };
+    let payload = d
+        .signer
+        .verify("inbound", token.ok_or_else(refused)?)
+        .ok_or_else(refused)?;
     let mut fields = payload.split('|');
     let (Some(t), Some(p), Some(exp)) = (fields.next(), fields.next(), fields.next()) else {
         return Err(refused());
@@ -171,16 +237,32 @@ fn inbound_link(d: &Daemon, tid: &str, part: &str, token: Option<&str>) -> Resul
     d.store
         .spool_id_for_tid(tid)
         .map_err(ApiError::internal)?
-        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "7404", "the stored message has expired"))
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                "7404",
+                "the stored message has expired",
+            )
+        })
 }
 
-async fn inbound_raw(State(d): State<AppState>, Path(tid): Path<String>, Query(q): Query<TokenQuery>) -> Result<Response, ApiError> {
+async fn inbound_raw(
+    State(d): State<AppState>,
+    Path(tid): Path<String>,
+    Query(q): Query<TokenQuery>,
+) -> Result<Response, ApiError> {
     let spool_id = inbound_link(&d, &tid, "raw", q.token.as_deref())?;
     let record = d
         .store
         .spool_record(&spool_id)
         .map_err(ApiError::internal)?
-        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "7404", "the stored message has expired"))?;
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                "7404",
+                "the stored message has expired",
+            )
+        })?;
     let body = d.store.load_body(&record).map_err(ApiError::internal)?;
     let mut raw = Vec::with_capacity(record.auth_header.len() + body.len());
     raw.extend_from_slice(record.auth_header.as_bytes());
@@ -198,28 +280,48 @@ async fn inbound_attachment(
         .store
         .spool_record(&spool_id)
         .map_err(ApiError::internal)?
-        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "7404", "the stored message has expired"))?;
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                "7404",
+                "the stored message has expired",
+            )
+        })?;
     let store = d.store.clone();
-    let found = tokio::task::spawn_blocking(move || -> Result<Option<(String, String, Vec<u8>)>, String> {
-        let body = store.load_body(&record).map_err(|e| e.to_string())?;
-        let bytes = mo::repaired(&body);
-        let Some(message) = mo::parse(&bytes) else { return Ok(None) };
-        Ok(mo::attachments(&message)
-            .into_iter()
-            .nth(n)
-            .map(|a| (a.name, a.content_type, a.bytes.to_vec())))
-    })
+    let found = tokio::task::spawn_blocking(
+        move || -> Result<Option<(String, String, Vec<u8>)>, String> {
+            let body = store.load_body(&record).map_err(|e| e.to_string())?;
+            let bytes = mo::repaired(&body);
+            let Some(message) = mo::parse(&bytes) else {
+                return Ok(None);
+            };
+            Ok(mo::attachments(&message)
+                .into_iter()
+                .nth(n)
+                .map(|a| (a.name, a.content_type, a.bytes.to_vec())))
+        },
+    )
     .await
     .map_err(ApiError::internal)?
     .map_err(ApiError::internal)?;
     let Some((name, content_type, bytes)) = found else {
-        return Err(ApiError::new(StatusCode::NOT_FOUND, "7404", format!("message has no attachment {n}")));
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "7404",
+            format!("message has no attachment {n}"),
+        ));
     };
-    let safe_name: String = name.chars().filter(|c| !c.is_control() && *c != '"' && *c != '\\').collect();
+    let safe_name: String = name
+        .chars()
+        .filter(|c| !c.is_control() && *c != '"' && *c != '\\')
+        .collect();
     Ok((
         [
             (header::CONTENT_TYPE, content_type),
-            (header::CONTENT_DISPOSITION, format!("attachment; filename=\"{safe_name}\"")),
+            (
+                header::CONTENT_DISPOSITION,
+                format!("attachment; filename=\"{safe_name}\""),
+            ),
         ],
         bytes,
     )

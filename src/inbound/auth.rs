@@ -8,8 +8,8 @@ use crate::config::ResolverSetting;
 use crate::store::spool::AuthSummary;
 use hickory_resolver::config::{NameServerConfig, ResolverConfig, ResolverOpts};
 use mail_auth::{
-    DkimResult, dmarc::verify::DmarcParameters, spf::verify::SpfParameters, AuthenticatedMessage,
-    AuthenticationResults, DmarcResult, MessageAuthenticator, SpfResult,
+    dmarc::verify::DmarcParameters, spf::verify::SpfParameters, AuthenticatedMessage,
+    AuthenticationResults, DkimResult, DmarcResult, MessageAuthenticator, SpfResult,
 };
 use std::time::Duration;
 
@@ -29,9 +29,10 @@ impl Verifier {
     pub fn new(setting: &ResolverSetting) -> Result<Verifier, ResolverError> {
         let authenticator = match setting {
             ResolverSetting::Off => None,
-            ResolverSetting::System => {
-                Some(MessageAuthenticator::new_system_conf().map_err(|e| ResolverError(e.to_string()))?)
-            }
+            ResolverSetting::System => Some(
+                MessageAuthenticator::new_system_conf()
+                    .map_err(|e| ResolverError(e.to_string()))?,
+            ),
             ResolverSetting::Servers(addrs) => {
                 let servers = addrs
                     .iter()
@@ -61,7 +62,12 @@ impl Verifier {
     }
 
     /// Returns the `Authentication-Results` header line (CRLF-terminated) and the verdicts.
-    pub async fn verify(&self, hostname: &str, env: &Envelope, raw: &[u8]) -> (String, AuthSummary) {
+    pub async fn verify(
+        &self,
+        hostname: &str,
+        env: &Envelope,
+        raw: &[u8],
+    ) -> (String, AuthSummary) {
         let none = || {
             (
                 format!("Authentication-Results: {hostname}; none\r\n"),
@@ -98,21 +104,36 @@ async fn verify_with(
     raw: &[u8],
 ) -> Option<(String, AuthSummary)> {
     let message = AuthenticatedMessage::parse(raw)?;
-    let helo = if env.helo.is_empty() { "unknown" } else { env.helo.as_str() };
+    let helo = if env.helo.is_empty() {
+        "unknown"
+    } else {
+        env.helo.as_str()
+    };
     let mail_from = if env.mail_from.is_empty() {
         format!("postmaster@{helo}")
     } else {
         env.mail_from.clone()
     };
-    let mail_from_domain = mail_from.rsplit_once('@').map(|(_, d)| d).unwrap_or(helo).to_string();
+    let mail_from_domain = mail_from
+        .rsplit_once('@')
+        .map(|(_, d)| d)
+        .unwrap_or(helo)
+        .to_string();
 
     let dkim = auth.verify_dkim(&message).await;
     let arc = auth.verify_arc(&message).await;
     let spf = auth
-        .verify_spf(SpfParameters::verify_mail_from(env.peer, helo, hostname, &mail_from))
+        .verify_spf(SpfParameters::verify_mail_from(
+            env.peer, helo, hostname, &mail_from,
+        ))
         .await;
     let dmarc = auth
-        .verify_dmarc(DmarcParameters::new(&message, &dkim, &mail_from_domain, &spf))
+        .verify_dmarc(DmarcParameters::new(
+            &message,
+            &dkim,
+            &mail_from_domain,
+            &spf,
+        ))
         .await;
 
     let header_from = message.from().to_string();
@@ -125,15 +146,19 @@ async fn verify_with(
     let dkim_verdict = if dkim.iter().any(|d| d.result() == &DkimResult::Pass) {
         "pass".to_string()
     } else {
-        dkim.first().map(|d| dkim_word(d.result())).unwrap_or("none").to_string()
+        dkim.first()
+            .map(|d| dkim_word(d.result()))
+            .unwrap_or("none")
+            .to_string()
     };
-    let dmarc_word = if dmarc.dkim_result() == &DmarcResult::Pass || dmarc.spf_result() == &DmarcResult::Pass {
-        "pass"
-    } else if dmarc.domain().is_empty() || matches!(dmarc.dkim_result(), DmarcResult::None) {
-        "none"
-    } else {
-        dmarc_word(dmarc.dkim_result())
-    };
+    let dmarc_word =
+        if dmarc.dkim_result() == &DmarcResult::Pass || dmarc.spf_result() == &DmarcResult::Pass {
+            "pass"
+        } else if dmarc.domain().is_empty() || matches!(dmarc.dkim_result(), DmarcResult::None) {
+            "none"
+        } else {
+            dmarc_word(dmarc.dkim_result())
+        };
     let summary = AuthSummary {
         spf: spf_word(spf.result()).into(),
         dkim: dkim_verdict,

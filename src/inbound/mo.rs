@@ -93,13 +93,16 @@ pub fn attachments<'a>(message: &'a mail_parser::Message<'a>) -> Vec<Attachment<
                     }
                 })
                 .to_ascii_lowercase();
-            let name = part.attachment_name().map(str::to_string).unwrap_or_else(|| {
-                if part.is_message() {
-                    format!("message-{}.eml", i + 1)
-                } else {
-                    format!("attachment-{}", i + 1)
-                }
-            });
+            let name = part
+                .attachment_name()
+                .map(str::to_string)
+                .unwrap_or_else(|| {
+                    if part.is_message() {
+                        format!("message-{}.eml", i + 1)
+                    } else {
+                        format!("attachment-{}", i + 1)
+                    }
+                });
             Attachment {
                 name,
                 content_type,
@@ -141,7 +144,11 @@ pub fn repaired(raw: &[u8]) -> Cow<'_, [u8]> {
 }
 
 /// Renders the MO event for `raw` into `out`.
-pub fn render(raw: &[u8], ctx: &MoContext<'_>, out: &mut impl std::io::Write) -> serde_json::Result<()> {
+pub fn render(
+    raw: &[u8],
+    ctx: &MoContext<'_>,
+    out: &mut impl std::io::Write,
+) -> serde_json::Result<()> {
     let bytes = repaired(raw);
     let parsed = parse(&bytes);
     let mut event = MoEvent {
@@ -171,12 +178,22 @@ pub fn render(raw: &[u8], ctx: &MoContext<'_>, out: &mut impl std::io::Write) ->
             if let Some(from) = m.from().and_then(|a| a.first()).and_then(|a| a.address()) {
                 event.from = from.to_string();
             }
-            if let Some(reply) = m.reply_to().and_then(|a| a.first()).and_then(|a| a.address()) {
+            if let Some(reply) = m
+                .reply_to()
+                .and_then(|a| a.first())
+                .and_then(|a| a.address())
+            {
                 event.return_path = reply.to_string();
             }
             event.subject = m.subject().unwrap_or_default().to_string();
             event.text_message = m.body_text(0).map(|t| t.into_owned()).unwrap_or_default();
-            event.html_message = m.body_html(0).map(|t| t.into_owned()).unwrap_or_default();
+            // Only a real text/html part: mail-parser would otherwise render the text as HTML.
+            event.html_message = m
+                .html_bodies()
+                .find(|p| p.is_text_html())
+                .and_then(|p| p.text_contents())
+                .unwrap_or_default()
+                .to_string();
             event.attachments = attachments(m)
                 .into_iter()
                 .enumerate()

@@ -116,14 +116,21 @@ pub struct Inbound {
 
 impl Inbound {
     /// Verifies, stores and schedules events. Returns the spool id once durable.
-    pub async fn accept(&self, config: &Config, env: Envelope, body: FinishedBody) -> Result<String, AcceptError> {
+    pub async fn accept(
+        &self,
+        config: &Config,
+        env: Envelope,
+        body: FinishedBody,
+    ) -> Result<String, AcceptError> {
         let raw = match body.inline_bytes() {
             Some(b) => crate::store::spool::Body::Bytes(b.into()),
             None => match &body.location {
                 crate::store::BodyLocation::File(name) => {
                     crate::store::spool::map_file(&self.store.spool_dir().join(name))?
                 }
-                crate::store::BodyLocation::Inline => crate::store::spool::Body::Bytes(Default::default()),
+                crate::store::BodyLocation::Inline => {
+                    crate::store::spool::Body::Bytes(Default::default())
+                }
             },
         };
         let (auth_header, summary) = self.auth.verify(&config.server.hostname, &env, &raw).await;
@@ -134,7 +141,10 @@ impl Inbound {
         let mut bounce = false;
         for (addr, dest) in &env.rcpts {
             match dest.asset_id() {
-                Some(a) => by_asset.entry(a.to_string()).or_default().push(addr.clone()),
+                Some(a) => by_asset
+                    .entry(a.to_string())
+                    .or_default()
+                    .push(addr.clone()),
                 None => bounce = true,
             }
         }
@@ -143,13 +153,17 @@ impl Inbound {
         let mut events = Vec::new();
         let mut tids = Vec::new();
         for (asset_id, recipients) in by_asset {
-            let Some(asset) = config.asset(&asset_id) else { continue };
+            let Some(asset) = config.asset(&asset_id) else {
+                continue;
+            };
             if recipients.iter().all(|r| r.eq_ignore_ascii_case(&sender)) {
                 tracing::info!(asset = %asset_id, sender = %sender, id = %body.id,
                     "sender equals recipient: logged, no MO event");
                 continue;
             }
-            let Some(url) = asset.incoming_webhook.clone() else { continue };
+            let Some(url) = asset.incoming_webhook.clone() else {
+                continue;
+            };
             if asset.mo_attachments == MoAttachments::Url {
                 let keep = received_ms + u64::from(asset.inbound_retention_days) * 86_400_000;
                 keep_until_ms = keep_until_ms.max(keep);
@@ -183,7 +197,9 @@ impl Inbound {
             events: events.iter().map(|e| e.id.clone()).collect(),
             bounce,
         };
-        self.store.accept_message(&record, &body, &events, &tids).await?;
+        self.store
+            .accept_message(&record, &body, &events, &tids)
+            .await?;
         let id = record.id;
         if events.is_empty() && !bounce {
             // Nothing refers to it (sender == recipient): keep no copy.
@@ -197,7 +213,10 @@ impl Inbound {
 /// The header From address, lower-cased, read from the headers only.
 fn header_from(raw: &[u8]) -> Option<String> {
     let msg = mail_parser::MessageParser::new().parse_headers(raw)?;
-    msg.from()?.first()?.address().map(|a| a.to_ascii_lowercase())
+    msg.from()?
+        .first()?
+        .address()
+        .map(|a| a.to_ascii_lowercase())
 }
 
 impl AuthSummary {
@@ -242,19 +261,46 @@ domains = ["sendonly.test"]
     fn recipients_we_take_and_refuse() {
         let c = config();
         let cases: &[(&str, Result<Destination, RcptRefusal>)] = &[
-            ("support@example.test", Ok(Destination::Asset("a_in".into()))),
-            ("Support@EXAMPLE.test.", Ok(Destination::Asset("a_in".into()))),
-            ("a_in@inbound.example.test", Ok(Destination::Forward("a_in".into()))),
+            (
+                "support@example.test",
+                Ok(Destination::Asset("a_in".into())),
+            ),
+            (
+                "Support@EXAMPLE.test.",
+                Ok(Destination::Asset("a_in".into())),
+            ),
+            (
+                "a_in@inbound.example.test",
+                Ok(Destination::Forward("a_in".into())),
+            ),
             ("a_out@inbound.example.test", Err(RcptRefusal::RelayDenied)),
             ("b+x@bounces.example.test", Ok(Destination::Bounce)),
             ("x@sendonly.test", Err(RcptRefusal::RelayDenied)),
             ("x@elsewhere.org", Err(RcptRefusal::RelayDenied)),
-            ("x%elsewhere.org@example.test", Ok(Destination::Asset("a_in".into()))),
-            ("elsewhere.org!x@example.test", Ok(Destination::Asset("a_in".into()))),
-            ("\"x@elsewhere.org\"@example.test", Ok(Destination::Asset("a_in".into()))),
-            ("\"x@example.test\"@elsewhere.org", Err(RcptRefusal::RelayDenied)),
-            ("@relay.org:x@example.test", Ok(Destination::Asset("a_in".into()))),
-            ("@example.test:x@elsewhere.org", Err(RcptRefusal::RelayDenied)),
+            (
+                "x%elsewhere.org@example.test",
+                Ok(Destination::Asset("a_in".into())),
+            ),
+            (
+                "elsewhere.org!x@example.test",
+                Ok(Destination::Asset("a_in".into())),
+            ),
+            (
+                "\"x@elsewhere.org\"@example.test",
+                Ok(Destination::Asset("a_in".into())),
+            ),
+            (
+                "\"x@example.test\"@elsewhere.org",
+                Err(RcptRefusal::RelayDenied),
+            ),
+            (
+                "@relay.org:x@example.test",
+                Ok(Destination::Asset("a_in".into())),
+            ),
+            (
+                "@example.test:x@elsewhere.org",
+                Err(RcptRefusal::RelayDenied),
+            ),
             ("x@[192.0.2.1]", Err(RcptRefusal::AddressLiteral)),
             ("nodomain", Err(RcptRefusal::BadSyntax)),
         ];

@@ -117,7 +117,10 @@ impl DataScanner {
                     i += 1;
                     if b == b'\n' {
                         self.state = State::LineStart;
-                        return Scanned { consumed: i, done: true };
+                        return Scanned {
+                            consumed: i,
+                            done: true,
+                        };
                     }
                     // `.` CR x: a bare CR on a stuffed line.
                     self.flag(DataFault::BareCr);
@@ -197,7 +200,10 @@ mod tests {
             }
             results.push((out, end, s.fault()));
         }
-        assert!(results.windows(2).all(|w| w[0] == w[1]), "chunking changed the result");
+        assert!(
+            results.windows(2).all(|w| w[0] == w[1]),
+            "chunking changed the result"
+        );
         results.remove(0)
     }
 
@@ -223,11 +229,20 @@ mod tests {
 
     #[test]
     fn smuggling_sequences_do_not_end_data() {
-        for evil in [&b"a\n.\nMAIL FROM:<x>\r\n"[..], b"a\n.\r\nRCPT\r\n", b"a\r.\rDATA\r\n"] {
+        for evil in [
+            &b"a\n.\nMAIL FROM:<x>\r\n"[..],
+            b"a\n.\r\nRCPT\r\n",
+            b"a\r.\rDATA\r\n",
+        ] {
             let mut input = evil.to_vec();
             input.extend_from_slice(b"tail\r\n.\r\n");
             let (out, end, fault) = scan(&input);
-            assert_eq!(end, Some(input.len()), "{:?}", String::from_utf8_lossy(evil));
+            assert_eq!(
+                end,
+                Some(input.len()),
+                "{:?}",
+                String::from_utf8_lossy(evil)
+            );
             assert!(matches!(fault, Some(DataFault::BareLf | DataFault::BareCr)));
             assert!(out.ends_with(b"tail\r\n"));
         }
@@ -255,6 +270,12 @@ mod tests {
         let mut s = DataScanner::default();
         let mut out = Vec::new();
         let r = s.feed(b"x\r\n.\r\nRSET\r\n", &mut out);
-        assert_eq!(r, Scanned { consumed: 6, done: true });
+        assert_eq!(
+            r,
+            Scanned {
+                consumed: 6,
+                done: true
+            }
+        );
     }
 }

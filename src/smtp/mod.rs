@@ -66,7 +66,12 @@ pub struct ConnSlot {
 
 impl ConnLimits {
     /// A slot for `ip`, or `None` when either cap is reached.
-    pub fn acquire(self: &Arc<Self>, ip: IpAddr, max_total: usize, max_per_ip: usize) -> Option<ConnSlot> {
+    pub fn acquire(
+        self: &Arc<Self>,
+        ip: IpAddr,
+        max_total: usize,
+        max_per_ip: usize,
+    ) -> Option<ConnSlot> {
         let mut per_ip = self.per_ip.lock().unwrap_or_else(|p| p.into_inner());
         let mine = per_ip.get(&ip).copied().unwrap_or(0);
         if mine >= max_per_ip || self.total.load(Ordering::Acquire) >= max_total {
@@ -115,7 +120,11 @@ impl Drop for ConnSlot {
 }
 
 /// Accepts connections on `listener` until `shutdown` flips.
-pub async fn accept_loop(listener: TcpListener, daemon: Arc<crate::Daemon>, mut shutdown: watch::Receiver<bool>) {
+pub async fn accept_loop(
+    listener: TcpListener,
+    daemon: Arc<crate::Daemon>,
+    mut shutdown: watch::Receiver<bool>,
+) {
     loop {
         let (sock, addr) = tokio::select! {
             r = listener.accept() => match r {
@@ -132,13 +141,19 @@ pub async fn accept_loop(listener: TcpListener, daemon: Arc<crate::Daemon>, mut 
         let _ = sock.set_nodelay(true);
         let config = daemon.config();
         let ip = addr.ip();
-        let Some(slot) = daemon.conns.acquire(ip, config.smtp.max_connections, config.smtp.max_connections_per_ip) else {
+        let Some(slot) = daemon.conns.acquire(
+            ip,
+            config.smtp.max_connections,
+            config.smtp.max_connections_per_ip,
+        ) else {
             tracing::info!(peer = %addr, "connection refused: connection cap reached");
             let host = config.server.hostname.clone();
             tokio::spawn(async move {
                 let mut sock = sock;
                 let line = format!("421 4.7.0 {host} too many connections, try again later\r\n");
-                let _ = tokio::time::timeout(Duration::from_secs(5), sock.write_all(line.as_bytes())).await;
+                let _ =
+                    tokio::time::timeout(Duration::from_secs(5), sock.write_all(line.as_bytes()))
+                        .await;
                 let _ = sock.shutdown().await;
             });
             continue;
@@ -150,7 +165,8 @@ pub async fn accept_loop(listener: TcpListener, daemon: Arc<crate::Daemon>, mut 
             shutdown: shutdown.clone(),
         };
         let metrics = daemon.metrics.clone();
-        let span = tracing::info_span!("smtp", peer = %addr, session = %uuid::Uuid::new_v4().simple());
+        let span =
+            tracing::info_span!("smtp", peer = %addr, session = %uuid::Uuid::new_v4().simple());
         tokio::spawn(
             async move {
                 metrics.smtp_connections.fetch_add(1, Ordering::Relaxed);

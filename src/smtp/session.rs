@@ -126,9 +126,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         loop {
             match self.next_command().await? {
                 CommandLine::Ok(line) => self.command(&line).await?,
-                CommandLine::TooLong => self.fail(500, "5.5.2", "line too long (512 octets at most)")?,
-                CommandLine::BareLf => self.fail(500, "5.5.2", "bare LF in command; lines end with CRLF")?,
-                CommandLine::BareCr => self.fail(500, "5.5.2", "bare CR in command is not allowed")?,
+                CommandLine::TooLong => {
+                    self.fail(500, "5.5.2", "line too long (512 octets at most)")?
+                }
+                CommandLine::BareLf => {
+                    self.fail(500, "5.5.2", "bare LF in command; lines end with CRLF")?
+                }
+                CommandLine::BareCr => {
+                    self.fail(500, "5.5.2", "bare CR in command is not allowed")?
+                }
                 CommandLine::Nul => self.fail(500, "5.5.2", "NUL in command is not allowed")?,
             }
         }
@@ -153,7 +159,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         self.errors += 1;
         if self.errors >= MAX_ERRORS {
             let host = self.p.config.server.hostname.clone();
-            self.reply(421, "4.7.0", &format!("{host} too many errors, closing connection"));
+            self.reply(
+                421,
+                "4.7.0",
+                &format!("{host} too many errors, closing connection"),
+            );
             return Err(Stop::Closed);
         }
         Ok(())
@@ -197,7 +207,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             if let Some(i) = memchr::memchr(b'\n', pending) {
                 let line = pending[..=i].to_vec();
                 self.rpos += i + 1;
-                return Ok(if discarding { CommandLine::TooLong } else { check_line(line) });
+                return Ok(if discarding {
+                    CommandLine::TooLong
+                } else {
+                    check_line(line)
+                });
             }
             if pending.len() >= MAX_COMMAND {
                 discarding = true;
@@ -222,7 +236,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
 
     fn shutting_down(&mut self) -> Stop {
         let host = self.p.config.server.hostname.clone();
-        self.reply(421, "4.3.2", &format!("{host} shutting down, try again later"));
+        self.reply(
+            421,
+            "4.3.2",
+            &format!("{host} shutting down, try again later"),
+        );
         Stop::Closed
     }
 
@@ -231,7 +249,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
     async fn command(&mut self, line: &[u8]) -> Result<(), Stop> {
         let request = match Request::parse(&mut line.iter()) {
             Ok(r) => r.into_owned(),
-            Err(e) => return self.parse_error(e),
+            Err(e) => return self.parse_error(e, line),
         };
         match request {
             Request::Ehlo { host } => {
@@ -262,7 +280,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             Request::Mail { from } => self.mail(from.address, from.size)?,
             Request::Rcpt { to } => self.rcpt(to.address)?,
             Request::Data => self.data().await?,
-            Request::Bdat { chunk_size, is_last } => self.bdat(chunk_size, is_last).await?,
+            Request::Bdat {
+                chunk_size,
+                is_last,
+            } => self.bdat(chunk_size, is_last).await?,
             Request::Rset => {
                 self.reset();
                 self.reply(250, "2.0.0", "OK");
@@ -272,10 +293,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 self.reply(221, "2.0.0", "Bye");
                 return Err(Stop::Quit);
             }
-            Request::Vrfy { .. } => self.reply(252, "2.5.2", "cannot VRFY user, but will accept message"),
+            Request::Vrfy { .. } => {
+                self.reply(252, "2.5.2", "cannot VRFY user, but will accept message")
+            }
             Request::Expn { .. } => self.fail(502, "5.5.1", "EXPN is not served here")?,
-            Request::Help { .. } => self.reply(214, "2.0.0", "see RFC 5321; postern is an inbound MX"),
-            Request::Auth { .. } => self.fail(502, "5.5.1", "AUTH is not offered on this listener")?,
+            Request::Help { .. } => {
+                self.reply(214, "2.0.0", "see RFC 5321; postern is an inbound MX")
+            }
+            Request::Auth { .. } => {
+                self.fail(502, "5.5.1", "AUTH is not offered on this listener")?
+            }
             Request::Etrn { .. } | Request::Atrn { .. } | Request::Burl { .. } => {
                 self.fail(502, "5.5.1", "command not implemented")?
             }
@@ -284,20 +311,36 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         Ok(())
     }
 
-    fn parse_error(&mut self, e: smtp_proto::Error) -> Result<(), Stop> {
+    fn parse_error(&mut self, e: smtp_proto::Error, line: &[u8]) -> Result<(), Stop> {
         use smtp_proto::Error as E;
+        // smtp-proto refuses address literals as syntax; the SPEC wants them refused as relaying.
+        if matches!(e, E::InvalidRecipientAddress) && memchr::memmem::find(line, b"@[").is_some() {
+            return self.fail(
+                550,
+                "5.7.1",
+                "relaying denied: address literals are not accepted",
+            );
+        }
         match e {
             E::UnknownCommand => self.fail(500, "5.5.1", "command not recognized"),
-            E::InvalidSenderAddress => self.fail(501, "5.1.7", "MAIL FROM: bad sender address syntax"),
-            E::InvalidRecipientAddress => self.fail(501, "5.1.3", "RCPT TO: bad recipient address syntax"),
+            E::InvalidSenderAddress => {
+                self.fail(501, "5.1.7", "MAIL FROM: bad sender address syntax")
+            }
+            E::InvalidRecipientAddress => {
+                self.fail(501, "5.1.3", "RCPT TO: bad recipient address syntax")
+            }
             E::SyntaxError { syntax } => self.fail(501, "5.5.4", &format!("syntax: {syntax}")),
-            E::InvalidParameter { param } => self.fail(501, "5.5.4", &format!("invalid parameter {param}")),
+            E::InvalidParameter { param } => {
+                self.fail(501, "5.5.4", &format!("invalid parameter {param}"))
+            }
             E::UnsupportedParameter { param } => {
                 let param: String = param.chars().filter(|c| !c.is_control()).take(64).collect();
                 self.fail(504, "5.5.4", &format!("unsupported parameter {param}"))
             }
             E::ResponseTooLong => self.fail(500, "5.5.2", "line too long (512 octets at most)"),
-            E::NeedsMoreData { .. } | E::InvalidResponse { .. } => self.fail(500, "5.5.2", "incomplete command"),
+            E::NeedsMoreData { .. } | E::InvalidResponse { .. } => {
+                self.fail(500, "5.5.2", "incomplete command")
+            }
         }
     }
 
@@ -318,7 +361,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         }
         if size > self.p.config.smtp.max_message_size {
             let max = self.p.config.smtp.max_message_size;
-            return self.fail(552, "5.3.4", &format!("MAIL: SIZE {size} exceeds the limit of {max} bytes"));
+            return self.fail(
+                552,
+                "5.3.4",
+                &format!("MAIL: SIZE {size} exceeds the limit of {max} bytes"),
+            );
         }
         self.tx = Some(Transaction {
             mail_from: address,
@@ -339,36 +386,55 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             return self.fail(503, "5.5.1", "RCPT: not during BDAT");
         }
         if tx.rcpts.len() >= max {
-            self.reply(452, "4.5.3", &format!("RCPT: too many recipients ({max} per transaction)"));
+            self.reply(
+                452,
+                "4.5.3",
+                &format!("RCPT: too many recipients ({max} per transaction)"),
+            );
             return Ok(());
         }
         let declared = tx.declared_size;
         match classify_recipient(&self.p.config, &address) {
             Ok(dest) => {
-                let limit = size_limit(&self.p.config, std::slice::from_ref(&(address.clone(), dest.clone())));
+                let limit = size_limit(
+                    &self.p.config,
+                    std::slice::from_ref(&(address.clone(), dest.clone())),
+                );
                 if declared > limit {
                     return self.fail(552, "5.3.4", &format!("RCPT: message size {declared} exceeds this recipient's limit of {limit} bytes"));
                 }
                 let tx = self.tx.as_mut().expect("checked above");
-                if !tx.rcpts.iter().any(|(a, _)| a.eq_ignore_ascii_case(&address)) {
+                if !tx
+                    .rcpts
+                    .iter()
+                    .any(|(a, _)| a.eq_ignore_ascii_case(&address))
+                {
                     tx.rcpts.push((address, dest));
                 }
                 self.reply(250, "2.1.5", "recipient OK");
                 Ok(())
             }
             Err(RcptRefusal::RelayDenied) => self.fail(550, "5.7.1", "relaying denied"),
-            Err(RcptRefusal::AddressLiteral) => {
-                self.fail(550, "5.7.1", "relaying denied: address literals are not accepted")
+            Err(RcptRefusal::AddressLiteral) => self.fail(
+                550,
+                "5.7.1",
+                "relaying denied: address literals are not accepted",
+            ),
+            Err(RcptRefusal::BadSyntax) => {
+                self.fail(501, "5.1.3", "RCPT TO: bad recipient address syntax")
             }
-            Err(RcptRefusal::BadSyntax) => self.fail(501, "5.1.3", "RCPT TO: bad recipient address syntax"),
         }
     }
 
     async fn data(&mut self) -> Result<(), Stop> {
         match &self.tx {
             None => return self.fail(503, "5.5.1", "DATA: need MAIL first"),
-            Some(tx) if tx.bdat.is_some() => return self.fail(503, "5.5.1", "DATA: not after BDAT"),
-            Some(tx) if tx.rcpts.is_empty() => return self.fail(554, "5.5.1", "DATA: no valid recipients"),
+            Some(tx) if tx.bdat.is_some() => {
+                return self.fail(503, "5.5.1", "DATA: not after BDAT")
+            }
+            Some(tx) if tx.rcpts.is_empty() => {
+                return self.fail(554, "5.5.1", "DATA: no valid recipients")
+            }
             Some(_) => {}
         }
         self.reply(354, "", "start mail input; end with <CRLF>.<CRLF>");
@@ -427,7 +493,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
     async fn bdat(&mut self, size: usize, last: bool) -> Result<(), Stop> {
         let ready = matches!(&self.tx, Some(tx) if !tx.rcpts.is_empty());
         let data_timeout = Duration::from_secs(self.p.config.smtp.data_timeout);
-        let limit = self.tx.as_ref().map(|tx| size_limit(&self.p.config, &tx.rcpts)).unwrap_or(0);
+        let limit = self
+            .tx
+            .as_ref()
+            .map(|tx| size_limit(&self.p.config, &tx.rcpts))
+            .unwrap_or(0);
         let mut chunk = if ready {
             let store = self.p.inbound.store.clone();
             let tx = self.tx.as_mut().expect("checked above");
@@ -441,7 +511,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         };
         // The chunk's bytes are read (and dropped when refused) in every case, so the
         // command stream stays in step.
-        let deadline = chunk.as_ref().map(|c| c.deadline).unwrap_or_else(|| Instant::now() + data_timeout);
+        let deadline = chunk
+            .as_ref()
+            .map(|c| c.deadline)
+            .unwrap_or_else(|| Instant::now() + data_timeout);
         let mut remaining = size;
         let mut write_error = None;
         loop {
@@ -474,7 +547,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             }
         }
         let Some(c) = chunk else {
-            let msg = if self.tx.is_none() { "BDAT: need MAIL first" } else { "BDAT: no valid recipients" };
+            let msg = if self.tx.is_none() {
+                "BDAT: need MAIL first"
+            } else {
+                "BDAT: no valid recipients"
+            };
             return self.fail(503, "5.5.1", msg);
         };
         if let Some(e) = write_error {
@@ -493,14 +570,36 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
     }
 
     /// Ends a transaction after its data: rejects, or stores and answers 250.
-    async fn finish(&mut self, body: BodyWriter, fault: Option<DataFault>, oversize: bool, limit: usize) -> Result<(), Stop> {
+    async fn finish(
+        &mut self,
+        body: BodyWriter,
+        fault: Option<DataFault>,
+        oversize: bool,
+        limit: usize,
+    ) -> Result<(), Stop> {
         let tx = self.tx.take().expect("a transaction is open during data");
         let metrics = self.p.inbound.metrics.clone();
         let refusal = match (fault, oversize) {
-            (Some(DataFault::BareLf), _) => Some((554, "5.5.2", "bare LF in message data is not allowed; lines end with CRLF".to_string())),
-            (Some(DataFault::BareCr), _) => Some((554, "5.5.2", "bare CR in message data is not allowed".to_string())),
-            (Some(DataFault::LineTooLong), _) => Some((554, "5.5.2", "message has a line over 998 octets (RFC 5322 2.1.1)".to_string())),
-            (None, true) => Some((552, "5.3.4", format!("message exceeds the limit of {limit} bytes"))),
+            (Some(DataFault::BareLf), _) => Some((
+                554,
+                "5.5.2",
+                "bare LF in message data is not allowed; lines end with CRLF".to_string(),
+            )),
+            (Some(DataFault::BareCr), _) => Some((
+                554,
+                "5.5.2",
+                "bare CR in message data is not allowed".to_string(),
+            )),
+            (Some(DataFault::LineTooLong), _) => Some((
+                554,
+                "5.5.2",
+                "message has a line over 998 octets (RFC 5322 2.1.1)".to_string(),
+            )),
+            (None, true) => Some((
+                552,
+                "5.3.4",
+                format!("message exceeds the limit of {limit} bytes"),
+            )),
             (None, false) => None,
         };
         if let Some((code, status, text)) = refusal {
@@ -551,11 +650,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         // (CVE-2011-0411), never interpret it inside the TLS session.
         let dropped = self.rbuf.len() - self.rpos;
         if dropped > 0 {
-            tracing::warn!(bytes = dropped, "discarding plaintext pipelined after STARTTLS");
+            tracing::warn!(
+                bytes = dropped,
+                "discarding plaintext pipelined after STARTTLS"
+            );
         }
         self.rbuf.clear();
         self.rpos = 0;
-        let MaybeTls::Plain(plain) = std::mem::replace(&mut self.stream, MaybeTls::Switching) else {
+        let MaybeTls::Plain(plain) = std::mem::replace(&mut self.stream, MaybeTls::Switching)
+        else {
             return Err(Stop::Closed);
         };
         let handshake = Duration::from_secs(self.p.config.smtp.command_timeout.min(60));

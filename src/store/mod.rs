@@ -63,8 +63,12 @@ struct Inner {
     inbound_tids: sled::Tree,
     quarantine: sled::Tree,
     spool_dir: PathBuf,
-    flush_tx: mpsc::UnboundedSender<oneshot::Sender<Result<(), String>>>,
+    flush_tx: mpsc::UnboundedSender<FlushRequest>,
 }
+
+/// A flush request carries its own database handle, so the flusher task never keeps the
+/// database open: dropping the last `Store` releases sled's lock at once.
+type FlushRequest = (sled::Db, oneshot::Sender<Result<(), String>>);
 
 impl Store {
     /// Opens (creating) the database under `data_dir` and starts the group-commit flusher.
@@ -92,15 +96,20 @@ impl Store {
             spool_dir,
             flush_tx,
         };
-        tokio::spawn(group_commit(db, flush_rx));
-        Ok(Store { inner: Arc::new(inner) })
+        tokio::spawn(group_commit(flush_rx));
+        Ok(Store {
+            inner: Arc::new(inner),
+        })
     }
 
     /// Waits until every write made before this call is durable. Concurrent callers are
     /// served by one `fsync`.
     pub async fn commit(&self) -> Result<(), StoreError> {
         let (tx, rx) = oneshot::channel();
-        self.inner.flush_tx.send(tx).map_err(|_| StoreError::Closed)?;
+        self.inner
+            .flush_tx
+            .send((self.inner.db.clone(), tx))
+            .map_err(|_| StoreError::Closed)?;
         match rx.await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(e)) => Err(StoreError::Db(sled::Error::Io(std::io::Error::other(e)))),
@@ -135,16 +144,16 @@ impl Store {
 }
 
 /// One task owns flushing: it takes every waiter queued so far, flushes once, answers all.
-async fn group_commit(db: sled::Db, mut rx: mpsc::UnboundedReceiver<oneshot::Sender<Result<(), String>>>) {
-    while let Some(first) = rx.recv().await {
+async fn group_commit(mut rx: mpsc::UnboundedReceiver<FlushRequest>) {
+    while let Some((db, first)) = rx.recv().await {
         let mut waiters = vec![first];
-        while let Ok(more) = rx.try_recv() {
+        while let Ok((_, more)) = rx.try_recv() {
             waiters.push(more);
         }
-        let db = db.clone();
-        let result = tokio::task::spawn_blocking(move || db.flush().map(|_| ()).map_err(|e| e.to_string()))
-            .await
-            .unwrap_or_else(|e| Err(format!("flush task failed: {e}")));
+        let result =
+            tokio::task::spawn_blocking(move || db.flush().map(|_| ()).map_err(|e| e.to_string()))
+                .await
+                .unwrap_or_else(|e| Err(format!("flush task failed: {e}")));
         if let Err(e) = &result {
             tracing::error!(error = %e, "database flush failed");
         }

@@ -115,16 +115,20 @@ impl Store {
     pub fn outbox_get(&self, id: &str) -> Result<Option<OutboxEntry>, StoreError> {
         match self.inner.outbox.get(id.as_bytes())? {
             None => Ok(None),
-            Some(v) => codec::decode(&v).map(Some).map_err(|reason| StoreError::Corrupt {
-                tree: "outbox",
-                key: id.into(),
-                reason,
-            }),
+            Some(v) => codec::decode(&v)
+                .map(Some)
+                .map_err(|reason| StoreError::Corrupt {
+                    tree: "outbox",
+                    key: id.into(),
+                    reason,
+                }),
         }
     }
 
     pub fn outbox_update(&self, entry: &OutboxEntry) -> Result<(), StoreError> {
-        self.inner.outbox.insert(entry.id.as_bytes(), codec::encode(entry))?;
+        self.inner
+            .outbox
+            .insert(entry.id.as_bytes(), codec::encode(entry))?;
         Ok(())
     }
 
@@ -139,7 +143,11 @@ impl Store {
     }
 
     /// Moves an event to the dead-letter store atomically.
-    pub async fn outbox_to_dead(&self, entry: OutboxEntry, reason: String) -> Result<(), StoreError> {
+    pub async fn outbox_to_dead(
+        &self,
+        entry: OutboxEntry,
+        reason: String,
+    ) -> Result<(), StoreError> {
         let key = entry.id.clone();
         let dead = DeadLetter {
             entry,

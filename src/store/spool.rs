@@ -90,10 +90,11 @@ impl BodyWriter {
                 path: path.clone(),
                 source,
             })?;
-            file.write_all(&self.buf).map_err(|source| StoreError::File {
-                path: path.clone(),
-                source,
-            })?;
+            file.write_all(&self.buf)
+                .map_err(|source| StoreError::File {
+                    path: path.clone(),
+                    source,
+                })?;
             self.buf = Vec::new();
             self.file = Some((file, path));
         }
@@ -122,7 +123,9 @@ impl BodyWriter {
                     file.sync_all().map_err(|e| io(e, &tmp))?;
                     let target = dir.join(&name);
                     std::fs::rename(&tmp, &target).map_err(|e| io(e, &target))?;
-                    std::fs::File::open(&dir).and_then(|d| d.sync_all()).map_err(|e| io(e, &dir))?;
+                    std::fs::File::open(&dir)
+                        .and_then(|d| d.sync_all())
+                        .map_err(|e| io(e, &dir))?;
                     Ok(FinishedBody {
                         id,
                         location: BodyLocation::File(name),
@@ -258,7 +261,12 @@ impl Store {
     /// The raw message as received (without the Authentication-Results line).
     pub fn load_body(&self, record: &SpoolRecord) -> Result<Body, StoreError> {
         match &record.body {
-            BodyLocation::Inline => Ok(Body::Bytes(self.inner.bodies.get(record.id.as_bytes())?.unwrap_or_default())),
+            BodyLocation::Inline => Ok(Body::Bytes(
+                self.inner
+                    .bodies
+                    .get(record.id.as_bytes())?
+                    .unwrap_or_default(),
+            )),
             BodyLocation::File(name) => map_file(&self.inner.spool_dir.join(name)),
         }
     }
@@ -282,7 +290,9 @@ impl Store {
             return Ok(false);
         }
         for ev in &record.events {
-            if self.inner.outbox.contains_key(ev.as_bytes())? || self.inner.dead.contains_key(ev.as_bytes())? {
+            if self.inner.outbox.contains_key(ev.as_bytes())?
+                || self.inner.dead.contains_key(ev.as_bytes())?
+            {
                 return Ok(false);
             }
         }
