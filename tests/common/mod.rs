@@ -128,6 +128,26 @@ pub fn config_text(
     extra_asset: &str,
     extra_top: &str,
 ) -> String {
+    config_text_dns(
+        data_dir,
+        smtp,
+        http,
+        hook,
+        extra_asset,
+        extra_top,
+        "resolver = \"off\"",
+    )
+}
+
+pub fn config_text_dns(
+    data_dir: &Path,
+    smtp: SocketAddr,
+    http: SocketAddr,
+    hook: &str,
+    extra_asset: &str,
+    extra_top: &str,
+    dns: &str,
+) -> String {
     format!(
         r#"
 [server]
@@ -148,7 +168,7 @@ listen = "{http}"
 token = "admin-secret"
 
 [dns]
-resolver = "off"
+{dns}
 
 [[asset]]
 id = "a_demo"
@@ -173,17 +193,27 @@ pub struct TestDaemon {
 
 impl TestDaemon {
     pub async fn start(hook_base: &str, extra_asset: &str, extra_top: &str) -> TestDaemon {
+        Self::start_with(hook_base, extra_asset, extra_top, "resolver = \"off\"").await
+    }
+
+    pub async fn start_with(
+        hook_base: &str,
+        extra_asset: &str,
+        extra_top: &str,
+        dns: &str,
+    ) -> TestDaemon {
         let dir = tempfile::tempdir().unwrap();
         let smtp_l = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let http_l = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let (smtp, http) = (smtp_l.local_addr().unwrap(), http_l.local_addr().unwrap());
-        let text = config_text(
+        let text = config_text_dns(
             &dir.path().join("data"),
             smtp,
             http,
             hook_base,
             extra_asset,
             extra_top,
+            dns,
         );
         let config =
             postern::config::Config::parse(&text, "test.toml").expect("test config is valid");
