@@ -459,3 +459,49 @@ async fn graceful_shutdown_finishes_the_transaction_in_flight() {
     assert_eq!(hooks[0].json()["subject"], "in flight");
     h.shutdown().await;
 }
+
+#[tokio::test]
+async fn large_message_is_streamed_to_the_webhook_signed_and_intact() {
+    let rx = Receiver::start().await;
+    let d = TestDaemon::start(&rx.url(""), "webhook_secret = \"big-secret\"", "").await;
+    let blob: Vec<u8> = (0..3_000_000u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    SmtpClientBuilder::new("127.0.0.1", d.smtp.port())
+        .unwrap()
+        .implicit_tls(false)
+        .connect_plain()
+        .await
+        .unwrap()
+        .send(
+            MessageBuilder::new()
+                .from("frank@example.org")
+                .to("support@example.test")
+                .subject("big")
+                .text_body("three megabytes")
+                .attachment("application/octet-stream", "big.bin", blob.clone()),
+        )
+        .await
+        .unwrap();
+    let hook = rx.wait_for_count(1, WAIT).await.remove(0);
+    let sig = hook.headers["x-postern-signature"].to_str().unwrap();
+    let t: u64 = sig
+        .split(',')
+        .next()
+        .unwrap()
+        .trim_start_matches("t=")
+        .parse()
+        .unwrap();
+    assert_eq!(sig, postern::events::signature("big-secret", t, &hook.body));
+    let ev = hook.json();
+    assert_eq!(b64(ev["attachments"][0]["content"].as_str().unwrap()), blob);
+    assert_eq!(ev["attachments"][0]["size"], 3_000_000);
+    // The rendered file is gone once sent.
+    let leftovers: Vec<_> = std::fs::read_dir(d.dir.path().join("data/spool"))
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with("render-"))
+        .collect();
+    assert!(leftovers.is_empty());
+    d.stop().await;
+}

@@ -83,6 +83,73 @@ pub fn signature(secret: &str, unix: u64, body: &[u8]) -> String {
     format!("t={unix},v1={}", hex::encode(mac.finalize().into_bytes()))
 }
 
+/// Messages up to this size have their MO JSON built in memory; larger ones in a file.
+const RENDER_IN_MEMORY: u64 = 1024 * 1024;
+
+/// A webhook body ready to send.
+pub struct Rendered {
+    body: RenderedBody,
+    signature: Option<String>,
+}
+
+enum RenderedBody {
+    Memory(Vec<u8>),
+    File { path: std::path::PathBuf, len: u64 },
+}
+
+/// Counts and (with a secret) MACs everything written through it, so a file-rendered body
+/// is signed without being read back.
+struct MacWriter<W: std::io::Write> {
+    inner: W,
+    mac: Option<Hmac<Sha256>>,
+    unix: u64,
+    len: u64,
+}
+
+impl<W: std::io::Write> MacWriter<W> {
+    fn new(inner: W, secret: Option<&str>, unix: u64) -> Self {
+        let mac = secret.map(|k| {
+            let mut m =
+                Hmac::<Sha256>::new_from_slice(k.as_bytes()).expect("HMAC takes any key length");
+            m.update(format!("{unix}.").as_bytes());
+            m
+        });
+        MacWriter {
+            inner,
+            mac,
+            unix,
+            len: 0,
+        }
+    }
+
+    fn finish(mut self) -> std::io::Result<(u64, Option<String>)> {
+        self.inner.flush()?;
+        let sig = self.mac.map(|m| {
+            format!(
+                "t={},v1={}",
+                self.unix,
+                hex::encode(m.finalize().into_bytes())
+            )
+        });
+        Ok((self.len, sig))
+    }
+}
+
+impl<W: std::io::Write> std::io::Write for MacWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        if let Some(m) = &mut self.mac {
+            m.update(&buf[..n]);
+        }
+        self.len += n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
 pub struct Worker {
     pub store: Store,
     pub config: Arc<RwLock<Arc<Config>>>,
@@ -185,83 +252,139 @@ impl Worker {
         self.settle(&config, entry, outcome).await;
     }
 
-    /// The JSON to POST. MO bodies are rendered off the async threads: they can be large.
-    async fn body(&self, config: &Config, entry: &OutboxEntry) -> Result<Vec<u8>, String> {
-        match &entry.payload {
-            Payload::Json(s) => Ok(s.clone().into_bytes()),
+    /// The JSON to POST and its signature. MO bodies are rendered off the async threads;
+    /// a large one is rendered to a file in the spool directory and streamed from there.
+    async fn body(&self, config: &Config, entry: &OutboxEntry) -> Result<Rendered, String> {
+        let secret = config
+            .asset(&entry.asset_id)
+            .and_then(|a| a.webhook_secret.as_ref())
+            .map(|s| s.expose().to_string());
+        let unix = now_ms() / 1000;
+        let (spool_id, tid, asset_id, recipients) = match &entry.payload {
+            Payload::Json(s) => {
+                let bytes = s.clone().into_bytes();
+                let signature = secret.map(|k| signature(&k, unix, &bytes));
+                return Ok(Rendered {
+                    body: RenderedBody::Memory(bytes),
+                    signature,
+                });
+            }
             Payload::Mo {
                 spool_id,
                 tid,
                 asset_id,
                 recipients,
-            } => {
-                let record = self
-                    .store
-                    .spool_record(spool_id)
-                    .map_err(|e| e.to_string())?
-                    .ok_or_else(|| format!("stored message {spool_id} is missing"))?;
-                let mode = config
-                    .asset(asset_id)
-                    .map(|a| a.mo_attachments)
-                    .unwrap_or_default();
-                let store = self.store.clone();
-                let signer = self.signer.clone();
-                let public_url = config.server.public_url.trim_end_matches('/').to_string();
-                let (tid, recipients) = (tid.clone(), recipients.clone());
-                let retention_ms = config
-                    .asset(asset_id)
-                    .map(|a| u64::from(a.inbound_retention_days) * 86_400_000)
-                    .unwrap_or(0);
-                tokio::task::spawn_blocking(move || {
-                    let raw = store.load_body(&record).map_err(|e| e.to_string())?;
-                    let expires = record.received_ms + retention_ms;
-                    let link = |n: Option<usize>| {
-                        let part = n.map(|n| n.to_string()).unwrap_or_else(|| "raw".into());
-                        let token = signer.sign("inbound", &format!("{tid}|{part}|{expires}"));
-                        match n {
-                            Some(n) => format!(
-                                "{public_url}/v2/inbound/{tid}/attachments/{n}?token={token}"
-                            ),
-                            None => format!("{public_url}/v2/inbound/{tid}/raw?token={token}"),
-                        }
-                    };
-                    let ctx = mo::MoContext {
-                        tid: &tid,
-                        received_ms: record.received_ms,
-                        mail_from: &record.mail_from,
-                        recipients: &recipients,
-                        auth: &record.auth,
-                        attachments: mode,
-                        link: &link,
-                    };
-                    let mut out = Vec::with_capacity(raw.len() * 4 / 3 + 1024);
+            } => (spool_id, tid.clone(), asset_id, recipients.clone()),
+        };
+        let record = self
+            .store
+            .spool_record(spool_id)
+            .map_err(|e| e.to_string())?
+            .ok_or_else(|| format!("stored message {spool_id} is missing"))?;
+        let asset = config.asset(asset_id);
+        let mode = asset.map(|a| a.mo_attachments).unwrap_or_default();
+        let retention_ms = asset
+            .map(|a| u64::from(a.inbound_retention_days) * 86_400_000)
+            .unwrap_or(0);
+        let store = self.store.clone();
+        let signer = self.signer.clone();
+        let public_url = config.server.public_url.trim_end_matches('/').to_string();
+        let file = (record.size > RENDER_IN_MEMORY)
+            .then(|| store.spool_dir().join(format!("render-{}.json", entry.id)));
+        tokio::task::spawn_blocking(move || {
+            let raw = store.load_body(&record).map_err(|e| e.to_string())?;
+            let expires = record.received_ms + retention_ms;
+            let link = |n: Option<usize>| {
+                let part = n.map(|n| n.to_string()).unwrap_or_else(|| "raw".into());
+                let token = signer.sign("inbound", &format!("{tid}|{part}|{expires}"));
+                match n {
+                    Some(n) => {
+                        format!("{public_url}/v2/inbound/{tid}/attachments/{n}?token={token}")
+                    }
+                    None => format!("{public_url}/v2/inbound/{tid}/raw?token={token}"),
+                }
+            };
+            let ctx = mo::MoContext {
+                tid: &tid,
+                received_ms: record.received_ms,
+                mail_from: &record.mail_from,
+                recipients: &recipients,
+                auth: &record.auth,
+                attachments: mode,
+                link: &link,
+            };
+            match file {
+                None => {
+                    let mut out = Vec::with_capacity(record.size as usize * 4 / 3 + 1024);
                     mo::render(&raw, &ctx, &mut out).map_err(|e| e.to_string())?;
-                    Ok(out)
-                })
-                .await
-                .map_err(|e| e.to_string())?
+                    let signature = secret.map(|k| signature(&k, unix, &out));
+                    Ok(Rendered {
+                        body: RenderedBody::Memory(out),
+                        signature,
+                    })
+                }
+                Some(path) => {
+                    let f = std::fs::File::create(&path)
+                        .map_err(|e| format!("{}: {e}", path.display()))?;
+                    let mut w = MacWriter::new(
+                        std::io::BufWriter::with_capacity(256 * 1024, f),
+                        secret.as_deref(),
+                        unix,
+                    );
+                    let written = mo::render(&raw, &ctx, &mut w)
+                        .map_err(|e| e.to_string())
+                        .and_then(|_| w.finish().map_err(|e| e.to_string()));
+                    match written {
+                        Ok((len, signature)) => Ok(Rendered {
+                            body: RenderedBody::File { path, len },
+                            signature,
+                        }),
+                        Err(e) => {
+                            let _ = std::fs::remove_file(&path);
+                            Err(e)
+                        }
+                    }
+                }
             }
-        }
+        })
+        .await
+        .map_err(|e| e.to_string())?
     }
 
-    async fn post(&self, config: &Config, entry: &OutboxEntry, body: Vec<u8>) -> Outcome {
+    async fn post(&self, config: &Config, entry: &OutboxEntry, rendered: Rendered) -> Outcome {
         let mut req = self
             .client
             .post(&entry.url)
             .header("content-type", "application/json")
             .header("x-postern-event-id", &entry.id)
             .timeout(Duration::from_secs(config.webhooks.timeout.max(1)));
-        if let Some(secret) = config
-            .asset(&entry.asset_id)
-            .and_then(|a| a.webhook_secret.as_ref())
-        {
-            let unix = now_ms() / 1000;
-            req = req.header(
-                "x-postern-signature",
-                signature(secret.expose(), unix, &body),
-            );
+        if let Some(sig) = &rendered.signature {
+            req = req.header("x-postern-signature", sig);
         }
-        match req.body(body).send().await {
+        let mut cleanup = None;
+        req = match rendered.body {
+            RenderedBody::Memory(bytes) => req.body(bytes),
+            RenderedBody::File { path, len } => match tokio::fs::File::open(&path).await {
+                Ok(f) => {
+                    cleanup = Some(path);
+                    req.header("content-length", len)
+                        .body(reqwest::Body::wrap_stream(
+                            tokio_util::io::ReaderStream::with_capacity(f, 256 * 1024),
+                        ))
+                }
+                Err(e) => {
+                    return Outcome::Retry {
+                        reason: format!("rendered body unreadable: {e}"),
+                        after: None,
+                    }
+                }
+            },
+        };
+        let result = req.send().await;
+        if let Some(path) = cleanup {
+            let _ = tokio::fs::remove_file(path).await;
+        }
+        match result {
             Ok(resp) => {
                 let retry_after = resp
                     .headers()

@@ -6,7 +6,6 @@
 use crate::config::MoAttachments;
 use crate::store::spool::AuthSummary;
 use base64::engine::general_purpose::STANDARD as B64;
-use base64::Engine;
 use mail_parser::{MessageParser, MimeHeaders};
 use serde::Serialize;
 use std::borrow::Cow;
@@ -37,7 +36,7 @@ struct MoEvent<'a> {
     text_message: String,
     html_message: String,
     return_path: String,
-    attachments: Vec<MoAttachment>,
+    attachments: Vec<MoAttachment<'a>>,
     auth_results: AuthResults<'a>,
     #[serde(skip_serializing_if = "Option::is_none")]
     raw_url: Option<String>,
@@ -45,16 +44,26 @@ struct MoEvent<'a> {
 
 #[derive(Serialize)]
 #[serde(rename_all = "camelCase")]
-struct MoAttachment {
+struct MoAttachment<'a> {
     name: String,
     content_type: String,
     size: usize,
     #[serde(skip_serializing_if = "Option::is_none")]
     content_transfer_encoding: Option<&'static str>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    content: Option<String>,
+    content: Option<Base64<'a>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     url: Option<String>,
+}
+
+/// Attachment bytes serialised as base64 straight into the JSON writer: a 30 MB
+/// attachment never becomes a 40 MB string in memory.
+struct Base64<'a>(&'a [u8]);
+
+impl Serialize for Base64<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(&base64::display::Base64Display::new(self.0, &B64))
+    }
 }
 
 #[derive(Serialize)]
@@ -202,7 +211,7 @@ pub fn render(
                     MoAttachment {
                         size: a.bytes.len(),
                         content_transfer_encoding: (!url_mode).then_some("base64"),
-                        content: (!url_mode).then(|| B64.encode(a.bytes)),
+                        content: (!url_mode).then_some(Base64(a.bytes)),
                         url: url_mode.then(|| (ctx.link)(Some(n))),
                         name: a.name,
                         content_type: a.content_type,

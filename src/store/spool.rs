@@ -334,7 +334,11 @@ impl Store {
         if let Ok(dir) = std::fs::read_dir(&self.inner.spool_dir) {
             for entry in dir.flatten() {
                 let name = entry.file_name().to_string_lossy().into_owned();
-                if let Some(id) = name.strip_suffix(".tmp") {
+                // `.tmp`: a body of a session that died; `render-*`: an MO body being sent.
+                let leftover = name
+                    .strip_suffix(".tmp")
+                    .or_else(|| name.strip_prefix("render-"));
+                if let Some(id) = leftover {
                     // A .tmp file older than the longest DATA phase belongs to a dead session.
                     let old = entry
                         .metadata()
@@ -342,7 +346,7 @@ impl Store {
                         .map(|t| t.elapsed().map(|e| e.as_secs() > 3600).unwrap_or(false))
                         .unwrap_or(false);
                     if old {
-                        tracing::info!(id, "removing abandoned partial body");
+                        tracing::info!(id, "removing abandoned temporary file");
                         let _ = std::fs::remove_file(entry.path());
                     }
                 }
