@@ -85,6 +85,8 @@ pub fn signature(secret: &str, unix: u64, body: &[u8]) -> String {
 
 /// Messages up to this size have their MO JSON built in memory; larger ones in a file.
 const RENDER_IN_MEMORY: u64 = 1024 * 1024;
+/// Messages up to this size are rendered on the async worker itself.
+const RENDER_INLINE: u64 = 64 * 1024;
 
 /// A webhook body ready to send.
 pub struct Rendered {
@@ -291,7 +293,8 @@ impl Worker {
         let public_url = config.server.public_url.trim_end_matches('/').to_string();
         let file = (record.size > RENDER_IN_MEMORY)
             .then(|| store.spool_dir().join(format!("render-{}.json", entry.id)));
-        tokio::task::spawn_blocking(move || {
+        let small = record.size <= RENDER_INLINE;
+        let render = move || {
             let raw = store.load_body(&record).map_err(|e| e.to_string())?;
             let expires = record.received_ms + retention_ms;
             let link = |n: Option<usize>| {
@@ -346,9 +349,15 @@ impl Worker {
                     }
                 }
             }
-        })
-        .await
-        .map_err(|e| e.to_string())?
+        };
+        if small {
+            // Microseconds of work: cheaper than a hop to the blocking pool.
+            render()
+        } else {
+            tokio::task::spawn_blocking(render)
+                .await
+                .map_err(|e| e.to_string())?
+        }
     }
 
     async fn post(&self, config: &Config, entry: &OutboxEntry, rendered: Rendered) -> Outcome {

@@ -608,7 +608,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             tracing::info!(code, reason = %text, "message refused");
             return self.fail(code, status, &text);
         }
-        let finished = match body.finish().await {
+        let finished = match body.finish() {
             Ok(f) => f,
             Err(e) => {
                 tracing::error!(error = %e, "cannot make the message body durable");
