@@ -12,6 +12,7 @@
 //! [`start`] runs the whole daemon on listeners the caller bound, so tests can use port 0
 //! and stop it through the returned [`Handle`].
 
+pub mod api;
 pub mod config;
 pub mod events;
 pub mod http;
@@ -20,6 +21,8 @@ pub mod metrics;
 pub mod smtp;
 pub mod store;
 pub mod tokens;
+pub mod types;
+pub mod urls;
 
 use config::Config;
 use std::net::SocketAddr;

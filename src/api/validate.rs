@@ -1,0 +1,557 @@
+//! Request validation and expansion (SPEC 4.2), pure: a parsed request, the service, the
+//! config and the clock in; either a refusal naming the field and the rule, or the list of
+//! transactions to queue (one per tid). Nothing here touches the store or the network.
+
+use super::wire::{AttachmentRef, SendRequest, Template};
+use crate::config::{Config, ServiceConfig};
+use crate::types::{check_address, DeliveryCode, Receipt, Receipts};
+use crate::urls::Policy;
+use std::collections::BTreeMap;
+
+pub const MAX_DESTINATIONS: usize = 1000;
+pub const MAX_HTML: usize = 500 * 1024;
+pub const MAX_CALLBACK: usize = 2000;
+pub const MAX_SEND_AHEAD_MS: u64 = 7 * 86_400_000;
+pub const DEFAULT_EXPIRY_MS: u64 = 72 * 3_600_000;
+
+/// A refusal: HTTP 400 with a code, or 7009 for too many destinations.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Invalid {
+    pub code: &'static str,
+    pub description: String,
+}
+
+fn invalid(field: &str, rule: impl std::fmt::Display) -> Invalid {
+    Invalid {
+        code: "7004",
+        description: format!("{field}: {rule}"),
+    }
+}
+
+fn missing(field: &str) -> Invalid {
+    Invalid {
+        code: "7003",
+        description: format!("missing mandatory field: {field}"),
+    }
+}
+
+/// One transaction to queue (or to fail at once, when `immediate` is set).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Transaction {
+    pub tid: String,
+    /// Envelope recipients.
+    pub recipients: Vec<String>,
+    /// Header To and Cc.
+    pub to: Vec<String>,
+    pub cc: Vec<String>,
+    pub correlation_id: Option<String>,
+    pub subject: String,
+    pub text: Option<String>,
+    pub html: Option<String>,
+    /// Set for an address that fails syntax (7523) or length (7524): notified, not queued.
+    pub immediate: Option<DeliveryCode>,
+}
+
+/// Everything a transaction shares with the others of its request.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Submission {
+    pub service_id: String,
+    pub asset_id: String,
+    pub from: String,
+    pub from_name: Option<String>,
+    pub reply_to: Option<String>,
+    pub attachments: Vec<AttachmentRef>,
+    pub receipts: Receipts,
+    pub callback_data: String,
+    pub notify_url: Option<String>,
+    pub send_at_ms: u64,
+    pub expire_at_ms: u64,
+    pub track_clicks: bool,
+    pub track_opens: bool,
+    pub list_unsubscribe_url: Option<String>,
+    pub unsubscribe_email: Option<String>,
+    pub unsubscribe_subject: Option<String>,
+    pub transactions: Vec<Transaction>,
+}
+
+/// Validates and expands a request. `template` is the stored template named by
+/// `template.id`, looked up by the caller (`None` when absent or not asked for).
+pub fn validate(
+    req: SendRequest,
+    service: &ServiceConfig,
+    config: &Config,
+    template: Option<Template>,
+    policy: &Policy,
+    now_ms: u64,
+    new_tid: &mut dyn FnMut() -> String,
+) -> Result<Submission, Invalid> {
+    if !req.channel.eq_ignore_ascii_case("email") {
+        let ch: String = req
+            .channel
+            .chars()
+            .filter(|c| !c.is_control())
+            .take(32)
+            .collect();
+        return Err(invalid(
+            "channel",
+            format!("channel '{ch}' is not served by postern"),
+        ));
+    }
+    no_crlf("from", &req.from)?;
+    check_address(&req.from).map_err(|_| invalid("from", "is not a valid email address"))?;
+    let from_domain = req
+        .from
+        .rsplit_once('@')
+        .map(|(_, d)| d.to_ascii_lowercase())
+        .unwrap_or_default();
+    let asset = config
+        .asset_for_domain(&from_domain)
+        .filter(|a| service.assets.iter().any(|s| s == &a.id))
+        .ok_or_else(|| {
+            invalid(
+                "from",
+                format!(
+                    "domain '{from_domain}' is not a sending domain of service {}",
+                    service.id
+                ),
+            )
+        })?;
+
+    let o = &req.options;
+    for (field, value) in [
+        ("options.fromName", &o.from_name),
+        ("options.listUnsubscribeUrl", &o.list_unsubscribe_url),
+        (
+            "options.unsubscribeEmailAddress",
+            &o.unsubscribe_email_address,
+        ),
+        (
+            "options.unsubscribeEmailSubject",
+            &o.unsubscribe_email_subject,
+        ),
+    ] {
+        if let Some(v) = value {
+            no_crlf(field, v)?;
+        }
+    }
+    if let Some(u) = &o.unsubscribe_email_address {
+        check_address(u).map_err(|_| {
+            invalid(
+                "options.unsubscribeEmailAddress",
+                "is not a valid email address",
+            )
+        })?;
+    }
+    if let Some(u) = &o.list_unsubscribe_url {
+        if !(u.starts_with("https://") || u.starts_with("http://")) {
+            return Err(invalid(
+                "options.listUnsubscribeUrl",
+                "must be an http(s) URL",
+            ));
+        }
+    }
+
+    // Content: exactly one of content / template.
+    let (subject, text, html, reply_to, attachments) = match (req.content, req.template) {
+        (Some(_), Some(_)) => {
+            return Err(invalid(
+                "content",
+                "send either content or template, not both",
+            ))
+        }
+        (None, None) => return Err(invalid("content", "one of content or template is required")),
+        (Some(c), None) => {
+            let kind = c.kind.to_ascii_lowercase();
+            let (text, html) = match kind.as_str() {
+                "text" => (Some(c.text.ok_or_else(|| missing("content.text"))?), None),
+                "html" => (c.text, Some(c.html.ok_or_else(|| missing("content.html"))?)),
+                other => {
+                    return Err(invalid(
+                        "content.type",
+                        format!("'{other}' is not text or html"),
+                    ))
+                }
+            };
+            (
+                c.subject.unwrap_or_default(),
+                text,
+                html,
+                c.reply_to,
+                c.attachments,
+            )
+        }
+        (None, Some(t)) => {
+            let tpl = template
+                .ok_or_else(|| invalid("template.id", format!("no template with id '{}'", t.id)))?;
+            let html = (!tpl.html.is_empty()).then_some(tpl.html);
+            let text = (!tpl.text.is_empty()).then_some(tpl.text);
+            if html.is_none() && text.is_none() {
+                return Err(invalid(
+                    "template.id",
+                    format!("template '{}' has neither text nor html", t.id),
+                ));
+            }
+            (
+                t.subject.unwrap_or(tpl.subject),
+                text,
+                html,
+                None,
+                Vec::new(),
+            )
+        }
+    };
+    no_crlf("content.subject", &subject)?;
+    let reply_to = reply_to.filter(|r| !r.trim().is_empty());
+    if let Some(r) = &reply_to {
+        no_crlf("content.replyTo", r)?;
+        check_address(r).map_err(|_| invalid("content.replyTo", "is not a valid email address"))?;
+    }
+    if html.as_ref().is_some_and(|h| h.len() > MAX_HTML) {
+        return Err(invalid(
+            "content.html",
+            format!("is larger than {} KB", MAX_HTML / 1024),
+        ));
+    }
+    for (i, a) in attachments.iter().enumerate() {
+        no_crlf(&format!("content.attachments[{i}].name"), &a.name)?;
+        no_crlf(&format!("content.attachments[{i}].mimetype"), &a.mimetype)?;
+        if !is_mime_type(&a.mimetype) {
+            return Err(invalid(
+                &format!("content.attachments[{i}].mimetype"),
+                "is not type/subtype",
+            ));
+        }
+        policy
+            .check_url(&a.media_url)
+            .map_err(|e| invalid(&format!("content.attachments[{i}].mediaUrl"), e))?;
+    }
+
+    let callback_data = req.callback_data.unwrap_or_default();
+    if callback_data.chars().count() > MAX_CALLBACK {
+        return Err(invalid(
+            "callbackData",
+            format!("is longer than {MAX_CALLBACK} characters"),
+        ));
+    }
+    let notify_url = req.notify_url.filter(|u| !u.trim().is_empty());
+    if let Some(u) = &notify_url {
+        policy.check_url(u).map_err(|e| invalid("notifyUrl", e))?;
+    }
+    let receipts = match req.requested_receipts {
+        None => Receipts::all(),
+        Some(list) => {
+            let mut r = Receipts::none();
+            for name in list {
+                r = r.with(Receipt::parse(&name).ok_or_else(|| {
+                    invalid("requestedReceipts", format!("'{name}' is not a receipt"))
+                })?);
+            }
+            r
+        }
+    };
+
+    // Scheduling.
+    let send_at_ms = match &req.send_at {
+        None => now_ms,
+        Some(v) => {
+            let t = parse_time(v).ok_or_else(|| {
+                invalid(
+                    "sendAt",
+                    "must be ISO 8601 with a time zone, or epoch seconds",
+                )
+            })?;
+            if t > now_ms + MAX_SEND_AHEAD_MS {
+                return Err(invalid("sendAt", "is more than 7 days ahead"));
+            }
+            t.max(now_ms)
+        }
+    };
+    let expire_at_ms = match (&req.expire_at, req.validity) {
+        (Some(_), Some(_)) => {
+            return Err(invalid("validity", "send expireAt or validity, not both"))
+        }
+        (Some(v), None) => {
+            let t = parse_time(v).ok_or_else(|| {
+                invalid(
+                    "expireAt",
+                    "must be ISO 8601 with a time zone, or epoch seconds",
+                )
+            })?;
+            if t <= send_at_ms {
+                return Err(invalid("expireAt", "is not after sendAt"));
+            }
+            t
+        }
+        (None, Some(secs)) => {
+            if secs == 0 {
+                return Err(invalid("validity", "must be at least 1 second"));
+            }
+            send_at_ms.saturating_add(secs.saturating_mul(1000))
+        }
+        (None, None) => send_at_ms + DEFAULT_EXPIRY_MS,
+    };
+
+    // Destinations.
+    if req.to.iter().all(|d| d.email.is_empty()) {
+        return Err(missing("to[].email"));
+    }
+    let cc: Vec<String> = req
+        .cc
+        .into_iter()
+        .map(|a| a.trim().to_string())
+        .filter(|a| !a.is_empty())
+        .collect();
+    let bcc: Vec<String> = req
+        .bcc
+        .into_iter()
+        .map(|a| a.trim().to_string())
+        .filter(|a| !a.is_empty())
+        .collect();
+    let total = req.to.iter().map(|d| d.email.len()).sum::<usize>() + cc.len() + bcc.len();
+    let cap = MAX_DESTINATIONS.min(service.tps as usize);
+    if total > cap {
+        return Err(Invalid {
+            code: "7009",
+            description: format!(
+                "too many destinations: {total}; at most {cap} per request for this service"
+            ),
+        });
+    }
+    for (field, list) in [("cc", &cc), ("bcc", &bcc)] {
+        for a in list {
+            no_crlf(field, a)?;
+        }
+    }
+
+    let global = normalise_keys(&req.substitutions);
+    let render = |subs: &BTreeMap<String, String>| {
+        (
+            substitute(&subject, subs, true),
+            text.as_ref().map(|t| substitute(t, subs, false)),
+            html.as_ref().map(|h| substitute(h, subs, false)),
+        )
+    };
+    let mut transactions = Vec::new();
+    let request_correlation = req.correlation_id.filter(|c| !c.is_empty());
+    if req.multiple_to_recipients {
+        let to: Vec<String> = req
+            .to
+            .iter()
+            .flat_map(|d| d.email.iter().map(|a| a.trim().to_string()))
+            .collect();
+        for a in to.iter().chain(&cc).chain(&bcc) {
+            no_crlf("to", a)?;
+        }
+        // One email: global substitutions, then the first destination's.
+        let mut subs = global.clone();
+        if let Some(first) = req.to.first() {
+            subs.extend(normalise_keys(&first.substitutions));
+        }
+        let (s, t, h) = render(&subs);
+        let correlation = req
+            .to
+            .first()
+            .and_then(|d| d.correlation_id.clone())
+            .filter(|c| !c.is_empty());
+        let valid: Vec<String> = to
+            .iter()
+            .chain(&cc)
+            .chain(&bcc)
+            .filter(|a| check_address(a).is_ok())
+            .cloned()
+            .collect();
+        for bad in to
+            .iter()
+            .chain(&cc)
+            .chain(&bcc)
+            .filter(|a| check_address(a).is_err())
+        {
+            transactions.push(failed(
+                new_tid(),
+                bad,
+                correlation.clone().or(request_correlation.clone()),
+            ));
+        }
+        if !valid.is_empty() {
+            transactions.push(Transaction {
+                tid: new_tid(),
+                recipients: valid,
+                to: to
+                    .iter()
+                    .filter(|a| check_address(a).is_ok())
+                    .cloned()
+                    .collect(),
+                cc: cc
+                    .iter()
+                    .filter(|a| check_address(a).is_ok())
+                    .cloned()
+                    .collect(),
+                correlation_id: correlation.or(request_correlation.clone()),
+                subject: s,
+                text: t,
+                html: h,
+                immediate: None,
+            });
+        }
+    } else {
+        let mut one = |addr: &str,
+                       subs: &BTreeMap<String, String>,
+                       correlation: Option<String>|
+         -> Result<(), Invalid> {
+            no_crlf("to", addr)?;
+            let tid = new_tid();
+            if check_address(addr).is_err() {
+                transactions.push(failed(tid, addr, correlation));
+                return Ok(());
+            }
+            let (s, t, h) = render(subs);
+            transactions.push(Transaction {
+                tid,
+                recipients: vec![addr.to_string()],
+                to: vec![addr.to_string()],
+                cc: Vec::new(),
+                correlation_id: correlation,
+                subject: s,
+                text: t,
+                html: h,
+                immediate: None,
+            });
+            Ok(())
+        };
+        for d in &req.to {
+            let mut subs = global.clone();
+            subs.extend(normalise_keys(&d.substitutions));
+            let correlation = d
+                .correlation_id
+                .clone()
+                .filter(|c| !c.is_empty())
+                .or(request_correlation.clone());
+            for a in &d.email {
+                one(a.trim(), &subs, correlation.clone())?;
+            }
+        }
+        for a in cc.iter().chain(&bcc) {
+            one(a, &global, request_correlation.clone())?;
+        }
+    }
+
+    Ok(Submission {
+        service_id: service.id.clone(),
+        asset_id: asset.id.clone(),
+        from: req.from.trim().to_string(),
+        from_name: o.from_name.clone().filter(|n| !n.is_empty()),
+        reply_to,
+        attachments,
+        receipts,
+        callback_data,
+        notify_url,
+        send_at_ms,
+        expire_at_ms,
+        track_clicks: o.track_clicks,
+        track_opens: o.track_opens,
+        list_unsubscribe_url: o.list_unsubscribe_url.clone(),
+        unsubscribe_email: o.unsubscribe_email_address.clone(),
+        unsubscribe_subject: o.unsubscribe_email_subject.clone(),
+        transactions,
+    })
+}
+
+fn failed(tid: String, addr: &str, correlation: Option<String>) -> Transaction {
+    Transaction {
+        tid,
+        recipients: vec![addr.to_string()],
+        to: vec![addr.to_string()],
+        cc: Vec::new(),
+        correlation_id: correlation,
+        subject: String::new(),
+        text: None,
+        html: None,
+        immediate: Some(check_address(addr).err().unwrap_or(DeliveryCode::Invalid)),
+    }
+}
+
+fn no_crlf(field: &str, value: &str) -> Result<(), Invalid> {
+    if value.contains(['\r', '\n', '\0']) {
+        Err(invalid(
+            field,
+            "must not contain CR, LF or NUL (header injection)",
+        ))
+    } else {
+        Ok(())
+    }
+}
+
+/// `$(name)`, `{{name}}` and `name` are the same key. `unsubscribe` is reserved.
+fn normalise_keys(subs: &BTreeMap<String, String>) -> BTreeMap<String, String> {
+    subs.iter()
+        .map(|(k, v)| {
+            let k = k.trim();
+            let name = k
+                .strip_prefix("$(")
+                .and_then(|r| r.strip_suffix(')'))
+                .or_else(|| k.strip_prefix("{{").and_then(|r| r.strip_suffix("}}")))
+                .unwrap_or(k)
+                .trim();
+            (name.to_string(), v.clone())
+        })
+        .filter(|(k, _)| k != "unsubscribe" && !k.is_empty())
+        .collect()
+}
+
+/// Replaces every `$(name)` whose name is known; unknown placeholders stay as they are.
+/// In a subject, CR and LF in values become spaces.
+pub fn substitute(text: &str, subs: &BTreeMap<String, String>, header: bool) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(start) = rest.find("$(") {
+        out.push_str(&rest[..start]);
+        let after = &rest[start + 2..];
+        match after.find(')') {
+            Some(end) if subs.contains_key(&after[..end]) => {
+                let v = &subs[&after[..end]];
+                if header {
+                    out.extend(
+                        v.chars()
+                            .map(|c| if c == '\r' || c == '\n' { ' ' } else { c }),
+                    );
+                } else {
+                    out.push_str(v);
+                }
+                rest = &after[end + 1..];
+            }
+            _ => {
+                out.push_str("$(");
+                rest = after;
+            }
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
+/// ISO 8601 with a zone, or epoch seconds (number or digit string), as epoch ms.
+pub fn parse_time(v: &serde_json::Value) -> Option<u64> {
+    match v {
+        serde_json::Value::Number(n) => n.as_u64().map(|s| s * 1000),
+        serde_json::Value::String(s) if !s.is_empty() && s.chars().all(|c| c.is_ascii_digit()) => {
+            s.parse::<u64>().ok().map(|s| s * 1000)
+        }
+        serde_json::Value::String(s) => chrono::DateTime::parse_from_rfc3339(s.trim())
+            .ok()
+            .and_then(|t| u64::try_from(t.timestamp_millis()).ok()),
+        _ => None,
+    }
+}
+
+/// `type/subtype`, both RFC 2045 tokens.
+fn is_mime_type(s: &str) -> bool {
+    let token = |t: &str| {
+        !t.is_empty()
+            && t.chars()
+                .all(|c| c.is_ascii_alphanumeric() || "!#$&^_.+-".contains(c))
+    };
+    matches!(s.split_once('/'), Some((a, b)) if token(a) && token(b))
+}
+
+#[cfg(test)]
+mod tests;
