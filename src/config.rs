@@ -80,6 +80,10 @@ pub struct Config {
     pub webhooks: WebhookConfig,
     #[serde(default)]
     pub log: LogConfig,
+    #[serde(default)]
+    pub api: ApiConfig,
+    #[serde(default)]
+    pub queue: QueueConfig,
     #[serde(default, rename = "service")]
     pub services: Vec<ServiceConfig>,
     #[serde(default, rename = "asset")]
@@ -231,6 +235,45 @@ impl Default for WebhookConfig {
     }
 }
 
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ApiConfig {
+    /// Seconds a JWT `iat` may lie in the future.
+    pub jwt_max_future: i64,
+    /// Seconds a JWT stays valid after its `iat`.
+    pub jwt_max_age: i64,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        ApiConfig {
+            jwt_max_future: 300,
+            jwt_max_age: 3600,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct QueueConfig {
+    /// Transactions being built or handed to a route at once.
+    pub concurrency: usize,
+    /// Seconds before the first retry of a deferred transaction; doubles up to an hour.
+    pub retry_base: u64,
+    /// Seconds allowed to fetch one attachment.
+    pub fetch_timeout: u64,
+}
+
+impl Default for QueueConfig {
+    fn default() -> Self {
+        QueueConfig {
+            concurrency: 16,
+            retry_base: 30,
+            fetch_timeout: 30,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
@@ -358,7 +401,7 @@ pub struct RouteConfig {
     pub endpoint: Option<String>,
 }
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Deserialize)]
 pub enum DkimAlgorithm {
     #[default]
     #[serde(rename = "rsa-sha256")]
@@ -505,6 +548,15 @@ impl Config {
                 "tls_",
                 "smtp.tls_cert and smtp.tls_key go together: set both or neither".into(),
             );
+        }
+        if self.queue.concurrency == 0 || self.queue.retry_base == 0 {
+            push(
+                "[queue]",
+                "queue.concurrency and queue.retry_base must be at least 1".into(),
+            );
+        }
+        if let Err(e) = crate::urls::Policy::new(&self.outbound.allow_private_targets) {
+            push("allow_private_targets", e);
         }
         if self.webhooks.concurrency == 0 {
             push(

@@ -13,11 +13,15 @@
 //! and stop it through the returned [`Handle`].
 
 pub mod api;
+pub mod compose;
 pub mod config;
+pub mod dkim;
 pub mod events;
 pub mod http;
 pub mod inbound;
 pub mod metrics;
+pub mod queue;
+pub mod route;
 pub mod smtp;
 pub mod store;
 pub mod tokens;
@@ -73,6 +77,10 @@ pub enum StartError {
     Resolver(#[from] inbound::auth::ResolverError),
     #[error("STARTTLS certificate: {0}")]
     Tls(String),
+    #[error("{0}")]
+    Config(String),
+    #[error(transparent)]
+    Dkim(#[from] dkim::DkimError),
 }
 
 /// The daemon's shared state.
@@ -85,6 +93,11 @@ pub struct Daemon {
     pub signer: tokens::Signer,
     pub outbox: events::Outbox,
     pub conns: Arc<smtp::ConnLimits>,
+    pub queue: queue::Queue,
+    pub queue_worker: Arc<queue::QueueWorker>,
+    pub limiter: api::ratelimit::Limiter,
+    pub url_policy: urls::Policy,
+    pub keys: Arc<dkim::Keys>,
     tls: RwLock<Option<TlsAcceptor>>,
     ready: AtomicBool,
 }
@@ -139,6 +152,7 @@ pub struct Handle {
     shutdown: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
     worker: JoinHandle<()>,
+    queue_task: JoinHandle<()>,
 }
 
 impl Handle {
@@ -159,6 +173,7 @@ impl Handle {
         for t in self.tasks {
             let _ = t.await;
         }
+        let _ = self.queue_task.await;
         let _ = self.worker.await;
         if let Err(e) = self.daemon.store.flush_now() {
             tracing::error!(error = %e, "final flush failed");
@@ -196,7 +211,45 @@ pub async fn start(
     let metrics = Arc::new(metrics::Metrics::default());
     let (outbox, outbox_rx) = events::Outbox::channel();
     let client = events::Worker::http_client(Duration::from_secs(config.webhooks.timeout.max(1)));
+    let url_policy =
+        urls::Policy::new(&config.outbound.allow_private_targets).map_err(StartError::Config)?;
+    let guarded_client = urls::guarded_client(
+        &url_policy,
+        Duration::from_secs(config.webhooks.timeout.max(1)),
+    );
+    let fetcher = urls::guarded_client(
+        &url_policy,
+        Duration::from_secs(config.queue.fetch_timeout.max(1)),
+    );
+    // Every asset domain's DKIM key exists before the first send, so first sends never race.
+    let keys = Arc::new(dkim::Keys::default());
+    for asset in &config.assets {
+        if let Some(dk) = &asset.dkim {
+            for domain in &asset.domains {
+                let (dir, d, sel, alg) = (
+                    data_dir.clone(),
+                    domain.clone(),
+                    dk.selector.clone(),
+                    dk.algorithm,
+                );
+                let k = keys.clone();
+                tokio::task::spawn_blocking(move || k.get(&dir, &d, &sel, alg))
+                    .await
+                    .map_err(|e| StartError::Config(e.to_string()))??;
+            }
+        }
+    }
+    let (queue, queue_rx) = queue::Queue::channel();
     let shared_config = Arc::new(RwLock::new(Arc::new(config)));
+    let queue_worker = Arc::new(queue::QueueWorker::new(
+        store.clone(),
+        shared_config.clone(),
+        outbox.clone(),
+        queue.clone(),
+        keys.clone(),
+        signer.clone(),
+        fetcher,
+    ));
 
     let inbound = Arc::new(inbound::Inbound {
         store: store.clone(),
@@ -213,6 +266,11 @@ pub async fn start(
         signer: signer.clone(),
         outbox: outbox.clone(),
         conns: Arc::new(smtp::ConnLimits::default()),
+        queue,
+        queue_worker: queue_worker.clone(),
+        limiter: api::ratelimit::Limiter::default(),
+        url_policy,
+        keys,
         tls: RwLock::new(tls),
         ready: AtomicBool::new(false),
     });
@@ -232,8 +290,10 @@ pub async fn start(
         signer,
         outbox,
         client,
+        guarded_client,
     });
     let worker = tokio::spawn(worker.run(outbox_rx, shutdown_rx.clone()));
+    let queue_task = tokio::spawn(queue_worker.run(queue_rx, shutdown_rx.clone()));
 
     let mut tasks = Vec::new();
     let mut smtp_addrs = Vec::new();
@@ -281,6 +341,7 @@ pub async fn start(
         shutdown: shutdown_tx,
         tasks,
         worker,
+        queue_task,
     })
 }
 

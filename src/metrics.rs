@@ -11,6 +11,8 @@ pub struct Metrics {
     pub smtp_connections: AtomicI64,
     pub inbound_accepted: AtomicU64,
     pub inbound_rejected: AtomicU64,
+    pub api_queued: AtomicU64,
+    pub api_rejected: AtomicU64,
     /// [kind][delivered, retried, dead]
     webhooks: [[AtomicU64; 3]; 3],
 }

@@ -1,7 +1,504 @@
 //! The Messaging API v2 (SPEC 4): authentication, validation, rate limits and the routes.
-//! Wire types live in [`wire`] and nowhere else.
+//! Wire types live in [`wire`] and nowhere else; the OpenAPI document is generated from
+//! them and the `#[utoipa::path]` annotations below.
 
 pub mod auth;
 pub mod ratelimit;
 pub mod validate;
 pub mod wire;
+
+use crate::http::ApiError;
+use crate::queue::notify;
+use crate::store::messages::{
+    Attachment, MessageRecord, QueueState, RecipientPhase, RecipientState,
+};
+use crate::store::now_ms;
+use crate::Daemon;
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{Path, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use std::sync::Arc;
+use utoipa::OpenApi;
+
+type AppState = Arc<Daemon>;
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "Postern Messaging API",
+        version = "2",
+        description = "Self-hosted transactional email: send, track, template."
+    ),
+    paths(
+        send_message,
+        message_status,
+        template_list,
+        template_create,
+        template_get,
+        template_put,
+        template_delete
+    ),
+    components(schemas(
+        wire::SendRequest,
+        wire::Destination,
+        wire::Content,
+        wire::AttachmentRef,
+        wire::TemplateRef,
+        wire::Options,
+        wire::ContactPolicy,
+        wire::Accepted,
+        wire::AcceptedMessage,
+        wire::ErrorBody,
+        wire::Template,
+        wire::MessageStatus,
+        wire::RecipientStatus,
+        wire::HistoryItem
+    ))
+)]
+pub struct ApiDoc;
+
+/// The OpenAPI document as served at `/openapi.json` and kept in the repository.
+pub fn openapi_json() -> String {
+    ApiDoc::openapi().to_pretty_json().unwrap_or_default()
+}
+
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/v2/messages", axum::routing::post(send_message))
+        .route("/v2/messages/{tid}", get(message_status))
+        .route("/v2/templates", get(template_list).post(template_create))
+        .route(
+            "/v2/templates/{id}",
+            get(template_get).put(template_put).delete(template_delete),
+        )
+        .route(
+            "/openapi.json",
+            get(|| async { ([(header::CONTENT_TYPE, "application/json")], openapi_json()) }),
+        )
+}
+
+fn service_of(d: &Daemon, headers: &HeaderMap) -> Result<crate::config::ServiceConfig, ApiError> {
+    let config = d.config();
+    let key = headers.get("key").and_then(|v| v.to_str().ok());
+    let authz = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
+    let window = auth::JwtWindow {
+        max_future: config.api.jwt_max_future,
+        max_age: config.api.jwt_max_age,
+    };
+    match auth::authenticate(&config, key, authz, (now_ms() / 1000) as i64, &window) {
+        Ok(s) => Ok(s.clone()),
+        Err(auth::AuthError::Missing) => Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "7002",
+            "Service key missing",
+        )),
+        Err(auth::AuthError::Failed(why)) => {
+            tracing::info!(reason = why, "API authentication failed");
+            Err(ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "7001",
+                "Authentication failed",
+            ))
+        }
+    }
+}
+
+/// The body as JSON of type `T`: 413 over the limit, 415 without a JSON content type, 7000
+/// when malformed (or nested deeper than 128, or not UTF-8), 7003/7004 naming the field.
+fn json_body<T: serde::de::DeserializeOwned>(
+    headers: &HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<T, ApiError> {
+    let ct = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    if !ct
+        .split(';')
+        .next()
+        .is_some_and(|t| t.trim().eq_ignore_ascii_case("application/json"))
+    {
+        return Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "7004",
+            "Content-Type must be application/json",
+        ));
+    }
+    let body = body.map_err(|e| {
+        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "7004",
+                "request body is larger than http.max_body_size",
+            )
+        } else {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "7000",
+                format!("request body could not be read: {e}"),
+            )
+        }
+    })?;
+    let value: serde_json::Value = serde_json::from_slice(&body).map_err(|e| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "7000",
+            format!("malformed JSON: {e}"),
+        )
+    })?;
+    serde_path_to_error::deserialize(value).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner().to_string();
+        if let Some(field) = inner
+            .strip_prefix("missing field `")
+            .and_then(|r| r.split('`').next())
+        {
+            let full = if path == "." {
+                field.to_string()
+            } else {
+                format!("{path}.{field}")
+            };
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "7003",
+                format!("missing mandatory field: {full}"),
+            )
+        } else {
+            ApiError::new(StatusCode::BAD_REQUEST, "7004", format!("{path}: {inner}"))
+        }
+    })
+}
+
+#[utoipa::path(post, path = "/v2/messages", request_body = wire::SendRequest,
+    responses((status = 202, body = wire::Accepted), (status = 400, body = wire::ErrorBody),
+              (status = 401, body = wire::ErrorBody), (status = 429, body = wire::ErrorBody)),
+    params(("key" = Option<String>, Header, description = "service key (or Authorization: Bearer <HS256 JWT>)")))]
+async fn send_message(
+    State(d): State<AppState>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let service = service_of(&d, &headers)?;
+    let req: wire::SendRequest = json_body(&headers, body)?;
+    let template = match &req.template {
+        Some(t) => d
+            .store
+            .template_get(&service.id, &t.id)
+            .map_err(ApiError::internal)?,
+        None => None,
+    };
+    let config = d.config();
+    let now = now_ms();
+    let mut new_tid = || uuid::Uuid::new_v4().to_string();
+    let sub = validate::validate(
+        req,
+        &service,
+        &config,
+        template,
+        &d.url_policy,
+        now,
+        &mut new_tid,
+    )
+    .map_err(|e| {
+        d.metrics
+            .api_rejected
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        ApiError::new(StatusCode::BAD_REQUEST, e.code, e.description)
+    })?;
+    let destinations: usize = sub.transactions.iter().map(|t| t.recipients.len()).sum();
+    if let Err(wait) = d.limiter.take(
+        &service.id,
+        service.tps,
+        destinations as u32,
+        std::time::Instant::now(),
+    ) {
+        let secs = wait.as_secs_f64().ceil().max(1.0) as u64;
+        let mut resp = ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "7005",
+            format!("TPS of service {} exceeded; retry in {secs} s", service.id),
+        )
+        .into_response();
+        resp.headers_mut().insert(header::RETRY_AFTER, secs.into());
+        return Ok(resp);
+    }
+    let request_id = uuid::Uuid::new_v4().to_string();
+    let mut records = Vec::new();
+    let mut events = Vec::new();
+    let mut accepted = Vec::new();
+    for t in &sub.transactions {
+        accepted.push(wire::AcceptedMessage {
+            tid: t.tid.clone(),
+            to: t.recipients.clone(),
+            correlation_id: t.correlation_id.clone(),
+        });
+        let mut record = MessageRecord {
+            tid: t.tid.clone(),
+            request_id: request_id.clone(),
+            service_id: sub.service_id.clone(),
+            asset_id: sub.asset_id.clone(),
+            from: sub.from.clone(),
+            from_name: sub.from_name.clone(),
+            reply_to: sub.reply_to.clone(),
+            to: t.to.clone(),
+            cc: t.cc.clone(),
+            recipients: t
+                .recipients
+                .iter()
+                .map(|a| RecipientState {
+                    address: a.clone(),
+                    phase: RecipientPhase::Pending,
+                    code: None,
+                })
+                .collect(),
+            subject: t.subject.clone(),
+            text: t.text.clone(),
+            html: t.html.clone(),
+            attachments: sub
+                .attachments
+                .iter()
+                .map(|a| Attachment {
+                    mimetype: a.mimetype.clone(),
+                    name: a.name.clone(),
+                    media_url: a.media_url.clone(),
+                })
+                .collect(),
+            receipts: sub.receipts,
+            correlation_id: t.correlation_id.clone(),
+            callback_data: sub.callback_data.clone(),
+            notify_url: sub.notify_url.clone(),
+            send_at_ms: sub.send_at_ms,
+            expire_at_ms: sub.expire_at_ms,
+            track_clicks: sub.track_clicks,
+            track_opens: sub.track_opens,
+            list_unsubscribe_url: sub.list_unsubscribe_url.clone(),
+            unsubscribe_email: sub.unsubscribe_email.clone(),
+            unsubscribe_subject: sub.unsubscribe_subject.clone(),
+            state: if sub.send_at_ms > now {
+                QueueState::Scheduled
+            } else {
+                QueueState::Ready
+            },
+            attempts: 0,
+            next_ms: sub.send_at_ms,
+            created_ms: now,
+            last_error: String::new(),
+            history: Vec::new(),
+        };
+        if let Some(code) = t.immediate {
+            for r in &mut record.recipients {
+                r.phase = RecipientPhase::Failed;
+                r.code = Some(code.code().to_string());
+            }
+            let addr = record.recipients[0].address.clone();
+            events.extend(notify::notify(
+                &config,
+                &mut record,
+                &addr,
+                code,
+                code.default_description(),
+                "",
+                now,
+            ));
+            record.state = QueueState::Done;
+        }
+        records.push(record);
+    }
+    d.store
+        .submit(&records, &events)
+        .await
+        .map_err(ApiError::internal)?;
+    d.metrics
+        .api_queued
+        .fetch_add(destinations as u64, std::sync::atomic::Ordering::Relaxed);
+    d.outbox.schedule(events);
+    for r in records.iter().filter(|r| r.state != QueueState::Done) {
+        d.queue.schedule(r.next_ms, r.tid.clone());
+    }
+    tracing::info!(request = %request_id, service = %service.id, transactions = records.len(), "request queued");
+    let body = wire::Accepted {
+        code: "1001",
+        description: "Queued",
+        request_id,
+        messages: accepted,
+    };
+    Ok((StatusCode::ACCEPTED, Json(body)).into_response())
+}
+
+#[utoipa::path(get, path = "/v2/messages/{tid}", responses((status = 200, body = wire::MessageStatus), (status = 404, body = wire::ErrorBody)),
+    params(("tid" = String, Path, description = "transaction id")))]
+async fn message_status(
+    State(d): State<AppState>,
+    headers: HeaderMap,
+    Path(tid): Path<String>,
+) -> Result<Json<wire::MessageStatus>, ApiError> {
+    let service = service_of(&d, &headers)?;
+    let not_found = || {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "7404",
+            format!("no transaction {tid}"),
+        )
+    };
+    let r = d
+        .store
+        .message(&tid)
+        .map_err(ApiError::internal)?
+        .ok_or_else(not_found)?;
+    if r.service_id != service.id {
+        return Err(not_found());
+    }
+    Ok(Json(wire::MessageStatus {
+        tid: r.tid.clone(),
+        request_id: r.request_id.clone(),
+        state: r.state.label().to_string(),
+        from: r.from.clone(),
+        recipients: r
+            .recipients
+            .iter()
+            .map(|x| wire::RecipientStatus {
+                address: x.address.clone(),
+                state: format!("{:?}", x.phase).to_ascii_lowercase(),
+                code: x.code.clone(),
+            })
+            .collect(),
+        send_at: crate::events::timestamp(r.send_at_ms),
+        expire_at: crate::events::timestamp(r.expire_at_ms),
+        attempts: r.attempts,
+        events: r
+            .history
+            .iter()
+            .map(|h| wire::HistoryItem {
+                time_stamp: crate::events::timestamp(h.at_ms),
+                destination: h.destination.clone(),
+                code: h.code.clone(),
+                delivery_status: h.status.clone(),
+                description: h.description.clone(),
+                additional_info: h.additional_info.clone(),
+            })
+            .collect(),
+    }))
+}
+
+fn check_template(t: &wire::Template) -> Result<(), ApiError> {
+    let bad = |m: &str| ApiError::new(StatusCode::BAD_REQUEST, "7004", m.to_string());
+    if t.id.is_empty()
+        || t.id.len() > 128
+        || !t
+            .id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+    {
+        return Err(bad("id: 1 to 128 letters, digits, '-', '_' or '.'"));
+    }
+    if t.subject.contains(['\r', '\n']) {
+        return Err(bad("subject: must not contain CR or LF"));
+    }
+    if t.text.is_empty() && t.html.is_empty() {
+        return Err(bad("text: a template needs text or html"));
+    }
+    if t.html.len() > validate::MAX_HTML {
+        return Err(bad("html: is larger than 500 KB"));
+    }
+    Ok(())
+}
+
+#[utoipa::path(get, path = "/v2/templates", responses((status = 200, body = [wire::Template])))]
+async fn template_list(
+    State(d): State<AppState>,
+    headers: HeaderMap,
+) -> Result<Json<Vec<wire::Template>>, ApiError> {
+    let service = service_of(&d, &headers)?;
+    Ok(Json(
+        d.store
+            .template_list(&service.id)
+            .map_err(ApiError::internal)?,
+    ))
+}
+
+#[utoipa::path(post, path = "/v2/templates", request_body = wire::Template, responses((status = 201, body = wire::Template), (status = 409, body = wire::ErrorBody)))]
+async fn template_create(
+    State(d): State<AppState>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let service = service_of(&d, &headers)?;
+    let t: wire::Template = json_body(&headers, body)?;
+    check_template(&t)?;
+    if d.store
+        .template_get(&service.id, &t.id)
+        .map_err(ApiError::internal)?
+        .is_some()
+    {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "7004",
+            format!("id: template '{}' exists; use PUT", t.id),
+        ));
+    }
+    d.store
+        .template_put(&service.id, &t)
+        .await
+        .map_err(ApiError::internal)?;
+    Ok((StatusCode::CREATED, Json(t)).into_response())
+}
+
+#[utoipa::path(get, path = "/v2/templates/{id}", responses((status = 200, body = wire::Template), (status = 404, body = wire::ErrorBody)), params(("id" = String, Path)))]
+async fn template_get(
+    State(d): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Json<wire::Template>, ApiError> {
+    let service = service_of(&d, &headers)?;
+    d.store
+        .template_get(&service.id, &id)
+        .map_err(ApiError::internal)?
+        .map(Json)
+        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "7404", format!("no template {id}")))
+}
+
+#[utoipa::path(put, path = "/v2/templates/{id}", request_body = wire::Template, responses((status = 200, body = wire::Template)), params(("id" = String, Path)))]
+async fn template_put(
+    State(d): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<wire::Template>, ApiError> {
+    let service = service_of(&d, &headers)?;
+    let mut t: wire::Template = json_body(&headers, body)?;
+    t.id = id;
+    check_template(&t)?;
+    d.store
+        .template_put(&service.id, &t)
+        .await
+        .map_err(ApiError::internal)?;
+    Ok(Json(t))
+}
+
+#[utoipa::path(delete, path = "/v2/templates/{id}", responses((status = 204), (status = 404, body = wire::ErrorBody)), params(("id" = String, Path)))]
+async fn template_delete(
+    State(d): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    let service = service_of(&d, &headers)?;
+    if d.store
+        .template_delete(&service.id, &id)
+        .await
+        .map_err(ApiError::internal)?
+    {
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "7404",
+            format!("no template {id}"),
+        ))
+    }
+}

@@ -159,6 +159,8 @@ pub struct Worker {
     pub signer: Signer,
     pub outbox: Outbox,
     pub client: reqwest::Client,
+    /// For URLs that came from API requests (no private targets).
+    pub guarded_client: reqwest::Client,
 }
 
 impl Worker {
@@ -361,8 +363,12 @@ impl Worker {
     }
 
     async fn post(&self, config: &Config, entry: &OutboxEntry, rendered: Rendered) -> Outcome {
-        let mut req = self
-            .client
+        let client = if entry.guarded {
+            &self.guarded_client
+        } else {
+            &self.client
+        };
+        let mut req = client
             .post(&entry.url)
             .header("content-type", "application/json")
             .header("x-postern-event-id", &entry.id)

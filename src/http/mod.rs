@@ -17,7 +17,9 @@ use std::sync::Arc;
 type AppState = Arc<Daemon>;
 
 pub fn router(daemon: Arc<Daemon>) -> Router {
+    let limit = daemon.config().http.max_body_size;
     Router::new()
+        .merge(crate::api::routes())
         .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
@@ -34,6 +36,7 @@ pub fn router(daemon: Arc<Daemon>) -> Router {
                 "method not allowed on this resource",
             )
         })
+        .layer(axum::extract::DefaultBodyLimit::max(limit))
         .with_state(daemon)
 }
 
@@ -54,7 +57,7 @@ impl ApiError {
         }
     }
 
-    fn internal(e: impl std::fmt::Display) -> Self {
+    pub fn internal(e: impl std::fmt::Display) -> Self {
         tracing::error!(error = %e, "internal error");
         ApiError::new(
             StatusCode::INTERNAL_SERVER_ERROR,

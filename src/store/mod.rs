@@ -2,7 +2,8 @@
 //! `spool` (accepted inbound messages' envelopes), `bodies` (small message bodies; large
 //! ones are files under `data_dir/spool/`), `outbox` (webhook events waiting for delivery),
 //! `dead` (events that exhausted their retries), `inbound_tids` (MO tid -> spool id, for
-//! signed attachment links), `quarantine` (records that no longer decode: kept, never
+//! signed attachment links), `messages` / `finished` (outbound transactions), `templates`,
+//! `quarantine` (records that no longer decode: kept, never
 //! deleted). Records carry a version byte; anything this build cannot decode is moved to
 //! `quarantine` and logged instead of stopping the daemon or being lost.
 //!
@@ -13,6 +14,7 @@
 //! cost of everything else in accepting a message.
 
 mod codec;
+pub mod messages;
 pub mod outbox;
 pub mod spool;
 
@@ -64,6 +66,9 @@ struct Inner {
     outbox: sled::Tree,
     dead: sled::Tree,
     inbound_tids: sled::Tree,
+    messages: sled::Tree,
+    finished: sled::Tree,
+    templates: sled::Tree,
     quarantine: sled::Tree,
     spool_dir: PathBuf,
     flush_tx: std::sync::mpsc::Sender<FlushRequest>,
@@ -98,6 +103,9 @@ impl Store {
             outbox: db.open_tree("outbox")?,
             dead: db.open_tree("dead")?,
             inbound_tids: db.open_tree("inbound_tids")?,
+            messages: db.open_tree("messages")?,
+            finished: db.open_tree("finished")?,
+            templates: db.open_tree("templates")?,
             quarantine: db.open_tree("quarantine")?,
             db: db.clone(),
             spool_dir: spool_dir.clone(),

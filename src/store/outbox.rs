@@ -51,6 +51,10 @@ pub struct OutboxEntry {
     pub created_ms: u64,
     pub next_ms: u64,
     pub last_error: String,
+    /// The URL came from an API request: POSTed through the guarded client (no private
+    /// targets, after DNS and redirects).
+    #[serde(default)]
+    pub guarded: bool,
 }
 
 impl OutboxEntry {
@@ -66,6 +70,7 @@ impl OutboxEntry {
             created_ms: now,
             next_ms: now,
             last_error: String::new(),
+            guarded: false,
         }
     }
 

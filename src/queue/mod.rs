@@ -1,0 +1,368 @@
+//! The outbound queue scheduler (Postfix's qmgr): one task keeps a due-time heap of tids
+//! (the transactions themselves stay in sled), runs at most `queue.concurrency` at once,
+//! and for each: expiry, build + sign, route, then one durable update with the events it
+//! produced. A restart reloads every active tid. A recipient the route took is marked
+//! `Submitted` in the same update that records 7501, so it is never submitted again.
+
+pub mod notify;
+
+use crate::compose::{self, BuildError};
+use crate::config::{Config, RouteKind};
+use crate::dkim::Keys;
+use crate::events::Outbox;
+use crate::route::smtp::SmtpRoute;
+use crate::route::RcptOutcome;
+use crate::store::messages::{MessageRecord, QueueState, RecipientPhase};
+use crate::store::{now_ms, OutboxEntry, Store};
+use crate::tokens::Signer;
+use crate::types::DeliveryCode;
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+use tokio::sync::{mpsc, watch, Semaphore};
+use tracing::Instrument;
+
+/// Wakes the scheduler for new or retried tids.
+#[derive(Clone)]
+pub struct Queue {
+    tx: mpsc::UnboundedSender<(u64, String)>,
+}
+
+impl Queue {
+    pub fn channel() -> (Queue, mpsc::UnboundedReceiver<(u64, String)>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        (Queue { tx }, rx)
+    }
+
+    pub fn schedule(&self, due_ms: u64, tid: String) {
+        let _ = self.tx.send((due_ms, tid));
+    }
+}
+
+/// Delay before the next attempt after `attempts` deferrals: base * 2^(n-1), at most an
+/// hour, with jitter in [0.5, 1] of that.
+pub fn retry_delay(base_secs: u64, attempts: u32, jitter: f64) -> Duration {
+    let exp = base_secs
+        .saturating_mul(1000)
+        .saturating_mul(1u64 << attempts.saturating_sub(1).min(20))
+        .min(3_600_000);
+    let half = exp / 2;
+    Duration::from_millis(half + (half as f64 * jitter.clamp(0.0, 1.0)) as u64)
+}
+
+pub struct QueueWorker {
+    pub store: Store,
+    pub config: Arc<RwLock<Arc<Config>>>,
+    pub outbox: Outbox,
+    pub queue: Queue,
+    pub keys: Arc<Keys>,
+    pub signer: Signer,
+    pub fetcher: reqwest::Client,
+    routes: Mutex<HashMap<String, Arc<SmtpRoute>>>,
+}
+
+impl QueueWorker {
+    pub fn new(
+        store: Store,
+        config: Arc<RwLock<Arc<Config>>>,
+        outbox: Outbox,
+        queue: Queue,
+        keys: Arc<Keys>,
+        signer: Signer,
+        fetcher: reqwest::Client,
+    ) -> Self {
+        QueueWorker {
+            store,
+            config,
+            outbox,
+            queue,
+            keys,
+            signer,
+            fetcher,
+            routes: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn config(&self) -> Arc<Config> {
+        self.config
+            .read()
+            .map(|c| c.clone())
+            .unwrap_or_else(|p| p.into_inner().clone())
+    }
+
+    /// The SMTP route of an asset (kept, so its connections are reused).
+    pub fn smtp_route(&self, config: &Config, asset_id: &str) -> Option<Arc<SmtpRoute>> {
+        let route = config.asset(asset_id)?.route.clone()?;
+        if route.kind != RouteKind::Smtp {
+            return None;
+        }
+        let mut routes = self.routes.lock().unwrap_or_else(|p| p.into_inner());
+        Some(
+            routes
+                .entry(asset_id.to_string())
+                .or_insert_with(|| Arc::new(SmtpRoute::new(route, config.server.hostname.clone())))
+                .clone(),
+        )
+    }
+
+    pub async fn run(
+        self: Arc<Self>,
+        mut rx: mpsc::UnboundedReceiver<(u64, String)>,
+        mut shutdown: watch::Receiver<bool>,
+    ) {
+        let mut due: BinaryHeap<Reverse<(u64, String)>> = BinaryHeap::new();
+        match self.store.active_messages() {
+            Ok(all) => {
+                tracing::info!(active = all.len(), "outbound queue loaded");
+                due.extend(all.into_iter().map(|m| Reverse((m.next_ms, m.tid))));
+            }
+            Err(e) => tracing::error!(error = %e, "cannot read the outbound queue"),
+        }
+        let concurrency = self.config().queue.concurrency;
+        let slots = Arc::new(Semaphore::new(concurrency));
+        loop {
+            let now = now_ms();
+            while due.peek().is_some_and(|Reverse((t, _))| *t <= now) {
+                let Ok(permit) = slots.clone().try_acquire_owned() else {
+                    break;
+                };
+                let Some(Reverse((_, tid))) = due.pop() else {
+                    break;
+                };
+                let me = self.clone();
+                let span = tracing::info_span!("tid", tid = %tid);
+                tokio::spawn(
+                    async move {
+                        me.process(&tid).await;
+                        drop(permit);
+                    }
+                    .instrument(span),
+                );
+            }
+            let wait = match due.peek() {
+                Some(Reverse((t, _))) if slots.available_permits() > 0 => {
+                    Duration::from_millis(t.saturating_sub(now))
+                }
+                Some(_) => Duration::from_millis(20),
+                None => Duration::from_secs(3600),
+            };
+            tokio::select! {
+                msg = rx.recv() => match msg {
+                    Some(item) => {
+                        due.push(Reverse(item));
+                        while let Ok(item) = rx.try_recv() {
+                            due.push(Reverse(item));
+                        }
+                    }
+                    None => break,
+                },
+                _ = tokio::time::sleep(wait) => {}
+                _ = shutdown.changed() => break,
+            }
+        }
+        // Route calls in flight finish before the store is closed.
+        let _ = tokio::time::timeout(
+            Duration::from_secs(60),
+            slots.acquire_many(concurrency as u32),
+        )
+        .await;
+    }
+
+    /// One attempt at one transaction.
+    async fn process(&self, tid: &str) {
+        let mut record = match self.store.message(tid) {
+            Ok(Some(r))
+                if matches!(
+                    r.state,
+                    QueueState::Scheduled | QueueState::Ready | QueueState::Retry
+                ) =>
+            {
+                r
+            }
+            Ok(_) => return,
+            Err(e) => {
+                tracing::error!(tid, error = %e, "queue entry unreadable");
+                return;
+            }
+        };
+        if record.next_ms > now_ms() {
+            // Scheduled twice (e.g. a retry raced a restart): wait for its time.
+            self.queue.schedule(record.next_ms, record.tid.clone());
+            return;
+        }
+        let config = self.config();
+        let mut events = Vec::new();
+        let now = now_ms();
+        if now >= record.expire_at_ms {
+            let last = record.last_error.clone();
+            self.fail_pending(
+                &config,
+                &mut record,
+                DeliveryCode::Expired,
+                "Expired before it could be submitted",
+                &last,
+                &mut events,
+            );
+        } else {
+            self.attempt(&config, &mut record, &mut events).await;
+        }
+        let pending = record.pending().count();
+        if pending == 0 {
+            record.state = QueueState::Done;
+        } else {
+            record.attempts += 1;
+            let delay = retry_delay(config.queue.retry_base, record.attempts, rand::random());
+            record.next_ms = (now_ms() + delay.as_millis() as u64).min(record.expire_at_ms);
+            record.state = QueueState::Retry;
+            tracing::info!(tid, pending, retry_in_ms = record.next_ms.saturating_sub(now_ms()), reason = %record.last_error, "deferred");
+        }
+        match self.store.update_message(&record, &events).await {
+            Ok(()) => {
+                self.outbox.schedule(events);
+                if record.state == QueueState::Retry {
+                    self.queue.schedule(record.next_ms, record.tid.clone());
+                }
+            }
+            Err(e) => {
+                tracing::error!(tid, error = %e, "cannot record the attempt; it will be retried");
+                self.queue.schedule(now_ms() + 5000, record.tid.clone());
+            }
+        }
+    }
+
+    async fn attempt(
+        &self,
+        config: &Config,
+        record: &mut MessageRecord,
+        events: &mut Vec<OutboxEntry>,
+    ) {
+        let message = match compose::build(
+            record,
+            config,
+            &self.fetcher,
+            &self.keys,
+            &config.server.data_dir,
+        )
+        .await
+        {
+            Ok(m) => m,
+            Err(e @ (BuildError::Attachment { .. } | BuildError::TooLarge(_))) => {
+                self.fail_pending(
+                    config,
+                    record,
+                    DeliveryCode::BuildFailed,
+                    &e.to_string(),
+                    "",
+                    events,
+                );
+                return;
+            }
+            Err(e @ BuildError::Dkim(_)) => {
+                record.last_error = e.to_string();
+                return;
+            }
+        };
+        let Some(route) = self.smtp_route(config, &record.asset_id) else {
+            record.last_error = format!("asset {} has no usable route", record.asset_id);
+            return;
+        };
+        let from = compose::verp(&self.signer, &record.tid, &config.server.bounce_domain);
+        let rcpts: Vec<String> = record.pending().map(|r| r.address.clone()).collect();
+        let started = std::time::Instant::now();
+        let outcomes = route.send(&from, &rcpts, &message).await;
+        tracing::debug!(
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "route call"
+        );
+        let now = now_ms();
+        for (addr, outcome) in rcpts.iter().zip(outcomes) {
+            let Some(slot) = record.recipients.iter().position(|r| &r.address == addr) else {
+                continue;
+            };
+            let (phase, code, description, additional) = match outcome {
+                RcptOutcome::Submitted => (
+                    RecipientPhase::Submitted,
+                    DeliveryCode::Submitted,
+                    "Submitted".to_string(),
+                    String::new(),
+                ),
+                RcptOutcome::Bounced(reply) => {
+                    let status = notify::enhanced_status(&reply)
+                        .unwrap_or("5.0.0")
+                        .to_string();
+                    (
+                        RecipientPhase::Failed,
+                        DeliveryCode::Bounce,
+                        notify::bounce_description(&reply).to_string(),
+                        format!("{status}|failed|smtp; {reply}"),
+                    )
+                }
+                RcptOutcome::Refused(reply) => (
+                    RecipientPhase::Failed,
+                    DeliveryCode::RouteRefused,
+                    "Refused by the route".to_string(),
+                    reply,
+                ),
+                RcptOutcome::Deferred(reason) => {
+                    record.last_error = reason;
+                    continue;
+                }
+            };
+            record.recipients[slot].phase = phase;
+            record.recipients[slot].code = Some(code.code().to_string());
+            tracing::info!(tid = %record.tid, rcpt = %addr, code = code.code(), "{}", description);
+            events.extend(notify::notify(
+                config,
+                record,
+                addr,
+                code,
+                &description,
+                &additional,
+                now,
+            ));
+        }
+    }
+
+    fn fail_pending(
+        &self,
+        config: &Config,
+        record: &mut MessageRecord,
+        code: DeliveryCode,
+        description: &str,
+        additional: &str,
+        events: &mut Vec<OutboxEntry>,
+    ) {
+        let now = now_ms();
+        let pending: Vec<String> = record.pending().map(|r| r.address.clone()).collect();
+        for addr in pending {
+            if let Some(r) = record.recipients.iter_mut().find(|r| r.address == addr) {
+                r.phase = RecipientPhase::Failed;
+                r.code = Some(code.code().to_string());
+            }
+            tracing::info!(tid = %record.tid, rcpt = %addr, code = code.code(), "{description}");
+            events.extend(notify::notify(
+                config,
+                record,
+                &addr,
+                code,
+                description,
+                additional,
+                now,
+            ));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_delays_grow_and_are_capped() {
+        assert!(retry_delay(30, 1, 0.0) >= Duration::from_secs(15));
+        assert!(retry_delay(30, 1, 1.0) <= Duration::from_secs(30));
+        assert!(retry_delay(30, 3, 0.0) >= Duration::from_secs(60));
+        assert!(retry_delay(30, 40, 1.0) <= Duration::from_secs(3600));
+    }
+}

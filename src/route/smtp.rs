@@ -1,0 +1,321 @@
+//! The SMTP smarthost route: mail-send over none / ssl / starttls, AUTH PLAIN/LOGIN or
+//! XOAUTH2 (access token refreshed from `token_url` before it expires), connections kept
+//! and reused across messages. One call = one SMTP transaction; the result is per recipient.
+
+use super::RcptOutcome;
+use crate::config::{RouteAuth, RouteConfig, Security};
+use mail_send::smtp::message::Parameters;
+use mail_send::{Credentials, SmtpClient, SmtpClientBuilder};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+use tokio::net::TcpStream;
+use tokio_rustls::client::TlsStream;
+
+const TIMEOUT: Duration = Duration::from_secs(60);
+const MAX_IDLE: usize = 8;
+/// A pooled connection older than this is not reused (servers drop idle clients).
+const MAX_IDLE_AGE: Duration = Duration::from_secs(30);
+
+enum Conn {
+    Plain(SmtpClient<TcpStream>),
+    Tls(Box<SmtpClient<TlsStream<TcpStream>>>),
+}
+
+macro_rules! on_conn {
+    ($conn:expr, $c:ident => $body:expr) => {
+        match $conn {
+            Conn::Plain($c) => $body,
+            Conn::Tls($c) => $body,
+        }
+    };
+    ($conn:expr, mut $c:ident => $body:expr) => {
+        match $conn {
+            Conn::Plain(mut $c) => $body,
+            Conn::Tls(mut $c) => $body,
+        }
+    };
+}
+
+struct Token {
+    value: String,
+    expires: Instant,
+}
+
+pub struct SmtpRoute {
+    config: RouteConfig,
+    hostname: String,
+    idle: Mutex<Vec<(Conn, Instant)>>,
+    token: tokio::sync::Mutex<Option<Token>>,
+    http: reqwest::Client,
+}
+
+/// A failure before any recipient was tried.
+fn setup_failure(e: &mail_send::Error) -> RcptOutcome {
+    match e {
+        mail_send::Error::AuthenticationFailed(r) if r.code() >= 500 => {
+            RcptOutcome::Refused(format!("authentication refused: {}", format_reply(r)))
+        }
+        mail_send::Error::UnexpectedReply(r) if r.code() >= 500 => {
+            RcptOutcome::Refused(format_reply(r))
+        }
+        other => RcptOutcome::Deferred(other.to_string()),
+    }
+}
+
+/// The reply as the server sent it, enhanced status code included.
+fn format_reply(r: &smtp_proto::Response<String>) -> String {
+    match r.esc {
+        [0, 0, 0] => format!("{} {}", r.code(), r.message()),
+        [a, b, c] => format!("{} {a}.{b}.{c} {}", r.code(), r.message()),
+    }
+}
+
+fn reply_text(e: &mail_send::Error) -> (u16, String) {
+    match e {
+        mail_send::Error::UnexpectedReply(r) => (r.code(), format_reply(r)),
+        other => (0, other.to_string()),
+    }
+}
+
+impl SmtpRoute {
+    pub fn new(config: RouteConfig, hostname: String) -> SmtpRoute {
+        SmtpRoute {
+            config,
+            hostname,
+            idle: Mutex::new(Vec::new()),
+            token: tokio::sync::Mutex::new(None),
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(20))
+                .build()
+                .expect("static HTTP client settings are valid"),
+        }
+    }
+
+    fn host(&self) -> (&str, u16) {
+        let port = self.config.port.unwrap_or(match self.config.security {
+            Security::Ssl => 465,
+            Security::Starttls => 587,
+            Security::None => 25,
+        });
+        (self.config.host.as_deref().unwrap_or("127.0.0.1"), port)
+    }
+
+    /// The XOAUTH2 access token, refreshed when it has less than a minute left.
+    async fn access_token(&self) -> Result<String, String> {
+        let mut slot = self.token.lock().await;
+        if let Some(t) = slot.as_ref() {
+            if t.expires > Instant::now() + Duration::from_secs(60) {
+                return Ok(t.value.clone());
+            }
+        }
+        let c = &self.config;
+        let url = c.token_url.as_deref().ok_or("route.token_url is not set")?;
+        let mut form = vec![
+            ("grant_type", "refresh_token".to_string()),
+            (
+                "refresh_token",
+                c.refresh_token
+                    .as_ref()
+                    .map(|s| s.expose().to_string())
+                    .unwrap_or_default(),
+            ),
+            ("client_id", c.client_id.clone().unwrap_or_default()),
+            (
+                "client_secret",
+                c.client_secret
+                    .as_ref()
+                    .map(|s| s.expose().to_string())
+                    .unwrap_or_default(),
+            ),
+        ];
+        if let Some(scope) = &c.scope {
+            form.push(("scope", scope.clone()));
+        }
+        let resp = self
+            .http
+            .post(url)
+            .form(&form)
+            .send()
+            .await
+            .map_err(|e| format!("token endpoint: {e}"))?;
+        let status = resp.status();
+        let body: serde_json::Value = resp
+            .json()
+            .await
+            .map_err(|e| format!("token endpoint: {e}"))?;
+        if !status.is_success() {
+            return Err(format!("token endpoint answered {status}: {body}"));
+        }
+        let value = body["access_token"]
+            .as_str()
+            .ok_or("token endpoint sent no access_token")?
+            .to_string();
+        let ttl = body["expires_in"].as_u64().unwrap_or(3600);
+        *slot = Some(Token {
+            value: value.clone(),
+            expires: Instant::now() + Duration::from_secs(ttl),
+        });
+        Ok(value)
+    }
+
+    async fn connect(&self) -> Result<Conn, mail_send::Error> {
+        let (host, port) = self.host();
+        let mut b = SmtpClientBuilder::new(host.to_string(), port)
+            .map_err(|_| mail_send::Error::InvalidTLSName)?
+            .helo_host(self.hostname.clone())
+            .timeout(TIMEOUT)
+            .implicit_tls(self.config.security == Security::Ssl);
+        match self.config.auth {
+            RouteAuth::None => {}
+            RouteAuth::Password => {
+                b = b.credentials(Credentials::new(
+                    self.config.username.clone().unwrap_or_default(),
+                    self.config
+                        .password
+                        .as_ref()
+                        .map(|s| s.expose().to_string())
+                        .unwrap_or_default(),
+                ));
+            }
+            RouteAuth::Oauth2 => {
+                let token = self
+                    .access_token()
+                    .await
+                    .map_err(|e| mail_send::Error::Io(std::io::Error::other(e)))?;
+                b = b.credentials(Credentials::new_xoauth2(
+                    self.config.username.clone().unwrap_or_default(),
+                    token,
+                ));
+            }
+        }
+        match self.config.security {
+            Security::None => b.connect_plain().await.map(Conn::Plain),
+            Security::Ssl | Security::Starttls => b.connect().await.map(|c| Conn::Tls(Box::new(c))),
+        }
+    }
+
+    fn take_idle(&self) -> Option<Conn> {
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        while let Some((c, since)) = idle.pop() {
+            if since.elapsed() < MAX_IDLE_AGE {
+                return Some(c);
+            }
+        }
+        None
+    }
+
+    fn put_idle(&self, c: Conn) {
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        if idle.len() < MAX_IDLE {
+            idle.push((c, Instant::now()));
+        }
+    }
+
+    /// Connects and authenticates, reporting the server's EHLO answer; sends nothing.
+    pub async fn test(&self) -> Result<String, String> {
+        let (host, port) = self.host();
+        let conn = self
+            .connect()
+            .await
+            .map_err(|e| format!("{host}:{port}: {e}"))?;
+        let ehlo = on_conn!(conn, mut c => {
+            let r = c.ehlo(&self.hostname).await.map_err(|e| e.to_string())?;
+            let _ = c.quit().await;
+            r
+        });
+        Ok(format!(
+            "{host}:{port}: connected ({:?}), authenticated ({:?}); server {} (SIZE {})",
+            self.config.security, self.config.auth, ehlo.hostname, ehlo.size
+        ))
+    }
+
+    /// One transaction: MAIL FROM `from`, RCPT TO each of `rcpts`, DATA `message`.
+    pub async fn send(&self, from: &str, rcpts: &[String], message: &[u8]) -> Vec<RcptOutcome> {
+        // A pooled connection may have been dropped by the server: on an I/O failure at
+        // MAIL FROM, retry once on a fresh one.
+        let mut conn = match self.take_idle() {
+            Some(c) => c,
+            None => match self.connect().await {
+                Ok(c) => c,
+                Err(e) => return vec![setup_failure(&e); rcpts.len()],
+            },
+        };
+        let mut mail = on_conn!(&mut conn, c => c.mail_from(from, &Parameters::default()).await);
+        if matches!(
+            mail,
+            Err(mail_send::Error::Io(_)
+                | mail_send::Error::Timeout
+                | mail_send::Error::UnparseableReply)
+        ) {
+            conn = match self.connect().await {
+                Ok(c) => c,
+                Err(e) => return vec![setup_failure(&e); rcpts.len()],
+            };
+            mail = on_conn!(&mut conn, c => c.mail_from(from, &Parameters::default()).await);
+        }
+        if let Err(e) = mail {
+            let (code, text) = reply_text(&e);
+            let outcome = if code >= 500 {
+                RcptOutcome::Refused(text)
+            } else {
+                RcptOutcome::Deferred(format!("MAIL FROM: {text}"))
+            };
+            return vec![outcome; rcpts.len()];
+        }
+        let mut results: Vec<RcptOutcome> = Vec::with_capacity(rcpts.len());
+        for r in rcpts {
+            let res = on_conn!(&mut conn, c => c.rcpt_to(r, &Parameters::default()).await);
+            results.push(match res {
+                Ok(()) => RcptOutcome::Submitted,
+                Err(e) => {
+                    let (code, text) = reply_text(&e);
+                    if code >= 500 {
+                        RcptOutcome::Bounced(text)
+                    } else if code >= 400 {
+                        RcptOutcome::Deferred(format!("RCPT TO: {text}"))
+                    } else {
+                        // The connection broke mid-transaction: everything is deferred.
+                        return vec![RcptOutcome::Deferred(text); rcpts.len()];
+                    }
+                }
+            });
+        }
+        if !results.contains(&RcptOutcome::Submitted) {
+            let _ = on_conn!(&mut conn, c => c.rset().await);
+            self.put_idle(conn);
+            return results;
+        }
+        let data = on_conn!(&mut conn, c => c.data(message).await);
+        let after_data = match data {
+            Ok(_) => None,
+            Err(e) => {
+                let (code, text) = reply_text(&e);
+                Some(if code >= 500 {
+                    RcptOutcome::Refused(format!("DATA: {text}"))
+                } else {
+                    RcptOutcome::Deferred(format!("DATA: {text}"))
+                })
+            }
+        };
+        match after_data {
+            None => {
+                self.put_idle(conn);
+                results
+            }
+            Some(outcome) => {
+                let _ = on_conn!(&mut conn, c => c.rset().await);
+                self.put_idle(conn);
+                results
+                    .into_iter()
+                    .map(|r| {
+                        if r == RcptOutcome::Submitted {
+                            outcome.clone()
+                        } else {
+                            r
+                        }
+                    })
+                    .collect()
+            }
+        }
+    }
+}
