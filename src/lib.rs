@@ -16,6 +16,7 @@ pub mod api;
 pub mod compose;
 pub mod config;
 pub mod dkim;
+pub mod domains;
 pub mod events;
 pub mod http;
 pub mod inbound;

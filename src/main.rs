@@ -40,6 +40,56 @@ enum Command {
         )]
         config: PathBuf,
     },
+    /// DNS records of a sending/receiving domain.
+    Domain {
+        #[command(subcommand)]
+        action: DomainAction,
+        /// Configuration file.
+        #[arg(
+            long,
+            global = true,
+            env = "POSTERN_CONFIG",
+            default_value = "/etc/postern/postern.toml"
+        )]
+        config: PathBuf,
+    },
+    /// Smarthost routes.
+    Route {
+        #[command(subcommand)]
+        action: RouteAction,
+        /// Configuration file.
+        #[arg(
+            long,
+            global = true,
+            env = "POSTERN_CONFIG",
+            default_value = "/etc/postern/postern.toml"
+        )]
+        config: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum DomainAction {
+    /// Print the records to publish: verification TXT, DKIM TXT, SPF, DMARC, MX.
+    Records {
+        domain: String,
+        /// `table` or `json`.
+        #[arg(long, default_value = "table", value_parser = ["table", "json"])]
+        format: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum RouteAction {
+    /// Connect and authenticate to an asset's smarthost; report its answer; send nothing.
+    Test { asset: String },
+}
+
+fn load_or_exit(path: &std::path::Path) -> Result<Config, ExitCode> {
+    Config::load(path).map_err(|e| {
+        eprintln!("{e}");
+        ExitCode::from(1)
+    })
 }
 
 fn main() -> ExitCode {
@@ -61,6 +111,66 @@ fn main() -> ExitCode {
             }
         },
         Command::Serve { config } => serve(config),
+        Command::Domain {
+            action: DomainAction::Records { domain, format },
+            config,
+        } => {
+            let config = match load_or_exit(&config) {
+                Ok(c) => c,
+                Err(code) => return code,
+            };
+            match postern::domains::records(&config, &domain) {
+                Ok(records) if format == "json" => {
+                    println!(
+                        "{}",
+                        serde_json::to_string_pretty(&records).unwrap_or_default()
+                    );
+                    ExitCode::SUCCESS
+                }
+                Ok(records) => {
+                    print!("{}", postern::domains::table(&records));
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("postern: {e}");
+                    ExitCode::from(1)
+                }
+            }
+        }
+        Command::Route {
+            action: RouteAction::Test { asset },
+            config,
+        } => {
+            let config = match load_or_exit(&config) {
+                Ok(c) => c,
+                Err(code) => return code,
+            };
+            let Some(route) = config.asset(&asset).and_then(|a| a.route.clone()) else {
+                eprintln!("postern: asset {asset} has no route in the configuration");
+                return ExitCode::from(1);
+            };
+            let runtime = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(r) => r,
+                Err(e) => {
+                    eprintln!("postern: {e}");
+                    return ExitCode::from(1);
+                }
+            };
+            let smtp = postern::route::smtp::SmtpRoute::new(route, config.server.hostname.clone());
+            match runtime.block_on(smtp.test()) {
+                Ok(report) => {
+                    println!("{report}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("postern: route test failed: {e}");
+                    ExitCode::from(1)
+                }
+            }
+        }
     }
 }
 
