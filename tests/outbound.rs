@@ -1,0 +1,698 @@
+//! The outbound path end to end: a real HTTP client on the API, the daemon, a scriptable
+//! SMTP smarthost, and a real webhook receiver for the delivery notifications.
+
+mod common;
+#[path = "common/smarthost.rs"]
+mod smarthost;
+
+use common::*;
+use serde_json::{json, Value};
+use smarthost::{Script, Smarthost};
+use std::net::SocketAddr;
+use std::time::Duration;
+
+const WAIT: Duration = Duration::from_secs(30);
+
+/// How a test request authenticates.
+type AuthFn = Box<dyn Fn(reqwest::RequestBuilder) -> reqwest::RequestBuilder>;
+const SECRET: &str = "c2VjcmV0LXNlY3JldC1zZWNyZXQ=";
+
+struct Out {
+    daemon: Option<postern::Handle>,
+    api: String,
+    dir: tempfile::TempDir,
+    hooks: Receiver,
+    client: reqwest::Client,
+}
+
+fn config(
+    data: &std::path::Path,
+    http: SocketAddr,
+    smtp: SocketAddr,
+    hook: &str,
+    relay: SocketAddr,
+    route_extra: &str,
+    top: &str,
+) -> String {
+    format!(
+        r#"
+[server]
+hostname = "mx.example.test"
+data_dir = "{data}"
+public_url = "http://{http}"
+inbound_domain = "inbound.example.test"
+bounce_domain = "bounces.example.test"
+[smtp]
+listen = ["{smtp}"]
+[http]
+listen = "{http}"
+max_body_size = 200000
+[admin]
+token = "admin-secret"
+[dns]
+resolver = "off"
+[queue]
+retry_base = 1
+[outbound]
+allow_private_targets = ["127.0.0.0/8"]
+{top}
+[[service]]
+id = "svc_a"
+key = "key-a"
+secret = "{SECRET}"
+tps = 50
+assets = ["a_out"]
+[[service]]
+id = "svc_b"
+key = "key-b"
+secret = "{SECRET}"
+tps = 50
+assets = ["a_out"]
+[[asset]]
+id = "a_out"
+domains = ["example.test"]
+delivery_webhook = "{hook}/dlr"
+[asset.route]
+kind = "smtp"
+host = "127.0.0.1"
+port = {port}
+{route_extra}
+[asset.dkim]
+selector = "sel1"
+algorithm = "ed25519-sha256"
+"#,
+        data = data.display(),
+        port = relay.port()
+    )
+}
+
+impl Out {
+    async fn start(relay: SocketAddr, route_extra: &str, top: &str) -> Out {
+        let hooks = Receiver::start().await;
+        let dir = tempfile::tempdir().unwrap();
+        Self::start_in(dir, hooks, relay, route_extra, top).await
+    }
+
+    async fn start_in(
+        dir: tempfile::TempDir,
+        hooks: Receiver,
+        relay: SocketAddr,
+        route_extra: &str,
+        top: &str,
+    ) -> Out {
+        let smtp_l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let http_l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let http = http_l.local_addr().unwrap();
+        let text = config(
+            &dir.path().join("data"),
+            http,
+            smtp_l.local_addr().unwrap(),
+            &hooks.url(""),
+            relay,
+            route_extra,
+            top,
+        );
+        let c = postern::config::Config::parse(&text, "out.toml").expect("valid config");
+        let daemon = postern::start(
+            c,
+            None,
+            postern::Listeners {
+                smtp: vec![smtp_l],
+                http: http_l,
+            },
+        )
+        .await
+        .unwrap();
+        Out {
+            daemon: Some(daemon),
+            api: format!("http://{http}"),
+            dir,
+            hooks,
+            client: reqwest::Client::new(),
+        }
+    }
+
+    async fn post(&self, body: Value) -> (u16, Value) {
+        self.post_with(body, |r| r.header("key", "key-a")).await
+    }
+
+    async fn post_with(
+        &self,
+        body: Value,
+        auth: impl FnOnce(reqwest::RequestBuilder) -> reqwest::RequestBuilder,
+    ) -> (u16, Value) {
+        let req = self
+            .client
+            .post(format!("{}/v2/messages", self.api))
+            .json(&body);
+        let resp = auth(req).send().await.unwrap();
+        let status = resp.status().as_u16();
+        (status, resp.json().await.unwrap_or(Value::Null))
+    }
+
+    async fn stop(mut self) -> (tempfile::TempDir, Receiver) {
+        if let Some(d) = self.daemon.take() {
+            d.shutdown().await;
+        }
+        (self.dir, self.hooks)
+    }
+
+    async fn wait_notes(&self, n: usize) -> Vec<Value> {
+        self.hooks
+            .wait_for_count(n, WAIT)
+            .await
+            .iter()
+            .map(|h| h.json())
+            .collect()
+    }
+}
+
+fn email(to: &[&str]) -> Value {
+    json!({
+        "channel": "email",
+        "from": "news@example.test",
+        "to": [{"email": to, "correlationId": "c-1"}],
+        "content": {"type": "text", "subject": "Hello $(name)", "text": "Dear $(name)"},
+        "substitutions": {"name": "friend"},
+        "callbackData": "cb-1"
+    })
+}
+
+fn info(n: &Value) -> &Value {
+    &n["deliveryInfoNotification"]["deliveryInfo"]
+}
+
+async fn wait_messages(relay: &Smarthost, n: usize) -> Vec<smarthost::Received> {
+    let r = relay.received.clone();
+    wait_for(WAIT, || r.lock().unwrap().len() >= n).await;
+    relay.messages()
+}
+
+#[tokio::test]
+async fn text_message_is_signed_relayed_with_verp_and_notified() {
+    let relay = Smarthost::start(Script::default()).await;
+    let out = Out::start(relay.addr, "", "").await;
+    let (status, body) = out.post(email(&["ann@example.org"])).await;
+    assert_eq!(status, 202, "{body}");
+    assert_eq!(body["code"], "1001");
+    let tid = body["messages"][0]["tid"].as_str().unwrap().to_string();
+    assert_eq!(body["messages"][0]["correlationId"], "c-1");
+
+    let msgs = wait_messages(&relay, 1).await;
+    let m = &msgs[0];
+    assert_eq!(m.rcpts, ["ann@example.org"]);
+    assert!(
+        m.mail_from.ends_with("@bounces.example.test") && m.mail_from.starts_with("b-"),
+        "{}",
+        m.mail_from
+    );
+    let text = String::from_utf8_lossy(&m.data);
+    assert!(text.starts_with("DKIM-Signature:"), "signed first");
+    assert!(
+        text.contains("d=example.test")
+            && text.contains("s=sel1")
+            && text.contains("a=ed25519-sha256")
+    );
+    assert!(text.contains("Subject: Hello friend"));
+    assert!(text.contains(&format!("Message-ID: <{tid}@mx.example.test>")));
+
+    let notes = out.wait_notes(1).await;
+    let n = &notes[0]["deliveryInfoNotification"];
+    assert_eq!(n["transid"], tid.as_str());
+    assert_eq!(n["correlationid"], "c-1");
+    assert_eq!(n["callbackData"], "cb-1");
+    assert_eq!(n["subtid"], "");
+    assert_eq!(n["deliveryInfo"]["code"], "7501");
+    assert_eq!(n["deliveryInfo"]["deliveryStatus"], "Submitted");
+    assert_eq!(n["deliveryInfo"]["destination"], "ann@example.org");
+    assert_eq!(n["deliveryInfo"]["deliveryChannel"], "email");
+
+    let status: Value = out
+        .client
+        .get(format!("{}/v2/messages/{tid}", out.api))
+        .header("key", "key-a")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(status["state"], "done");
+    assert_eq!(status["events"][0]["code"], "7501");
+    let other = out
+        .client
+        .get(format!("{}/v2/messages/{tid}", out.api))
+        .header("key", "key-b")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(other.status(), 404, "another service's tid is not found");
+    out.stop().await;
+}
+
+#[tokio::test]
+async fn authentication_and_validation_errors_have_their_codes() {
+    let relay = Smarthost::start(Script::default()).await;
+    let out = Out::start(relay.addr, "", "").await;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    let good_jwt = postern::api::auth::make_jwt("svc_a", SECRET, now);
+    let old_jwt = postern::api::auth::make_jwt("svc_a", SECRET, now - 7200);
+    let none_jwt = {
+        use base64::Engine;
+        let e = |s: &str| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(s);
+        format!(
+            "{}.{}.",
+            e(r#"{"alg":"none"}"#),
+            e(&format!(r#"{{"iss":"svc_a","iat":{now}}}"#))
+        )
+    };
+    let cases: Vec<(AuthFn, u16, &str)> = vec![
+        (Box::new(|r| r), 401, "7002"),
+        (Box::new(|r| r.header("key", "wrong")), 401, "7001"),
+        (
+            Box::new(move |r| r.bearer_auth(old_jwt.clone())),
+            401,
+            "7001",
+        ),
+        (
+            Box::new(move |r| r.bearer_auth(none_jwt.clone())),
+            401,
+            "7001",
+        ),
+    ];
+    for (auth, status, code) in cases {
+        let (s, b) = out.post_with(email(&["a@example.org"]), auth).await;
+        assert_eq!((s, b["code"].as_str().unwrap_or("")), (status, code), "{b}");
+    }
+    let (s, b) = out
+        .post_with(email(&["a@example.org"]), |r| {
+            r.bearer_auth(good_jwt.clone())
+        })
+        .await;
+    assert_eq!(s, 202, "{b}");
+
+    let mut sms = email(&["a@example.org"]);
+    sms["channel"] = "sms".into();
+    let mut missing = email(&["a@example.org"]);
+    missing.as_object_mut().unwrap().remove("from");
+    let mut crlf = email(&["a@example.org"]);
+    crlf["content"]["subject"] = "x\r\nBcc: victim@example.org".into();
+    let many: Vec<String> = (0..51).map(|i| format!("u{i}@example.org")).collect();
+    let many_refs: Vec<&str> = many.iter().map(String::as_str).collect();
+    for (body, code, text) in [
+        (sms, "7004", "channel 'sms' is not served by postern"),
+        (missing, "7003", "from"),
+        (crlf, "7004", "content.subject"),
+        (email(&many_refs), "7009", "too many destinations"),
+    ] {
+        let (s, b) = out.post(body).await;
+        assert_eq!(s, 400, "{b}");
+        assert_eq!(b["code"], code, "{b}");
+        assert!(b["description"].as_str().unwrap().contains(text), "{b}");
+    }
+    let raw = |body: &'static str, ct: &'static str| {
+        out.client
+            .post(format!("{}/v2/messages", out.api))
+            .header("key", "key-a")
+            .header("content-type", ct)
+            .body(body)
+            .send()
+    };
+    let r = raw("{not json", "application/json").await.unwrap();
+    assert_eq!(r.status(), 400);
+    assert_eq!(r.json::<Value>().await.unwrap()["code"], "7000");
+    let r = raw("{}", "text/plain").await.unwrap();
+    assert_eq!(r.status(), 415);
+    let deep: &'static str =
+        Box::leak(format!("{}{}", "[".repeat(200), "]".repeat(200)).into_boxed_str());
+    let r = raw(deep, "application/json").await.unwrap();
+    assert_eq!(r.json::<Value>().await.unwrap()["code"], "7000");
+    let huge: &'static str =
+        Box::leak(format!("{{\"x\":\"{}\"}}", "a".repeat(300_000)).into_boxed_str());
+    let r = raw(huge, "application/json").await.unwrap();
+    assert_eq!(r.status(), 413);
+    assert_eq!(r.json::<Value>().await.unwrap()["code"], "7004");
+    // Nothing refused was queued: only the one accepted JWT request reached the relay.
+    wait_messages(&relay, 1).await;
+    assert_eq!(relay.messages().len(), 1);
+    out.stop().await;
+}
+
+#[tokio::test]
+async fn tps_bucket_refuses_with_retry_after_and_queues_nothing() {
+    let relay = Smarthost::start(Script::default()).await;
+    let out = Out::start(relay.addr, "", "").await;
+    let forty: Vec<String> = (0..40).map(|i| format!("u{i}@example.org")).collect();
+    let refs: Vec<&str> = forty.iter().map(String::as_str).collect();
+    assert_eq!(out.post(email(&refs)).await.0, 202);
+    let resp = out
+        .client
+        .post(format!("{}/v2/messages", out.api))
+        .header("key", "key-a")
+        .json(&email(&refs))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 429);
+    assert!(resp.headers().contains_key("retry-after"));
+    wait_messages(&relay, 40).await;
+    out.stop().await;
+    assert_eq!(relay.messages().len(), 40);
+}
+
+#[tokio::test]
+async fn expansion_modes_and_invalid_addresses() {
+    let relay = Smarthost::start(Script::default()).await;
+    let out = Out::start(relay.addr, "", "").await;
+    let mut multi = email(&["a@example.org", "b@example.org"]);
+    multi["multipleToRecipients"] = true.into();
+    multi["cc"] = json!(["c@example.org"]);
+    multi["bcc"] = json!(["d@example.org"]);
+    let (_, b) = out.post(multi).await;
+    assert_eq!(b["messages"].as_array().unwrap().len(), 1);
+    let msgs = wait_messages(&relay, 1).await;
+    assert_eq!(
+        msgs[0].rcpts,
+        [
+            "a@example.org",
+            "b@example.org",
+            "c@example.org",
+            "d@example.org"
+        ]
+    );
+    let text = String::from_utf8_lossy(&msgs[0].data).to_string();
+    assert!(
+        text.contains("Cc: <c@example.org>") && !text.contains("d@example.org"),
+        "bcc stays hidden"
+    );
+
+    let mut single = email(&["e@example.org", "not-an-address"]);
+    single["cc"] = json!(["f@example.org"]);
+    let (_, b) = out.post(single).await;
+    assert_eq!(b["messages"].as_array().unwrap().len(), 3);
+    wait_messages(&relay, 3).await;
+    // 4 notifications for the multi email + 2 submitted + 1 invalid.
+    let notes = out.wait_notes(7).await;
+    let invalid: Vec<_> = notes.iter().filter(|n| info(n)["code"] == "7523").collect();
+    assert_eq!(invalid.len(), 1);
+    assert_eq!(info(invalid[0])["destination"], "not-an-address");
+    assert_eq!(info(invalid[0])["deliveryStatus"], "Failed");
+    out.stop().await;
+}
+
+#[tokio::test]
+async fn rcpt_550_is_7520_data_554_is_7592_and_4xx_is_retried_once() {
+    let relay = Smarthost::start(Script {
+        tempfail_times: 1,
+        ..Default::default()
+    })
+    .await;
+    let out = Out::start(relay.addr, "", "").await;
+    out.post(email(&["reject-me@example.org"])).await;
+    out.post(email(&["tempfail@example.org"])).await;
+    let mut bad = email(&["ok@example.org"]);
+    bad["content"]["text"] = "this has datafail in it".into();
+    out.post(bad).await;
+    let notes = out.wait_notes(3).await;
+    let by = |addr: &str| {
+        notes
+            .iter()
+            .find(|n| info(n)["destination"] == addr)
+            .cloned()
+            .unwrap()
+    };
+    let bounce = by("reject-me@example.org");
+    assert_eq!(info(&bounce)["code"], "7520");
+    assert_eq!(info(&bounce)["Description"], "Permanent_NoEmail");
+    assert_eq!(
+        info(&bounce)["additionalInfo"],
+        "5.1.1|failed|smtp; 550 5.1.1 <recipient> no such user here"
+    );
+    let refused = by("ok@example.org");
+    assert_eq!(info(&refused)["code"], "7592");
+    assert!(info(&refused)["additionalInfo"]
+        .as_str()
+        .unwrap()
+        .contains("554 5.6.0"));
+    let retried = by("tempfail@example.org");
+    assert_eq!(info(&retried)["code"], "7501");
+    let msgs = relay.messages();
+    assert_eq!(
+        msgs.iter()
+            .filter(|m| m.rcpts == ["tempfail@example.org"])
+            .count(),
+        1,
+        "delivered exactly once"
+    );
+    out.stop().await;
+}
+
+#[tokio::test]
+async fn expiry_fails_with_7590() {
+    let relay = Smarthost::start(Script {
+        tempfail_times: 1000,
+        ..Default::default()
+    })
+    .await;
+    let out = Out::start(relay.addr, "", "").await;
+    let mut b = email(&["tempfail@example.org"]);
+    b["validity"] = 2.into();
+    out.post(b).await;
+    let notes = out.wait_notes(1).await;
+    assert_eq!(info(&notes[0])["code"], "7590");
+    assert!(relay.messages().is_empty());
+    out.stop().await;
+}
+
+#[tokio::test]
+async fn send_at_is_not_delivered_early_and_survives_a_restart() {
+    let relay = Smarthost::start(Script::default()).await;
+    let out = Out::start(relay.addr, "", "").await;
+    let send_at = std::time::SystemTime::now() + Duration::from_secs(3);
+    let iso = chrono::DateTime::<chrono::Utc>::from(send_at).to_rfc3339();
+    let mut b = email(&["later@example.org"]);
+    b["sendAt"] = iso.into();
+    let (s, body) = out.post(b).await;
+    assert_eq!(s, 202);
+    let tid = body["messages"][0]["tid"].as_str().unwrap().to_string();
+    // Restart before it is due: the scheduled entry must come back and go out once.
+    let (dir, hooks) = out.stop().await;
+    let out = Out::start_in(dir, hooks, relay.addr, "", "").await;
+    let status: Value = out
+        .client
+        .get(format!("{}/v2/messages/{tid}", out.api))
+        .header("key", "key-a")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(status["state"], "scheduled");
+    let msgs = wait_messages(&relay, 1).await;
+    assert!(msgs[0].at >= send_at, "delivered before sendAt");
+    out.wait_notes(1).await;
+    out.stop().await;
+    assert_eq!(relay.messages().len(), 1);
+}
+
+#[tokio::test]
+async fn queued_mail_waits_for_a_dead_smarthost_across_a_restart_and_goes_once() {
+    let port = free_port();
+    let out = Out::start(port, "", "").await;
+    out.post(email(&["queued@example.org"])).await;
+    let (dir, hooks) = out.stop().await;
+    let relay = Smarthost::start_on(port, Script::default()).await;
+    let out = Out::start_in(dir, hooks, relay.addr, "", "").await;
+    let msgs = wait_messages(&relay, 1).await;
+    assert_eq!(msgs[0].rcpts, ["queued@example.org"]);
+    let notes = out.wait_notes(1).await;
+    assert_eq!(info(&notes[0])["code"], "7501");
+    out.stop().await;
+    assert_eq!(relay.messages().len(), 1);
+}
+
+#[tokio::test]
+async fn attachments_are_fetched_and_oversize_or_missing_ones_are_7591() {
+    use axum::routing::get;
+    let pdf: Vec<u8> = (0..50_000u32).map(|i| (i % 253) as u8).collect();
+    let served = pdf.clone();
+    let app = axum::Router::new()
+        .route(
+            "/a.pdf",
+            get(move || {
+                let b = served.clone();
+                async move { b }
+            }),
+        )
+        .route("/huge", get(|| async { vec![b'x'; 10_500_000] }));
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let files = l.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(l, app).await.unwrap() });
+
+    let relay = Smarthost::start(Script::default()).await;
+    let out = Out::start(relay.addr, "", "").await;
+    let with = |url: String, to: &str| {
+        let mut b = email(&[to]);
+        b["content"]["attachments"] =
+            json!([{"mimetype": "application/pdf", "name": "a.pdf", "mediaUrl": url}]);
+        b
+    };
+    out.post(with(format!("http://{files}/a.pdf"), "att@example.org"))
+        .await;
+    out.post(with(format!("http://{files}/huge"), "huge@example.org"))
+        .await;
+    out.post(with(
+        format!("http://{files}/missing"),
+        "missing@example.org",
+    ))
+    .await;
+    let msgs = wait_messages(&relay, 1).await;
+    let parsed = mail_parser::MessageParser::default()
+        .parse(&msgs[0].data)
+        .unwrap();
+    let att = parsed.attachments().next().unwrap();
+    assert_eq!(att.contents(), pdf.as_slice());
+    let notes = out.wait_notes(3).await;
+    for addr in ["huge@example.org", "missing@example.org"] {
+        let n = notes
+            .iter()
+            .find(|n| info(n)["destination"] == addr)
+            .unwrap();
+        assert_eq!(info(n)["code"], "7591", "{n}");
+    }
+    out.stop().await;
+    assert_eq!(relay.messages().len(), 1);
+}
+
+#[tokio::test]
+async fn template_send_uses_the_stored_template() {
+    let relay = Smarthost::start(Script::default()).await;
+    let out = Out::start(relay.addr, "", "").await;
+    let t = json!({"id": "welcome", "name": "Welcome", "subject": "Welcome $(name)", "text": "Hi $(name)", "html": "<b>Hi $(name)</b>"});
+    let r = out
+        .client
+        .post(format!("{}/v2/templates", out.api))
+        .header("key", "key-a")
+        .json(&t)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let r = out
+        .client
+        .post(format!("{}/v2/templates", out.api))
+        .header("key", "key-a")
+        .json(&t)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 409);
+    let listed: Value = out
+        .client
+        .get(format!("{}/v2/templates", out.api))
+        .header("key", "key-a")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(listed[0]["id"], "welcome");
+    let other = out
+        .client
+        .get(format!("{}/v2/templates/welcome", out.api))
+        .header("key", "key-b")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(other.status(), 404, "templates are per service");
+    let mut b = email(&["t@example.org"]);
+    b.as_object_mut().unwrap().remove("content");
+    b["template"] = json!({"id": "welcome"});
+    b["to"][0]["substitutions"] = json!({"{{name}}": "Tess"});
+    assert_eq!(out.post(b).await.0, 202);
+    let msgs = wait_messages(&relay, 1).await;
+    let parsed = mail_parser::MessageParser::default()
+        .parse(&msgs[0].data)
+        .unwrap();
+    assert_eq!(parsed.subject(), Some("Welcome Tess"));
+    assert_eq!(parsed.body_html(0).unwrap(), "<b>Hi Tess</b>");
+    let r = out
+        .client
+        .delete(format!("{}/v2/templates/welcome", out.api))
+        .header("key", "key-a")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204);
+    out.stop().await;
+}
+
+#[tokio::test]
+async fn xoauth2_refreshes_the_token_at_the_token_endpoint() {
+    use axum::routing::post;
+    let app = axum::Router::new().route(
+        "/token",
+        post(|body: String| async move {
+            if body.contains("grant_type=refresh_token") && body.contains("refresh_token=r-123") {
+                axum::Json(
+                    json!({"access_token": "at-456", "expires_in": 3600, "token_type": "Bearer"}),
+                )
+            } else {
+                axum::Json(json!({"error": "invalid_grant"}))
+            }
+        }),
+    );
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let token_addr = l.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(l, app).await.unwrap() });
+    let relay = Smarthost::start(Script {
+        xoauth2_token: Some("at-456".into()),
+        ..Default::default()
+    })
+    .await;
+    let route = format!(
+        "auth = \"oauth2\"\nusername = \"me@example.test\"\nclient_id = \"cid\"\nclient_secret = \"cs\"\nrefresh_token = \"r-123\"\ntoken_url = \"http://{token_addr}/token\""
+    );
+    let out = Out::start(relay.addr, &route, "").await;
+    out.post(email(&["oauth@example.org"])).await;
+    let msgs = wait_messages(&relay, 1).await;
+    let auth = msgs[0].auth.clone().unwrap();
+    assert!(
+        auth.starts_with("user=me@example.test\x01auth=Bearer at-456"),
+        "{auth:?}"
+    );
+    out.stop().await;
+}
+
+#[tokio::test]
+async fn openapi_document_is_served_and_matches_the_repository() {
+    let relay = Smarthost::start(Script::default()).await;
+    let out = Out::start(relay.addr, "", "").await;
+    let served = out
+        .client
+        .get(format!("{}/openapi.json", out.api))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/openapi.json");
+    if std::env::var_os("UPDATE_OPENAPI").is_some() {
+        std::fs::write(path, &served).unwrap();
+    }
+    let kept = std::fs::read_to_string(path)
+        .expect("openapi.json is in the repository (UPDATE_OPENAPI=1 cargo test writes it)");
+    assert_eq!(
+        served, kept,
+        "openapi.json is stale: run UPDATE_OPENAPI=1 cargo test --test outbound openapi"
+    );
+    let doc: Value = serde_json::from_str(&served).unwrap();
+    assert!(doc["paths"]["/v2/messages"]["post"].is_object());
+    out.stop().await;
+}
