@@ -242,15 +242,17 @@ pub async fn start(
     }
     let (queue, queue_rx) = queue::Queue::channel();
     let shared_config = Arc::new(RwLock::new(Arc::new(config)));
-    let queue_worker = Arc::new(queue::QueueWorker::new(
-        store.clone(),
-        shared_config.clone(),
-        outbox.clone(),
-        queue.clone(),
-        keys.clone(),
-        signer.clone(),
+    let queue_worker = Arc::new(queue::QueueWorker {
+        store: store.clone(),
+        config: shared_config.clone(),
+        outbox: outbox.clone(),
+        queue: queue.clone(),
+        keys: keys.clone(),
+        signer: signer.clone(),
         fetcher,
-    ));
+        metrics: metrics.clone(),
+        routes: Default::default(),
+    });
 
     let inbound = Arc::new(inbound::Inbound {
         store: store.clone(),
@@ -346,14 +348,18 @@ pub async fn start(
     })
 }
 
-/// Removes expired spool entries every minute.
+/// Removes expired spool entries and old finished transactions every minute.
 async fn gc_loop(store: store::Store) {
     let mut tick = tokio::time::interval(Duration::from_secs(60));
     tick.tick().await;
     loop {
         tick.tick().await;
         let s = store.clone();
-        if let Ok(Err(e)) = tokio::task::spawn_blocking(move || s.collect_garbage()).await {
+        if let Ok(Err(e)) = tokio::task::spawn_blocking(move || {
+            s.collect_garbage().and_then(|_| s.collect_finished())
+        })
+        .await
+        {
             tracing::warn!(error = %e, "spool garbage collection failed");
         }
     }

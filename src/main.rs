@@ -205,14 +205,16 @@ fn serve(path: PathBuf) -> ExitCode {
 
 async fn run(config: Config, path: PathBuf) -> anyhow::Result<()> {
     use tokio::signal::unix::{signal, SignalKind};
+    // Handlers first: a SIGHUP or SIGTERM that arrives right after READY=1 must find them
+    // installed, or its default action would kill the daemon.
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let mut hup = signal(SignalKind::hangup())?;
     let listeners = postern::Listeners::bind(&config).await?;
     let handle = postern::start(config, Some(path), listeners).await?;
     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
     spawn_watchdog();
 
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
-    let mut hup = signal(SignalKind::hangup())?;
     loop {
         tokio::select! {
             _ = term.recv() => break,

@@ -15,6 +15,29 @@ pub struct Metrics {
     pub api_rejected: AtomicU64,
     /// [kind][delivered, retried, dead]
     webhooks: [[AtomicU64; 3]; 3],
+    /// Active queue entries: [scheduled, ready, retry].
+    pub queue_entries: [AtomicI64; 3],
+    /// SMTP route outcomes per recipient: [submitted, bounced, failed].
+    outbound: [AtomicU64; 3],
+    /// SMTP route call latency histogram: counts per bucket (+Inf last), sum in microseconds.
+    latency_buckets: [AtomicU64; LATENCY_BUCKETS.len() + 1],
+    latency_sum_us: AtomicU64,
+}
+
+const LATENCY_BUCKETS: [f64; 11] = [
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+const OUTBOUND_RESULTS: [&str; 3] = ["submitted", "bounced", "failed"];
+
+/// Index of a queue state in `queue_entries`, if it is an active one.
+pub fn queue_slot(state: crate::store::messages::QueueState) -> Option<usize> {
+    use crate::store::messages::QueueState as Q;
+    match state {
+        Q::Scheduled => Some(0),
+        Q::Ready => Some(1),
+        Q::Retry => Some(2),
+        Q::Done | Q::Cancelled => None,
+    }
 }
 
 const RESULTS: [&str; 3] = ["delivered", "retried", "dead"];
@@ -26,6 +49,33 @@ impl Metrics {
         if let Some(r) = RESULTS.iter().position(|x| *x == result) {
             self.webhooks[k][r].fetch_add(1, Relaxed);
         }
+    }
+
+    /// Moves one queue entry between states (`None` = not active).
+    pub fn queue_move(&self, from: Option<usize>, to: Option<usize>) {
+        if let Some(f) = from {
+            self.queue_entries[f].fetch_sub(1, Relaxed);
+        }
+        if let Some(t) = to {
+            self.queue_entries[t].fetch_add(1, Relaxed);
+        }
+    }
+
+    /// One recipient's outcome at the route: "submitted", "bounced" or "failed".
+    pub fn outbound(&self, result: &str) {
+        if let Some(i) = OUTBOUND_RESULTS.iter().position(|r| *r == result) {
+            self.outbound[i].fetch_add(1, Relaxed);
+        }
+    }
+
+    pub fn route_latency(&self, d: std::time::Duration) {
+        let secs = d.as_secs_f64();
+        let i = LATENCY_BUCKETS
+            .iter()
+            .position(|b| secs <= *b)
+            .unwrap_or(LATENCY_BUCKETS.len());
+        self.latency_buckets[i].fetch_add(1, Relaxed);
+        self.latency_sum_us.fetch_add(d.as_micros() as u64, Relaxed);
     }
 
     pub fn webhook_count(&self, kind: EventKind, result: &str) -> u64 {

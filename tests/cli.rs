@@ -77,12 +77,16 @@ fn usage_errors_exit_2() {
     assert!(String::from_utf8_lossy(&help.stdout).contains("--config"));
 }
 
-fn recv_state(sock: &UnixDatagram, want: &str) -> String {
+fn recv_state(sock: &UnixDatagram, want: &str, log: &std::path::Path) -> String {
     let mut buf = [0u8; 4096];
     loop {
-        let n = sock
-            .recv(&mut buf)
-            .expect("sd_notify message within the socket timeout");
+        let n = match sock.recv(&mut buf) {
+            Ok(n) => n,
+            Err(e) => {
+                let log = std::fs::read_to_string(log).unwrap_or_default();
+                panic!("no {want} from the daemon ({e}); its log:\n{log}");
+            }
+        };
         let msg = String::from_utf8_lossy(&buf[..n]).into_owned();
         if msg.lines().any(|l| l == want) {
             return msg;
@@ -109,16 +113,18 @@ async fn serve_notifies_systemd_reloads_on_sighup_and_exits_cleanly_on_sigterm()
         config_text(&data, smtp, http, &first.url(""), "", ""),
     )
     .unwrap();
+    // 'static so the blocking closures below can all show it on failure.
+    let log: &'static std::path::Path = Box::leak(dir.path().join("log").into_boxed_path());
     let mut child = postern()
         .args(["serve", "--config"])
         .arg(&config)
         .env("NOTIFY_SOCKET", &notify_path)
-        .stderr(std::fs::File::create(dir.path().join("log")).unwrap())
+        .stderr(std::fs::File::create(log).unwrap())
         .spawn()
         .unwrap();
     let pid = child.id().to_string();
     let notify = tokio::task::spawn_blocking(move || {
-        recv_state(&notify, "READY=1");
+        recv_state(&notify, "READY=1", log);
         notify
     })
     .await
@@ -132,8 +138,8 @@ async fn serve_notifies_systemd_reloads_on_sighup_and_exits_cleanly_on_sigterm()
         .unwrap()
         .success());
     let notify = tokio::task::spawn_blocking(move || {
-        recv_state(&notify, "RELOADING=1");
-        recv_state(&notify, "READY=1");
+        recv_state(&notify, "RELOADING=1", log);
+        recv_state(&notify, "READY=1", log);
         notify
     })
     .await
@@ -150,8 +156,8 @@ async fn serve_notifies_systemd_reloads_on_sighup_and_exits_cleanly_on_sigterm()
         .unwrap()
         .success());
     let notify = tokio::task::spawn_blocking(move || {
-        recv_state(&notify, "RELOADING=1");
-        recv_state(&notify, "READY=1");
+        recv_state(&notify, "RELOADING=1", log);
+        recv_state(&notify, "READY=1", log);
         notify
     })
     .await
@@ -176,7 +182,7 @@ async fn serve_notifies_systemd_reloads_on_sighup_and_exits_cleanly_on_sigterm()
         .status()
         .unwrap()
         .success());
-    tokio::task::spawn_blocking(move || recv_state(&notify, "STOPPING=1"))
+    tokio::task::spawn_blocking(move || recv_state(&notify, "STOPPING=1", log))
         .await
         .unwrap();
     let status = tokio::task::spawn_blocking(move || child.wait().unwrap())

@@ -319,6 +319,8 @@ async fn send_message(
         .fetch_add(destinations as u64, std::sync::atomic::Ordering::Relaxed);
     d.outbox.schedule(events);
     for r in records.iter().filter(|r| r.state != QueueState::Done) {
+        d.metrics
+            .queue_move(None, crate::metrics::queue_slot(r.state));
         d.queue.schedule(r.next_ms, r.tid.clone());
     }
     tracing::info!(request = %request_id, service = %service.id, transactions = records.len(), "request queued");

@@ -59,31 +59,12 @@ pub struct QueueWorker {
     pub keys: Arc<Keys>,
     pub signer: Signer,
     pub fetcher: reqwest::Client,
-    routes: Mutex<HashMap<String, Arc<SmtpRoute>>>,
+    pub metrics: Arc<crate::metrics::Metrics>,
+    /// SMTP routes by asset, kept so their connections are reused.
+    pub routes: Mutex<HashMap<String, Arc<SmtpRoute>>>,
 }
 
 impl QueueWorker {
-    pub fn new(
-        store: Store,
-        config: Arc<RwLock<Arc<Config>>>,
-        outbox: Outbox,
-        queue: Queue,
-        keys: Arc<Keys>,
-        signer: Signer,
-        fetcher: reqwest::Client,
-    ) -> Self {
-        QueueWorker {
-            store,
-            config,
-            outbox,
-            queue,
-            keys,
-            signer,
-            fetcher,
-            routes: Mutex::new(HashMap::new()),
-        }
-    }
-
     fn config(&self) -> Arc<Config> {
         self.config
             .read()
@@ -115,6 +96,10 @@ impl QueueWorker {
         match self.store.active_messages() {
             Ok(all) => {
                 tracing::info!(active = all.len(), "outbound queue loaded");
+                for m in &all {
+                    self.metrics
+                        .queue_move(None, crate::metrics::queue_slot(m.state));
+                }
                 due.extend(all.into_iter().map(|m| Reverse((m.next_ms, m.tid))));
             }
             Err(e) => tracing::error!(error = %e, "cannot read the outbound queue"),
@@ -194,6 +179,7 @@ impl QueueWorker {
         let config = self.config();
         let mut events = Vec::new();
         let now = now_ms();
+        let was = crate::metrics::queue_slot(record.state);
         if now >= record.expire_at_ms {
             let last = record.last_error.clone();
             self.fail_pending(
@@ -219,6 +205,8 @@ impl QueueWorker {
         }
         match self.store.update_message(&record, &events).await {
             Ok(()) => {
+                self.metrics
+                    .queue_move(was, crate::metrics::queue_slot(record.state));
                 self.outbox.schedule(events);
                 if record.state == QueueState::Retry {
                     self.queue.schedule(record.next_ms, record.tid.clone());
@@ -309,6 +297,11 @@ impl QueueWorker {
                     continue;
                 }
             };
+            self.metrics.outbound(match code {
+                DeliveryCode::Submitted => "submitted",
+                DeliveryCode::Bounce => "bounced",
+                _ => "failed",
+            });
             record.recipients[slot].phase = phase;
             record.recipients[slot].code = Some(code.code().to_string());
             tracing::info!(tid = %record.tid, rcpt = %addr, code = code.code(), "{}", description);
