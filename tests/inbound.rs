@@ -293,27 +293,7 @@ async fn pending_event_survives_a_clean_restart() {
     rx.status.store(200, std::sync::atomic::Ordering::SeqCst);
 
     // Same data_dir, new ports.
-    let smtp_l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let http_l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let text = config_text(
-        &dir.path().join("data"),
-        smtp_l.local_addr().unwrap(),
-        http_l.local_addr().unwrap(),
-        &rx.url(""),
-        "",
-        "",
-    );
-    let config = postern::config::Config::parse(&text, "t").unwrap();
-    let h = postern::start(
-        config,
-        None,
-        postern::Listeners {
-            smtp: vec![smtp_l],
-            http: http_l,
-        },
-    )
-    .await
-    .unwrap();
+    let h = restart_on(&dir, &rx.url("")).await;
     let hooks = rx.wait_for_count(2, WAIT).await;
     assert_eq!(hooks[1].json()["subject"], "survivor");
     h.shutdown().await;
@@ -433,28 +413,7 @@ async fn graceful_shutdown_finishes_the_transaction_in_flight() {
     assert!(r.starts_with("421 4.3.2"), "{r}");
     let dir = stopping.await.unwrap();
     // The event of the message accepted during the drain is durable: the next start sends it.
-    let (smtp_l, http_l) = (
-        tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap(),
-        tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap(),
-    );
-    let text = config_text(
-        &dir.path().join("data"),
-        smtp_l.local_addr().unwrap(),
-        http_l.local_addr().unwrap(),
-        &rx.url(""),
-        "",
-        "",
-    );
-    let h = postern::start(
-        postern::config::Config::parse(&text, "t").unwrap(),
-        None,
-        postern::Listeners {
-            smtp: vec![smtp_l],
-            http: http_l,
-        },
-    )
-    .await
-    .unwrap();
+    let h = restart_on(&dir, &rx.url("")).await;
     let hooks = rx.wait_for_count(1, WAIT).await;
     assert_eq!(hooks[0].json()["subject"], "in flight");
     h.shutdown().await;
@@ -504,4 +463,29 @@ async fn large_message_is_streamed_to_the_webhook_signed_and_intact() {
         .collect();
     assert!(leftovers.is_empty());
     d.stop().await;
+}
+
+/// Starts a daemon on an existing data directory (after a stop), on fresh ports.
+async fn restart_on(dir: &tempfile::TempDir, hook_base: &str) -> postern::Handle {
+    let smtp_l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let http_l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let text = config_text(
+        &dir.path().join("data"),
+        smtp_l.local_addr().unwrap(),
+        http_l.local_addr().unwrap(),
+        hook_base,
+        "",
+        "",
+    );
+    let config = postern::config::Config::parse(&text, "t").unwrap();
+    postern::start(
+        config,
+        None,
+        postern::Listeners {
+            smtp: vec![smtp_l],
+            http: http_l,
+        },
+    )
+    .await
+    .unwrap()
 }

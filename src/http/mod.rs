@@ -212,13 +212,13 @@ struct TokenQuery {
     token: Option<String>,
 }
 
-/// Verifies an inbound link token for `tid` and `part`, returning the spool id.
+/// Verifies an inbound link token for `tid` and `part`, returning the stored message.
 fn inbound_link(
     d: &Daemon,
     tid: &str,
     part: &str,
     token: Option<&str>,
-) -> Result<String, ApiError> {
+) -> Result<crate::store::SpoolRecord, ApiError> {
     let refused = || {
         ApiError::new(
             StatusCode::FORBIDDEN,
@@ -237,16 +237,22 @@ fn inbound_link(
     if t != tid || p != part || exp.parse::<u64>().map(|e| e < now_ms()).unwrap_or(true) {
         return Err(refused());
     }
-    d.store
+    let expired = || {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "7404",
+            "the stored message has expired",
+        )
+    };
+    let spool_id = d
+        .store
         .spool_id_for_tid(tid)
         .map_err(ApiError::internal)?
-        .ok_or_else(|| {
-            ApiError::new(
-                StatusCode::NOT_FOUND,
-                "7404",
-                "the stored message has expired",
-            )
-        })
+        .ok_or_else(expired)?;
+    d.store
+        .spool_record(&spool_id)
+        .map_err(ApiError::internal)?
+        .ok_or_else(expired)
 }
 
 async fn inbound_raw(
@@ -254,18 +260,7 @@ async fn inbound_raw(
     Path(tid): Path<String>,
     Query(q): Query<TokenQuery>,
 ) -> Result<Response, ApiError> {
-    let spool_id = inbound_link(&d, &tid, "raw", q.token.as_deref())?;
-    let record = d
-        .store
-        .spool_record(&spool_id)
-        .map_err(ApiError::internal)?
-        .ok_or_else(|| {
-            ApiError::new(
-                StatusCode::NOT_FOUND,
-                "7404",
-                "the stored message has expired",
-            )
-        })?;
+    let record = inbound_link(&d, &tid, "raw", q.token.as_deref())?;
     let body = d.store.load_body(&record).map_err(ApiError::internal)?;
     let mut raw = Vec::with_capacity(record.auth_header.len() + body.len());
     raw.extend_from_slice(record.auth_header.as_bytes());
@@ -278,18 +273,7 @@ async fn inbound_attachment(
     Path((tid, n)): Path<(String, usize)>,
     Query(q): Query<TokenQuery>,
 ) -> Result<Response, ApiError> {
-    let spool_id = inbound_link(&d, &tid, &n.to_string(), q.token.as_deref())?;
-    let record = d
-        .store
-        .spool_record(&spool_id)
-        .map_err(ApiError::internal)?
-        .ok_or_else(|| {
-            ApiError::new(
-                StatusCode::NOT_FOUND,
-                "7404",
-                "the stored message has expired",
-            )
-        })?;
+    let record = inbound_link(&d, &tid, &n.to_string(), q.token.as_deref())?;
     let store = d.store.clone();
     let found = tokio::task::spawn_blocking(
         move || -> Result<Option<(String, String, Vec<u8>)>, String> {
