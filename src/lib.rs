@@ -25,6 +25,7 @@ pub mod queue;
 pub mod route;
 pub mod smtp;
 pub mod store;
+pub mod suppression;
 pub mod tokens;
 pub mod types;
 pub mod urls;

@@ -53,6 +53,19 @@ enum Command {
         )]
         config: PathBuf,
     },
+    /// The suppression list of the running daemon (through its admin API).
+    Suppression {
+        #[command(subcommand)]
+        action: SuppressionAction,
+        /// Configuration file.
+        #[arg(
+            long,
+            global = true,
+            env = "POSTERN_CONFIG",
+            default_value = "/etc/postern/postern.toml"
+        )]
+        config: PathBuf,
+    },
     /// Smarthost routes.
     Route {
         #[command(subcommand)]
@@ -76,6 +89,30 @@ enum DomainAction {
         /// `table` or `json`.
         #[arg(long, default_value = "table", value_parser = ["table", "json"])]
         format: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum SuppressionAction {
+    /// List active entries (optionally of one asset).
+    List {
+        #[arg(long)]
+        asset: Option<String>,
+    },
+    /// Suppress an address: reason unsubscribed, bounced or complained.
+    Add {
+        asset: String,
+        address: String,
+        reason: String,
+    },
+    /// Remove an address from an asset's list.
+    Remove { asset: String, address: String },
+    /// Import a CSV file (asset_id,address,reason[,since,expires]); all lines or none.
+    Import { file: PathBuf },
+    /// Print the list as CSV.
+    Export {
+        #[arg(long)]
+        asset: Option<String>,
     },
 }
 
@@ -136,6 +173,13 @@ fn main() -> ExitCode {
                     ExitCode::from(1)
                 }
             }
+        }
+        Command::Suppression { action, config } => {
+            let config = match load_or_exit(&config) {
+                Ok(c) => c,
+                Err(code) => return code,
+            };
+            suppression(&config, action)
         }
         Command::Route {
             action: RouteAction::Test { asset },
@@ -232,6 +276,75 @@ async fn run(config: Config, path: PathBuf) -> anyhow::Result<()> {
     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
     handle.shutdown().await;
     Ok(())
+}
+
+/// `postern suppression ...`: one admin API call to the running daemon.
+fn suppression(config: &Config, action: SuppressionAction) -> ExitCode {
+    let mut addr = config.http.listen;
+    if addr.ip().is_unspecified() {
+        addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+    }
+    let base = format!("http://{addr}/admin/suppressions");
+    let client = reqwest::Client::new();
+    let token = config.admin.token.expose().to_string();
+    let request = match action {
+        SuppressionAction::List { asset } => client.get(&base).query(&[("asset", asset)]),
+        SuppressionAction::Export { asset } => client
+            .get(format!("{base}/export"))
+            .query(&[("asset", asset)]),
+        SuppressionAction::Add {
+            asset,
+            address,
+            reason,
+        } => client
+            .post(&base)
+            .json(&serde_json::json!({"assetId": asset, "address": address, "reason": reason})),
+        SuppressionAction::Remove { asset, address } => {
+            client.delete(format!("{base}/{asset}/{address}"))
+        }
+        SuppressionAction::Import { file } => match std::fs::read(&file) {
+            Ok(body) => client
+                .post(format!("{base}/import"))
+                .header("content-type", "text/csv")
+                .body(body),
+            Err(e) => {
+                eprintln!("postern: {}: {e}", file.display());
+                return ExitCode::from(1);
+            }
+        },
+    };
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("postern: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let result = runtime.block_on(async {
+        let resp = request.bearer_auth(token).send().await?;
+        let status = resp.status();
+        Ok::<_, reqwest::Error>((status, resp.text().await?))
+    });
+    match result {
+        Ok((status, body)) if status.is_success() => {
+            print!("{body}");
+            if !body.ends_with('\n') && !body.is_empty() {
+                println!();
+            }
+            ExitCode::SUCCESS
+        }
+        Ok((status, body)) => {
+            eprintln!("postern: the daemon answered {status}: {body}");
+            ExitCode::from(1)
+        }
+        Err(e) => {
+            eprintln!("postern: cannot reach the daemon at {addr}: {e}");
+            ExitCode::from(1)
+        }
+    }
 }
 
 /// Pings systemd's watchdog at half its interval when `WatchdogSec=` is set.

@@ -22,7 +22,11 @@ pub struct Metrics {
     /// SMTP route call latency histogram: counts per bucket (+Inf last), sum in microseconds.
     latency_buckets: [AtomicU64; LATENCY_BUCKETS.len() + 1],
     latency_sum_us: AtomicU64,
+    /// Recipients stopped by the suppression store: [unsubscribed, bounced, complained].
+    suppression_hits: [AtomicU64; 3],
 }
+
+const SUPPRESSION_REASONS: [&str; 3] = ["unsubscribed", "bounced", "complained"];
 
 const LATENCY_BUCKETS: [f64; 11] = [
     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
@@ -65,6 +69,12 @@ impl Metrics {
     pub fn outbound(&self, result: &str) {
         if let Some(i) = OUTBOUND_RESULTS.iter().position(|r| *r == result) {
             self.outbound[i].fetch_add(1, Relaxed);
+        }
+    }
+
+    pub fn suppression_hit(&self, reason: &str) {
+        if let Some(i) = SUPPRESSION_REASONS.iter().position(|r| *r == reason) {
+            self.suppression_hits[i].fetch_add(1, Relaxed);
         }
     }
 

@@ -112,6 +112,7 @@ impl Out {
             route_extra,
             top,
         );
+        std::fs::write(dir.path().join("out.toml"), &text).unwrap();
         let c = postern::config::Config::parse(&text, "out.toml").expect("valid config");
         let daemon = postern::start(
             c,
@@ -694,5 +695,171 @@ async fn openapi_document_is_served_and_matches_the_repository() {
     );
     let doc: Value = serde_json::from_str(&served).unwrap();
     assert!(doc["paths"]["/v2/messages"]["post"].is_object());
+    out.stop().await;
+}
+
+#[tokio::test]
+async fn suppressed_recipients_end_with_7240_or_7241_and_are_never_relayed() {
+    let relay = Smarthost::start(Script::default()).await;
+    let out = Out::start(relay.addr, "", "").await;
+    let admin = |req: reqwest::RequestBuilder| req.bearer_auth("admin-secret");
+    for (address, reason) in [
+        ("gone@example.org", "unsubscribed"),
+        ("Bounced@Example.org", "bounced"),
+    ] {
+        let r = admin(out.client.post(format!("{}/admin/suppressions", out.api)))
+            .json(&json!({"assetId": "a_out", "address": address, "reason": reason}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 201);
+    }
+    let r = out
+        .client
+        .get(format!("{}/admin/suppressions", out.api))
+        .bearer_auth("nope")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+
+    let mut b = email(&["gone@example.org", "bounced@example.org"]);
+    b["multipleToRecipients"] = true.into();
+    b["bcc"] = json!(["fine@example.org"]);
+    assert_eq!(out.post(b).await.0, 202);
+    let notes = out.wait_notes(3).await;
+    let by = |addr: &str| {
+        notes
+            .iter()
+            .find(|n| info(n)["destination"] == addr)
+            .cloned()
+            .unwrap()
+    };
+    assert_eq!(info(&by("gone@example.org"))["code"], "7241");
+    assert_eq!(
+        info(&by("gone@example.org"))["Description"],
+        "unsubscribed : gone@example.org"
+    );
+    assert_eq!(info(&by("bounced@example.org"))["code"], "7240");
+    assert_eq!(
+        info(&by("bounced@example.org"))["Description"],
+        "already bounced : bounced@example.org"
+    );
+    assert_eq!(info(&by("fine@example.org"))["code"], "7501");
+    let msgs = relay.messages();
+    assert_eq!(msgs.len(), 1);
+    assert_eq!(
+        msgs[0].rcpts,
+        ["fine@example.org"],
+        "suppressed addresses never reach the relay"
+    );
+    out.stop().await;
+}
+
+#[tokio::test]
+async fn suppression_csv_import_is_all_or_nothing_and_round_trips_through_the_cli() {
+    let relay = Smarthost::start(Script::default()).await;
+    let out = Out::start(relay.addr, "", "").await;
+    let import = |body: &'static str| {
+        out.client
+            .post(format!("{}/admin/suppressions/import", out.api))
+            .bearer_auth("admin-secret")
+            .header("content-type", "text/csv")
+            .body(body)
+            .send()
+    };
+    let r = import(
+        "asset_id,address,reason\na_out,one@example.org,unsubscribed\na_out,broken,bounced\n",
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status(), 400);
+    let err: Value = r.json().await.unwrap();
+    assert!(
+        err["description"]
+            .as_str()
+            .unwrap()
+            .starts_with("line 3: address 'broken'"),
+        "{err}"
+    );
+    let listed: Value = out
+        .client
+        .get(format!("{}/admin/suppressions", out.api))
+        .bearer_auth("admin-secret")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(listed["count"], 0, "nothing half-imported");
+    let r = import("asset_id,address,reason\na_out,one@example.org,unsubscribed\na_out,two@example.org,complained\n").await.unwrap();
+    assert_eq!(r.json::<Value>().await.unwrap()["imported"], 2);
+
+    // The CLI talks to the running daemon's admin API.
+    let config = out.dir.path().join("out.toml");
+    let cli = move |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_postern"))
+            .args(args)
+            .arg("--config")
+            .arg(&config)
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let cli_out = tokio::task::spawn_blocking(move || {
+        let added = cli(&[
+            "suppression",
+            "add",
+            "a_out",
+            "three@example.org",
+            "bounced",
+        ]);
+        let exported = cli(&["suppression", "export"]);
+        let bad = cli(&["suppression", "add", "a_out", "three@example.org", "maybe"]);
+        let removed = cli(&["suppression", "remove", "a_out", "one@example.org"]);
+        (added, exported, bad, removed)
+    })
+    .await
+    .unwrap();
+    assert_eq!(cli_out.0 .0, Some(0), "{:?}", cli_out.0);
+    let (code, csv_text, _) = cli_out.1;
+    assert_eq!(code, Some(0));
+    assert!(
+        csv_text.starts_with("asset_id,address,reason,since,expires\n"),
+        "{csv_text}"
+    );
+    for a in [
+        "one@example.org,unsubscribed",
+        "two@example.org,complained",
+        "three@example.org,bounced",
+    ] {
+        assert!(csv_text.contains(a), "{a} missing from {csv_text}");
+    }
+    assert_eq!(cli_out.2 .0, Some(1));
+    assert!(
+        cli_out
+            .2
+             .2
+            .contains("reason: must be unsubscribed, bounced or complained"),
+        "{}",
+        cli_out.2 .2
+    );
+    assert_eq!(cli_out.3 .0, Some(0));
+    let listed: Value = out
+        .client
+        .get(format!("{}/admin/suppressions", out.api))
+        .bearer_auth("admin-secret")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(listed["count"], 2);
     out.stop().await;
 }

@@ -2,6 +2,8 @@
 //! letters, and the signed inbound links of `mo_attachments = "url"`. Every error is a
 //! JSON `{"code","description"}` body, never a framework's plain-text default.
 
+mod admin;
+
 use crate::inbound::mo;
 use crate::store::now_ms;
 use crate::Daemon;
@@ -14,12 +16,13 @@ use serde::Deserialize;
 use serde_json::json;
 use std::sync::Arc;
 
-type AppState = Arc<Daemon>;
+pub(crate) type AppState = Arc<Daemon>;
 
 pub fn router(daemon: Arc<Daemon>) -> Router {
     let limit = daemon.config().http.max_body_size;
     Router::new()
         .merge(crate::api::routes())
+        .merge(admin::routes())
         .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
@@ -94,7 +97,7 @@ async fn metrics(State(d): State<AppState>) -> Response {
 }
 
 /// Checks `Authorization: Bearer <admin token>` before anything else is looked at.
-fn admin(d: &Daemon, headers: &HeaderMap) -> Result<(), ApiError> {
+pub(crate) fn admin(d: &Daemon, headers: &HeaderMap) -> Result<(), ApiError> {
     let config = d.config();
     let want = config.admin.token.expose();
     let Some(value) = headers.get(header::AUTHORIZATION) else {

@@ -191,7 +191,10 @@ impl QueueWorker {
                 &mut events,
             );
         } else {
-            self.attempt(&config, &mut record, &mut events).await;
+            self.drop_suppressed(&config, &mut record, &mut events);
+            if record.pending().next().is_some() {
+                self.attempt(&config, &mut record, &mut events).await;
+            }
         }
         let pending = record.pending().count();
         if pending == 0 {
@@ -312,6 +315,44 @@ impl QueueWorker {
                 code,
                 &description,
                 &additional,
+                now,
+            ));
+        }
+    }
+
+    /// Ends recipients on the asset's suppression list with 7240 / 7241 (to, cc and bcc alike).
+    fn drop_suppressed(
+        &self,
+        config: &Config,
+        record: &mut MessageRecord,
+        events: &mut Vec<OutboxEntry>,
+    ) {
+        let now = now_ms();
+        let pending: Vec<String> = record.pending().map(|r| r.address.clone()).collect();
+        for addr in pending {
+            let entry = match self.store.suppression(&record.asset_id, &addr, now) {
+                Ok(Some(e)) => e,
+                Ok(None) => continue,
+                Err(e) => {
+                    tracing::error!(error = %e, "suppression lookup failed; sending anyway would risk a complaint, deferring");
+                    record.last_error = e.to_string();
+                    return;
+                }
+            };
+            let (code, description) = crate::suppression::refusal(&entry, &addr);
+            self.metrics.suppression_hit(entry.reason.label());
+            if let Some(r) = record.recipients.iter_mut().find(|r| r.address == addr) {
+                r.phase = RecipientPhase::Failed;
+                r.code = Some(code.code().to_string());
+            }
+            tracing::info!(tid = %record.tid, rcpt = %addr, code = code.code(), "{description}");
+            events.extend(notify::notify(
+                config,
+                record,
+                &addr,
+                code,
+                &description,
+                "",
                 now,
             ));
         }

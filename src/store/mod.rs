@@ -3,7 +3,7 @@
 //! ones are files under `data_dir/spool/`), `outbox` (webhook events waiting for delivery),
 //! `dead` (events that exhausted their retries), `inbound_tids` (MO tid -> spool id, for
 //! signed attachment links), `messages` / `finished` (outbound transactions), `templates`,
-//! `quarantine` (records that no longer decode: kept, never
+//! `suppression`, `quarantine` (records that no longer decode: kept, never
 //! deleted). Records carry a version byte; anything this build cannot decode is moved to
 //! `quarantine` and logged instead of stopping the daemon or being lost.
 //!
@@ -17,6 +17,7 @@ mod codec;
 pub mod messages;
 pub mod outbox;
 pub mod spool;
+pub mod suppression;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -69,6 +70,7 @@ struct Inner {
     messages: sled::Tree,
     finished: sled::Tree,
     templates: sled::Tree,
+    suppression: sled::Tree,
     quarantine: sled::Tree,
     spool_dir: PathBuf,
     flush_tx: std::sync::mpsc::Sender<FlushRequest>,
@@ -106,6 +108,7 @@ impl Store {
             messages: db.open_tree("messages")?,
             finished: db.open_tree("finished")?,
             templates: db.open_tree("templates")?,
+            suppression: db.open_tree("suppression")?,
             quarantine: db.open_tree("quarantine")?,
             db: db.clone(),
             spool_dir: spool_dir.clone(),

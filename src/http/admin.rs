@@ -1,0 +1,177 @@
+//! Admin routes for the suppression store (SPEC 4.3, 8): list, add, remove, CSV import and
+//! export. The admin token is checked before anything is looked up.
+
+use super::{admin, ApiError, AppState};
+use crate::store::now_ms;
+use crate::store::suppression::{Reason, Suppression};
+use axum::extract::{Path, Query, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get, post};
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::json;
+
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/admin/suppressions", get(list).post(add))
+        .route("/admin/suppressions/export", get(export))
+        .route("/admin/suppressions/import", post(import))
+        .route("/admin/suppressions/{asset}/{address}", delete(remove))
+}
+
+#[derive(Deserialize)]
+struct AssetFilter {
+    asset: Option<String>,
+}
+
+fn entry_json(e: &Suppression) -> serde_json::Value {
+    json!({
+        "assetId": e.asset_id,
+        "address": e.address,
+        "reason": e.reason.label(),
+        "since": crate::events::timestamp(e.since_ms),
+        "expires": e.expires_ms.map(crate::events::timestamp),
+        "source": e.source,
+    })
+}
+
+async fn list(
+    State(d): State<AppState>,
+    headers: HeaderMap,
+    Query(q): Query<AssetFilter>,
+) -> Result<Response, ApiError> {
+    admin(&d, &headers)?;
+    let entries = d
+        .store
+        .suppressions(q.asset.as_deref(), now_ms())
+        .map_err(ApiError::internal)?;
+    let items: Vec<_> = entries.iter().map(entry_json).collect();
+    Ok(Json(json!({"suppressions": items, "count": items.len()})).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct AddRequest {
+    asset_id: String,
+    address: String,
+    reason: String,
+}
+
+async fn add(
+    State(d): State<AppState>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Result<Response, ApiError> {
+    admin(&d, &headers)?;
+    let req: AddRequest = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "7004", format!("body: {e}")))?;
+    let config = d.config();
+    let asset = config.asset(&req.asset_id).ok_or_else(|| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "7004",
+            format!("assetId: '{}' is not configured", req.asset_id),
+        )
+    })?;
+    crate::types::check_address(&req.address).map_err(|_| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "7004",
+            "address: is not a valid email address",
+        )
+    })?;
+    let reason = Reason::parse(&req.reason).ok_or_else(|| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "7004",
+            "reason: must be unsubscribed, bounced or complained",
+        )
+    })?;
+    let now = now_ms();
+    let retention = asset
+        .bounces
+        .as_ref()
+        .map(|b| b.retention_days)
+        .unwrap_or(7);
+    let entry = Suppression {
+        asset_id: req.asset_id,
+        address: req.address.to_ascii_lowercase(),
+        reason,
+        since_ms: now,
+        expires_ms: (reason == Reason::Bounced).then_some(now + u64::from(retention) * 86_400_000),
+        source: "admin".into(),
+    };
+    d.store
+        .suppress(std::slice::from_ref(&entry))
+        .await
+        .map_err(ApiError::internal)?;
+    Ok((StatusCode::CREATED, Json(entry_json(&entry))).into_response())
+}
+
+async fn remove(
+    State(d): State<AppState>,
+    headers: HeaderMap,
+    Path((asset, address)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    admin(&d, &headers)?;
+    if d.store
+        .unsuppress(&asset, &address)
+        .await
+        .map_err(ApiError::internal)?
+    {
+        Ok(StatusCode::NO_CONTENT.into_response())
+    } else {
+        Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "7404",
+            format!("{address} is not suppressed for {asset}"),
+        ))
+    }
+}
+
+async fn export(
+    State(d): State<AppState>,
+    headers: HeaderMap,
+    Query(q): Query<AssetFilter>,
+) -> Result<Response, ApiError> {
+    admin(&d, &headers)?;
+    let entries = d
+        .store
+        .suppressions(q.asset.as_deref(), now_ms())
+        .map_err(ApiError::internal)?;
+    let text = crate::suppression::to_csv(&entries).map_err(ApiError::internal)?;
+    Ok(([(header::CONTENT_TYPE, "text/csv; charset=utf-8")], text).into_response())
+}
+
+async fn import(
+    State(d): State<AppState>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Result<Response, ApiError> {
+    admin(&d, &headers)?;
+    let text = std::str::from_utf8(&body)
+        .map_err(|_| ApiError::new(StatusCode::BAD_REQUEST, "7000", "CSV is not UTF-8"))?;
+    let config = d.config();
+    let entries =
+        crate::suppression::from_csv(text, now_ms(), &|a| config.asset(a).is_some(), &|a| {
+            let days = config
+                .asset(a)
+                .and_then(|x| x.bounces.as_ref())
+                .map(|b| b.retention_days)
+                .unwrap_or(7);
+            u64::from(days) * 86_400_000
+        })
+        .map_err(|e| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "7004",
+                format!("{e}; nothing was imported"),
+            )
+        })?;
+    d.store
+        .suppress(&entries)
+        .await
+        .map_err(ApiError::internal)?;
+    Ok(Json(json!({"imported": entries.len()})).into_response())
+}
