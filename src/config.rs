@@ -621,6 +621,15 @@ impl Config {
                     ),
                 );
             }
+            if let Some(m) = asset.unsubscribe.as_ref().and_then(|u| u.mailto.as_deref()) {
+                let domain = m
+                    .rsplit_once('@')
+                    .map(|(_, d)| d.to_ascii_lowercase())
+                    .unwrap_or_default();
+                if !asset.domains.contains(&domain) {
+                    push(m, format!("asset {}: unsubscribe.mailto \"{m}\" must be an address at one of the asset's domains", asset.id));
+                }
+            }
             if asset.inbound && asset.incoming_webhook.is_none() {
                 push(
                     &needle,

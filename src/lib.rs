@@ -27,6 +27,7 @@ pub mod smtp;
 pub mod store;
 pub mod suppression;
 pub mod tokens;
+pub mod track;
 pub mod types;
 pub mod urls;
 

@@ -25,6 +25,7 @@ struct Out {
     client: reqwest::Client,
 }
 
+#[allow(clippy::too_many_arguments)]
 fn config(
     data: &std::path::Path,
     http: SocketAddr,
@@ -33,6 +34,7 @@ fn config(
     relay: SocketAddr,
     route_extra: &str,
     top: &str,
+    asset_extra: &str,
 ) -> String {
     format!(
         r#"
@@ -72,6 +74,7 @@ assets = ["a_out"]
 id = "a_out"
 domains = ["example.test"]
 delivery_webhook = "{hook}/dlr"
+incoming_webhook = "{hook}/mo"
 [asset.route]
 kind = "smtp"
 host = "127.0.0.1"
@@ -80,6 +83,7 @@ port = {port}
 [asset.dkim]
 selector = "sel1"
 algorithm = "ed25519-sha256"
+{asset_extra}
 "#,
         data = data.display(),
         port = relay.port()
@@ -100,6 +104,17 @@ impl Out {
         route_extra: &str,
         top: &str,
     ) -> Out {
+        Self::start_full(dir, hooks, relay, route_extra, top, "").await
+    }
+
+    async fn start_full(
+        dir: tempfile::TempDir,
+        hooks: Receiver,
+        relay: SocketAddr,
+        route_extra: &str,
+        top: &str,
+        asset_extra: &str,
+    ) -> Out {
         let smtp_l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let http_l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let http = http_l.local_addr().unwrap();
@@ -111,6 +126,7 @@ impl Out {
             relay,
             route_extra,
             top,
+            asset_extra,
         );
         std::fs::write(dir.path().join("out.toml"), &text).unwrap();
         let c = postern::config::Config::parse(&text, "out.toml").expect("valid config");
@@ -861,5 +877,183 @@ async fn suppression_csv_import_is_all_or_nothing_and_round_trips_through_the_cl
         .await
         .unwrap();
     assert_eq!(listed["count"], 2);
+    out.stop().await;
+}
+
+const UNSUBSCRIBE: &str = "[asset.unsubscribe]\nenabled = true\nheaders = true\nskip_sender_ids = [\"otp@example.test\"]\nmailto = \"unsub@example.test\"";
+
+fn header_of(data: &[u8], name: &str) -> Option<String> {
+    let parsed = mail_parser::MessageParser::default().parse(data)?;
+    parsed
+        .header_raw(name)
+        .map(|v| v.split_whitespace().collect::<Vec<_>>().join(" "))
+}
+
+#[tokio::test]
+async fn unsubscribe_headers_one_click_events_and_resubscribe() {
+    let relay = Smarthost::start(Script::default()).await;
+    let out = Out::start_full(
+        tempfile::tempdir().unwrap(),
+        Receiver::start().await,
+        relay.addr,
+        "",
+        "",
+        UNSUBSCRIBE,
+    )
+    .await;
+    let mut b = email(&["ann@example.org"]);
+    b["content"]["text"] = "Bye: $(unsubscribe)".into();
+    out.post(b).await;
+    let mut otp = email(&["ann@example.org"]);
+    otp["from"] = "otp@example.test".into();
+    out.post(otp).await;
+    let msgs = wait_messages(&relay, 2).await;
+    let news = msgs
+        .iter()
+        .find(|m| String::from_utf8_lossy(&m.data).contains("From: <news@"))
+        .unwrap();
+    let otp_msg = msgs
+        .iter()
+        .find(|m| String::from_utf8_lossy(&m.data).contains("From: <otp@"))
+        .unwrap();
+    assert_eq!(
+        header_of(&otp_msg.data, "List-Unsubscribe"),
+        None,
+        "skip_sender_ids get no header"
+    );
+    let list = header_of(&news.data, "List-Unsubscribe").expect("List-Unsubscribe");
+    let url = list
+        .trim_start_matches('<')
+        .split('>')
+        .next()
+        .unwrap()
+        .to_string();
+    assert!(url.starts_with(&format!("{}/u/", out.api)), "{list}");
+    assert!(
+        list.contains("<mailto:unsub@example.test?subject=unsubscribe>"),
+        "{list}"
+    );
+    assert_eq!(
+        header_of(&news.data, "List-Unsubscribe-Post").as_deref(),
+        Some("List-Unsubscribe=One-Click")
+    );
+    let parsed = mail_parser::MessageParser::default()
+        .parse(&news.data)
+        .unwrap();
+    assert_eq!(
+        parsed.body_text(0).unwrap().trim(),
+        format!("Bye: {url}"),
+        "the body link is the header link"
+    );
+    let dkim_h = header_of(&news.data, "DKIM-Signature").unwrap();
+    assert!(
+        dkim_h.contains("List-Unsubscribe"),
+        "covered by DKIM: {dkim_h}"
+    );
+
+    // GET only asks; a tampered token changes nothing.
+    let page = out.client.get(&url).send().await.unwrap();
+    assert_eq!(page.status(), 200);
+    assert!(page
+        .text()
+        .await
+        .unwrap()
+        .contains("<form method=\"post\">"));
+    let bad = format!("{}x", url);
+    assert_eq!(
+        out.client
+            .post(&bad)
+            .body("List-Unsubscribe=One-Click")
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        400
+    );
+    assert_eq!(out.client.get(&bad).send().await.unwrap().status(), 400);
+    let listed: Value = out
+        .client
+        .get(format!("{}/admin/suppressions", out.api))
+        .bearer_auth("admin-secret")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(listed["count"], 0);
+
+    // RFC 8058 one-click from a real HTTP client.
+    let r = out
+        .client
+        .post(&url)
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body("List-Unsubscribe=One-Click")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let hooks = out.hooks.clone_hooks();
+    wait_for(WAIT, || {
+        hooks.lock().unwrap().iter().any(|h| h.path == "/mo")
+    })
+    .await;
+    let ev = out
+        .hooks
+        .delivered()
+        .into_iter()
+        .find(|h| h.path == "/mo")
+        .unwrap()
+        .json();
+    assert_eq!(ev["event"], "Unsubscribe");
+    assert_eq!(ev["from"], "ann@example.org");
+    assert_eq!(ev["senderId"], "news@example.test");
+    assert_eq!(ev["appId"], "a_out");
+    assert_eq!(ev["correlationId"], "c-1");
+
+    // The next send is refused with 7241 and never reaches the relay.
+    out.post(email(&["ann@example.org"])).await;
+    let hooks = out.hooks.clone_hooks();
+    wait_for(WAIT, || {
+        hooks
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|h| h.path == "/dlr" && String::from_utf8_lossy(&h.body).contains("\"7241\""))
+    })
+    .await;
+    assert_eq!(relay.messages().len(), 2);
+
+    // Resubscribe from the page: a Subscribe event, and mail flows again.
+    let r = out
+        .client
+        .post(&url)
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body("action=resubscribe")
+        .send()
+        .await
+        .unwrap();
+    assert!(r.text().await.unwrap().contains("subscribed again"));
+    let hooks = out.hooks.clone_hooks();
+    wait_for(WAIT, || {
+        hooks
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|h| h.path == "/mo")
+            .count()
+            >= 2
+    })
+    .await;
+    let events: Vec<Value> = out
+        .hooks
+        .delivered()
+        .into_iter()
+        .filter(|h| h.path == "/mo")
+        .map(|h| h.json())
+        .collect();
+    assert_eq!(events[1]["event"], "Subscribe");
+    out.post(email(&["ann@example.org"])).await;
+    wait_messages(&relay, 3).await;
     out.stop().await;
 }

@@ -67,6 +67,7 @@ pub async fn build(
     config: &Config,
     fetcher: &reqwest::Client,
     keys: &Keys,
+    signer: &Signer,
     data_dir: &Path,
 ) -> Result<Vec<u8>, BuildError> {
     let mut files = Vec::new();
@@ -106,11 +107,40 @@ pub async fn build(
     if let Some(r) = &record.reply_to {
         msg = msg.reply_to(r.clone());
     }
+    // Unsubscribe: one link per message, for its first recipient (one tid per address
+    // unless the request asked for multipleToRecipients).
+    let subject = crate::track::unsubscribe::Subject {
+        asset_id: record.asset_id.clone(),
+        tid: record.tid.clone(),
+        recipient: record
+            .recipients
+            .first()
+            .map(|r| r.address.clone())
+            .unwrap_or_default(),
+        sender: record.from.clone(),
+    };
+    let unsubscribe_url = format!(
+        "{}/u/{}",
+        config.server.public_url.trim_end_matches('/'),
+        crate::track::unsubscribe::token(signer, &subject)
+    );
+    if let Some(value) = crate::track::unsubscribe::headers(config, record, &unsubscribe_url) {
+        msg = msg
+            .header(
+                "List-Unsubscribe",
+                mail_builder::headers::raw::Raw::new(value),
+            )
+            .header(
+                "List-Unsubscribe-Post",
+                mail_builder::headers::raw::Raw::new("List-Unsubscribe=One-Click"),
+            );
+    }
+    let with_link = |body: &str| body.replace("$(unsubscribe)", &unsubscribe_url);
     if let Some(t) = &record.text {
-        msg = msg.text_body(t.clone());
+        msg = msg.text_body(with_link(t));
     }
     if let Some(h) = &record.html {
-        msg = msg.html_body(h.clone());
+        msg = msg.html_body(with_link(h));
     }
     for (a, bytes) in record.attachments.iter().zip(files) {
         msg = msg.attachment(a.mimetype.clone(), a.name.clone(), bytes);

@@ -3,6 +3,7 @@
 //! JSON `{"code","description"}` body, never a framework's plain-text default.
 
 mod admin;
+pub mod public;
 
 use crate::inbound::mo;
 use crate::store::now_ms;
@@ -23,6 +24,7 @@ pub fn router(daemon: Arc<Daemon>) -> Router {
     Router::new()
         .merge(crate::api::routes())
         .merge(admin::routes())
+        .merge(public::routes())
         .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))

@@ -152,10 +152,27 @@ impl Inbound {
         let mut keep_until_ms = 0;
         let mut events = Vec::new();
         let mut tids = Vec::new();
-        for (asset_id, recipients) in by_asset {
+        let mut unsubscribes = Vec::new();
+        for (asset_id, mut recipients) in by_asset {
             let Some(asset) = config.asset(&asset_id) else {
                 continue;
             };
+            // Mail to the asset's unsubscribe mailto unsubscribes its sender; no MO event.
+            if let Some(mailto) = asset.unsubscribe.as_ref().and_then(|u| u.mailto.as_deref()) {
+                let before = recipients.len();
+                recipients.retain(|r| !r.eq_ignore_ascii_case(mailto));
+                if recipients.len() < before && crate::types::check_address(&sender).is_ok() {
+                    unsubscribes.push(crate::track::unsubscribe::Subject {
+                        asset_id: asset_id.clone(),
+                        tid: uuid::Uuid::new_v4().to_string(),
+                        recipient: sender.clone(),
+                        sender: mailto.to_string(),
+                    });
+                }
+                if recipients.is_empty() {
+                    continue;
+                }
+            }
             if recipients.iter().all(|r| r.eq_ignore_ascii_case(&sender)) {
                 tracing::info!(asset = %asset_id, sender = %sender, id = %body.id,
                     "sender equals recipient: logged, no MO event");
@@ -197,6 +214,19 @@ impl Inbound {
             events: events.iter().map(|e| e.id.clone()).collect(),
             bounce,
         };
+        for u in &unsubscribes {
+            let already = self
+                .store
+                .suppression(&u.asset_id, &u.recipient, received_ms)?
+                .is_some_and(|e| e.reason == crate::store::suppression::Reason::Unsubscribed);
+            if !already {
+                self.store
+                    .suppress(&[crate::track::unsubscribe::suppression(u, "mailto")])
+                    .await?;
+                tracing::info!(asset = %u.asset_id, recipient = %u.recipient, "unsubscribed by mail");
+                events.extend(crate::track::unsubscribe::event(config, u, false, None));
+            }
+        }
         self.store
             .accept_message(&record, &body, &events, &tids)
             .await?;

@@ -233,6 +233,7 @@ impl QueueWorker {
             config,
             &self.fetcher,
             &self.keys,
+            &self.signer,
             &config.server.data_dir,
         )
         .await

@@ -94,6 +94,11 @@ impl Receiver {
         self.hooks.lock().unwrap().clone()
     }
 
+    /// The shared request log, for `wait_for` predicates.
+    pub fn clone_hooks(&self) -> Arc<Mutex<Vec<Hook>>> {
+        self.hooks.clone()
+    }
+
     pub fn stop(self) -> SocketAddr {
         self.task.abort();
         self.addr
