@@ -1057,3 +1057,97 @@ async fn unsubscribe_headers_one_click_events_and_resubscribe() {
     wait_messages(&relay, 3).await;
     out.stop().await;
 }
+
+#[tokio::test]
+async fn click_and_open_tracking_rewrites_html_redirects_and_notifies() {
+    let relay = Smarthost::start(Script::default()).await;
+    let out = Out::start(relay.addr, "", "").await;
+    let mut b = email(&["ann@example.org"]);
+    b["options"] = json!({"trackClicks": true, "trackOpens": true});
+    b["content"] = json!({
+        "type": "html", "subject": "Links", "text": "see https://shop.example/text",
+        "html": "<html><body><a href=\"https://shop.example/a?x=1&amp;y=2\">A</a> <a no-track-connect href=\"https://keep.example/\">B</a> <a href=\"/rel\">C</a></body></html>"
+    });
+    out.post(b).await;
+    let msgs = wait_messages(&relay, 1).await;
+    let parsed = mail_parser::MessageParser::default()
+        .parse(&msgs[0].data)
+        .unwrap();
+    let html = parsed.body_html(0).unwrap().to_string();
+    let text = parsed.body_text(0).unwrap().to_string();
+    assert_eq!(
+        text.trim(),
+        "see https://shop.example/text",
+        "text bodies are never tracked"
+    );
+    assert!(
+        html.contains("href=\"https://keep.example/\"") && !html.contains("no-track-connect"),
+        "{html}"
+    );
+    assert!(html.contains("href=\"/rel\""), "{html}");
+    let click_url = html
+        .split("href=\"")
+        .nth(1)
+        .unwrap()
+        .split('"')
+        .next()
+        .unwrap()
+        .to_string();
+    assert!(
+        click_url.starts_with(&format!("{}/t/c/", out.api)),
+        "{html}"
+    );
+    let pixel_url = html
+        .split("<img src=\"")
+        .nth(1)
+        .unwrap()
+        .split('"')
+        .next()
+        .unwrap()
+        .to_string();
+    assert!(pixel_url.starts_with(&format!("{}/t/o/", out.api)));
+
+    let no_redirect = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let r = no_redirect
+        .get(&click_url)
+        .header("user-agent", "TestAgent/1.0")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 302);
+    assert_eq!(r.headers()["location"], "https://shop.example/a?x=1&y=2");
+    let forged = no_redirect
+        .get(format!("{}/t/c/{}", out.api, "eyJ4IjoxfQ.AAAA"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(forged.status(), 400);
+    assert!(
+        !forged.headers().contains_key("location"),
+        "no open redirect"
+    );
+    let pixel = out.client.get(&pixel_url).send().await.unwrap();
+    assert_eq!(pixel.headers()["content-type"], "image/gif");
+    assert_eq!(&pixel.bytes().await.unwrap()[..3], b"GIF");
+
+    let notes = out.wait_notes(3).await;
+    let clicked = notes
+        .iter()
+        .find(|n| info(n)["code"] == "7528")
+        .expect("7528");
+    assert_eq!(
+        info(clicked)["Description"],
+        "https://shop.example/a?x=1&y=2|127.0.0.1"
+    );
+    assert_eq!(info(clicked)["additionalInfo"], "TestAgent/1.0");
+    assert_eq!(info(clicked)["deliveryStatus"], "Clicked");
+    let read = notes
+        .iter()
+        .find(|n| info(n)["code"] == "7502")
+        .expect("7502");
+    assert_eq!(info(read)["deliveryStatus"], "Read");
+    out.stop().await;
+}

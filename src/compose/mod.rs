@@ -23,6 +23,9 @@ pub enum BuildError {
     /// 7591: over 10 MB after encoding.
     #[error("message is {0} bytes after MIME encoding; the limit is 10 MB")]
     TooLarge(usize),
+    /// 7591: the HTML could not be rewritten for tracking.
+    #[error("html: {0}")]
+    Html(String),
     /// Transient: the key could not be loaded or made.
     #[error("DKIM: {0}")]
     Dkim(String),
@@ -140,7 +143,32 @@ pub async fn build(
         msg = msg.text_body(with_link(t));
     }
     if let Some(h) = &record.html {
-        msg = msg.html_body(with_link(h));
+        let mut html = with_link(h);
+        if record.track_clicks || record.track_opens {
+            let base = config.server.public_url.trim_end_matches('/');
+            let click = |url: &str| {
+                format!(
+                    "{base}/t/c/{}",
+                    signer.sign(
+                        "click",
+                        &format!("{}|{}|{url}", record.tid, subject.recipient)
+                    )
+                )
+            };
+            let pixel = format!(
+                "{base}/t/o/{}",
+                signer.sign("open", &format!("{}|{}", record.tid, subject.recipient))
+            );
+            html = crate::track::links::rewrite(
+                &html,
+                record
+                    .track_clicks
+                    .then_some(&click as &dyn Fn(&str) -> String),
+                record.track_opens.then_some(pixel.as_str()),
+            )
+            .map_err(BuildError::Html)?;
+        }
+        msg = msg.html_body(html);
     }
     for (a, bytes) in record.attachments.iter().zip(files) {
         msg = msg.attachment(a.mimetype.clone(), a.name.clone(), bytes);

@@ -13,7 +13,108 @@ use axum::routing::get;
 use axum::Router;
 
 pub fn routes() -> Router<AppState> {
-    Router::new().route("/u/{token}", get(show).post(act))
+    Router::new()
+        .route("/u/{token}", get(show).post(act))
+        .route("/t/c/{token}", get(click))
+        .route("/t/o/{token}", get(open))
+}
+
+/// A transparent 1x1 GIF.
+const PIXEL: &[u8] = &[
+    0x47, 0x49, 0x46, 0x38, 0x39, 0x61, 0x01, 0x00, 0x01, 0x00, 0x80, 0x00, 0x00, 0x00, 0x00, 0x00,
+    0xff, 0xff, 0xff, 0x21, 0xf9, 0x04, 0x01, 0x00, 0x00, 0x00, 0x00, 0x2c, 0x00, 0x00, 0x00, 0x00,
+    0x01, 0x00, 0x01, 0x00, 0x00, 0x02, 0x02, 0x44, 0x01, 0x00, 0x3b,
+];
+
+/// Emits a tracking notification for `tid`/`recipient` (and records it in the history
+/// when the transaction is finished; an active one is the queue's to write).
+async fn track_event(
+    d: &crate::Daemon,
+    tid: &str,
+    recipient: &str,
+    code: crate::types::DeliveryCode,
+    description: &str,
+    additional: &str,
+) {
+    let Ok(Some(mut record)) = d.store.message(tid) else {
+        return;
+    };
+    let config = d.config();
+    let Some(event) = crate::queue::notify::notify(
+        &config,
+        &mut record,
+        recipient,
+        code,
+        description,
+        additional,
+        now_ms(),
+    ) else {
+        return;
+    };
+    let stored = if record.state == crate::store::messages::QueueState::Done {
+        d.store
+            .update_message(&record, std::slice::from_ref(&event))
+            .await
+    } else {
+        d.store.enqueue_events(std::slice::from_ref(&event)).await
+    };
+    match stored {
+        Ok(()) => d.outbox.schedule([event]),
+        Err(e) => tracing::error!(error = %e, "tracking event not recorded"),
+    }
+}
+
+async fn click(
+    State(d): State<AppState>,
+    Path(token): Path<String>,
+    axum::extract::ConnectInfo(peer): axum::extract::ConnectInfo<std::net::SocketAddr>,
+    headers: axum::http::HeaderMap,
+) -> Response {
+    // Verified before anything else: a forged token never redirects (no open redirect).
+    let Some(payload) = d.signer.verify("click", &token) else {
+        return super::ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "7004",
+            "link token is altered or not a click link",
+        )
+        .into_response();
+    };
+    let mut f = payload.splitn(3, '|');
+    let (Some(tid), Some(rcpt), Some(url)) = (f.next(), f.next(), f.next()) else {
+        return super::ApiError::new(StatusCode::BAD_REQUEST, "7004", "link token is malformed")
+            .into_response();
+    };
+    let agent = headers
+        .get(header::USER_AGENT)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    track_event(
+        &d,
+        tid,
+        rcpt,
+        crate::types::DeliveryCode::Clicked,
+        &format!("{url}|{}", peer.ip()),
+        agent,
+    )
+    .await;
+    (StatusCode::FOUND, [(header::LOCATION, url.to_string())]).into_response()
+}
+
+async fn open(State(d): State<AppState>, Path(token): Path<String>) -> Response {
+    if let Some(payload) = d.signer.verify("open", &token) {
+        if let Some((tid, rcpt)) = payload.split_once('|') {
+            track_event(&d, tid, rcpt, crate::types::DeliveryCode::Read, "Read", "").await;
+        }
+    }
+    // The image is served either way: a mail client showing a broken image helps no one.
+    (
+        [
+            (header::CONTENT_TYPE, "image/gif"),
+            (header::CACHE_CONTROL, "no-store, private"),
+        ],
+        PIXEL,
+    )
+        .into_response()
 }
 
 fn html(status: StatusCode, body: String) -> Response {

@@ -239,7 +239,9 @@ impl QueueWorker {
         .await
         {
             Ok(m) => m,
-            Err(e @ (BuildError::Attachment { .. } | BuildError::TooLarge(_))) => {
+            Err(
+                e @ (BuildError::Attachment { .. } | BuildError::TooLarge(_) | BuildError::Html(_)),
+            ) => {
                 self.fail_pending(
                     config,
                     record,

@@ -2,4 +2,5 @@
 //! follow. Every token is signed together with its kind and bound to its tid, so a token of
 //! another kind, or a truncated or altered one, is refused without a lookup.
 
+pub mod links;
 pub mod unsubscribe;
