@@ -1151,3 +1151,63 @@ async fn click_and_open_tracking_rewrites_html_redirects_and_notifies() {
     assert_eq!(info(read)["deliveryStatus"], "Read");
     out.stop().await;
 }
+
+#[tokio::test]
+async fn sandbox_assets_only_mail_verified_recipients() {
+    let relay = Smarthost::start(Script::default()).await;
+    // `sandbox` and `verified_recipients` are asset keys: they go before the sub-tables.
+    let dir = tempfile::tempdir().unwrap();
+    let hooks = Receiver::start().await;
+    let smtp_l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let http_l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let http = http_l.local_addr().unwrap();
+    let text = config(
+        &dir.path().join("data"),
+        http,
+        smtp_l.local_addr().unwrap(),
+        &hooks.url(""),
+        relay.addr,
+        "",
+        "",
+        "",
+    )
+    .replace(
+        "incoming_webhook = ",
+        "sandbox = true\nverified_recipients = [\"QA@example.org\"]\nincoming_webhook = ",
+    );
+    let c = postern::config::Config::parse(&text, "sandbox.toml").unwrap();
+    let h = postern::start(
+        c,
+        None,
+        postern::Listeners {
+            smtp: vec![smtp_l],
+            http: http_l,
+        },
+    )
+    .await
+    .unwrap();
+    let resp = reqwest::Client::new()
+        .post(format!("http://{http}/v2/messages"))
+        .header("key", "key-a")
+        .json(&email(&["qa@example.org", "stranger@example.org"]))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 202);
+    let notes: Vec<Value> = hooks
+        .wait_for_count(2, WAIT)
+        .await
+        .iter()
+        .map(|h| h.json())
+        .collect();
+    let stranger = notes
+        .iter()
+        .find(|n| info(n)["destination"] == "stranger@example.org")
+        .unwrap();
+    assert_eq!(info(stranger)["code"], "7522");
+    assert_eq!(info(stranger)["deliveryStatus"], "Not Verified");
+    let msgs = relay.messages();
+    assert_eq!(msgs.len(), 1);
+    assert_eq!(msgs[0].rcpts, ["qa@example.org"]);
+    h.shutdown().await;
+}

@@ -323,7 +323,8 @@ impl QueueWorker {
         }
     }
 
-    /// Ends recipients on the asset's suppression list with 7240 / 7241 (to, cc and bcc alike).
+    /// Ends recipients a sandboxed asset may not mail (7522) and those on the asset's
+    /// suppression list (7240 / 7241), to, cc and bcc alike.
     fn drop_suppressed(
         &self,
         config: &Config,
@@ -332,7 +333,32 @@ impl QueueWorker {
     ) {
         let now = now_ms();
         let pending: Vec<String> = record.pending().map(|r| r.address.clone()).collect();
+        let sandbox = config.asset(&record.asset_id).filter(|a| a.sandbox);
         for addr in pending {
+            if let Some(asset) = sandbox {
+                if !asset
+                    .verified_recipients
+                    .iter()
+                    .any(|v| v.eq_ignore_ascii_case(&addr))
+                {
+                    let code = DeliveryCode::NotVerified;
+                    if let Some(r) = record.recipients.iter_mut().find(|r| r.address == addr) {
+                        r.phase = RecipientPhase::Failed;
+                        r.code = Some(code.code().to_string());
+                    }
+                    tracing::info!(tid = %record.tid, rcpt = %addr, "sandbox: recipient not verified");
+                    events.extend(notify::notify(
+                        config,
+                        record,
+                        &addr,
+                        code,
+                        code.default_description(),
+                        "",
+                        now,
+                    ));
+                    continue;
+                }
+            }
             let entry = match self.store.suppression(&record.asset_id, &addr, now) {
                 Ok(Some(e)) => e,
                 Ok(None) => continue,
