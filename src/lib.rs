@@ -259,6 +259,7 @@ pub async fn start(
     let inbound = Arc::new(inbound::Inbound {
         store: store.clone(),
         auth: verifier,
+        signer: signer.clone(),
         outbox: outbox.clone(),
         metrics: metrics.clone(),
     });

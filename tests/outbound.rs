@@ -1211,3 +1211,50 @@ async fn sandbox_assets_only_mail_verified_recipients() {
     assert_eq!(msgs[0].rcpts, ["qa@example.org"]);
     h.shutdown().await;
 }
+
+#[tokio::test]
+async fn dsn_to_the_verp_address_is_a_7520_and_hard_bounces_are_suppressed() {
+    let relay = Smarthost::start(Script::default()).await;
+    let out = Out::start(relay.addr, "", "").await;
+    out.post(email(&["nobody@example.org"])).await;
+    let msgs = wait_messages(&relay, 1).await;
+    let verp = msgs[0].mail_from.clone();
+    out.wait_notes(1).await;
+    let smtp = out.daemon.as_ref().unwrap().smtp_addrs[0];
+    let dsn = |to: &str| {
+        format!(
+            "From: MAILER-DAEMON@mx.example.org\r\nTo: {to}\r\nSubject: Undelivered Mail Returned to Sender\r\nMIME-Version: 1.0\r\nContent-Type: multipart/report; report-type=delivery-status; boundary=\"B\"\r\n\r\n--B\r\nContent-Type: text/plain\r\n\r\nSorry.\r\n\r\n--B\r\nContent-Type: message/delivery-status\r\n\r\nReporting-MTA: dns; mx.example.org\r\n\r\nFinal-Recipient: rfc822; nobody@example.org\r\nAction: failed\r\nStatus: 5.1.1\r\nDiagnostic-Code: smtp; 550 5.1.1 <nobody@example.org>: User unknown\r\n\r\n--B--\r\n"
+        )
+    };
+    let deliver = |to: String| async move {
+        let (mut raw, _) = Raw::connect(smtp).await;
+        raw.cmd("EHLO mx.example.org").await;
+        raw.cmd("MAIL FROM:<>").await;
+        assert!(raw.cmd(&format!("RCPT TO:<{to}>")).await.starts_with("250"));
+        raw.cmd("DATA").await;
+        let r = raw.cmd(&format!("{}.", dsn(&to))).await;
+        assert!(r.starts_with("250"), "{r}");
+    };
+    // A forged VERP address changes nothing.
+    let forged = format!("b-{}-{}@bounces.example.test", &verp[2..34], "forgedmac000");
+    deliver(forged).await;
+    deliver(verp.clone()).await;
+    let notes = out.wait_notes(2).await;
+    let bounce = &notes[1];
+    assert_eq!(info(bounce)["code"], "7520");
+    assert_eq!(info(bounce)["Description"], "Permanent_NoEmail");
+    assert_eq!(
+        info(bounce)["additionalInfo"],
+        "5.1.1|failed|smtp; 550 5.1.1 <nobody@example.org>: User unknown"
+    );
+    assert_eq!(
+        bounce["deliveryInfoNotification"]["transid"],
+        notes[0]["deliveryInfoNotification"]["transid"]
+    );
+    // Now on the bounce list: the next send ends with 7240 and never reaches the relay.
+    out.post(email(&["nobody@example.org"])).await;
+    let notes = out.wait_notes(3).await;
+    assert_eq!(info(&notes[2])["code"], "7240");
+    assert_eq!(relay.messages().len(), 1);
+    out.stop().await;
+}

@@ -4,6 +4,7 @@
 //! the session say 250. Inbound mail only ever goes to webhooks.
 
 pub mod auth;
+pub mod dsn;
 pub mod mo;
 
 use crate::config::{Config, MoAttachments};
@@ -110,6 +111,8 @@ pub enum AcceptError {
 pub struct Inbound {
     pub store: Store,
     pub auth: auth::Verifier,
+    /// Verifies VERP return paths of incoming DSNs.
+    pub signer: crate::tokens::Signer,
     pub outbox: Outbox,
     pub metrics: Arc<Metrics>,
 }
@@ -135,7 +138,31 @@ impl Inbound {
         };
         let (auth_header, summary) = self.auth.verify(&config.server.hostname, &env, &raw).await;
         let sender = header_from(&raw).unwrap_or_else(|| env.mail_from.to_ascii_lowercase());
+        // DSNs to a signed VERP address become bounce notifications for their tid.
+        let bounce_tids: Vec<String> = env
+            .rcpts
+            .iter()
+            .filter(|(_, d)| *d == Destination::Bounce)
+            .filter_map(|(a, _)| {
+                let local = split_address(a).map(|(l, _)| l).unwrap_or("");
+                let tid = crate::compose::verp_tid(&self.signer, local);
+                if tid.is_none() {
+                    tracing::info!(rcpt = %a, "mail to an unsigned or forged bounce address: ignored");
+                }
+                tid
+            })
+            .collect();
+        let reports = if bounce_tids.is_empty() {
+            Vec::new()
+        } else {
+            dsn::parse(&raw)
+        };
         drop(raw);
+        for tid in &bounce_tids {
+            if let Err(e) = self.record_bounces(config, tid, &reports).await {
+                tracing::error!(tid = %tid, error = %e, "bounce could not be recorded");
+            }
+        }
 
         let mut by_asset: BTreeMap<String, Vec<String>> = BTreeMap::new();
         let mut bounce = false;
@@ -237,6 +264,70 @@ impl Inbound {
         }
         self.outbox.schedule(events);
         Ok(id)
+    }
+}
+
+impl Inbound {
+    /// Turns DSN reports for `tid` into 7520 notifications and, for hard bounces, entries on
+    /// the asset's bounce list. Reports for addresses the transaction never had are ignored.
+    async fn record_bounces(
+        &self,
+        config: &Config,
+        tid: &str,
+        reports: &[dsn::BounceReport],
+    ) -> Result<(), StoreError> {
+        let Some(mut record) = self.store.message(tid)? else {
+            tracing::info!(tid, "DSN for an unknown or expired transaction: ignored");
+            return Ok(());
+        };
+        let now = now_ms();
+        let mut events = Vec::new();
+        let mut bounced = Vec::new();
+        for report in reports {
+            let Some(rcpt) = record
+                .recipients
+                .iter()
+                .find(|r| r.address.eq_ignore_ascii_case(&report.recipient))
+                .map(|r| r.address.clone())
+            else {
+                continue;
+            };
+            tracing::info!(tid, rcpt = %rcpt, category = report.category, "DSN received");
+            events.extend(crate::queue::notify::notify(
+                config,
+                &mut record,
+                &rcpt,
+                crate::types::DeliveryCode::Bounce,
+                report.category,
+                &report.additional_info(),
+                now,
+            ));
+            if report.permanent {
+                let days = config
+                    .asset(&record.asset_id)
+                    .and_then(|a| a.bounces.as_ref())
+                    .map(|b| b.retention_days)
+                    .unwrap_or(7);
+                bounced.push(crate::store::suppression::Suppression {
+                    asset_id: record.asset_id.clone(),
+                    address: rcpt.to_ascii_lowercase(),
+                    reason: crate::store::suppression::Reason::Bounced,
+                    since_ms: now,
+                    expires_ms: Some(now + u64::from(days) * 86_400_000),
+                    source: format!("dsn {}", report.status),
+                });
+            }
+        }
+        if !bounced.is_empty() {
+            self.store.suppress(&bounced).await?;
+        }
+        if record.state == crate::store::messages::QueueState::Done {
+            self.store.update_message(&record, &events).await?;
+        } else {
+            self.store.enqueue_events(&events).await?;
+        }
+        self.outbox.schedule(events);
+        Ok(())
     }
 }
 
