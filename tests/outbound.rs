@@ -1258,3 +1258,35 @@ async fn dsn_to_the_verp_address_is_a_7520_and_hard_bounces_are_suppressed() {
     assert_eq!(relay.messages().len(), 1);
     out.stop().await;
 }
+
+#[tokio::test]
+async fn arf_complaint_is_a_7521_and_suppresses_the_recipient() {
+    let relay = Smarthost::start(Script::default()).await;
+    let out = Out::start(relay.addr, "", "").await;
+    let (_, body) = out.post(email(&["ann@example.org"])).await;
+    let tid = body["messages"][0]["tid"].as_str().unwrap().to_string();
+    wait_messages(&relay, 1).await;
+    out.wait_notes(1).await;
+    let smtp = out.daemon.as_ref().unwrap().smtp_addrs[0];
+    let arf = format!(
+        "From: feedback@fbl.example.net\r\nTo: fbl@bounces.example.test\r\nSubject: complaint\r\nMIME-Version: 1.0\r\nContent-Type: multipart/report; report-type=feedback-report; boundary=\"p\"\r\n\r\n--p\r\nContent-Type: text/plain\r\n\r\nAbuse report.\r\n\r\n--p\r\nContent-Type: message/feedback-report\r\n\r\nFeedback-Type: abuse\r\nUser-Agent: FBL/1.0\r\nVersion: 1\r\nOriginal-Rcpt-To: <ann@example.org>\r\n\r\n--p\r\nContent-Type: message/rfc822\r\n\r\nFrom: news@example.test\r\nTo: ann@example.org\r\nSubject: Hello\r\nMessage-ID: <{tid}@mx.example.test>\r\n\r\nHi\r\n\r\n--p--\r\n"
+    );
+    let (mut raw, _) = Raw::connect(smtp).await;
+    raw.cmd("EHLO fbl.example.net").await;
+    raw.cmd("MAIL FROM:<feedback@fbl.example.net>").await;
+    assert!(raw
+        .cmd("RCPT TO:<fbl@bounces.example.test>")
+        .await
+        .starts_with("250"));
+    raw.cmd("DATA").await;
+    assert!(raw.cmd(&format!("{arf}.")).await.starts_with("250"));
+    let notes = out.wait_notes(2).await;
+    assert_eq!(info(&notes[1])["code"], "7521");
+    assert_eq!(info(&notes[1])["deliveryStatus"], "Complaint");
+    assert_eq!(info(&notes[1])["Description"], "abuse");
+    out.post(email(&["ann@example.org"])).await;
+    let notes = out.wait_notes(3).await;
+    assert_eq!(info(&notes[2])["code"], "7241");
+    assert_eq!(relay.messages().len(), 1);
+    out.stop().await;
+}

@@ -3,6 +3,7 @@
 //! writes the message and one MO event per asset in one durable batch, and only then lets
 //! the session say 250. Inbound mail only ever goes to webhooks.
 
+pub mod arf;
 pub mod auth;
 pub mod dsn;
 pub mod mo;
@@ -152,12 +153,30 @@ impl Inbound {
                 tid
             })
             .collect();
-        let reports = if bounce_tids.is_empty() {
+        let to_bounce_domain = env.rcpts.iter().any(|(_, d)| *d == Destination::Bounce);
+        let complaint = if to_bounce_domain {
+            arf::parse(&raw, &config.server.hostname)
+        } else {
+            None
+        };
+        let reports = if bounce_tids.is_empty() || complaint.is_some() {
             Vec::new()
         } else {
             dsn::parse(&raw)
         };
         drop(raw);
+        if let Some(c) = complaint {
+            // A feedback loop may send to any bounce-domain address: the original's
+            // Message-ID (our tid, unguessable) identifies the message, else the VERP.
+            match c.tid.clone().or_else(|| bounce_tids.first().cloned()) {
+                Some(tid) => {
+                    if let Err(e) = self.record_complaint(config, &tid, &c).await {
+                        tracing::error!(tid = %tid, error = %e, "complaint could not be recorded");
+                    }
+                }
+                None => tracing::info!("complaint report for a message that is not ours: ignored"),
+            }
+        }
         for tid in &bounce_tids {
             if let Err(e) = self.record_bounces(config, tid, &reports).await {
                 tracing::error!(tid = %tid, error = %e, "bounce could not be recorded");
@@ -268,6 +287,78 @@ impl Inbound {
 }
 
 impl Inbound {
+    /// Stores events about a sent message: with its history when it is finished (an active
+    /// one belongs to the queue, which writes it), then wakes the webhook worker.
+    async fn record_events(
+        &self,
+        record: &crate::store::messages::MessageRecord,
+        events: Vec<OutboxEntry>,
+    ) -> Result<(), StoreError> {
+        if record.state == crate::store::messages::QueueState::Done {
+            self.store.update_message(record, &events).await?;
+        } else {
+            self.store.enqueue_events(&events).await?;
+        }
+        self.outbox.schedule(events);
+        Ok(())
+    }
+
+    /// An ARF complaint: 7521 with the feedback type, and the address on the complaint list.
+    async fn record_complaint(
+        &self,
+        config: &Config,
+        tid: &str,
+        c: &arf::Complaint,
+    ) -> Result<(), StoreError> {
+        let Some(mut record) = self.store.message(tid)? else {
+            tracing::info!(
+                tid,
+                "complaint for an unknown or expired transaction: ignored"
+            );
+            return Ok(());
+        };
+        let rcpt = match &c.recipient {
+            Some(r) => record
+                .recipients
+                .iter()
+                .find(|x| x.address.eq_ignore_ascii_case(r))
+                .map(|x| x.address.clone()),
+            None if record.recipients.len() == 1 => Some(record.recipients[0].address.clone()),
+            None => None,
+        };
+        let Some(rcpt) = rcpt else {
+            tracing::info!(
+                tid,
+                "complaint names no recipient of this transaction: ignored"
+            );
+            return Ok(());
+        };
+        tracing::info!(tid, rcpt = %rcpt, feedback = c.feedback_type, "complaint received");
+        let now = now_ms();
+        let events: Vec<OutboxEntry> = crate::queue::notify::notify(
+            config,
+            &mut record,
+            &rcpt,
+            crate::types::DeliveryCode::Complaint,
+            c.feedback_type,
+            "",
+            now,
+        )
+        .into_iter()
+        .collect();
+        self.store
+            .suppress(&[crate::store::suppression::Suppression {
+                asset_id: record.asset_id.clone(),
+                address: rcpt.to_ascii_lowercase(),
+                reason: crate::store::suppression::Reason::Complained,
+                since_ms: now,
+                expires_ms: None,
+                source: format!("arf {}", c.feedback_type),
+            }])
+            .await?;
+        self.record_events(&record, events).await
+    }
+
     /// Turns DSN reports for `tid` into 7520 notifications and, for hard bounces, entries on
     /// the asset's bounce list. Reports for addresses the transaction never had are ignored.
     async fn record_bounces(
@@ -321,13 +412,7 @@ impl Inbound {
         if !bounced.is_empty() {
             self.store.suppress(&bounced).await?;
         }
-        if record.state == crate::store::messages::QueueState::Done {
-            self.store.update_message(&record, &events).await?;
-        } else {
-            self.store.enqueue_events(&events).await?;
-        }
-        self.outbox.schedule(events);
-        Ok(())
+        self.record_events(&record, events).await
     }
 }
 
