@@ -88,6 +88,26 @@ pub struct Config {
     pub services: Vec<ServiceConfig>,
     #[serde(default, rename = "asset")]
     pub assets: Vec<AssetConfig>,
+    #[serde(default, rename = "contact_policy")]
+    pub contact_policies: Vec<ContactPolicyConfig>,
+}
+
+/// A contact-policy group (SPEC 4.2 `contactPolicy`): a consent list managed through the
+/// admin API and a per-recipient frequency cap.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ContactPolicyConfig {
+    pub group: String,
+    /// Messages per recipient per window; 0 = no cap.
+    #[serde(default)]
+    pub frequency_cap: u32,
+    /// Seconds.
+    #[serde(default = "default_cap_window")]
+    pub window: u64,
+}
+
+fn default_cap_window() -> u64 {
+    86_400
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -678,6 +698,10 @@ impl Config {
                 other => (other, msg),
             })
             .collect()
+    }
+
+    pub fn contact_policy(&self, group: &str) -> Option<&ContactPolicyConfig> {
+        self.contact_policies.iter().find(|p| p.group == group)
     }
 
     pub fn asset(&self, id: &str) -> Option<&AssetConfig> {

@@ -1290,3 +1290,43 @@ async fn arf_complaint_is_a_7521_and_suppresses_the_recipient() {
     assert_eq!(relay.messages().len(), 1);
     out.stop().await;
 }
+
+#[tokio::test]
+async fn contact_policy_consent_and_frequency_cap() {
+    let relay = Smarthost::start(Script::default()).await;
+    let policy = "[[contact_policy]]\ngroup = \"promo\"\nfrequency_cap = 1\nwindow = 3600";
+    let out = Out::start(relay.addr, "", policy).await;
+    let granted = out
+        .client
+        .put(format!("{}/admin/consent/promo/yes@example.org", out.api))
+        .bearer_auth("admin-secret")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(granted.status(), 204);
+    let with_policy = |to: &str, consent: bool, cap: bool| {
+        let mut b = email(&[to]);
+        b["contactPolicy"] = json!({"contactPolicyGroup": "promo", "channelCheckConsent": consent, "channelApplyFrequencyCap": cap});
+        b
+    };
+    let mut unknown = email(&["x@example.org"]);
+    unknown["contactPolicy"] = json!({"contactPolicyGroup": "nope", "channelCheckConsent": true});
+    let (s, b) = out.post(unknown).await;
+    assert_eq!((s, b["code"].as_str().unwrap()), (400, "7004"));
+
+    out.post(with_policy("no@example.org", true, false)).await;
+    out.post(with_policy("yes@example.org", true, true)).await;
+    let notes = out.wait_notes(2).await;
+    assert!(notes
+        .iter()
+        .any(|n| info(n)["destination"] == "no@example.org" && info(n)["code"] == "7593"));
+    assert!(notes
+        .iter()
+        .any(|n| info(n)["destination"] == "yes@example.org" && info(n)["code"] == "7501"));
+    // The cap is one per hour: the second send is refused.
+    out.post(with_policy("yes@example.org", true, true)).await;
+    let notes = out.wait_notes(3).await;
+    assert_eq!(info(&notes[2])["code"], "7594");
+    assert_eq!(relay.messages().len(), 1);
+    out.stop().await;
+}

@@ -280,6 +280,7 @@ async fn send_message(
             list_unsubscribe_url: sub.list_unsubscribe_url.clone(),
             unsubscribe_email: sub.unsubscribe_email.clone(),
             unsubscribe_subject: sub.unsubscribe_subject.clone(),
+            contact_policy: sub.contact_policy.clone(),
             state: if sub.send_at_ms > now {
                 QueueState::Scheduled
             } else {

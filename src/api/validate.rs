@@ -71,6 +71,7 @@ pub struct Submission {
     pub list_unsubscribe_url: Option<String>,
     pub unsubscribe_email: Option<String>,
     pub unsubscribe_subject: Option<String>,
+    pub contact_policy: Option<crate::store::messages::ContactPolicy>,
     pub transactions: Vec<Transaction>,
 }
 
@@ -248,6 +249,27 @@ pub fn validate(
             }
             r
         }
+    };
+
+    let contact_policy = match req.contact_policy {
+        Some(cp) if cp.channel_check_consent || cp.channel_apply_frequency_cap => {
+            let group = cp
+                .contact_policy_group
+                .filter(|g| !g.is_empty())
+                .ok_or_else(|| missing("contactPolicy.contactPolicyGroup"))?;
+            if config.contact_policy(&group).is_none() {
+                return Err(invalid(
+                    "contactPolicy.contactPolicyGroup",
+                    format!("'{group}' is not a configured contact-policy group"),
+                ));
+            }
+            Some(crate::store::messages::ContactPolicy {
+                group,
+                check_consent: cp.channel_check_consent,
+                apply_frequency_cap: cp.channel_apply_frequency_cap,
+            })
+        }
+        _ => None,
     };
 
     // Scheduling.
@@ -452,6 +474,7 @@ pub fn validate(
         list_unsubscribe_url: o.list_unsubscribe_url.clone(),
         unsubscribe_email: o.unsubscribe_email_address.clone(),
         unsubscribe_subject: o.unsubscribe_email_subject.clone(),
+        contact_policy,
         transactions,
     })
 }

@@ -1,5 +1,5 @@
 //! Admin routes for the suppression store (SPEC 4.3, 8): list, add, remove, CSV import and
-//! export. The admin token is checked before anything is looked up.
+//! export; and the consent lists of contact-policy groups. The admin token is checked before anything is looked up.
 
 use super::{admin, ApiError, AppState};
 use crate::store::now_ms;
@@ -18,6 +18,76 @@ pub fn routes() -> Router<AppState> {
         .route("/admin/suppressions/export", get(export))
         .route("/admin/suppressions/import", post(import))
         .route("/admin/suppressions/{asset}/{address}", delete(remove))
+        .route("/admin/consent/{group}", get(consent_list))
+        .route(
+            "/admin/consent/{group}/{address}",
+            axum::routing::put(consent_grant).delete(consent_revoke),
+        )
+}
+
+fn known_group(d: &crate::Daemon, group: &str) -> Result<(), ApiError> {
+    match d.config().contact_policy(group) {
+        Some(_) => Ok(()),
+        None => Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "7404",
+            format!("no contact-policy group '{group}'"),
+        )),
+    }
+}
+
+async fn consent_list(
+    State(d): State<AppState>,
+    headers: HeaderMap,
+    Path(group): Path<String>,
+) -> Result<Response, ApiError> {
+    admin(&d, &headers)?;
+    known_group(&d, &group)?;
+    let list = d.store.consents(&group).map_err(ApiError::internal)?;
+    Ok(Json(json!({"group": group, "consents": list})).into_response())
+}
+
+async fn consent_grant(
+    State(d): State<AppState>,
+    headers: HeaderMap,
+    Path((group, address)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    admin(&d, &headers)?;
+    known_group(&d, &group)?;
+    crate::types::check_address(&address).map_err(|_| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "7004",
+            "address: is not a valid email address",
+        )
+    })?;
+    d.store
+        .set_consent(&group, &address, true)
+        .await
+        .map_err(ApiError::internal)?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+async fn consent_revoke(
+    State(d): State<AppState>,
+    headers: HeaderMap,
+    Path((group, address)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    admin(&d, &headers)?;
+    known_group(&d, &group)?;
+    if d.store
+        .set_consent(&group, &address, false)
+        .await
+        .map_err(ApiError::internal)?
+    {
+        Ok(StatusCode::NO_CONTENT.into_response())
+    } else {
+        Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "7404",
+            format!("{address} has no consent in {group}"),
+        ))
+    }
 }
 
 #[derive(Deserialize)]

@@ -303,6 +303,26 @@ impl QueueWorker {
                     continue;
                 }
             };
+            if phase == RecipientPhase::Submitted {
+                if let Some(cp) = record
+                    .contact_policy
+                    .as_ref()
+                    .filter(|c| c.apply_frequency_cap)
+                {
+                    let window = config
+                        .contact_policy(&cp.group)
+                        .map(|g| g.window)
+                        .unwrap_or(86_400);
+                    if let Err(e) = self.store.record_send(
+                        &cp.group,
+                        addr,
+                        now,
+                        now.saturating_sub(window * 1000),
+                    ) {
+                        tracing::warn!(error = %e, "frequency counter not updated");
+                    }
+                }
+            }
             self.metrics.outbound(match code {
                 DeliveryCode::Submitted => "submitted",
                 DeliveryCode::Bounce => "bounced",
@@ -359,6 +379,23 @@ impl QueueWorker {
                     continue;
                 }
             }
+            if let Some(code) = self.contact_policy_refusal(config, record, &addr, now) {
+                if let Some(r) = record.recipients.iter_mut().find(|r| r.address == addr) {
+                    r.phase = RecipientPhase::Failed;
+                    r.code = Some(code.code().to_string());
+                }
+                tracing::info!(tid = %record.tid, rcpt = %addr, code = code.code(), "contact policy");
+                events.extend(notify::notify(
+                    config,
+                    record,
+                    &addr,
+                    code,
+                    code.default_description(),
+                    "",
+                    now,
+                ));
+                continue;
+            }
             let entry = match self.store.suppression(&record.asset_id, &addr, now) {
                 Ok(Some(e)) => e,
                 Ok(None) => continue,
@@ -385,6 +422,30 @@ impl QueueWorker {
                 now,
             ));
         }
+    }
+
+    /// 7593 without consent, 7594 over the frequency cap, for a request with a contact policy.
+    fn contact_policy_refusal(
+        &self,
+        config: &Config,
+        record: &MessageRecord,
+        addr: &str,
+        now: u64,
+    ) -> Option<DeliveryCode> {
+        let cp = record.contact_policy.as_ref()?;
+        let group = config.contact_policy(&cp.group)?;
+        if cp.check_consent && !self.store.has_consent(&cp.group, addr).unwrap_or(false) {
+            return Some(DeliveryCode::NoConsent);
+        }
+        if cp.apply_frequency_cap && group.frequency_cap > 0 {
+            let since = now.saturating_sub(group.window * 1000);
+            if self.store.sends_since(&cp.group, addr, since).unwrap_or(0)
+                >= group.frequency_cap as usize
+            {
+                return Some(DeliveryCode::FrequencyCap);
+            }
+        }
+        None
     }
 
     fn fail_pending(

@@ -64,6 +64,13 @@ pub struct Attachment {
     pub media_url: String,
 }
 
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContactPolicy {
+    pub group: String,
+    pub check_consent: bool,
+    pub apply_frequency_cap: bool,
+}
+
 /// A queued outbound email (one tid).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct MessageRecord {
@@ -93,6 +100,9 @@ pub struct MessageRecord {
     pub list_unsubscribe_url: Option<String>,
     pub unsubscribe_email: Option<String>,
     pub unsubscribe_subject: Option<String>,
+    /// `contactPolicy`: the group, and whether consent and the frequency cap apply.
+    #[serde(default)]
+    pub contact_policy: Option<ContactPolicy>,
     pub state: QueueState,
     pub attempts: u32,
     pub next_ms: u64,

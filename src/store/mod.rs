@@ -3,7 +3,7 @@
 //! ones are files under `data_dir/spool/`), `outbox` (webhook events waiting for delivery),
 //! `dead` (events that exhausted their retries), `inbound_tids` (MO tid -> spool id, for
 //! signed attachment links), `messages` / `finished` (outbound transactions), `templates`,
-//! `suppression`, `quarantine` (records that no longer decode: kept, never
+//! `suppression`, `consent` and `frequency` (contact policy), `quarantine` (records that no longer decode: kept, never
 //! deleted). Records carry a version byte; anything this build cannot decode is moved to
 //! `quarantine` and logged instead of stopping the daemon or being lost.
 //!
@@ -16,6 +16,7 @@
 mod codec;
 pub mod messages;
 pub mod outbox;
+pub mod policy;
 pub mod spool;
 pub mod suppression;
 
@@ -71,6 +72,8 @@ struct Inner {
     finished: sled::Tree,
     templates: sled::Tree,
     suppression: sled::Tree,
+    consent: sled::Tree,
+    frequency: sled::Tree,
     quarantine: sled::Tree,
     spool_dir: PathBuf,
     flush_tx: std::sync::mpsc::Sender<FlushRequest>,
@@ -109,6 +112,8 @@ impl Store {
             finished: db.open_tree("finished")?,
             templates: db.open_tree("templates")?,
             suppression: db.open_tree("suppression")?,
+            consent: db.open_tree("consent")?,
+            frequency: db.open_tree("frequency")?,
             quarantine: db.open_tree("quarantine")?,
             db: db.clone(),
             spool_dir: spool_dir.clone(),

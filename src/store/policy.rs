@@ -1,0 +1,79 @@
+//! Contact-policy state: the consent list of each group (`consent`, key `group \0 address`)
+//! and the recent send times of each recipient per group (`frequency`), pruned to the
+//! group's window whenever they are read or written.
+
+use super::{codec, Store, StoreError};
+
+fn key(group: &str, address: &str) -> Vec<u8> {
+    let mut k = group.as_bytes().to_vec();
+    k.push(0);
+    k.extend_from_slice(address.trim().to_ascii_lowercase().as_bytes());
+    k
+}
+
+impl Store {
+    pub fn has_consent(&self, group: &str, address: &str) -> Result<bool, StoreError> {
+        Ok(self.inner.consent.contains_key(key(group, address))?)
+    }
+
+    pub async fn set_consent(
+        &self,
+        group: &str,
+        address: &str,
+        granted: bool,
+    ) -> Result<bool, StoreError> {
+        let k = key(group, address);
+        let changed = if granted {
+            self.inner.consent.insert(k, &[])?.is_none()
+        } else {
+            self.inner.consent.remove(k)?.is_some()
+        };
+        self.commit().await?;
+        Ok(changed)
+    }
+
+    pub fn consents(&self, group: &str) -> Result<Vec<String>, StoreError> {
+        let mut p = group.as_bytes().to_vec();
+        p.push(0);
+        let mut out = Vec::new();
+        for item in self.inner.consent.scan_prefix(&p) {
+            let (k, _) = item?;
+            out.push(String::from_utf8_lossy(&k[p.len()..]).into_owned());
+        }
+        Ok(out)
+    }
+
+    /// Sends to `address` in `group` since `since_ms`.
+    pub fn sends_since(
+        &self,
+        group: &str,
+        address: &str,
+        since_ms: u64,
+    ) -> Result<usize, StoreError> {
+        let times: Vec<u64> = match self.inner.frequency.get(key(group, address))? {
+            Some(v) => codec::decode(&v).unwrap_or_default(),
+            None => Vec::new(),
+        };
+        Ok(times.iter().filter(|t| **t >= since_ms).count())
+    }
+
+    /// Records a send at `at_ms`, dropping times older than `since_ms`. Not flushed on its
+    /// own: it rides the commit of the queue update that follows.
+    pub fn record_send(
+        &self,
+        group: &str,
+        address: &str,
+        at_ms: u64,
+        since_ms: u64,
+    ) -> Result<(), StoreError> {
+        let k = key(group, address);
+        let mut times: Vec<u64> = match self.inner.frequency.get(&k)? {
+            Some(v) => codec::decode(&v).unwrap_or_default(),
+            None => Vec::new(),
+        };
+        times.retain(|t| *t >= since_ms);
+        times.push(at_ms);
+        self.inner.frequency.insert(k, codec::encode(&times))?;
+        Ok(())
+    }
+}
