@@ -138,3 +138,51 @@ impl Store {
         Ok(out)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn bounce_entries_expire_with_the_clock_passed_in() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let day = 86_400_000;
+        store
+            .suppress(&[Suppression {
+                asset_id: "a".into(),
+                address: "X@Example.org".into(),
+                reason: Reason::Bounced,
+                since_ms: 0,
+                expires_ms: Some(7 * day),
+                source: "test".into(),
+            }])
+            .await
+            .unwrap();
+        assert!(
+            store
+                .suppression("a", "x@example.org", 7 * day - 1)
+                .unwrap()
+                .is_some(),
+            "case-insensitive, still active"
+        );
+        assert!(
+            store
+                .suppression("b", "x@example.org", 0)
+                .unwrap()
+                .is_none(),
+            "per asset"
+        );
+        assert!(
+            store
+                .suppression("a", "x@example.org", 7 * day)
+                .unwrap()
+                .is_none(),
+            "expired after retention"
+        );
+        assert!(
+            store.suppressions(Some("a"), 0).unwrap().is_empty(),
+            "and removed when seen expired"
+        );
+    }
+}
