@@ -63,7 +63,10 @@ pub struct ApiDoc;
 
 /// The OpenAPI document as served at `/openapi.json` and kept in the repository.
 pub fn openapi_json() -> String {
-    ApiDoc::openapi().to_pretty_json().unwrap_or_default()
+    let mut doc = ApiDoc::openapi();
+    doc.merge(crate::http::admin::AdminDoc::openapi());
+    doc.merge(crate::http::DeadLetterDoc::openapi());
+    doc.to_pretty_json().unwrap_or_default()
 }
 
 pub fn routes() -> Router<AppState> {

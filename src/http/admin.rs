@@ -12,6 +12,20 @@ use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::json;
 
+/// The admin routes in the OpenAPI document (all need `Authorization: Bearer <admin token>`).
+#[derive(utoipa::OpenApi)]
+#[openapi(paths(
+    list,
+    add,
+    remove,
+    export,
+    import,
+    consent_list,
+    consent_grant,
+    consent_revoke
+))]
+pub struct AdminDoc;
+
 pub fn routes() -> Router<AppState> {
     Router::new()
         .route("/admin/suppressions", get(list).post(add))
@@ -36,6 +50,7 @@ fn known_group(d: &crate::Daemon, group: &str) -> Result<(), ApiError> {
     }
 }
 
+#[utoipa::path(get, path = "/admin/consent/{group}", tag = "admin", params(("group" = String, Path)), responses((status = 200), (status = 404)))]
 async fn consent_list(
     State(d): State<AppState>,
     headers: HeaderMap,
@@ -47,6 +62,7 @@ async fn consent_list(
     Ok(Json(json!({"group": group, "consents": list})).into_response())
 }
 
+#[utoipa::path(put, path = "/admin/consent/{group}/{address}", tag = "admin", params(("group" = String, Path), ("address" = String, Path)), responses((status = 204)))]
 async fn consent_grant(
     State(d): State<AppState>,
     headers: HeaderMap,
@@ -68,6 +84,7 @@ async fn consent_grant(
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
+#[utoipa::path(delete, path = "/admin/consent/{group}/{address}", tag = "admin", params(("group" = String, Path), ("address" = String, Path)), responses((status = 204), (status = 404)))]
 async fn consent_revoke(
     State(d): State<AppState>,
     headers: HeaderMap,
@@ -106,6 +123,7 @@ fn entry_json(e: &Suppression) -> serde_json::Value {
     })
 }
 
+#[utoipa::path(get, path = "/admin/suppressions", tag = "admin", params(("asset" = Option<String>, Query)), responses((status = 200, description = "active entries"), (status = 401), (status = 403)))]
 async fn list(
     State(d): State<AppState>,
     headers: HeaderMap,
@@ -128,6 +146,9 @@ struct AddRequest {
     reason: String,
 }
 
+#[utoipa::path(post, path = "/admin/suppressions", tag = "admin",
+    request_body(content = String, content_type = "application/json", description = "{\"assetId\", \"address\", \"reason\": unsubscribed|bounced|complained}"),
+    responses((status = 201), (status = 400)))]
 async fn add(
     State(d): State<AppState>,
     headers: HeaderMap,
@@ -179,6 +200,7 @@ async fn add(
     Ok((StatusCode::CREATED, Json(entry_json(&entry))).into_response())
 }
 
+#[utoipa::path(delete, path = "/admin/suppressions/{asset}/{address}", tag = "admin", params(("asset" = String, Path), ("address" = String, Path)), responses((status = 204), (status = 404)))]
 async fn remove(
     State(d): State<AppState>,
     headers: HeaderMap,
@@ -200,6 +222,7 @@ async fn remove(
     }
 }
 
+#[utoipa::path(get, path = "/admin/suppressions/export", tag = "admin", params(("asset" = Option<String>, Query)), responses((status = 200, description = "CSV: asset_id,address,reason,since,expires", content_type = "text/csv")))]
 async fn export(
     State(d): State<AppState>,
     headers: HeaderMap,
@@ -214,6 +237,7 @@ async fn export(
     Ok(([(header::CONTENT_TYPE, "text/csv; charset=utf-8")], text).into_response())
 }
 
+#[utoipa::path(post, path = "/admin/suppressions/import", tag = "admin", request_body(content = String, content_type = "text/csv"), responses((status = 200), (status = 400, description = "names the bad line; nothing imported")))]
 async fn import(
     State(d): State<AppState>,
     headers: HeaderMap,

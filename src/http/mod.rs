@@ -2,7 +2,7 @@
 //! letters, and the signed inbound links of `mo_attachments = "url"`. Every error is a
 //! JSON `{"code","description"}` body, never a framework's plain-text default.
 
-mod admin;
+pub mod admin;
 pub mod public;
 
 use crate::inbound::mo;
@@ -44,6 +44,11 @@ pub fn router(daemon: Arc<Daemon>) -> Router {
         .layer(axum::extract::DefaultBodyLimit::max(limit))
         .with_state(daemon)
 }
+
+/// Dead-letter routes in the OpenAPI document.
+#[derive(utoipa::OpenApi)]
+#[openapi(paths(dead_list, dead_replay_one, dead_replay_all))]
+pub struct DeadLetterDoc;
 
 /// The one error shape of the API.
 #[derive(Debug)]
@@ -133,6 +138,7 @@ struct UrlFilter {
     url: Option<String>,
 }
 
+#[utoipa::path(get, path = "/admin/dead-letters", tag = "admin", params(("url" = Option<String>, Query)), responses((status = 200), (status = 401), (status = 403)))]
 async fn dead_list(
     State(d): State<AppState>,
     headers: HeaderMap,
@@ -174,6 +180,7 @@ async fn replay(d: &Daemon, ids: Vec<String>) -> Result<Response, ApiError> {
     Ok(Json(json!({"replayed": replayed})).into_response())
 }
 
+#[utoipa::path(post, path = "/admin/dead-letters/{id}/replay", tag = "admin", params(("id" = String, Path)), responses((status = 200), (status = 404)))]
 async fn dead_replay_one(
     State(d): State<AppState>,
     headers: HeaderMap,
@@ -196,6 +203,7 @@ async fn dead_replay_one(
 }
 
 /// Replays every dead letter, or only those of `?url=`.
+#[utoipa::path(post, path = "/admin/dead-letters/replay", tag = "admin", params(("url" = Option<String>, Query)), responses((status = 200)))]
 async fn dead_replay_all(
     State(d): State<AppState>,
     headers: HeaderMap,

@@ -125,9 +125,11 @@ pub fn attachments<'a>(message: &'a mail_parser::Message<'a>) -> Vec<Attachment<
 /// (found by `fuzz/mime_to_mo`); in debug builds that panic becomes "unparseable" here,
 /// so the event still goes out with the raw text, as in release builds.
 pub fn parse(raw: &[u8]) -> Option<mail_parser::Message<'_>> {
-    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| MessageParser::default().parse(raw)))
-        .ok()
-        .flatten()
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        MessageParser::default().parse(raw)
+    }))
+    .ok()
+    .flatten()
 }
 
 /// The bytes to parse: `raw` itself, or, when a multipart lacks its closing boundary, a
