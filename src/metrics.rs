@@ -100,49 +100,157 @@ impl Metrics {
     /// The exposition text; `backlog` is the number of events waiting in the outbox.
     pub fn render(&self, backlog: usize) -> String {
         let mut s = String::new();
-        let _ = writeln!(s, "# HELP postern_smtp_connections Open SMTP connections.");
-        let _ = writeln!(s, "# TYPE postern_smtp_connections gauge");
-        let _ = writeln!(
-            s,
-            "postern_smtp_connections {}",
-            self.smtp_connections.load(Relaxed)
-        );
-        let _ = writeln!(
-            s,
-            "# HELP postern_inbound_messages_total Inbound SMTP transactions by result."
-        );
-        let _ = writeln!(s, "# TYPE postern_inbound_messages_total counter");
-        let _ = writeln!(
-            s,
-            "postern_inbound_messages_total{{result=\"accepted\"}} {}",
-            self.inbound_accepted.load(Relaxed)
-        );
-        let _ = writeln!(
-            s,
-            "postern_inbound_messages_total{{result=\"rejected\"}} {}",
-            self.inbound_rejected.load(Relaxed)
-        );
-        let _ = writeln!(
-            s,
-            "# HELP postern_webhooks_total Webhook POST outcomes by event kind."
-        );
-        let _ = writeln!(s, "# TYPE postern_webhooks_total counter");
-        for (k, kind) in KINDS.iter().enumerate() {
-            for (r, result) in RESULTS.iter().enumerate() {
-                let _ = writeln!(
-                    s,
-                    "postern_webhooks_total{{kind=\"{}\",result=\"{result}\"}} {}",
-                    kind.label(),
-                    self.webhooks[k][r].load(Relaxed)
-                );
+        let mut family = |name: &str, kind: &str, help: &str, samples: Vec<(String, String)>| {
+            let _ = writeln!(s, "# HELP {name} {help}\n# TYPE {name} {kind}");
+            for (labels, value) in samples {
+                let _ = writeln!(s, "{name}{labels} {value}");
             }
-        }
-        let _ = writeln!(
-            s,
-            "# HELP postern_webhook_backlog Events waiting in the durable outbox."
+        };
+        let v = |a: &AtomicU64| a.load(Relaxed).to_string();
+        family(
+            "postern_smtp_connections",
+            "gauge",
+            "Open SMTP connections.",
+            vec![(
+                String::new(),
+                self.smtp_connections.load(Relaxed).to_string(),
+            )],
         );
-        let _ = writeln!(s, "# TYPE postern_webhook_backlog gauge");
-        let _ = writeln!(s, "postern_webhook_backlog {backlog}");
+        family(
+            "postern_inbound_messages_total",
+            "counter",
+            "Inbound SMTP transactions by result.",
+            vec![
+                ("{result=\"accepted\"}".into(), v(&self.inbound_accepted)),
+                ("{result=\"rejected\"}".into(), v(&self.inbound_rejected)),
+            ],
+        );
+        family(
+            "postern_api_destinations_total",
+            "counter",
+            "API destinations by result.",
+            vec![
+                ("{result=\"queued\"}".into(), v(&self.api_queued)),
+                ("{result=\"rejected\"}".into(), v(&self.api_rejected)),
+            ],
+        );
+        family(
+            "postern_queue_entries",
+            "gauge",
+            "Active outbound transactions by state.",
+            ["scheduled", "ready", "retry"]
+                .iter()
+                .enumerate()
+                .map(|(i, st)| {
+                    (
+                        format!("{{state=\"{st}\"}}"),
+                        self.queue_entries[i].load(Relaxed).max(0).to_string(),
+                    )
+                })
+                .collect(),
+        );
+        family(
+            "postern_outbound_messages_total",
+            "counter",
+            "Recipients handed to a route, by result.",
+            OUTBOUND_RESULTS
+                .iter()
+                .enumerate()
+                .map(|(i, r)| {
+                    (
+                        format!("{{route=\"smtp\",result=\"{r}\"}}"),
+                        v(&self.outbound[i]),
+                    )
+                })
+                .collect(),
+        );
+        let mut cumulative = 0;
+        let mut buckets: Vec<(String, String)> = LATENCY_BUCKETS
+            .iter()
+            .enumerate()
+            .map(|(i, b)| {
+                cumulative += self.latency_buckets[i].load(Relaxed);
+                (
+                    format!("_bucket{{route=\"smtp\",le=\"{b}\"}}"),
+                    cumulative.to_string(),
+                )
+            })
+            .collect();
+        cumulative += self.latency_buckets[LATENCY_BUCKETS.len()].load(Relaxed);
+        buckets.push((
+            "_bucket{route=\"smtp\",le=\"+Inf\"}".into(),
+            cumulative.to_string(),
+        ));
+        buckets.push((
+            "_sum{route=\"smtp\"}".into(),
+            (self.latency_sum_us.load(Relaxed) as f64 / 1e6).to_string(),
+        ));
+        buckets.push(("_count{route=\"smtp\"}".into(), cumulative.to_string()));
+        family(
+            "postern_route_latency_seconds",
+            "histogram",
+            "Duration of one route call (connect to DATA reply).",
+            buckets,
+        );
+        family(
+            "postern_webhooks_total",
+            "counter",
+            "Webhook POST outcomes by event kind.",
+            KINDS
+                .iter()
+                .enumerate()
+                .flat_map(|(k, kind)| {
+                    RESULTS.iter().enumerate().map(move |(r, result)| {
+                        (
+                            format!("{{kind=\"{}\",result=\"{result}\"}}", kind.label()),
+                            self.webhooks[k][r].load(Relaxed).to_string(),
+                        )
+                    })
+                })
+                .collect(),
+        );
+        family(
+            "postern_webhook_backlog",
+            "gauge",
+            "Events waiting in the durable outbox.",
+            vec![(String::new(), backlog.to_string())],
+        );
+        family(
+            "postern_suppression_hits_total",
+            "counter",
+            "Recipients not mailed because they are suppressed.",
+            SUPPRESSION_REASONS
+                .iter()
+                .enumerate()
+                .map(|(i, r)| (format!("{{reason=\"{r}\"}}"), v(&self.suppression_hits[i])))
+                .collect(),
+        );
         s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_spec_metric_is_exposed() {
+        let m = Metrics::default();
+        m.route_latency(std::time::Duration::from_millis(30));
+        let text = m.render(3);
+        for name in [
+            "postern_smtp_connections ",
+            "postern_inbound_messages_total{result=\"accepted\"}",
+            "postern_api_destinations_total{result=\"queued\"}",
+            "postern_queue_entries{state=\"retry\"}",
+            "postern_outbound_messages_total{route=\"smtp\",result=\"submitted\"}",
+            "postern_route_latency_seconds_bucket{route=\"smtp\",le=\"0.05\"} 1",
+            "postern_route_latency_seconds_count{route=\"smtp\"} 1",
+            "postern_webhooks_total{kind=\"mo\",result=\"dead\"}",
+            "postern_webhook_backlog 3",
+            "postern_suppression_hits_total{reason=\"bounced\"}",
+        ] {
+            assert!(text.contains(name), "{name} missing from\n{text}");
+        }
     }
 }

@@ -196,6 +196,8 @@ impl Worker {
             Err(e) => tracing::error!(error = %e, "cannot read the webhook outbox"),
         }
         let slots = Arc::new(Semaphore::new(self.config().webhooks.concurrency));
+        // Woken when a delivery frees its slot, so due events never wait on a timer.
+        let freed = Arc::new(tokio::sync::Notify::new());
         loop {
             let now = now_ms();
             while due.peek().is_some_and(|Reverse((t, _))| *t <= now) {
@@ -206,16 +208,18 @@ impl Worker {
                     break;
                 };
                 let me = self.clone();
+                let freed = freed.clone();
                 tokio::spawn(async move {
                     me.deliver(&id).await;
                     drop(permit);
+                    freed.notify_one();
                 });
             }
             let wait = match due.peek() {
                 Some(Reverse((t, _))) if slots.available_permits() > 0 => {
                     Duration::from_millis(t.saturating_sub(now))
                 }
-                Some(_) => Duration::from_millis(50),
+                Some(_) => Duration::from_secs(3600),
                 None => Duration::from_secs(3600),
             };
             tokio::select! {
@@ -229,6 +233,7 @@ impl Worker {
                     None => break,
                 },
                 _ = tokio::time::sleep(wait) => {}
+                _ = freed.notified() => {}
                 _ = shutdown.changed() => break,
             }
         }

@@ -106,6 +106,8 @@ impl QueueWorker {
         }
         let concurrency = self.config().queue.concurrency;
         let slots = Arc::new(Semaphore::new(concurrency));
+        // Woken when a task frees its slot, so due work never waits on a timer.
+        let freed = Arc::new(tokio::sync::Notify::new());
         loop {
             let now = now_ms();
             while due.peek().is_some_and(|Reverse((t, _))| *t <= now) {
@@ -116,11 +118,13 @@ impl QueueWorker {
                     break;
                 };
                 let me = self.clone();
+                let freed = freed.clone();
                 let span = tracing::info_span!("tid", tid = %tid);
                 tokio::spawn(
                     async move {
                         me.process(&tid).await;
                         drop(permit);
+                        freed.notify_one();
                     }
                     .instrument(span),
                 );
@@ -129,7 +133,7 @@ impl QueueWorker {
                 Some(Reverse((t, _))) if slots.available_permits() > 0 => {
                     Duration::from_millis(t.saturating_sub(now))
                 }
-                Some(_) => Duration::from_millis(20),
+                Some(_) => Duration::from_secs(3600),
                 None => Duration::from_secs(3600),
             };
             tokio::select! {
@@ -143,6 +147,7 @@ impl QueueWorker {
                     None => break,
                 },
                 _ = tokio::time::sleep(wait) => {}
+                _ = freed.notified() => {}
                 _ = shutdown.changed() => break,
             }
         }

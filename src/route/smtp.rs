@@ -12,7 +12,9 @@ use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 
 const TIMEOUT: Duration = Duration::from_secs(60);
-const MAX_IDLE: usize = 8;
+/// Idle connections kept per route: at least the queue's concurrency, or most messages
+/// would pay for a new connection.
+const MAX_IDLE: usize = 64;
 /// A pooled connection older than this is not reused (servers drop idle clients).
 const MAX_IDLE_AGE: Duration = Duration::from_secs(30);
 
