@@ -221,6 +221,18 @@ sink_mesg() { # last "mesg=N" counter printed by smtp-sink -c
 		awk '{ for (i = 1; i <= NF; i++) if ($i ~ /^mesg=/) { sub("mesg=", "", $i); m = $i } } END { print m + 0 }'
 }
 
+cpu_busy_pct() { # share of all CPUs busy over one second, from /proc/stat
+	local a b
+	a="$(head -n1 /proc/stat)"
+	sleep 1
+	b="$(head -n1 /proc/stat)"
+	awk -v a="$a" -v b="$b" 'BEGIN {
+		n = split(a, x); split(b, y); t = 0
+		for (i = 2; i <= n; i++) t += y[i] - x[i]
+		idle = (y[5] - x[5]) + (y[6] - x[6])
+		printf "%.0f\n", (t > 0) ? 100 * (t - idle) / t : 0 }'
+}
+
 # ---------------------------------------------------------------- setup
 ensure_postfix_tools() {
 	if command -v smtp-source >/dev/null && command -v smtp-sink >/dev/null && command -v postfix >/dev/null; then
@@ -467,7 +479,8 @@ postern_idle() {
 	((IDLE_CONNS > 0)) || return 0
 	POSTERN_IDLE_BASE="$(status_kb "$POSTERN_PID" VmRSS)"
 	log "postern: opening $IDLE_CONNS idle SMTP connections (RSS now $(mib "$POSTERN_IDLE_BASE"))"
-	local ready="$WORK/idle.out" deadline=$((SECONDS + 120)) line=""
+	local ready="$WORK/idle.out" deadline=$((SECONDS + 120)) line="" t0
+	t0="$(now)"
 	"$PY" "$HELPERS/idle_conns.py" "$POSTERN_SMTP_PORT" "$IDLE_CONNS" 300 >"$ready" 2>&1 &
 	IDLE_PID=$!
 	while :; do
@@ -478,9 +491,9 @@ postern_idle() {
 		sleep 0.1
 	done
 	if [[ -n "$line" ]]; then
+		POSTERN_IDLE_NOTE="${line#READY }, all open in $(awk -v a="$t0" -v b="$(now)" 'BEGIN { printf "%.1f", b - a }')s"
 		sleep 1 # let the server settle with all sessions parked (bounded, not synchronisation)
 		POSTERN_IDLE_RSS="$(status_kb "$POSTERN_PID" VmRSS)"
-		POSTERN_IDLE_NOTE="${line#READY }"
 		log "postern: $IDLE_CONNS idle connections ($POSTERN_IDLE_NOTE): RSS $(mib "$POSTERN_IDLE_RSS")"
 	else
 		POSTERN_IDLE_NOTE="idle-connection helper did not get ready: $(tail -n 2 "$ready" | tr '\n' ' ')"
@@ -499,7 +512,7 @@ postern_idle() {
 	done
 }
 
-bench_postern() {
+build_postern() { # before any measurement, so a broken build fails fast
 	if [[ "$SKIP_BUILD" != 1 ]]; then
 		command -v cargo >/dev/null || die "cargo not found (set SKIP_BUILD=1 and POSTERN_BIN=...)"
 		log "building postern (cargo build --release in $REPO)"
@@ -507,6 +520,9 @@ bench_postern() {
 			die "cargo build --release failed: $(tail -n 20 "$WORK/cargo-build.log")"
 	fi
 	[[ -x "$POSTERN_BIN" ]] || die "postern binary not found at $POSTERN_BIN"
+}
+
+bench_postern() {
 	require_free_port "$POSTERN_SMTP_PORT" "postern SMTP" POSTERN_SMTP_PORT
 	require_free_port "$POSTERN_HTTP_PORT" "postern HTTP" POSTERN_HTTP_PORT
 	start_webhook_sink
@@ -589,6 +605,7 @@ report() {
 	echo
 	echo "=== postern inbound benchmark: $MESSAGES messages per run, $SESSIONS sessions, loopback ==="
 	echo "    $(nproc) CPUs, $(uname -r), $(date -u '+%Y-%m-%d %H:%M UTC')"
+	echo "    CPU busy in the second before the runs: $BUSY_BEFORE% (other work running on the machine distorts every figure)"
 	echo
 	printf '%-10s | %-6s | %8s | %8s | %9s | %9s | %13s | %s\n' \
 		receiver size accepted "wall s" "msgs/s" reference "CPU s/1000" note
@@ -650,6 +667,11 @@ ensure_postfix_tools
 WORK="$(mktemp -d "${TMPDIR:-/tmp}/postern-bench.XXXXXX")"
 log "work directory $WORK; MESSAGES=$MESSAGES SESSIONS=$SESSIONS SIZES=\"$SIZES\""
 
+[[ "$SKIP_POSTERN" == 1 ]] || build_postern
+BUSY_BEFORE="$(cpu_busy_pct)"
+if ((BUSY_BEFORE > 10)); then
+	log "warning: the CPUs were ${BUSY_BEFORE}% busy before the runs; other processes will distort the figures"
+fi
 [[ "$SKIP_SINK" == 1 ]] || bench_sink
 [[ "$SKIP_POSTFIX" == 1 ]] || bench_postfix
 [[ "$SKIP_POSTERN" == 1 ]] || bench_postern

@@ -53,7 +53,7 @@ impl Listeners {
         let mut smtp = Vec::new();
         for addr in &config.smtp.listen {
             smtp.push(
-                TcpListener::bind(addr).await.map_err(|e| {
+                listen(*addr).map_err(|e| {
                     std::io::Error::new(e.kind(), format!("smtp.listen {addr}: {e}"))
                 })?,
             );
@@ -63,6 +63,19 @@ impl Listeners {
         })?;
         Ok(Listeners { smtp, http })
     }
+}
+
+/// Binds an SMTP listener with a deep accept queue: bursts of new connections (an MX
+/// gets them) must not wait for SYN retries behind the default backlog of 128.
+fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(4096)
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -19,6 +19,7 @@ use std::collections::BinaryHeap;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 use tokio::sync::{mpsc, watch, Semaphore};
+use tracing::Instrument;
 
 /// RFC 3339 UTC with milliseconds, the timestamp format of every event.
 pub fn timestamp(ms: u64) -> String {
@@ -251,14 +252,19 @@ impl Worker {
                 return;
             }
         };
+        // `instrument`, not `enter`: a guard held across `.await` would leak the span into
+        // whatever the worker thread runs next.
         let span = tracing::info_span!("webhook", event = %entry.id, kind = entry.kind.label(), attempt = entry.attempts + 1);
-        let _g = span.enter();
-        let config = self.config();
-        let outcome = match self.body(&config, &entry).await {
-            Ok(body) => self.post(&config, &entry, body).await,
-            Err(reason) => Outcome::Refused(reason),
-        };
-        self.settle(&config, entry, outcome).await;
+        async move {
+            let config = self.config();
+            let outcome = match self.body(&config, &entry).await {
+                Ok(body) => self.post(&config, &entry, body).await,
+                Err(reason) => Outcome::Refused(reason),
+            };
+            self.settle(&config, entry, outcome).await;
+        }
+        .instrument(span)
+        .await
     }
 
     /// The JSON to POST and its signature. MO bodies are rendered off the async threads;
