@@ -190,9 +190,17 @@ impl SmtpRoute {
                 ));
             }
         }
+        // TCP_NODELAY: without it the short writes of an SMTP transaction (the end of DATA
+        // above all) sit in Nagle's buffer waiting for a delayed ACK, about 40 ms a message.
         match self.config.security {
-            Security::None => b.connect_plain().await.map(Conn::Plain),
-            Security::Ssl | Security::Starttls => b.connect().await.map(|c| Conn::Tls(Box::new(c))),
+            Security::None => b.connect_plain().await.map(|c| {
+                let _ = c.stream.set_nodelay(true);
+                Conn::Plain(c)
+            }),
+            Security::Ssl | Security::Starttls => b.connect().await.map(|c| {
+                let _ = c.stream.get_ref().0.set_nodelay(true);
+                Conn::Tls(Box::new(c))
+            }),
         }
     }
 
