@@ -360,72 +360,35 @@ impl QueueWorker {
         let pending: Vec<String> = record.pending().map(|r| r.address.clone()).collect();
         let sandbox = config.asset(&record.asset_id).filter(|a| a.sandbox);
         for addr in pending {
-            if let Some(asset) = sandbox {
-                if !asset
-                    .verified_recipients
+            let unverified = sandbox.is_some_and(|a| {
+                !a.verified_recipients
                     .iter()
                     .any(|v| v.eq_ignore_ascii_case(&addr))
-                {
-                    let code = DeliveryCode::NotVerified;
-                    if let Some(r) = record.recipients.iter_mut().find(|r| r.address == addr) {
-                        r.phase = RecipientPhase::Failed;
-                        r.code = Some(code.code().to_string());
+            });
+            let refusal = if unverified {
+                Some((
+                    DeliveryCode::NotVerified,
+                    DeliveryCode::NotVerified.default_description().to_string(),
+                ))
+            } else if let Some(code) = self.contact_policy_refusal(config, record, &addr, now) {
+                Some((code, code.default_description().to_string()))
+            } else {
+                match self.store.suppression(&record.asset_id, &addr, now) {
+                    Ok(Some(entry)) => {
+                        self.metrics.suppression_hit(entry.reason.label());
+                        Some(crate::suppression::refusal(&entry, &addr))
                     }
-                    tracing::info!(tid = %record.tid, rcpt = %addr, "sandbox: recipient not verified");
-                    events.extend(notify::notify(
-                        config,
-                        record,
-                        &addr,
-                        code,
-                        code.default_description(),
-                        "",
-                        now,
-                    ));
-                    continue;
-                }
-            }
-            if let Some(code) = self.contact_policy_refusal(config, record, &addr, now) {
-                if let Some(r) = record.recipients.iter_mut().find(|r| r.address == addr) {
-                    r.phase = RecipientPhase::Failed;
-                    r.code = Some(code.code().to_string());
-                }
-                tracing::info!(tid = %record.tid, rcpt = %addr, code = code.code(), "contact policy");
-                events.extend(notify::notify(
-                    config,
-                    record,
-                    &addr,
-                    code,
-                    code.default_description(),
-                    "",
-                    now,
-                ));
-                continue;
-            }
-            let entry = match self.store.suppression(&record.asset_id, &addr, now) {
-                Ok(Some(e)) => e,
-                Ok(None) => continue,
-                Err(e) => {
-                    tracing::error!(error = %e, "suppression lookup failed; sending anyway would risk a complaint, deferring");
-                    record.last_error = e.to_string();
-                    return;
+                    Ok(None) => None,
+                    Err(e) => {
+                        tracing::error!(error = %e, "suppression lookup failed; deferring rather than risk a complaint");
+                        record.last_error = e.to_string();
+                        return;
+                    }
                 }
             };
-            let (code, description) = crate::suppression::refusal(&entry, &addr);
-            self.metrics.suppression_hit(entry.reason.label());
-            if let Some(r) = record.recipients.iter_mut().find(|r| r.address == addr) {
-                r.phase = RecipientPhase::Failed;
-                r.code = Some(code.code().to_string());
+            if let Some((code, description)) = refusal {
+                end_recipient(config, record, &addr, code, &description, "", now, events);
             }
-            tracing::info!(tid = %record.tid, rcpt = %addr, code = code.code(), "{description}");
-            events.extend(notify::notify(
-                config,
-                record,
-                &addr,
-                code,
-                &description,
-                "",
-                now,
-            ));
         }
     }
 
@@ -465,12 +428,7 @@ impl QueueWorker {
         let now = now_ms();
         let pending: Vec<String> = record.pending().map(|r| r.address.clone()).collect();
         for addr in pending {
-            if let Some(r) = record.recipients.iter_mut().find(|r| r.address == addr) {
-                r.phase = RecipientPhase::Failed;
-                r.code = Some(code.code().to_string());
-            }
-            tracing::info!(tid = %record.tid, rcpt = %addr, code = code.code(), "{description}");
-            events.extend(notify::notify(
+            end_recipient(
                 config,
                 record,
                 &addr,
@@ -478,9 +436,38 @@ impl QueueWorker {
                 description,
                 additional,
                 now,
-            ));
+                events,
+            );
         }
     }
+}
+
+/// Gives a pending recipient its final code and queues the notification.
+#[allow(clippy::too_many_arguments)]
+fn end_recipient(
+    config: &Config,
+    record: &mut MessageRecord,
+    addr: &str,
+    code: DeliveryCode,
+    description: &str,
+    additional: &str,
+    now: u64,
+    events: &mut Vec<OutboxEntry>,
+) {
+    if let Some(r) = record.recipients.iter_mut().find(|r| r.address == addr) {
+        r.phase = RecipientPhase::Failed;
+        r.code = Some(code.code().to_string());
+    }
+    tracing::info!(tid = %record.tid, rcpt = %addr, code = code.code(), "{description}");
+    events.extend(notify::notify(
+        config,
+        record,
+        addr,
+        code,
+        description,
+        additional,
+        now,
+    ));
 }
 
 #[cfg(test)]
