@@ -16,68 +16,36 @@ use std::time::Duration;
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// Configuration file.
+    #[arg(
+        long,
+        global = true,
+        env = "POSTERN_CONFIG",
+        default_value = "/etc/postern/postern.toml"
+    )]
+    config: PathBuf,
 }
 
 #[derive(Subcommand)]
 enum Command {
     /// Run the daemon in the foreground (systemd Type=notify).
-    Serve {
-        /// Configuration file.
-        #[arg(
-            long,
-            env = "POSTERN_CONFIG",
-            default_value = "/etc/postern/postern.toml"
-        )]
-        config: PathBuf,
-    },
+    Serve,
     /// Validate the configuration; print problems as file:line and exit 1 on error.
-    CheckConfig {
-        /// Configuration file.
-        #[arg(
-            long,
-            env = "POSTERN_CONFIG",
-            default_value = "/etc/postern/postern.toml"
-        )]
-        config: PathBuf,
-    },
+    CheckConfig,
     /// DNS records of a sending/receiving domain.
     Domain {
         #[command(subcommand)]
         action: DomainAction,
-        /// Configuration file.
-        #[arg(
-            long,
-            global = true,
-            env = "POSTERN_CONFIG",
-            default_value = "/etc/postern/postern.toml"
-        )]
-        config: PathBuf,
     },
     /// The suppression list of the running daemon (through its admin API).
     Suppression {
         #[command(subcommand)]
         action: SuppressionAction,
-        /// Configuration file.
-        #[arg(
-            long,
-            global = true,
-            env = "POSTERN_CONFIG",
-            default_value = "/etc/postern/postern.toml"
-        )]
-        config: PathBuf,
     },
     /// Smarthost routes.
     Route {
         #[command(subcommand)]
         action: RouteAction,
-        /// Configuration file.
-        #[arg(
-            long,
-            global = true,
-            env = "POSTERN_CONFIG",
-            default_value = "/etc/postern/postern.toml"
-        )]
-        config: PathBuf,
     },
 }
 
@@ -122,73 +90,65 @@ enum RouteAction {
     Test { asset: String },
 }
 
-fn load_or_exit(path: &std::path::Path) -> Result<Config, ExitCode> {
-    Config::load(path).map_err(|e| {
-        eprintln!("{e}");
-        ExitCode::from(1)
-    })
+fn check_config(path: &std::path::Path) -> ExitCode {
+    match Config::load(path) {
+        Ok(c) => {
+            println!(
+                "{}: ok ({} asset(s), {} service(s))",
+                path.display(),
+                c.assets.len(),
+                c.services.len()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("{e}");
+            ExitCode::from(1)
+        }
+    }
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    let path = cli.config;
     match cli.command {
-        Command::CheckConfig { config } => match Config::load(&config) {
-            Ok(c) => {
+        Command::Serve => return serve(path),
+        Command::CheckConfig => return check_config(&path),
+        _ => {}
+    }
+    // The other commands need a valid configuration and never start the daemon.
+    let config = match Config::load(&path) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::from(1);
+        }
+    };
+    match cli.command {
+        Command::Serve | Command::CheckConfig => unreachable!("handled above"),
+        Command::Domain {
+            action: DomainAction::Records { domain, format },
+        } => match postern::domains::records(&config, &domain) {
+            Ok(records) if format == "json" => {
                 println!(
-                    "{}: ok ({} asset(s), {} service(s))",
-                    config.display(),
-                    c.assets.len(),
-                    c.services.len()
+                    "{}",
+                    serde_json::to_string_pretty(&records).unwrap_or_default()
                 );
                 ExitCode::SUCCESS
             }
+            Ok(records) => {
+                print!("{}", postern::domains::table(&records));
+                ExitCode::SUCCESS
+            }
             Err(e) => {
-                eprintln!("{e}");
+                eprintln!("postern: {e}");
                 ExitCode::from(1)
             }
         },
-        Command::Serve { config } => serve(config),
-        Command::Domain {
-            action: DomainAction::Records { domain, format },
-            config,
-        } => {
-            let config = match load_or_exit(&config) {
-                Ok(c) => c,
-                Err(code) => return code,
-            };
-            match postern::domains::records(&config, &domain) {
-                Ok(records) if format == "json" => {
-                    println!(
-                        "{}",
-                        serde_json::to_string_pretty(&records).unwrap_or_default()
-                    );
-                    ExitCode::SUCCESS
-                }
-                Ok(records) => {
-                    print!("{}", postern::domains::table(&records));
-                    ExitCode::SUCCESS
-                }
-                Err(e) => {
-                    eprintln!("postern: {e}");
-                    ExitCode::from(1)
-                }
-            }
-        }
-        Command::Suppression { action, config } => {
-            let config = match load_or_exit(&config) {
-                Ok(c) => c,
-                Err(code) => return code,
-            };
-            suppression(&config, action)
-        }
+        Command::Suppression { action } => suppression(&config, action),
         Command::Route {
             action: RouteAction::Test { asset },
-            config,
         } => {
-            let config = match load_or_exit(&config) {
-                Ok(c) => c,
-                Err(code) => return code,
-            };
             let Some(route) = config.asset(&asset).and_then(|a| a.route.clone()) else {
                 eprintln!("postern: asset {asset} has no route in the configuration");
                 return ExitCode::from(1);
