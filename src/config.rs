@@ -90,6 +90,20 @@ pub struct Config {
     pub assets: Vec<AssetConfig>,
     #[serde(default, rename = "contact_policy")]
     pub contact_policies: Vec<ContactPolicyConfig>,
+    #[serde(default)]
+    pub ses: SesConfig,
+}
+
+/// SES events delivered by SNS to `POST /ses/events` (SPEC 7.3).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SesConfig {
+    /// SNS topics whose messages are accepted. Empty accepts any topic, which lets anyone
+    /// with an AWS account subscribe this endpoint to a topic of theirs: set it in production.
+    pub topic_arns: Vec<String>,
+    /// URL prefixes trusted for `SigningCertURL` and `SubscribeURL` besides
+    /// `https://sns.<region>.amazonaws.com/` (for tests, which sign their own messages).
+    pub trust_url_prefixes: Vec<String>,
 }
 
 /// A contact-policy group (SPEC 4.2 `contactPolicy`): a consent list managed through the
@@ -360,6 +374,9 @@ pub struct AssetConfig {
     pub mo_attachments: MoAttachments,
     #[serde(default = "default_inbound_retention")]
     pub inbound_retention_days: u32,
+    /// Sends from a domain that `postern domain verify` has not found verified get 7004.
+    #[serde(default)]
+    pub require_verified_domain: bool,
     pub route: Option<RouteConfig>,
     pub dkim: Option<DkimConfig>,
     pub unsubscribe: Option<UnsubscribeConfig>,
@@ -419,6 +436,42 @@ pub struct RouteConfig {
     pub access_key_id: Option<Secret>,
     pub secret_access_key: Option<Secret>,
     pub endpoint: Option<String>,
+    /// SES configuration set (`ConfigurationSetName`): where SES publishes events.
+    pub configuration_set: Option<String>,
+}
+
+impl RouteConfig {
+    /// What a route of its kind lacks or has wrong.
+    fn problems(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        match self.kind {
+            RouteKind::Smtp => {
+                if self.host.as_deref().is_none_or(str::is_empty) {
+                    out.push("kind = \"smtp\" needs host".to_string());
+                }
+            }
+            RouteKind::Ses => {
+                for (key, missing) in [
+                    ("region", self.region.as_deref().is_none_or(str::is_empty)),
+                    ("access_key_id", self.access_key_id.is_none()),
+                    ("secret_access_key", self.secret_access_key.is_none()),
+                ] {
+                    if missing {
+                        out.push(format!("kind = \"ses\" needs {key}"));
+                    }
+                }
+                if let Some(e) = &self.endpoint {
+                    if reqwest::Url::parse(e)
+                        .map(|u| !matches!(u.scheme(), "http" | "https"))
+                        .unwrap_or(true)
+                    {
+                        out.push(format!("endpoint \"{e}\" is not an http(s) URL"));
+                    }
+                }
+            }
+        }
+        out
+    }
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Deserialize)]
@@ -650,6 +703,11 @@ impl Config {
                     push(m, format!("asset {}: unsubscribe.mailto \"{m}\" must be an address at one of the asset's domains", asset.id));
                 }
             }
+            if let Some(route) = &asset.route {
+                for msg in route.problems() {
+                    push("kind", format!("asset {}: route: {msg}", asset.id));
+                }
+            }
             if asset.inbound && asset.incoming_webhook.is_none() {
                 push(
                     &needle,
@@ -665,6 +723,17 @@ impl Config {
                 &format!("\u{0}{d}"),
                 format!("domain \"{d}\" belongs to two assets; a domain has one asset"),
             );
+        }
+        for prefix in &self.ses.trust_url_prefixes {
+            if reqwest::Url::parse(prefix)
+                .map(|u| !matches!(u.scheme(), "http" | "https") || !prefix.ends_with('/'))
+                .unwrap_or(true)
+            {
+                push(
+                    prefix,
+                    format!("ses.trust_url_prefixes: \"{prefix}\" must be an http(s) URL ending in '/'"),
+                );
+            }
         }
         let mut service_ids = HashSet::new();
         for service in &self.services {

@@ -18,12 +18,15 @@ pub mod config;
 pub mod dkim;
 pub mod domains;
 pub mod events;
+pub mod feedback;
 pub mod http;
 pub mod inbound;
 pub mod metrics;
 pub mod queue;
 pub mod route;
+pub mod ses_events;
 pub mod smtp;
+pub mod sns;
 pub mod store;
 pub mod suppression;
 pub mod tokens;
@@ -114,6 +117,8 @@ pub struct Daemon {
     pub limiter: api::ratelimit::Limiter,
     pub url_policy: urls::Policy,
     pub keys: Arc<dkim::Keys>,
+    /// Verifies SNS messages at `/ses/events` (caches signing certificates).
+    pub sns: sns::Verifier,
     tls: RwLock<Option<TlsAcceptor>>,
     ready: AtomicBool,
 }
@@ -290,6 +295,7 @@ pub async fn start(
         limiter: api::ratelimit::Limiter::default(),
         url_policy,
         keys,
+        sns: sns::Verifier::default(),
         tls: RwLock::new(tls),
         ready: AtomicBool::new(false),
     });

@@ -163,8 +163,8 @@ fn main() -> ExitCode {
                     return ExitCode::from(1);
                 }
             };
-            let smtp = postern::route::smtp::SmtpRoute::new(route, config.server.hostname.clone());
-            match runtime.block_on(smtp.test()) {
+            let route = postern::route::Route::new(&route, &config.server.hostname);
+            match runtime.block_on(route.test()) {
                 Ok(report) => {
                     println!("{report}");
                     ExitCode::SUCCESS

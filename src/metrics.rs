@@ -17,11 +17,12 @@ pub struct Metrics {
     webhooks: [[AtomicU64; 3]; 3],
     /// Active queue entries: [scheduled, ready, retry].
     pub queue_entries: [AtomicI64; 3],
-    /// SMTP route outcomes per recipient: [submitted, bounced, failed].
-    outbound: [AtomicU64; 3],
-    /// SMTP route call latency histogram: counts per bucket (+Inf last), sum in microseconds.
-    latency_buckets: [AtomicU64; LATENCY_BUCKETS.len() + 1],
-    latency_sum_us: AtomicU64,
+    /// Route outcomes per recipient: [route][submitted, bounced, failed].
+    outbound: [[AtomicU64; 3]; ROUTES.len()],
+    /// Route call latency histogram per route: counts per bucket (+Inf last), sum in
+    /// microseconds.
+    latency_buckets: [[AtomicU64; LATENCY_BUCKETS.len() + 1]; ROUTES.len()],
+    latency_sum_us: [AtomicU64; ROUTES.len()],
     /// Recipients stopped by the suppression store: [unsubscribed, bounced, complained].
     suppression_hits: [AtomicU64; 3],
 }
@@ -32,6 +33,12 @@ const LATENCY_BUCKETS: [f64; 11] = [
     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 ];
 const OUTBOUND_RESULTS: [&str; 3] = ["submitted", "bounced", "failed"];
+/// The `route` label values.
+const ROUTES: [&str; 2] = ["smtp", "ses"];
+
+fn route_slot(route: &str) -> usize {
+    ROUTES.iter().position(|r| *r == route).unwrap_or(0)
+}
 
 /// Index of a queue state in `queue_entries`, if it is an active one.
 pub fn queue_slot(state: crate::store::messages::QueueState) -> Option<usize> {
@@ -66,9 +73,9 @@ impl Metrics {
     }
 
     /// One recipient's outcome at the route: "submitted", "bounced" or "failed".
-    pub fn outbound(&self, result: &str) {
+    pub fn outbound(&self, route: &str, result: &str) {
         if let Some(i) = OUTBOUND_RESULTS.iter().position(|r| *r == result) {
-            self.outbound[i].fetch_add(1, Relaxed);
+            self.outbound[route_slot(route)][i].fetch_add(1, Relaxed);
         }
     }
 
@@ -78,14 +85,15 @@ impl Metrics {
         }
     }
 
-    pub fn route_latency(&self, d: std::time::Duration) {
+    pub fn route_latency(&self, route: &str, d: std::time::Duration) {
+        let r = route_slot(route);
         let secs = d.as_secs_f64();
         let i = LATENCY_BUCKETS
             .iter()
             .position(|b| secs <= *b)
             .unwrap_or(LATENCY_BUCKETS.len());
-        self.latency_buckets[i].fetch_add(1, Relaxed);
-        self.latency_sum_us.fetch_add(d.as_micros() as u64, Relaxed);
+        self.latency_buckets[r][i].fetch_add(1, Relaxed);
+        self.latency_sum_us[r].fetch_add(d.as_micros() as u64, Relaxed);
     }
 
     pub fn webhook_count(&self, kind: EventKind, result: &str) -> u64 {
@@ -153,39 +161,40 @@ impl Metrics {
             "postern_outbound_messages_total",
             "counter",
             "Recipients handed to a route, by result.",
-            OUTBOUND_RESULTS
+            ROUTES
                 .iter()
                 .enumerate()
-                .map(|(i, r)| {
-                    (
-                        format!("{{route=\"smtp\",result=\"{r}\"}}"),
-                        v(&self.outbound[i]),
-                    )
+                .flat_map(|(ri, route)| {
+                    OUTBOUND_RESULTS.iter().enumerate().map(move |(i, r)| {
+                        (
+                            format!("{{route=\"{route}\",result=\"{r}\"}}"),
+                            v(&self.outbound[ri][i]),
+                        )
+                    })
                 })
                 .collect(),
         );
-        let mut cumulative = 0;
-        let mut buckets: Vec<(String, String)> = LATENCY_BUCKETS
-            .iter()
-            .enumerate()
-            .map(|(i, b)| {
-                cumulative += self.latency_buckets[i].load(Relaxed);
-                (
-                    format!("_bucket{{route=\"smtp\",le=\"{b}\"}}"),
+        let mut buckets: Vec<(String, String)> = Vec::new();
+        for (ri, route) in ROUTES.iter().enumerate() {
+            let mut cumulative = 0;
+            for (i, b) in LATENCY_BUCKETS.iter().enumerate() {
+                cumulative += self.latency_buckets[ri][i].load(Relaxed);
+                buckets.push((
+                    format!("_bucket{{route=\"{route}\",le=\"{b}\"}}"),
                     cumulative.to_string(),
-                )
-            })
-            .collect();
-        cumulative += self.latency_buckets[LATENCY_BUCKETS.len()].load(Relaxed);
-        buckets.push((
-            "_bucket{route=\"smtp\",le=\"+Inf\"}".into(),
-            cumulative.to_string(),
-        ));
-        buckets.push((
-            "_sum{route=\"smtp\"}".into(),
-            (self.latency_sum_us.load(Relaxed) as f64 / 1e6).to_string(),
-        ));
-        buckets.push(("_count{route=\"smtp\"}".into(), cumulative.to_string()));
+                ));
+            }
+            cumulative += self.latency_buckets[ri][LATENCY_BUCKETS.len()].load(Relaxed);
+            buckets.push((
+                format!("_bucket{{route=\"{route}\",le=\"+Inf\"}}"),
+                cumulative.to_string(),
+            ));
+            buckets.push((
+                format!("_sum{{route=\"{route}\"}}"),
+                (self.latency_sum_us[ri].load(Relaxed) as f64 / 1e6).to_string(),
+            ));
+            buckets.push((format!("_count{{route=\"{route}\"}}"), cumulative.to_string()));
+        }
         family(
             "postern_route_latency_seconds",
             "histogram",
@@ -236,7 +245,9 @@ mod tests {
     #[test]
     fn every_spec_metric_is_exposed() {
         let m = Metrics::default();
-        m.route_latency(std::time::Duration::from_millis(30));
+        m.route_latency("smtp", std::time::Duration::from_millis(30));
+        m.route_latency("ses", std::time::Duration::from_millis(300));
+        m.outbound("ses", "failed");
         let text = m.render(3);
         for name in [
             "postern_smtp_connections ",
@@ -246,6 +257,9 @@ mod tests {
             "postern_outbound_messages_total{route=\"smtp\",result=\"submitted\"}",
             "postern_route_latency_seconds_bucket{route=\"smtp\",le=\"0.05\"} 1",
             "postern_route_latency_seconds_count{route=\"smtp\"} 1",
+            "postern_route_latency_seconds_bucket{route=\"ses\",le=\"0.25\"} 0",
+            "postern_route_latency_seconds_bucket{route=\"ses\",le=\"0.5\"} 1",
+            "postern_outbound_messages_total{route=\"ses\",result=\"failed\"} 1",
             "postern_webhooks_total{kind=\"mo\",result=\"dead\"}",
             "postern_webhook_backlog 3",
             "postern_suppression_hits_total{reason=\"bounced\"}",

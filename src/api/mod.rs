@@ -294,6 +294,7 @@ async fn send_message(
             created_ms: now,
             last_error: String::new(),
             history: Vec::new(),
+            route_ids: Vec::new(),
         };
         if let Some(code) = t.immediate {
             for r in &mut record.recipients {

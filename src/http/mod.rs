@@ -4,6 +4,7 @@
 
 pub mod admin;
 pub mod public;
+pub mod ses;
 
 use crate::inbound::mo;
 use crate::store::now_ms;
@@ -25,6 +26,7 @@ pub fn router(daemon: Arc<Daemon>) -> Router {
         .merge(crate::api::routes())
         .merge(admin::routes())
         .merge(public::routes())
+        .merge(ses::routes())
         .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))

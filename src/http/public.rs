@@ -36,31 +36,11 @@ async fn track_event(
     description: &str,
     additional: &str,
 ) {
-    let Ok(Some(mut record)) = d.store.message(tid) else {
-        return;
-    };
     let config = d.config();
-    let Some(event) = crate::queue::notify::notify(
-        &config,
-        &mut record,
-        recipient,
-        code,
-        description,
-        additional,
-        now_ms(),
-    ) else {
-        return;
-    };
-    let stored = if record.state == crate::store::messages::QueueState::Done {
-        d.store
-            .update_message(&record, std::slice::from_ref(&event))
-            .await
-    } else {
-        d.store.enqueue_events(std::slice::from_ref(&event)).await
-    };
-    match stored {
-        Ok(()) => d.outbox.schedule([event]),
-        Err(e) => tracing::error!(error = %e, "tracking event not recorded"),
+    let report = crate::feedback::Report::new(Some(recipient.to_string()), code, description)
+        .additional(additional);
+    if let Err(e) = crate::feedback::record(&d.store, &d.outbox, &config, tid, &[report]).await {
+        tracing::error!(error = %e, "tracking event not recorded");
     }
 }
 

@@ -10,9 +10,12 @@ pub mod mo;
 
 use crate::config::{Config, MoAttachments};
 use crate::events::Outbox;
+use crate::feedback::{self, Report};
 use crate::metrics::Metrics;
 use crate::store::spool::{AuthSummary, FinishedBody};
+use crate::store::suppression::Reason;
 use crate::store::{now_ms, OutboxEntry, Payload, SpoolRecord, Store, StoreError};
+use crate::types::DeliveryCode;
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -170,15 +173,29 @@ impl Inbound {
             // Message-ID (our tid, unguessable) identifies the message, else the VERP.
             match c.tid.clone().or_else(|| bounce_tids.first().cloned()) {
                 Some(tid) => {
-                    if let Err(e) = self.record_complaint(config, &tid, &c).await {
+                    let report = Report::new(c.recipient.clone(), DeliveryCode::Complaint, c.feedback_type)
+                        .suppress(Reason::Complained, format!("arf {}", c.feedback_type));
+                    if let Err(e) = feedback::record(&self.store, &self.outbox, config, &tid, &[report]).await {
                         tracing::error!(tid = %tid, error = %e, "complaint could not be recorded");
                     }
                 }
                 None => tracing::info!("complaint report for a message that is not ours: ignored"),
             }
         }
+        let reports: Vec<Report> = reports
+            .iter()
+            .map(|r| {
+                let report = Report::new(Some(r.recipient.clone()), DeliveryCode::Bounce, r.category)
+                    .additional(&r.additional_info());
+                if r.permanent {
+                    report.suppress(Reason::Bounced, format!("dsn {}", r.status))
+                } else {
+                    report
+                }
+            })
+            .collect();
         for tid in &bounce_tids {
-            if let Err(e) = self.record_bounces(config, tid, &reports).await {
+            if let Err(e) = feedback::record(&self.store, &self.outbox, config, tid, &reports).await {
                 tracing::error!(tid = %tid, error = %e, "bounce could not be recorded");
             }
         }
@@ -283,136 +300,6 @@ impl Inbound {
         }
         self.outbox.schedule(events);
         Ok(id)
-    }
-}
-
-impl Inbound {
-    /// Stores events about a sent message: with its history when it is finished (an active
-    /// one belongs to the queue, which writes it), then wakes the webhook worker.
-    async fn record_events(
-        &self,
-        record: &crate::store::messages::MessageRecord,
-        events: Vec<OutboxEntry>,
-    ) -> Result<(), StoreError> {
-        if record.state == crate::store::messages::QueueState::Done {
-            self.store.update_message(record, &events).await?;
-        } else {
-            self.store.enqueue_events(&events).await?;
-        }
-        self.outbox.schedule(events);
-        Ok(())
-    }
-
-    /// An ARF complaint: 7521 with the feedback type, and the address on the complaint list.
-    async fn record_complaint(
-        &self,
-        config: &Config,
-        tid: &str,
-        c: &arf::Complaint,
-    ) -> Result<(), StoreError> {
-        let Some(mut record) = self.store.message(tid)? else {
-            tracing::info!(
-                tid,
-                "complaint for an unknown or expired transaction: ignored"
-            );
-            return Ok(());
-        };
-        let rcpt = match &c.recipient {
-            Some(r) => record
-                .recipients
-                .iter()
-                .find(|x| x.address.eq_ignore_ascii_case(r))
-                .map(|x| x.address.clone()),
-            None if record.recipients.len() == 1 => Some(record.recipients[0].address.clone()),
-            None => None,
-        };
-        let Some(rcpt) = rcpt else {
-            tracing::info!(
-                tid,
-                "complaint names no recipient of this transaction: ignored"
-            );
-            return Ok(());
-        };
-        tracing::info!(tid, rcpt = %rcpt, feedback = c.feedback_type, "complaint received");
-        let now = now_ms();
-        let events: Vec<OutboxEntry> = crate::queue::notify::notify(
-            config,
-            &mut record,
-            &rcpt,
-            crate::types::DeliveryCode::Complaint,
-            c.feedback_type,
-            "",
-            now,
-        )
-        .into_iter()
-        .collect();
-        self.store
-            .suppress(&[crate::store::suppression::Suppression {
-                asset_id: record.asset_id.clone(),
-                address: rcpt.to_ascii_lowercase(),
-                reason: crate::store::suppression::Reason::Complained,
-                since_ms: now,
-                expires_ms: None,
-                source: format!("arf {}", c.feedback_type),
-            }])
-            .await?;
-        self.record_events(&record, events).await
-    }
-
-    /// Turns DSN reports for `tid` into 7520 notifications and, for hard bounces, entries on
-    /// the asset's bounce list. Reports for addresses the transaction never had are ignored.
-    async fn record_bounces(
-        &self,
-        config: &Config,
-        tid: &str,
-        reports: &[dsn::BounceReport],
-    ) -> Result<(), StoreError> {
-        let Some(mut record) = self.store.message(tid)? else {
-            tracing::info!(tid, "DSN for an unknown or expired transaction: ignored");
-            return Ok(());
-        };
-        let now = now_ms();
-        let mut events = Vec::new();
-        let mut bounced = Vec::new();
-        for report in reports {
-            let Some(rcpt) = record
-                .recipients
-                .iter()
-                .find(|r| r.address.eq_ignore_ascii_case(&report.recipient))
-                .map(|r| r.address.clone())
-            else {
-                continue;
-            };
-            tracing::info!(tid, rcpt = %rcpt, category = report.category, "DSN received");
-            events.extend(crate::queue::notify::notify(
-                config,
-                &mut record,
-                &rcpt,
-                crate::types::DeliveryCode::Bounce,
-                report.category,
-                &report.additional_info(),
-                now,
-            ));
-            if report.permanent {
-                let days = config
-                    .asset(&record.asset_id)
-                    .and_then(|a| a.bounces.as_ref())
-                    .map(|b| b.retention_days)
-                    .unwrap_or(7);
-                bounced.push(crate::store::suppression::Suppression {
-                    asset_id: record.asset_id.clone(),
-                    address: rcpt.to_ascii_lowercase(),
-                    reason: crate::store::suppression::Reason::Bounced,
-                    since_ms: now,
-                    expires_ms: Some(now + u64::from(days) * 86_400_000),
-                    source: format!("dsn {}", report.status),
-                });
-            }
-        }
-        if !bounced.is_empty() {
-            self.store.suppress(&bounced).await?;
-        }
-        self.record_events(&record, events).await
     }
 }
 

@@ -7,11 +7,10 @@
 pub mod notify;
 
 use crate::compose::{self, BuildError};
-use crate::config::{Config, RouteKind};
+use crate::config::Config;
 use crate::dkim::Keys;
 use crate::events::Outbox;
-use crate::route::smtp::SmtpRoute;
-use crate::route::RcptOutcome;
+use crate::route::{Envelope, RcptOutcome, Route};
 use crate::store::messages::{MessageRecord, QueueState, RecipientPhase};
 use crate::store::{now_ms, OutboxEntry, Store};
 use crate::tokens::Signer;
@@ -60,8 +59,8 @@ pub struct QueueWorker {
     pub signer: Signer,
     pub fetcher: reqwest::Client,
     pub metrics: Arc<crate::metrics::Metrics>,
-    /// SMTP routes by asset, kept so their connections are reused.
-    pub routes: Mutex<HashMap<String, Arc<SmtpRoute>>>,
+    /// Routes by asset, kept so their connections are reused.
+    pub routes: Mutex<HashMap<String, Arc<Route>>>,
 }
 
 impl QueueWorker {
@@ -72,17 +71,14 @@ impl QueueWorker {
             .unwrap_or_else(|p| p.into_inner().clone())
     }
 
-    /// The SMTP route of an asset (kept, so its connections are reused).
-    pub fn smtp_route(&self, config: &Config, asset_id: &str) -> Option<Arc<SmtpRoute>> {
-        let route = config.asset(asset_id)?.route.clone()?;
-        if route.kind != RouteKind::Smtp {
-            return None;
-        }
+    /// The route of an asset (kept, so its connections are reused).
+    pub fn route(&self, config: &Config, asset_id: &str) -> Option<Arc<Route>> {
+        let route = config.asset(asset_id)?.route.as_ref()?;
         let mut routes = self.routes.lock().unwrap_or_else(|p| p.into_inner());
         Some(
             routes
                 .entry(asset_id.to_string())
-                .or_insert_with(|| Arc::new(SmtpRoute::new(route, config.server.hostname.clone())))
+                .or_insert_with(|| Route::new(route, &config.server.hostname))
                 .clone(),
         )
     }
@@ -262,20 +258,35 @@ impl QueueWorker {
                 return;
             }
         };
-        let Some(route) = self.smtp_route(config, &record.asset_id) else {
-            record.last_error = format!("asset {} has no usable route", record.asset_id);
+        let Some(route) = self.route(config, &record.asset_id) else {
+            record.last_error = format!("asset {} has no route", record.asset_id);
             return;
         };
-        let from = compose::verp(&self.signer, &record.tid, &config.server.bounce_domain);
+        let return_path = compose::verp(&self.signer, &record.tid, &config.server.bounce_domain);
+        let envelope = Envelope {
+            return_path: &return_path,
+            from: &record.from,
+        };
         let rcpts: Vec<String> = record.pending().map(|r| r.address.clone()).collect();
         let started = std::time::Instant::now();
-        let outcomes = route.send(&from, &rcpts, &message).await;
+        let sent = route.send(&envelope, &rcpts, &message).await;
+        let elapsed = started.elapsed();
+        self.metrics.route_latency(route.label(), elapsed);
         tracing::debug!(
-            elapsed_ms = started.elapsed().as_millis() as u64,
+            elapsed_ms = elapsed.as_millis() as u64,
+            message_id = sent.message_id.as_deref().unwrap_or(""),
             "route call"
         );
+        if let Some(id) = &sent.message_id {
+            // Written before the update that records 7501 commits both: an SES event
+            // arriving right after the answer finds its transaction.
+            if let Err(e) = self.store.map_route_id(id, &record.tid) {
+                tracing::error!(error = %e, message_id = %id, "route message id not recorded; its events will be ignored");
+            }
+            record.route_ids.push(id.clone());
+        }
         let now = now_ms();
-        for (addr, outcome) in rcpts.iter().zip(outcomes) {
+        for (addr, outcome) in rcpts.iter().zip(sent.outcomes) {
             let Some(slot) = record.recipients.iter().position(|r| &r.address == addr) else {
                 continue;
             };
@@ -328,7 +339,7 @@ impl QueueWorker {
                     }
                 }
             }
-            self.metrics.outbound(match code {
+            self.metrics.outbound(route.label(), match code {
                 DeliveryCode::Submitted => "submitted",
                 DeliveryCode::Bounce => "bounced",
                 _ => "failed",

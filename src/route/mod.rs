@@ -1,7 +1,11 @@
 //! Routes: how an outbound message leaves (SPEC 7.3). Delivery only: no retries, no
 //! storage, no policy; the queue decides what an outcome means for the transaction.
 
+pub mod ses;
 pub mod smtp;
+
+use crate::config::{RouteConfig, RouteKind};
+use std::sync::Arc;
 
 /// What happened to one recipient in one attempt.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -10,14 +14,79 @@ pub enum RcptOutcome {
     Submitted,
     /// Permanent refusal of this recipient at RCPT (7520), with the server's reply.
     Bounced(String),
-    /// Permanent refusal of the message (5xx at MAIL/DATA, auth refused): 7592.
+    /// Permanent refusal of the message (5xx at MAIL/DATA, auth refused, SES
+    /// MessageRejected): 7592.
     Refused(String),
-    /// Try again later (4xx, timeouts, connection errors).
+    /// Try again later (4xx, timeouts, connection errors, throttling).
     Deferred(String),
 }
 
 impl RcptOutcome {
     pub fn is_final(&self) -> bool {
         !matches!(self, RcptOutcome::Deferred(_))
+    }
+}
+
+/// The two senders of one message: the envelope's return path (our signed VERP address,
+/// where DSNs come back) and the header From (the identity SES checks).
+pub struct Envelope<'a> {
+    pub return_path: &'a str,
+    pub from: &'a str,
+}
+
+/// The result of one route call: one outcome per recipient, and the provider's id for
+/// the message when it gives one (SES's MessageId, which its events refer to).
+pub struct Sent {
+    pub outcomes: Vec<RcptOutcome>,
+    pub message_id: Option<String>,
+}
+
+/// A configured route, kept by the queue so connections are reused.
+pub enum Route {
+    Smtp(smtp::SmtpRoute),
+    Ses(ses::SesRoute),
+}
+
+impl Route {
+    pub fn new(config: &RouteConfig, hostname: &str) -> Arc<Route> {
+        Arc::new(match config.kind {
+            RouteKind::Smtp => Route::Smtp(smtp::SmtpRoute::new(config.clone(), hostname.into())),
+            RouteKind::Ses => Route::Ses(ses::SesRoute::new(config)),
+        })
+    }
+
+    /// The `route` label of metrics.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Route::Smtp(_) => "smtp",
+            Route::Ses(_) => "ses",
+        }
+    }
+
+    pub async fn send(&self, envelope: &Envelope<'_>, rcpts: &[String], message: &[u8]) -> Sent {
+        match self {
+            Route::Smtp(r) => Sent {
+                outcomes: r.send(envelope.return_path, rcpts, message).await,
+                message_id: None,
+            },
+            Route::Ses(r) => match r.send(envelope.from, rcpts, message).await {
+                ses::SesAnswer::Accepted { message_id } => Sent {
+                    outcomes: vec![RcptOutcome::Submitted; rcpts.len()],
+                    message_id: Some(message_id),
+                },
+                ses::SesAnswer::Failed(outcome) => Sent {
+                    outcomes: vec![outcome; rcpts.len()],
+                    message_id: None,
+                },
+            },
+        }
+    }
+
+    /// Connects and authenticates without sending; the server's answer.
+    pub async fn test(&self) -> Result<String, String> {
+        match self {
+            Route::Smtp(r) => r.test().await,
+            Route::Ses(r) => r.test().await,
+        }
     }
 }

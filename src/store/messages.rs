@@ -109,6 +109,9 @@ pub struct MessageRecord {
     pub created_ms: u64,
     pub last_error: String,
     pub history: Vec<HistoryEntry>,
+    /// The route's ids for this message (SES MessageIds), which its events refer to.
+    #[serde(default)]
+    pub route_ids: Vec<String>,
 }
 
 impl MessageRecord {
@@ -166,6 +169,36 @@ impl Store {
         self.commit().await
     }
 
+    /// Maps a route's message id (SES MessageId) to its tid. Not committed here: the
+    /// caller's next commit (the update recording 7501) makes it durable with the rest.
+    pub fn map_route_id(&self, id: &str, tid: &str) -> Result<(), StoreError> {
+        self.inner.route_ids.insert(id.as_bytes(), tid.as_bytes())?;
+        Ok(())
+    }
+
+    /// The tid a route's message id belongs to.
+    pub fn tid_for_route_id(&self, id: &str) -> Result<Option<String>, StoreError> {
+        Ok(self
+            .inner
+            .route_ids
+            .get(id.as_bytes())?
+            .map(|v| String::from_utf8_lossy(&v).into_owned()))
+    }
+
+    /// Whether the SNS message `id` was already recorded (SNS delivers at least once).
+    pub fn sns_seen(&self, id: &str) -> Result<bool, StoreError> {
+        Ok(self.inner.sns_seen.contains_key(id.as_bytes())?)
+    }
+
+    /// Remembers SNS message `id` as recorded, until `collect_finished` forgets it with
+    /// the transactions it could refer to.
+    pub async fn mark_sns_seen(&self, id: &str) -> Result<(), StoreError> {
+        self.inner
+            .sns_seen
+            .insert(id.as_bytes(), &now_ms().to_be_bytes())?;
+        self.commit().await
+    }
+
     /// An active or finished transaction.
     pub fn message(&self, tid: &str) -> Result<Option<MessageRecord>, StoreError> {
         for (name, tree) in [
@@ -206,14 +239,27 @@ impl Store {
     pub fn collect_finished(&self) -> Result<usize, StoreError> {
         let cutoff = now_ms().saturating_sub(FINISHED_RETENTION_MS);
         let mut n = 0;
+        for item in self.inner.sns_seen.iter() {
+            let (k, v) = item?;
+            let at = v
+                .as_ref()
+                .try_into()
+                .map(u64::from_be_bytes)
+                .unwrap_or_default();
+            if at < cutoff {
+                self.inner.sns_seen.remove(&k)?;
+            }
+        }
         for item in self.inner.finished.iter() {
             let (k, v) = item?;
-            if codec::decode::<MessageRecord>(&v)
-                .map(|r| r.created_ms < cutoff)
-                .unwrap_or(false)
-            {
-                self.inner.finished.remove(&k)?;
-                n += 1;
+            if let Ok(r) = codec::decode::<MessageRecord>(&v) {
+                if r.created_ms < cutoff {
+                    for id in &r.route_ids {
+                        self.inner.route_ids.remove(id.as_bytes())?;
+                    }
+                    self.inner.finished.remove(&k)?;
+                    n += 1;
+                }
             }
         }
         Ok(n)

@@ -490,7 +490,14 @@ def make_config(
     webhooks=None,
     asset=None,
     extra_assets=(),
+    services=(),
+    ses=None,
+    queue=None,
 ):
+    """The daemon's TOML. ``asset`` / ``extra_assets`` entries may hold sub-tables as
+    dicts (``"route": {...}``, ``"dkim": {...}``), written as ``[asset.route]`` etc.;
+    ``services`` are ``[[service]]`` tables, ``ses`` the ``[ses]`` table (SNS events) and
+    ``queue`` the ``[queue]`` table. Without them the text is what it always was."""
     srv = {
         "hostname": HOSTNAME,
         "data_dir": str(data_dir),
@@ -528,11 +535,27 @@ def make_config(
         _toml_table("[admin]", {"token": ADMIN_TOKEN}),
         _toml_table("[dns]", {"resolver": "off"}),
         _toml_table("[webhooks]", hooks_t),
-        _toml_table("[[asset]]", asset_t),
     ]
+    if queue is not None:
+        parts.append(_toml_table("[queue]", queue))
+    if ses is not None:
+        parts.append(_toml_table("[ses]", ses))
+    for service in services:
+        parts.append(_toml_table("[[service]]", service))
+    parts.append(_asset_tables(asset_t))
     for extra in extra_assets:
-        parts.append(_toml_table("[[asset]]", extra))
+        parts.append(_asset_tables(extra))
     return "\n".join(parts)
+
+
+def _asset_tables(asset):
+    """``[[asset]]`` with its plain keys, then one ``[asset.<key>]`` per dict value."""
+    plain = {k: v for k, v in asset.items() if not isinstance(v, dict)}
+    out = [_toml_table("[[asset]]", plain)]
+    for k, v in asset.items():
+        if isinstance(v, dict):
+            out.append(_toml_table(f"[asset.{k}]", v))
+    return "\n".join(out)
 
 
 @pytest.fixture

@@ -1,0 +1,134 @@
+//! `POST /ses/events`: SES events delivered by Amazon SNS (SPEC 7.3).
+//!
+//! Every message is verified first (signature, certificate URL, topic); one that is not
+//! believed gets 403 and changes nothing. A subscription is confirmed by fetching its
+//! SubscribeURL, only from an SNS host or a trusted prefix. A notification's SES event is
+//! matched to its transaction by SES's MessageId and recorded like any other feedback;
+//! SNS message ids already recorded are acknowledged without recording them twice.
+//! Answers: 2xx when done or deliberately ignored (SNS stops retrying), 5xx when postern
+//! could not record it (SNS retries), 4xx for what the sender got wrong.
+
+use super::{ApiError, AppState};
+use crate::sns::{self, VerifyError};
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use axum::{Json, Router};
+use serde_json::json;
+use tracing::Instrument;
+
+pub fn routes() -> Router<AppState> {
+    Router::new().route("/ses/events", post(events))
+}
+
+fn refused(status: StatusCode, description: String) -> Response {
+    tracing::warn!(status = status.as_u16(), "SNS message refused: {description}");
+    ApiError::new(status, "7004", description).into_response()
+}
+
+async fn events(State(d): State<AppState>, body: Bytes) -> Response {
+    let msg: sns::Message = match serde_json::from_slice(&body) {
+        Ok(m) => m,
+        Err(e) => {
+            return refused(
+                StatusCode::BAD_REQUEST,
+                format!("body is not an SNS message: {e}"),
+            )
+        }
+    };
+    let config = d.config();
+    if !config.ses.topic_arns.is_empty() && !config.ses.topic_arns.contains(&msg.topic_arn) {
+        return refused(
+            StatusCode::FORBIDDEN,
+            format!("TopicArn {} is not in ses.topic_arns", msg.topic_arn),
+        );
+    }
+    if let Err(e) = d.sns.verify(&msg, &config.ses.trust_url_prefixes).await {
+        let status = match e {
+            VerifyError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            VerifyError::Type(_) | VerifyError::Missing { .. } => StatusCode::BAD_REQUEST,
+            _ => StatusCode::FORBIDDEN,
+        };
+        return refused(status, e.to_string());
+    }
+    let span = tracing::info_span!("sns", message_id = %msg.message_id, topic = %msg.topic_arn);
+    async {
+        match msg.kind.as_str() {
+            "SubscriptionConfirmation" => confirm(&d, &msg, &config.ses.trust_url_prefixes).await,
+            "UnsubscribeConfirmation" => {
+                tracing::warn!("SNS says this endpoint was unsubscribed from the topic: SES events stop arriving");
+                Json(json!({"status": "noted"})).into_response()
+            }
+            _ => notification(&d, &msg).await,
+        }
+    }
+    .instrument(span)
+    .await
+}
+
+/// Confirms a subscription by fetching its SubscribeURL.
+async fn confirm(d: &crate::Daemon, msg: &sns::Message, trusted: &[String]) -> Response {
+    let url = msg.subscribe_url.as_deref().unwrap_or_default();
+    if !sns::trusted_url(url, trusted) {
+        return refused(
+            StatusCode::FORBIDDEN,
+            format!("SubscribeURL {url} is not https on an SNS host nor under a trusted prefix"),
+        );
+    }
+    match d.sns.client().get(url).send().await {
+        Ok(r) if r.status().is_success() => {
+            tracing::info!("SNS subscription confirmed");
+            Json(json!({"status": "confirmed"})).into_response()
+        }
+        Ok(r) => ApiError::new(
+            StatusCode::BAD_GATEWAY,
+            "7500",
+            format!("confirming the subscription: SubscribeURL answered {}", r.status()),
+        )
+        .into_response(),
+        Err(e) => ApiError::new(
+            StatusCode::BAD_GATEWAY,
+            "7500",
+            format!("confirming the subscription: {e}"),
+        )
+        .into_response(),
+    }
+}
+
+async fn notification(d: &crate::Daemon, msg: &sns::Message) -> Response {
+    let ignored = |why: &str| {
+        tracing::info!("SNS notification ignored: {why}");
+        Json(json!({"status": "ignored", "reason": why})).into_response()
+    };
+    match d.store.sns_seen(&msg.message_id) {
+        Ok(true) => return ignored("already recorded"),
+        Ok(false) => {}
+        Err(e) => return ApiError::internal(e).into_response(),
+    }
+    let event = match crate::ses_events::parse(&msg.message) {
+        Ok(e) => e,
+        // Validly signed but not an SES event (a test publish from the console):
+        // retrying would not change it.
+        Err(e) => return ignored(&e.to_string()),
+    };
+    let tid = match d.store.tid_for_route_id(&event.message_id) {
+        Ok(Some(t)) => t,
+        Ok(None) => return ignored("no transaction has this SES MessageId"),
+        Err(e) => return ApiError::internal(e).into_response(),
+    };
+    let config = d.config();
+    let recorded =
+        match crate::feedback::record(&d.store, &d.outbox, &config, &tid, &event.reports).await {
+            Ok(n) => n,
+            Err(e) => return ApiError::internal(e).into_response(),
+        };
+    if let Err(e) = d.store.mark_sns_seen(&msg.message_id).await {
+        // Recorded already: a redelivery would notify twice, which at-least-once allows.
+        tracing::warn!(error = %e, "SNS message id not remembered");
+    }
+    tracing::info!(tid = %tid, event = %event.kind, recorded, "SES event");
+    Json(json!({"status": "recorded", "transid": tid, "event": event.kind, "recorded": recorded}))
+        .into_response()
+}
