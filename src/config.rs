@@ -474,7 +474,7 @@ impl RouteConfig {
     }
 }
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Deserialize, serde::Serialize)]
 pub enum DkimAlgorithm {
     #[default]
     #[serde(rename = "rsa-sha256")]
@@ -731,7 +731,9 @@ impl Config {
             {
                 push(
                     prefix,
-                    format!("ses.trust_url_prefixes: \"{prefix}\" must be an http(s) URL ending in '/'"),
+                    format!(
+                        "ses.trust_url_prefixes: \"{prefix}\" must be an http(s) URL ending in '/'"
+                    ),
                 );
             }
         }

@@ -2,6 +2,12 @@
 //! in `data_dir/dkim/`, mode 0600, generated on first use under a file lock so concurrent
 //! first sends (or `postern domain records` while the daemon runs) never race. Signing is
 //! mail-auth's; this module only manages keys and the DNS record text.
+//!
+//! Rotation (`postern domain rotate-dkim`): a domain's selectors are listed in
+//! `data_dir/dkim/<domain>.json`. A new key is published at once and signs from the end of
+//! a grace period (time for DNS to carry it); the key it replaces stays published for the
+//! same period after that (mail in flight is verified against it), then is retired. Without
+//! that file, the asset's configured selector is the domain's only key.
 
 use crate::config::DkimAlgorithm;
 use base64::engine::general_purpose::STANDARD as B64;
@@ -9,9 +15,11 @@ use base64::Engine;
 use mail_auth::common::crypto::{Ed25519Key, RsaKey, Sha256};
 use mail_auth::common::headers::HeaderWriter;
 use mail_auth::dkim::{DkimSigner, Done};
+use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
 
 /// Headers covered by the signature. Listed once more than they occur where useful, so a
 /// header added later (From, Subject, List-Unsubscribe...) breaks the signature.
@@ -46,6 +54,12 @@ pub enum DkimError {
     },
     #[error("signing failed: {0}")]
     Sign(String),
+    #[error("{path}: rotation state unreadable: {reason}")]
+    State { path: PathBuf, reason: String },
+    #[error("selector \"{0}\" is already in use for this domain")]
+    SelectorInUse(String),
+    #[error("selector \"{0}\" must be letters, digits and '-', at most 63 characters")]
+    BadSelector(String),
 }
 
 enum Signer {
@@ -90,6 +104,207 @@ impl DomainKey {
 
 fn key_path(dir: &Path, domain: &str, selector: &str) -> PathBuf {
     dir.join(format!("{domain}.{selector}.pem"))
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs()
+}
+
+/// One key of a domain in its rotation.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SelectorState {
+    pub selector: String,
+    pub algorithm: DkimAlgorithm,
+    /// Unix seconds from which this key signs (the newest such key signs).
+    pub signing_from: u64,
+    /// Unix seconds after which its record need not be published; `None` while current.
+    pub retire_at: Option<u64>,
+}
+
+/// Where a key stands at a moment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// Publish it; it signs from `signing_from`.
+    Next,
+    /// Publish it; it signs now.
+    Signing,
+    /// Keep it published until `retire_at`; it no longer signs.
+    Retiring,
+}
+
+/// A domain's selectors (`data_dir/dkim/<domain>.json`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Rotation {
+    pub selectors: Vec<SelectorState>,
+}
+
+fn rotation_path(data_dir: &Path, domain: &str) -> PathBuf {
+    data_dir.join("dkim").join(format!("{domain}.json"))
+}
+
+impl Rotation {
+    /// The domain's rotation state, `None` when it was never rotated.
+    pub fn load(data_dir: &Path, domain: &str) -> Result<Option<Rotation>, DkimError> {
+        let path = rotation_path(data_dir, domain);
+        match std::fs::read(&path) {
+            Ok(bytes) => serde_json::from_slice(&bytes)
+                .map(Some)
+                .map_err(|e| DkimError::State {
+                    path,
+                    reason: e.to_string(),
+                }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(source) => Err(DkimError::Io { path, source }),
+        }
+    }
+
+    /// The key that signs at `now`.
+    pub fn signing(&self, now: u64) -> Option<&SelectorState> {
+        self.selectors
+            .iter()
+            .filter(|s| s.signing_from <= now)
+            .max_by_key(|s| s.signing_from)
+    }
+
+    /// The keys to publish at `now`, with their phase.
+    pub fn published(&self, now: u64) -> Vec<(&SelectorState, Phase)> {
+        let signing = self.signing(now).map(|s| s.selector.as_str());
+        self.selectors
+            .iter()
+            .filter_map(|s| {
+                let phase = if Some(s.selector.as_str()) == signing {
+                    Phase::Signing
+                } else if s.signing_from > now {
+                    Phase::Next
+                } else if s.retire_at.is_some_and(|r| r > now) {
+                    Phase::Retiring
+                } else {
+                    return None;
+                };
+                Some((s, phase))
+            })
+            .collect()
+    }
+}
+
+/// The (selector, algorithm) that signs for `domain` now: the rotation's, else the
+/// configured one.
+pub fn current_selector(
+    data_dir: &Path,
+    domain: &str,
+    configured: (&str, DkimAlgorithm),
+) -> Result<(String, DkimAlgorithm), DkimError> {
+    Ok(Rotation::load(data_dir, domain)?
+        .and_then(|r| {
+            r.signing(unix_now())
+                .map(|s| (s.selector.clone(), s.algorithm))
+        })
+        .unwrap_or_else(|| (configured.0.to_string(), configured.1)))
+}
+
+/// A selector one higher than the highest numbered one in use: postern1 -> postern2.
+fn next_selector(used: &[&str]) -> String {
+    let base = used
+        .last()
+        .map(|s| s.trim_end_matches(|c: char| c.is_ascii_digit()))
+        .filter(|b| !b.is_empty())
+        .unwrap_or("postern");
+    let n = used
+        .iter()
+        .filter_map(|s| s.strip_prefix(base)?.parse::<u64>().ok())
+        .max()
+        .unwrap_or(0);
+    format!("{base}{}", n + 1)
+}
+
+/// Starts a rotation of `domain`'s key: a new selector and key, published now, signing
+/// after `grace`; the current key retires `grace` after that. Returns the new state.
+pub fn rotate(
+    data_dir: &Path,
+    domain: &str,
+    configured: (&str, DkimAlgorithm),
+    selector: Option<&str>,
+    algorithm: DkimAlgorithm,
+    grace: Duration,
+) -> Result<Rotation, DkimError> {
+    let dir = data_dir.join("dkim");
+    let io = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| DkimError::Io { path, source }
+    };
+    std::fs::create_dir_all(&dir).map_err(io(&dir))?;
+    let lock_path = dir.join(".lock");
+    let lock = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .map_err(io(&lock_path))?;
+    lock.lock().map_err(io(&lock_path))?;
+    let now = unix_now();
+    let mut state = Rotation::load(data_dir, domain)?.unwrap_or_else(|| Rotation {
+        selectors: vec![SelectorState {
+            selector: configured.0.to_string(),
+            algorithm: configured.1,
+            signing_from: 0,
+            retire_at: None,
+        }],
+    });
+    // Retired keys are forgotten; their files stay (an operator may still want them).
+    state
+        .selectors
+        .retain(|s| s.retire_at.is_none_or(|r| r > now));
+    let used: Vec<&str> = state
+        .selectors
+        .iter()
+        .map(|s| s.selector.as_str())
+        .collect();
+    let selector = match selector {
+        Some(s) => s.to_string(),
+        None => next_selector(&used),
+    };
+    if selector.is_empty()
+        || selector.len() > 63
+        || !selector
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-')
+    {
+        return Err(DkimError::BadSelector(selector));
+    }
+    if used.contains(&selector.as_str()) || key_path(&dir, domain, &selector).exists() {
+        return Err(DkimError::SelectorInUse(selector));
+    }
+    let grace = grace.as_secs();
+    let switch = now + grace;
+    for s in &mut state.selectors {
+        if s.retire_at.is_none() {
+            s.retire_at = Some(switch + grace);
+        }
+    }
+    state.selectors.push(SelectorState {
+        selector: selector.clone(),
+        algorithm,
+        signing_from: switch,
+        retire_at: None,
+    });
+    let _ = lock.unlock();
+    // The key is made (under the lock again) before the state names it.
+    load_or_create(data_dir, domain, &selector, algorithm)?;
+    let path = rotation_path(data_dir, domain);
+    let tmp = dir.join(format!(".{domain}.json.tmp"));
+    let json = serde_json::to_vec_pretty(&state).unwrap_or_default();
+    std::fs::write(&tmp, json).map_err(io(&tmp))?;
+    std::fs::rename(&tmp, &path).map_err(io(&path))?;
+    tracing::info!(
+        domain,
+        selector,
+        signing_from = switch,
+        "DKIM rotation started"
+    );
+    Ok(state)
 }
 
 /// Loads the key of `domain`/`selector`, generating it (under a lock) when absent.
@@ -227,13 +442,53 @@ fn parse(
     })
 }
 
-/// Loaded keys, by (domain, selector, algorithm).
+/// Loaded keys, by (domain, selector, algorithm), and rotation states by domain.
 #[derive(Default)]
 pub struct Keys {
     loaded: Mutex<HashMap<(String, String, DkimAlgorithm), Arc<DomainKey>>>,
+    rotations: Mutex<HashMap<String, (Option<Rotation>, Instant)>>,
 }
 
+/// How long a domain's rotation state is used before the file is read again, so a
+/// `rotate-dkim` by the command line reaches a running daemon without a signal.
+const ROTATION_RECHECK: Duration = Duration::from_secs(1);
+
 impl Keys {
+    /// The key that signs for `domain` now (rotation state, else the configured selector).
+    pub fn signing_key(
+        &self,
+        data_dir: &Path,
+        domain: &str,
+        configured: (&str, DkimAlgorithm),
+    ) -> Result<Arc<DomainKey>, DkimError> {
+        let state = {
+            let cached = self
+                .rotations
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .get(domain)
+                .filter(|(_, at)| at.elapsed() < ROTATION_RECHECK)
+                .map(|(s, _)| s.clone());
+            match cached {
+                Some(s) => s,
+                None => {
+                    let s = Rotation::load(data_dir, domain)?;
+                    self.rotations
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .insert(domain.to_string(), (s.clone(), Instant::now()));
+                    s
+                }
+            }
+        };
+        let (selector, algorithm) = state
+            .as_ref()
+            .and_then(|r| r.signing(unix_now()))
+            .map(|s| (s.selector.as_str(), s.algorithm))
+            .unwrap_or(configured);
+        self.get(data_dir, domain, selector, algorithm)
+    }
+
     pub fn get(
         &self,
         data_dir: &Path,
@@ -262,6 +517,103 @@ impl Keys {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn selectors_count_up() {
+        assert_eq!(next_selector(&["postern1"]), "postern2");
+        assert_eq!(next_selector(&["postern1", "postern2"]), "postern3");
+        assert_eq!(next_selector(&["mail"]), "mail1");
+        assert_eq!(next_selector(&["s9", "s10"]), "s11");
+        assert_eq!(next_selector(&[]), "postern1");
+    }
+
+    #[test]
+    fn rotation_publishes_both_then_switches_then_retires() {
+        let dir = tempfile::tempdir().unwrap();
+        let ed = DkimAlgorithm::Ed25519Sha256;
+        load_or_create(dir.path(), "example.test", "postern1", ed).unwrap();
+        let state = rotate(
+            dir.path(),
+            "example.test",
+            ("postern1", ed),
+            None,
+            ed,
+            Duration::from_secs(100),
+        )
+        .unwrap();
+        let now = unix_now();
+        let sel = |r: &Rotation, t: u64| {
+            r.published(t)
+                .into_iter()
+                .map(|(s, p)| (s.selector.clone(), p))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            sel(&state, now),
+            vec![
+                ("postern1".to_string(), Phase::Signing),
+                ("postern2".to_string(), Phase::Next)
+            ]
+        );
+        assert_eq!(state.signing(now).unwrap().selector, "postern1");
+        assert_eq!(
+            sel(&state, now + 150),
+            vec![
+                ("postern1".to_string(), Phase::Retiring),
+                ("postern2".to_string(), Phase::Signing)
+            ]
+        );
+        assert_eq!(
+            sel(&state, now + 250),
+            vec![("postern2".to_string(), Phase::Signing)]
+        );
+        assert!(dir.path().join("dkim/example.test.postern2.pem").exists());
+        assert_eq!(
+            Rotation::load(dir.path(), "example.test").unwrap(),
+            Some(state)
+        );
+        assert!(matches!(
+            rotate(
+                dir.path(),
+                "example.test",
+                ("postern1", ed),
+                Some("postern2"),
+                ed,
+                Duration::ZERO
+            ),
+            Err(DkimError::SelectorInUse(_))
+        ));
+        assert!(matches!(
+            rotate(
+                dir.path(),
+                "example.test",
+                ("postern1", ed),
+                Some("bad selector"),
+                ed,
+                Duration::ZERO
+            ),
+            Err(DkimError::BadSelector(_))
+        ));
+        // With no grace the new key signs at once; the daemon's cache sees it.
+        let keys = Keys::default();
+        let k = keys
+            .signing_key(dir.path(), "example.test", ("postern1", ed))
+            .unwrap();
+        assert_eq!(k.selector, "postern1");
+        rotate(
+            dir.path(),
+            "example.test",
+            ("postern1", ed),
+            None,
+            ed,
+            Duration::ZERO,
+        )
+        .unwrap();
+        let k = Keys::default()
+            .signing_key(dir.path(), "example.test", ("postern1", ed))
+            .unwrap();
+        assert_eq!(k.selector, "postern3");
+    }
 
     #[test]
     fn ed25519_key_is_made_once_private_and_signs() {

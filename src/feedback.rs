@@ -72,7 +72,10 @@ pub async fn record(
     reports: &[Report],
 ) -> Result<usize, StoreError> {
     let Some(mut record) = store.message(tid)? else {
-        tracing::info!(tid, "feedback for an unknown or expired transaction: ignored");
+        tracing::info!(
+            tid,
+            "feedback for an unknown or expired transaction: ignored"
+        );
         return Ok(0);
     };
     let now = now_ms();

@@ -58,6 +58,43 @@ enum DomainAction {
         #[arg(long, default_value = "table", value_parser = ["table", "json"])]
         format: String,
     },
+    /// Look the records up (through the running daemon, with its resolver) and report each
+    /// as ok / missing / wrong; exit 0 only when the domain is verified.
+    Verify {
+        domain: String,
+        /// `table` or `json`.
+        #[arg(long, default_value = "table", value_parser = ["table", "json"])]
+        format: String,
+    },
+    /// Start a DKIM key rotation: a new selector and key, published at once with the
+    /// current one, signing after the grace period; the old key stays published for one
+    /// more grace period. Works with the daemon running or stopped.
+    RotateDkim {
+        domain: String,
+        /// Time for DNS to carry the new record before it signs: e.g. 48h, 90m, 0s.
+        #[arg(long, default_value = "48h", value_parser = parse_duration)]
+        grace: Duration,
+        /// The new selector (default: the current one's number plus one).
+        #[arg(long)]
+        selector: Option<String>,
+    },
+}
+
+/// "48h", "90m", "30s", "7d" or plain seconds.
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let (digits, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| format!("\"{s}\" is not a duration like 48h, 90m, 30s or 7d"))?;
+    let secs = match unit {
+        "" | "s" => n,
+        "m" => n * 60,
+        "h" => n * 3600,
+        "d" => n * 86_400,
+        _ => return Err(format!("\"{s}\": unit must be s, m, h or d")),
+    };
+    Ok(Duration::from_secs(secs))
 }
 
 #[derive(Subcommand)]
@@ -145,6 +182,90 @@ fn main() -> ExitCode {
                 ExitCode::from(1)
             }
         },
+        Command::Domain {
+            action: DomainAction::Verify { domain, format },
+        } => {
+            let url = format!("{}/admin/domains/{domain}/verify", admin_base(&config));
+            let Some((status, body)) = admin_call(&config, |c| c.post(&url)) else {
+                return ExitCode::from(1);
+            };
+            let parsed: Option<postern::domains::Verification> = serde_json::from_str(&body).ok();
+            match parsed {
+                Some(v) if status.is_success() => {
+                    if format == "json" {
+                        println!("{body}");
+                    } else {
+                        print!("{}", postern::domains::report(&v));
+                    }
+                    if v.verified {
+                        ExitCode::SUCCESS
+                    } else {
+                        ExitCode::from(1)
+                    }
+                }
+                _ => {
+                    eprintln!("postern: the daemon answered {status}: {body}");
+                    ExitCode::from(1)
+                }
+            }
+        }
+        Command::Domain {
+            action:
+                DomainAction::RotateDkim {
+                    domain,
+                    grace,
+                    selector,
+                },
+        } => {
+            let domain = domain.trim().trim_end_matches('.').to_ascii_lowercase();
+            let Some(asset) = config.asset_for_domain(&domain) else {
+                eprintln!("postern: domain {domain} belongs to no asset in the configuration");
+                return ExitCode::from(1);
+            };
+            let (sel, alg) = asset
+                .dkim
+                .as_ref()
+                .map(|d| (d.selector.clone(), d.algorithm))
+                .unwrap_or_else(|| ("postern1".into(), Default::default()));
+            match postern::dkim::rotate(
+                &config.server.data_dir,
+                &domain,
+                (&sel, alg),
+                selector.as_deref(),
+                alg,
+                grace,
+            ) {
+                Ok(state) => {
+                    let new = state.selectors.last().cloned();
+                    if let Some(s) = new {
+                        println!(
+                            "{domain}: new selector {} signs from {} (after {}s); publish its record now:",
+                            s.selector,
+                            postern::events::timestamp(s.signing_from * 1000),
+                            grace.as_secs()
+                        );
+                    }
+                    match postern::domains::records(&config, &domain) {
+                        Ok(records) => {
+                            let dkim: Vec<_> = records
+                                .into_iter()
+                                .filter(|r| r.purpose.starts_with("dkim"))
+                                .collect();
+                            print!("{}", postern::domains::table(&dkim));
+                            ExitCode::SUCCESS
+                        }
+                        Err(e) => {
+                            eprintln!("postern: {e}");
+                            ExitCode::from(1)
+                        }
+                    }
+                }
+                Err(e) => {
+                    eprintln!("postern: {e}");
+                    ExitCode::from(1)
+                }
+            }
+        }
         Command::Suppression { action } => suppression(&config, action),
         Command::Route {
             action: RouteAction::Test { asset },
@@ -238,16 +359,64 @@ async fn run(config: Config, path: PathBuf) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `postern suppression ...`: one admin API call to the running daemon.
-fn suppression(config: &Config, action: SuppressionAction) -> ExitCode {
+/// The running daemon's base URL (its HTTP listener; a wildcard address means loopback).
+fn admin_base(config: &Config) -> String {
     let mut addr = config.http.listen;
     if addr.ip().is_unspecified() {
         addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
     }
-    let base = format!("http://{addr}/admin/suppressions");
+    format!("http://{addr}")
+}
+
+/// One admin API call to the running daemon with the configured token: the status and
+/// body, or `None` after saying why it could not be made.
+fn admin_call(
+    config: &Config,
+    build: impl FnOnce(&reqwest::Client) -> reqwest::RequestBuilder,
+) -> Option<(reqwest::StatusCode, String)> {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("postern: {e}");
+            return None;
+        }
+    };
     let client = reqwest::Client::new();
-    let token = config.admin.token.expose().to_string();
-    let request = match action {
+    let request = build(&client).bearer_auth(config.admin.token.expose());
+    let result = runtime.block_on(async {
+        let resp = request.send().await?;
+        let status = resp.status();
+        Ok::<_, reqwest::Error>((status, resp.text().await?))
+    });
+    match result {
+        Ok(r) => Some(r),
+        Err(e) => {
+            eprintln!(
+                "postern: cannot reach the daemon at {}: {e}",
+                admin_base(config)
+            );
+            None
+        }
+    }
+}
+
+/// `postern suppression ...`: one admin API call to the running daemon.
+fn suppression(config: &Config, action: SuppressionAction) -> ExitCode {
+    let base = format!("{}/admin/suppressions", admin_base(config));
+    let csv = match &action {
+        SuppressionAction::Import { file } => match std::fs::read(file) {
+            Ok(body) => body,
+            Err(e) => {
+                eprintln!("postern: {}: {e}", file.display());
+                return ExitCode::from(1);
+            }
+        },
+        _ => Vec::new(),
+    };
+    let result = admin_call(config, |client| match action {
         SuppressionAction::List { asset } => client.get(&base).query(&[("asset", asset)]),
         SuppressionAction::Export { asset } => client
             .get(format!("{base}/export"))
@@ -262,48 +431,24 @@ fn suppression(config: &Config, action: SuppressionAction) -> ExitCode {
         SuppressionAction::Remove { asset, address } => {
             client.delete(format!("{base}/{asset}/{address}"))
         }
-        SuppressionAction::Import { file } => match std::fs::read(&file) {
-            Ok(body) => client
-                .post(format!("{base}/import"))
-                .header("content-type", "text/csv")
-                .body(body),
-            Err(e) => {
-                eprintln!("postern: {}: {e}", file.display());
-                return ExitCode::from(1);
-            }
-        },
-    };
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("postern: {e}");
-            return ExitCode::from(1);
-        }
-    };
-    let result = runtime.block_on(async {
-        let resp = request.bearer_auth(token).send().await?;
-        let status = resp.status();
-        Ok::<_, reqwest::Error>((status, resp.text().await?))
+        SuppressionAction::Import { .. } => client
+            .post(format!("{base}/import"))
+            .header("content-type", "text/csv")
+            .body(csv),
     });
     match result {
-        Ok((status, body)) if status.is_success() => {
+        Some((status, body)) if status.is_success() => {
             print!("{body}");
             if !body.ends_with('\n') && !body.is_empty() {
                 println!();
             }
             ExitCode::SUCCESS
         }
-        Ok((status, body)) => {
+        Some((status, body)) => {
             eprintln!("postern: the daemon answered {status}: {body}");
             ExitCode::from(1)
         }
-        Err(e) => {
-            eprintln!("postern: cannot reach the daemon at {addr}: {e}");
-            ExitCode::from(1)
-        }
+        None => ExitCode::from(1),
     }
 }
 

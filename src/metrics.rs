@@ -193,7 +193,10 @@ impl Metrics {
                 format!("_sum{{route=\"{route}\"}}"),
                 (self.latency_sum_us[ri].load(Relaxed) as f64 / 1e6).to_string(),
             ));
-            buckets.push((format!("_count{{route=\"{route}\"}}"), cumulative.to_string()));
+            buckets.push((
+                format!("_count{{route=\"{route}\"}}"),
+                cumulative.to_string(),
+            ));
         }
         family(
             "postern_route_latency_seconds",

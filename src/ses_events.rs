@@ -147,10 +147,8 @@ pub fn parse(message: &str) -> Result<SesEvent, SesEventError> {
         // destination (as postern's own tracking binds a multi-recipient email's links).
         "Open" => {
             let open = v.get("open").unwrap_or(&empty);
-            vec![
-                Report::new(first_destination, DeliveryCode::Read, "Read")
-                    .additional(text(open, "userAgent")),
-            ]
+            vec![Report::new(first_destination, DeliveryCode::Read, "Read")
+                .additional(text(open, "userAgent"))]
         }
         "Click" => {
             let click = v.get("click").unwrap_or(&empty);
@@ -203,12 +201,20 @@ mod tests {
             ("Permanent", "General", "Permanent_General"),
             ("Permanent", "NoEmail", "Permanent_NoEmail"),
             ("Permanent", "Suppressed", "Permanent_Suppressed"),
-            ("Permanent", "OnAccountSuppressionList", "Permanent_Suppressed"),
+            (
+                "Permanent",
+                "OnAccountSuppressionList",
+                "Permanent_Suppressed",
+            ),
             ("Transient", "General", "Transient_General"),
             ("Transient", "MailboxFull", "Transient_MailboxFull"),
             ("Transient", "MessageTooLarge", "Transient_MessageTooLarge"),
             ("Transient", "ContentRejected", "Transient_ContentRejected"),
-            ("Transient", "AttachmentRejected", "Transient_AttachmentRejected"),
+            (
+                "Transient",
+                "AttachmentRejected",
+                "Transient_AttachmentRejected",
+            ),
             ("Undetermined", "Undetermined", "Transient_General"),
         ] {
             let e = event(
@@ -240,7 +246,10 @@ mod tests {
             r#""bounce":{"bounceType":"Transient","bounceSubType":"MailboxFull","bouncedRecipients":[{"emailAddress":"second@example.org"}]}"#,
         );
         assert_eq!(e.reports[0].additional, "4.0.0|failed|");
-        assert_eq!(e.reports[0].recipient.as_deref(), Some("second@example.org"));
+        assert_eq!(
+            e.reports[0].recipient.as_deref(),
+            Some("second@example.org")
+        );
     }
 
     #[test]
@@ -263,7 +272,10 @@ mod tests {
         );
         assert_eq!(c.reports[0].description, "abuse");
         assert_eq!(c.reports[0].code, DeliveryCode::Complaint);
-        assert_eq!(c.reports[0].suppress.as_ref().map(|s| s.0), Some(Reason::Complained));
+        assert_eq!(
+            c.reports[0].suppress.as_ref().map(|s| s.0),
+            Some(Reason::Complained)
+        );
         let c = event(
             "notificationType",
             "Complaint",
@@ -287,9 +299,16 @@ mod tests {
             r#""click":{"ipAddress":"192.0.2.1","link":"https://example.test/a?b=c","linkTags":{"x":["y"]},"timestamp":"2026-11-23T10:00:03.000Z","userAgent":"Mozilla/5.0"}"#,
         );
         assert_eq!(k.reports[0].code, DeliveryCode::Clicked);
-        assert_eq!(k.reports[0].description, "https://example.test/a?b=c|192.0.2.1");
+        assert_eq!(
+            k.reports[0].description,
+            "https://example.test/a?b=c|192.0.2.1"
+        );
 
-        let r = event("eventType", "Reject", r#""reject":{"reason":"Bad content"}"#);
+        let r = event(
+            "eventType",
+            "Reject",
+            r#""reject":{"reason":"Bad content"}"#,
+        );
         assert_eq!(r.reports.len(), 2);
         assert_eq!(r.reports[0].code, DeliveryCode::RouteRefused);
         assert_eq!(r.reports[0].additional, "Bad content");

@@ -60,10 +60,7 @@ pub enum VerifyError {
     #[error("Type \"{0}\" is not an SNS message type")]
     Type(String),
     #[error("{field} is required for Type {kind}")]
-    Missing {
-        field: &'static str,
-        kind: String,
-    },
+    Missing { field: &'static str, kind: String },
     #[error("signing certificate: {0}")]
     Certificate(String),
     #[error("signature does not verify")]
@@ -79,10 +76,8 @@ impl Message {
             field,
             kind: self.kind.clone(),
         };
-        let mut fields: Vec<(&str, &str)> = vec![
-            ("Message", &self.message),
-            ("MessageId", &self.message_id),
-        ];
+        let mut fields: Vec<(&str, &str)> =
+            vec![("Message", &self.message), ("MessageId", &self.message_id)];
         match self.kind.as_str() {
             "Notification" => {
                 if let Some(s) = &self.subject {
@@ -122,9 +117,8 @@ pub fn trusted_url(url: &str, prefixes: &[String]) -> bool {
         return false;
     };
     if prefixes.iter().any(|p| {
-        url::Url::parse(p).is_ok_and(|p| {
-            parsed.as_str().starts_with(p.as_str()) && parsed.origin() == p.origin()
-        })
+        url::Url::parse(p)
+            .is_ok_and(|p| parsed.as_str().starts_with(p.as_str()) && parsed.origin() == p.origin())
     }) {
         return true;
     }
@@ -337,7 +331,9 @@ mod tests {
             signature_version: Some("1".into()),
             signature: Some("x".into()),
             signing_cert_url: Some("https://sns.us-east-1.amazonaws.com/c.pem".into()),
-            subscribe_url: Some("https://sns.us-east-1.amazonaws.com/?Action=ConfirmSubscription".into()),
+            subscribe_url: Some(
+                "https://sns.us-east-1.amazonaws.com/?Action=ConfirmSubscription".into(),
+            ),
             token: Some("tok".into()),
         }
     }

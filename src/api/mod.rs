@@ -65,6 +65,7 @@ pub struct ApiDoc;
 pub fn openapi_json() -> String {
     let mut doc = ApiDoc::openapi();
     doc.merge(crate::http::admin::AdminDoc::openapi());
+    doc.merge(crate::http::domains::DomainDoc::openapi());
     doc.merge(crate::http::DeadLetterDoc::openapi());
     doc.to_pretty_json().unwrap_or_default()
 }
@@ -214,6 +215,30 @@ async fn send_message(
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         ApiError::new(StatusCode::BAD_REQUEST, e.code, e.description)
     })?;
+    let from_domain = sub
+        .from
+        .rsplit_once('@')
+        .map(|(_, dom)| dom)
+        .unwrap_or_default();
+    if config
+        .asset_for_domain(from_domain)
+        .is_some_and(|a| a.require_verified_domain)
+        && !d
+            .store
+            .domain_verified(from_domain)
+            .map_err(ApiError::internal)?
+    {
+        d.metrics
+            .api_rejected
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "7004",
+            format!(
+                "from: domain '{from_domain}' is not verified; publish the records `postern domain records {from_domain}` prints, then run `postern domain verify {from_domain}`"
+            ),
+        ));
+    }
     let destinations: usize = sub.transactions.iter().map(|t| t.recipients.len()).sum();
     if let Err(wait) = d.limiter.take(
         &service.id,

@@ -190,7 +190,7 @@ pub async fn build(
         .map(|d| (d.selector.clone(), d.algorithm))
         .unwrap_or_else(|| ("postern1".into(), DkimAlgorithm::RsaSha256));
     let key = keys
-        .get(data_dir, &domain, &selector, algorithm)
+        .signing_key(data_dir, &domain, (&selector, algorithm))
         .map_err(|e| BuildError::Dkim(e.to_string()))?;
     let signature = key
         .sign(&body)

@@ -3,6 +3,7 @@
 //! JSON `{"code","description"}` body, never a framework's plain-text default.
 
 pub mod admin;
+pub mod domains;
 pub mod public;
 pub mod ses;
 
@@ -27,6 +28,7 @@ pub fn router(daemon: Arc<Daemon>) -> Router {
         .merge(admin::routes())
         .merge(public::routes())
         .merge(ses::routes())
+        .merge(domains::routes())
         .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))

@@ -24,7 +24,10 @@ pub fn routes() -> Router<AppState> {
 }
 
 fn refused(status: StatusCode, description: String) -> Response {
-    tracing::warn!(status = status.as_u16(), "SNS message refused: {description}");
+    tracing::warn!(
+        status = status.as_u16(),
+        "SNS message refused: {description}"
+    );
     ApiError::new(status, "7004", description).into_response()
 }
 
@@ -85,7 +88,10 @@ async fn confirm(d: &crate::Daemon, msg: &sns::Message, trusted: &[String]) -> R
         Ok(r) => ApiError::new(
             StatusCode::BAD_GATEWAY,
             "7500",
-            format!("confirming the subscription: SubscribeURL answered {}", r.status()),
+            format!(
+                "confirming the subscription: SubscribeURL answered {}",
+                r.status()
+            ),
         )
         .into_response(),
         Err(e) => ApiError::new(

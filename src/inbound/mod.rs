@@ -173,9 +173,15 @@ impl Inbound {
             // Message-ID (our tid, unguessable) identifies the message, else the VERP.
             match c.tid.clone().or_else(|| bounce_tids.first().cloned()) {
                 Some(tid) => {
-                    let report = Report::new(c.recipient.clone(), DeliveryCode::Complaint, c.feedback_type)
-                        .suppress(Reason::Complained, format!("arf {}", c.feedback_type));
-                    if let Err(e) = feedback::record(&self.store, &self.outbox, config, &tid, &[report]).await {
+                    let report = Report::new(
+                        c.recipient.clone(),
+                        DeliveryCode::Complaint,
+                        c.feedback_type,
+                    )
+                    .suppress(Reason::Complained, format!("arf {}", c.feedback_type));
+                    if let Err(e) =
+                        feedback::record(&self.store, &self.outbox, config, &tid, &[report]).await
+                    {
                         tracing::error!(tid = %tid, error = %e, "complaint could not be recorded");
                     }
                 }
@@ -185,8 +191,9 @@ impl Inbound {
         let reports: Vec<Report> = reports
             .iter()
             .map(|r| {
-                let report = Report::new(Some(r.recipient.clone()), DeliveryCode::Bounce, r.category)
-                    .additional(&r.additional_info());
+                let report =
+                    Report::new(Some(r.recipient.clone()), DeliveryCode::Bounce, r.category)
+                        .additional(&r.additional_info());
                 if r.permanent {
                     report.suppress(Reason::Bounced, format!("dsn {}", r.status))
                 } else {
@@ -195,7 +202,8 @@ impl Inbound {
             })
             .collect();
         for tid in &bounce_tids {
-            if let Err(e) = feedback::record(&self.store, &self.outbox, config, tid, &reports).await {
+            if let Err(e) = feedback::record(&self.store, &self.outbox, config, tid, &reports).await
+            {
                 tracing::error!(tid = %tid, error = %e, "bounce could not be recorded");
             }
         }

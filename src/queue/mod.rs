@@ -339,11 +339,14 @@ impl QueueWorker {
                     }
                 }
             }
-            self.metrics.outbound(route.label(), match code {
-                DeliveryCode::Submitted => "submitted",
-                DeliveryCode::Bounce => "bounced",
-                _ => "failed",
-            });
+            self.metrics.outbound(
+                route.label(),
+                match code {
+                    DeliveryCode::Submitted => "submitted",
+                    DeliveryCode::Bounce => "bounced",
+                    _ => "failed",
+                },
+            );
             record.recipients[slot].phase = phase;
             record.recipients[slot].code = Some(code.code().to_string());
             tracing::info!(tid = %record.tid, rcpt = %addr, code = code.code(), "{}", description);

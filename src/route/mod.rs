@@ -41,7 +41,9 @@ pub struct Sent {
     pub message_id: Option<String>,
 }
 
-/// A configured route, kept by the queue so connections are reused.
+/// A configured route, kept by the queue (in an `Arc`, once per asset) so connections
+/// are reused.
+#[allow(clippy::large_enum_variant)]
 pub enum Route {
     Smtp(smtp::SmtpRoute),
     Ses(ses::SesRoute),

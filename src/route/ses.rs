@@ -206,11 +206,12 @@ impl SesRoute {
                     "SES answered 200 without a MessageId".into(),
                 )),
             },
-            Err(Ok(e)) if e.is_transient() => SesAnswer::Failed(RcptOutcome::Deferred(e.to_string())),
-            Err(Ok(e)) => SesAnswer::Failed(RcptOutcome::Refused(format!(
-                "{}: {}",
-                e.kind, e.message
-            ))),
+            Err(Ok(e)) if e.is_transient() => {
+                SesAnswer::Failed(RcptOutcome::Deferred(e.to_string()))
+            }
+            Err(Ok(e)) => {
+                SesAnswer::Failed(RcptOutcome::Refused(format!("{}: {}", e.kind, e.message)))
+            }
             Err(Err(transport)) => SesAnswer::Failed(RcptOutcome::Deferred(transport)),
         }
     }

@@ -14,6 +14,7 @@
 //! cost of everything else in accepting a message.
 
 mod codec;
+pub mod domains;
 pub mod messages;
 pub mod outbox;
 pub mod policy;
@@ -72,6 +73,7 @@ struct Inner {
     finished: sled::Tree,
     route_ids: sled::Tree,
     sns_seen: sled::Tree,
+    domains: sled::Tree,
     templates: sled::Tree,
     suppression: sled::Tree,
     consent: sled::Tree,
@@ -114,6 +116,7 @@ impl Store {
             finished: db.open_tree("finished")?,
             route_ids: db.open_tree("route_ids")?,
             sns_seen: db.open_tree("sns_seen")?,
+            domains: db.open_tree("domains")?,
             templates: db.open_tree("templates")?,
             suppression: db.open_tree("suppression")?,
             consent: db.open_tree("consent")?,

@@ -1,0 +1,503 @@
+//! The SES route and SES events over SNS, in process: the daemon's SES client against a
+//! scriptable SES v2 endpoint on loopback (the interop suite runs the same path against
+//! moto), and SNS notifications signed here with a test key whose certificate URL the
+//! configuration trusts.
+
+mod common;
+
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::routing::{get, post};
+use axum::Router;
+use base64::Engine;
+use common::*;
+use serde_json::{json, Value};
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+const WAIT: Duration = Duration::from_secs(30);
+const TOPIC: &str = "arn:aws:sns:us-east-1:123456789012:postern-events";
+
+/// One request the fake SES got.
+#[derive(Clone, Debug)]
+struct SesCall {
+    path: String,
+    headers: HeaderMap,
+    body: Value,
+}
+
+#[derive(Clone, Default)]
+struct FakeSes {
+    calls: Arc<Mutex<Vec<SesCall>>>,
+    /// Answers to give, in order; then 200 with a fresh MessageId.
+    script: Arc<Mutex<VecDeque<(u16, &'static str, &'static str)>>>,
+}
+
+async fn ses_send(
+    State(s): State<FakeSes>,
+    uri: axum::http::Uri,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let n = {
+        let mut calls = s.calls.lock().unwrap();
+        calls.push(SesCall {
+            path: uri.path().to_string(),
+            headers,
+            body: serde_json::from_slice(&body).unwrap_or(Value::Null),
+        });
+        calls.len()
+    };
+    match s.script.lock().unwrap().pop_front() {
+        Some((status, kind, message)) => (
+            StatusCode::from_u16(status).unwrap(),
+            [(
+                "x-amzn-ErrorType",
+                format!("{kind}:http://internal.amazon.com/"),
+            )],
+            json!({ "message": message }).to_string(),
+        )
+            .into_response(),
+        None => axum::Json(json!({ "MessageId": format!("ses-msg-{n}") })).into_response(),
+    }
+}
+
+impl FakeSes {
+    async fn start(script: &[(u16, &'static str, &'static str)]) -> (FakeSes, SocketAddr) {
+        let s = FakeSes::default();
+        s.script.lock().unwrap().extend(script.iter().copied());
+        let app = Router::new()
+            .route("/v2/email/outbound-emails", post(ses_send))
+            .with_state(s.clone());
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(l, app).await.unwrap() });
+        (s, addr)
+    }
+
+    fn calls(&self) -> Vec<SesCall> {
+        self.calls.lock().unwrap().clone()
+    }
+}
+
+/// Serves the test signing certificate and counts SubscribeURL visits.
+struct SnsHost {
+    base: String,
+    key: rsa::RsaPrivateKey,
+    confirmations: Arc<AtomicUsize>,
+}
+
+impl SnsHost {
+    async fn start() -> SnsHost {
+        use rsa::pkcs8::{EncodePrivateKey, LineEnding};
+        let key = rsa::RsaPrivateKey::new(&mut rand::thread_rng(), 2048).unwrap();
+        let pem = key.to_pkcs8_pem(LineEnding::LF).unwrap();
+        let pair =
+            rcgen::KeyPair::from_pkcs8_pem_and_sign_algo(&pem, &rcgen::PKCS_RSA_SHA256).unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["sns.test".to_string()])
+            .unwrap()
+            .self_signed(&pair)
+            .unwrap()
+            .pem();
+        let confirmations = Arc::new(AtomicUsize::new(0));
+        let hits = confirmations.clone();
+        let app = Router::new()
+            .route("/certs/test.pem", get(move || async move { cert }))
+            .route(
+                "/confirm",
+                get(move || async move {
+                    hits.fetch_add(1, Ordering::SeqCst);
+                    "<ConfirmSubscriptionResponse/>"
+                }),
+            );
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(l, app).await.unwrap() });
+        SnsHost {
+            base: format!("http://{addr}/"),
+            key,
+            confirmations,
+        }
+    }
+
+    /// A signed SNS message of `kind` carrying `message`.
+    fn message(&self, kind: &str, id: &str, message: &str, version: &str) -> Value {
+        let mut m = json!({
+            "Type": kind,
+            "MessageId": id,
+            "TopicArn": TOPIC,
+            "Message": message,
+            "Timestamp": "2026-11-23T10:00:00.000Z",
+            "SignatureVersion": version,
+            "SigningCertURL": format!("{}certs/test.pem", self.base),
+        });
+        if kind != "Notification" {
+            m["Token"] = "token-1".into();
+            m["SubscribeURL"] = format!("{}confirm?Token=token-1", self.base).into();
+        }
+        self.sign(&mut m);
+        m
+    }
+
+    fn sign(&self, m: &mut Value) {
+        use rsa::pkcs1v15::SigningKey;
+        use rsa::signature::{SignatureEncoding, Signer};
+        let parsed: postern::sns::Message = serde_json::from_value(m.clone()).unwrap();
+        let text = parsed.string_to_sign().unwrap();
+        let sig = match m["SignatureVersion"].as_str().unwrap() {
+            "1" => SigningKey::<sha1::Sha1>::new(self.key.clone())
+                .sign(text.as_bytes())
+                .to_vec(),
+            _ => SigningKey::<sha2::Sha256>::new(self.key.clone())
+                .sign(text.as_bytes())
+                .to_vec(),
+        };
+        m["Signature"] = base64::engine::general_purpose::STANDARD.encode(sig).into();
+    }
+}
+
+struct Ses {
+    daemon: Option<postern::Handle>,
+    api: String,
+    hooks: Receiver,
+    client: reqwest::Client,
+    _dir: tempfile::TempDir,
+}
+
+impl Ses {
+    async fn start(ses: SocketAddr, trust: &str) -> Ses {
+        let hooks = Receiver::start().await;
+        let dir = tempfile::tempdir().unwrap();
+        let smtp_l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let http_l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let http = http_l.local_addr().unwrap();
+        let text = format!(
+            r#"
+[server]
+hostname = "mx.example.test"
+data_dir = "{data}"
+public_url = "http://{http}"
+inbound_domain = "inbound.example.test"
+bounce_domain = "bounces.example.test"
+[smtp]
+listen = ["{smtp}"]
+[http]
+listen = "{http}"
+[admin]
+token = "admin-secret"
+[dns]
+resolver = "off"
+[queue]
+retry_base = 1
+[ses]
+topic_arns = ["{TOPIC}"]
+trust_url_prefixes = ["{trust}"]
+[[service]]
+id = "svc_a"
+key = "key-a"
+secret = "c2VjcmV0LXNlY3JldC1zZWNyZXQ="
+tps = 50
+assets = ["a_ses"]
+[[asset]]
+id = "a_ses"
+domains = ["example.test"]
+delivery_webhook = "{hook}/dlr"
+[asset.route]
+kind = "ses"
+region = "us-east-1"
+access_key_id = "AKIDTEST"
+secret_access_key = "test-secret"
+endpoint = "http://{ses}"
+configuration_set = "postern-events"
+[asset.dkim]
+selector = "sel1"
+algorithm = "ed25519-sha256"
+"#,
+            data = dir.path().join("data").display(),
+            smtp = smtp_l.local_addr().unwrap(),
+            hook = hooks.url(""),
+        );
+        let c = postern::config::Config::parse(&text, "ses.toml").expect("valid config");
+        let daemon = postern::start(
+            c,
+            None,
+            postern::Listeners {
+                smtp: vec![smtp_l],
+                http: http_l,
+            },
+        )
+        .await
+        .unwrap();
+        Ses {
+            daemon: Some(daemon),
+            api: format!("http://{http}"),
+            hooks,
+            client: reqwest::Client::new(),
+            _dir: dir,
+        }
+    }
+
+    async fn send(&self, to: &[&str]) -> String {
+        let resp = self
+            .client
+            .post(format!("{}/v2/messages", self.api))
+            .header("key", "key-a")
+            .json(&json!({
+                "channel": "email",
+                "from": "news@example.test",
+                "to": [{"email": to}],
+                "multipleToRecipients": true,
+                "content": {"type": "text", "subject": "Hello", "text": "Hi there"},
+            }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 202);
+        let body: Value = resp.json().await.unwrap();
+        body["messages"][0]["tid"].as_str().unwrap().to_string()
+    }
+
+    async fn sns(&self, body: &Value) -> (u16, Value) {
+        let resp = self
+            .client
+            .post(format!("{}/ses/events", self.api))
+            .header("content-type", "text/plain; charset=UTF-8")
+            .header(
+                "x-amz-sns-message-type",
+                body["Type"].as_str().unwrap_or(""),
+            )
+            .body(body.to_string())
+            .send()
+            .await
+            .unwrap();
+        let status = resp.status().as_u16();
+        (status, resp.json().await.unwrap_or(Value::Null))
+    }
+
+    async fn notes(&self, n: usize) -> Vec<Value> {
+        self.hooks
+            .wait_for_count(n, WAIT)
+            .await
+            .iter()
+            .map(|h| h.json()["deliveryInfoNotification"].clone())
+            .collect()
+    }
+
+    async fn stop(mut self) {
+        if let Some(d) = self.daemon.take() {
+            d.shutdown().await;
+        }
+    }
+}
+
+fn ses_event(kind: &str, message_id: &str, body: &str) -> String {
+    format!(
+        r#"{{"eventType":"{kind}","mail":{{"timestamp":"2026-11-23T10:00:00.000Z","source":"news@example.test","sourceArn":"arn:aws:ses:us-east-1:123456789012:identity/example.test","sendingAccountId":"123456789012","messageId":"{message_id}","destination":["ann@example.org","bob@example.org"],"headersTruncated":false,"tags":{{"ses:configuration-set":["postern-events"]}}}},{body}}}"#
+    )
+}
+
+#[tokio::test]
+async fn ses_send_is_signed_raw_mime_and_its_message_id_is_kept() {
+    let (fake, addr) = FakeSes::start(&[]).await;
+    let d = Ses::start(addr, "http://127.0.0.1:1/").await;
+    let tid = d.send(&["ann@example.org", "bob@example.org"]).await;
+    let notes = d.notes(2).await;
+    for n in &notes {
+        assert_eq!(n["transid"], tid.as_str());
+        assert_eq!(n["deliveryInfo"]["code"], "7501");
+    }
+    let calls = fake.calls();
+    assert_eq!(calls.len(), 1, "one SendEmail for the transaction");
+    let c = &calls[0];
+    assert_eq!(c.path, "/v2/email/outbound-emails");
+    let auth = c.headers["authorization"].to_str().unwrap();
+    assert!(
+        auth.starts_with("AWS4-HMAC-SHA256 Credential=AKIDTEST/")
+            && auth.contains("/us-east-1/ses/aws4_request")
+            && auth.contains("SignedHeaders=")
+            && auth.contains("Signature="),
+        "{auth}"
+    );
+    assert!(c.headers.contains_key("x-amz-date"));
+    assert_eq!(c.body["FromEmailAddress"], "news@example.test");
+    assert_eq!(
+        c.body["Destination"]["ToAddresses"],
+        json!(["ann@example.org", "bob@example.org"])
+    );
+    assert_eq!(c.body["ConfigurationSetName"], "postern-events");
+    let raw = base64::engine::general_purpose::STANDARD
+        .decode(c.body["Content"]["Raw"]["Data"].as_str().unwrap())
+        .unwrap();
+    let raw = String::from_utf8(raw).unwrap();
+    assert!(raw.starts_with("DKIM-Signature:") && raw.contains("d=example.test"));
+    assert!(raw.contains(&format!("Message-ID: <{tid}@mx.example.test>")));
+    let metrics = d
+        .client
+        .get(format!("{}/metrics", d.api))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("postern_outbound_messages_total{route=\"ses\",result=\"submitted\"} 2"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("postern_route_latency_seconds_count{route=\"ses\"} 1"));
+    d.stop().await;
+}
+
+#[tokio::test]
+async fn throttling_and_server_errors_are_retried_until_accepted() {
+    let (fake, addr) = FakeSes::start(&[
+        (
+            429,
+            "TooManyRequestsException",
+            "Maximum sending rate exceeded.",
+        ),
+        (503, "ServiceUnavailable", "try later"),
+    ])
+    .await;
+    let d = Ses::start(addr, "http://127.0.0.1:1/").await;
+    let tid = d.send(&["ann@example.org"]).await;
+    let notes = d.notes(1).await;
+    assert_eq!(notes[0]["deliveryInfo"]["code"], "7501");
+    assert_eq!(notes[0]["transid"], tid.as_str());
+    assert_eq!(fake.calls().len(), 3, "two refusals, then the send");
+    assert_eq!(d.hooks.delivered().len(), 1, "one notification, no failure");
+    d.stop().await;
+}
+
+#[tokio::test]
+async fn message_rejected_fails_with_ses_message() {
+    let (fake, addr) = FakeSes::start(&[(
+        400,
+        "MessageRejected",
+        "Email address is not verified. The following identities failed the check: news@example.test",
+    )])
+    .await;
+    let d = Ses::start(addr, "http://127.0.0.1:1/").await;
+    d.send(&["ann@example.org"]).await;
+    let n = &d.notes(1).await[0]["deliveryInfo"];
+    assert_eq!(n["code"], "7592");
+    assert_eq!(n["deliveryStatus"], "Failed");
+    assert_eq!(
+        n["additionalInfo"],
+        "MessageRejected: Email address is not verified. The following identities failed the check: news@example.test"
+    );
+    assert_eq!(fake.calls().len(), 1, "a permanent refusal is not retried");
+    d.stop().await;
+}
+
+#[tokio::test]
+async fn sns_events_become_notifications_and_forgeries_change_nothing() {
+    let (_fake, addr) = FakeSes::start(&[]).await;
+    let host = SnsHost::start().await;
+    let d = Ses::start(addr, &host.base).await;
+    let tid = d.send(&["ann@example.org", "bob@example.org"]).await;
+    d.notes(2).await; // 7501 x2
+    let id = "ses-msg-1";
+
+    // A subscription is confirmed by visiting SubscribeURL under the trusted prefix.
+    let (status, _) = d
+        .sns(&host.message("SubscriptionConfirmation", "sub-1", "confirm", "1"))
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(host.confirmations.load(Ordering::SeqCst), 1);
+
+    // Delivery (SignatureVersion 1) and a permanent bounce (version 2).
+    let delivery = ses_event(
+        "Delivery",
+        id,
+        r#""delivery":{"timestamp":"2026-11-23T10:00:01.000Z","processingTimeMillis":546,"recipients":["ann@example.org"],"smtpResponse":"250 2.6.0 Message received","reportingMTA":"a8-70.smtp-out.amazonses.com"}"#,
+    );
+    let (status, body) = d
+        .sns(&host.message("Notification", "n-1", &delivery, "1"))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let bounce = ses_event(
+        "Bounce",
+        id,
+        r#""bounce":{"bounceType":"Permanent","bounceSubType":"NoEmail","bouncedRecipients":[{"emailAddress":"bob@example.org","action":"failed","status":"5.1.1","diagnosticCode":"smtp; 550 5.1.1 user unknown"}],"timestamp":"2026-11-23T10:00:02.000Z","feedbackId":"f-1","reportingMTA":"dsn; a8-70.smtp-out.amazonses.com"}"#,
+    );
+    let signed_bounce = host.message("Notification", "n-2", &bounce, "2");
+    assert_eq!(d.sns(&signed_bounce).await.0, 200);
+    let notes = d.notes(4).await;
+    let delivered = &notes[2]["deliveryInfo"];
+    assert_eq!(delivered["code"], "7500");
+    assert_eq!(delivered["destination"], "ann@example.org");
+    assert_eq!(delivered["additionalInfo"], "250 2.6.0 Message received");
+    assert_eq!(notes[2]["transid"], tid.as_str());
+    let bounced = &notes[3]["deliveryInfo"];
+    assert_eq!(bounced["code"], "7520");
+    assert_eq!(bounced["destination"], "bob@example.org");
+    assert_eq!(bounced["Description"], "Permanent_NoEmail");
+    assert_eq!(
+        bounced["additionalInfo"],
+        "5.1.1|failed|smtp; 550 5.1.1 user unknown"
+    );
+
+    // SNS redelivers: the same message id records nothing twice.
+    assert_eq!(d.sns(&signed_bounce).await.0, 200);
+
+    // Forgeries: tampered, unsigned, untrusted certificate URL, foreign topic, bad version.
+    let mut tampered = host.message("Notification", "n-3", &delivery, "2");
+    tampered["Message"] = delivery
+        .replace("ann@example.org\"]", "bob@example.org\"]")
+        .into();
+    let mut unsigned = host.message("Notification", "n-4", &delivery, "1");
+    unsigned.as_object_mut().unwrap().remove("Signature");
+    let mut elsewhere = host.message("Notification", "n-5", &delivery, "1");
+    elsewhere["SigningCertURL"] = "https://evil.example/cert.pem".into();
+    let mut topic = host.message("Notification", "n-6", &delivery, "1");
+    topic["TopicArn"] = "arn:aws:sns:us-east-1:999999999999:theirs".into();
+    host.sign(&mut topic);
+    let mut version = host.message("Notification", "n-7", &delivery, "1");
+    version["SignatureVersion"] = "3".into();
+    for (what, forged) in [
+        ("tampered", tampered),
+        ("unsigned", unsigned),
+        ("untrusted certificate", elsewhere),
+        ("foreign topic", topic),
+        ("signature version 3", version),
+    ] {
+        let (status, body) = d.sns(&forged).await;
+        assert_eq!(status, 403, "{what}: {body}");
+        assert_eq!(body["code"], "7004", "{what}");
+    }
+    let (status, _) = d
+        .client
+        .post(format!("{}/ses/events", d.api))
+        .body("not json")
+        .send()
+        .await
+        .map(|r| (r.status().as_u16(), ()))
+        .unwrap();
+    assert_eq!(status, 400);
+    // A subscription whose SubscribeURL is not trusted is not visited.
+    let mut sub = host.message("SubscriptionConfirmation", "sub-2", "confirm", "2");
+    sub["SubscribeURL"] = "http://127.0.0.2:9/confirm".into();
+    host.sign(&mut sub);
+    assert_eq!(d.sns(&sub).await.0, 403);
+    assert_eq!(host.confirmations.load(Ordering::SeqCst), 1);
+
+    // The bounce put bob on the bounce list: a new send to him fails with 7240.
+    d.send(&["bob@example.org"]).await;
+    let notes = d.notes(5).await;
+    assert_eq!(
+        notes.len(),
+        5,
+        "nothing from the duplicate or the forgeries"
+    );
+    assert_eq!(notes[4]["deliveryInfo"]["code"], "7240");
+    assert_eq!(
+        notes[4]["deliveryInfo"]["Description"],
+        "already bounced : bob@example.org"
+    );
+    d.stop().await;
+}
