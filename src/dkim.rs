@@ -220,8 +220,13 @@ fn next_selector(used: &[&str]) -> String {
     format!("{base}{}", n + 1)
 }
 
+/// How long a replaced key stays published at least after it stops signing: mail signed
+/// with it may be verified days later (greylisting, forwarding, a reader's client).
+pub const MIN_RETIRING: u64 = 2 * 86_400;
+
 /// Starts a rotation of `domain`'s key: a new selector and key, published now, signing
-/// after `grace`; the current key retires `grace` after that. Returns the new state.
+/// after `grace`; the current key stays published `grace` (at least `MIN_RETIRING`) after
+/// that. Returns the new state.
 pub fn rotate(
     data_dir: &Path,
     domain: &str,
@@ -253,10 +258,11 @@ pub fn rotate(
             retire_at: None,
         }],
     });
-    // Retired keys are forgotten; their files stay (an operator may still want them).
+    // Retired keys are forgotten, and so is a key still waiting to sign (a rotation
+    // started before this one): it never signed, nothing needs it. Files stay.
     state
         .selectors
-        .retain(|s| s.retire_at.is_none_or(|r| r > now));
+        .retain(|s| s.signing_from <= now && s.retire_at.is_none_or(|r| r > now));
     let used: Vec<&str> = state
         .selectors
         .iter()
@@ -264,7 +270,18 @@ pub fn rotate(
         .collect();
     let selector = match selector {
         Some(s) => s.to_string(),
-        None => next_selector(&used),
+        None => {
+            // Past any number whose key file exists (a dropped pending key keeps its file).
+            let mut taken: Vec<String> = used.iter().map(|s| s.to_string()).collect();
+            loop {
+                let refs: Vec<&str> = taken.iter().map(String::as_str).collect();
+                let next = next_selector(&refs);
+                if !key_path(&dir, domain, &next).exists() {
+                    break next;
+                }
+                taken.push(next);
+            }
+        }
     };
     if selector.is_empty()
         || selector.len() > 63
@@ -281,7 +298,7 @@ pub fn rotate(
     let switch = now + grace;
     for s in &mut state.selectors {
         if s.retire_at.is_none() {
-            s.retire_at = Some(switch + grace);
+            s.retire_at = Some(switch + grace.max(MIN_RETIRING));
         }
     }
     state.selectors.push(SelectorState {
@@ -564,7 +581,7 @@ mod tests {
             ]
         );
         assert_eq!(
-            sel(&state, now + 250),
+            sel(&state, now + 100 + MIN_RETIRING + 1),
             vec![("postern2".to_string(), Phase::Signing)]
         );
         assert!(dir.path().join("dkim/example.test.postern2.pem").exists());

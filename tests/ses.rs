@@ -29,11 +29,14 @@ struct SesCall {
     body: Value,
 }
 
+/// A scripted answer: status, error type, message.
+type Answer = (u16, &'static str, &'static str);
+
 #[derive(Clone, Default)]
 struct FakeSes {
     calls: Arc<Mutex<Vec<SesCall>>>,
     /// Answers to give, in order; then 200 with a fresh MessageId.
-    script: Arc<Mutex<VecDeque<(u16, &'static str, &'static str)>>>,
+    script: Arc<Mutex<VecDeque<Answer>>>,
 }
 
 async fn ses_send(
@@ -67,7 +70,7 @@ async fn ses_send(
 }
 
 impl FakeSes {
-    async fn start(script: &[(u16, &'static str, &'static str)]) -> (FakeSes, SocketAddr) {
+    async fn start(script: &[Answer]) -> (FakeSes, SocketAddr) {
         let s = FakeSes::default();
         s.script.lock().unwrap().extend(script.iter().copied());
         let app = Router::new()
