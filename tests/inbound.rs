@@ -455,13 +455,16 @@ async fn large_message_is_streamed_to_the_webhook_signed_and_intact() {
     let ev = hook.json();
     assert_eq!(b64(ev["attachments"][0]["content"].as_str().unwrap()), blob);
     assert_eq!(ev["attachments"][0]["size"], 3_000_000);
-    // The rendered file is gone once sent.
-    let leftovers: Vec<_> = std::fs::read_dir(d.dir.path().join("data/spool"))
-        .unwrap()
-        .flatten()
-        .filter(|e| e.file_name().to_string_lossy().starts_with("render-"))
-        .collect();
-    assert!(leftovers.is_empty());
+    // The rendered file is removed once the receiver's answer is read (just after the
+    // receiver saw the body).
+    let spool = d.dir.path().join("data/spool");
+    wait_for(WAIT, || {
+        std::fs::read_dir(&spool)
+            .unwrap()
+            .flatten()
+            .all(|e| !e.file_name().to_string_lossy().starts_with("render-"))
+    })
+    .await;
     d.stop().await;
 }
 

@@ -66,6 +66,7 @@ pub fn openapi_json() -> String {
     let mut doc = ApiDoc::openapi();
     doc.merge(crate::http::admin::AdminDoc::openapi());
     doc.merge(crate::http::domains::DomainDoc::openapi());
+    doc.merge(crate::http::ses::SesDoc::openapi());
     doc.merge(crate::http::DeadLetterDoc::openapi());
     doc.to_pretty_json().unwrap_or_default()
 }

@@ -19,6 +19,11 @@ use axum::{Json, Router};
 use serde_json::json;
 use tracing::Instrument;
 
+/// The SNS endpoint in the OpenAPI document.
+#[derive(utoipa::OpenApi)]
+#[openapi(paths(events))]
+pub struct SesDoc;
+
 pub fn routes() -> Router<AppState> {
     Router::new().route("/ses/events", post(events))
 }
@@ -31,6 +36,21 @@ fn refused(status: StatusCode, description: String) -> Response {
     ApiError::new(status, "7004", description).into_response()
 }
 
+/// An Amazon SNS message (SubscriptionConfirmation, Notification carrying an SES event,
+/// UnsubscribeConfirmation). Verified before anything else.
+#[utoipa::path(
+    post,
+    path = "/ses/events",
+    tag = "ses",
+    request_body(content = String, content_type = "text/plain", description = "the SNS message JSON"),
+    responses(
+        (status = 200, description = "recorded, confirmed, or deliberately ignored"),
+        (status = 400, description = "not an SNS message"),
+        (status = 403, description = "signature, certificate URL, SubscribeURL or topic not trusted"),
+        (status = 500, description = "not recorded; SNS retries"),
+        (status = 503, description = "signing certificate unavailable; SNS retries")
+    )
+)]
 async fn events(State(d): State<AppState>, body: Bytes) -> Response {
     let msg: sns::Message = match serde_json::from_slice(&body) {
         Ok(m) => m,
