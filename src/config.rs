@@ -415,7 +415,7 @@ pub enum RouteAuth {
     Oauth2,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RouteConfig {
     pub kind: RouteKind,
@@ -888,6 +888,32 @@ bounce_domain = "bounces.example.test"
         let err = Config::parse(&text, "t").unwrap_err().to_string();
         assert!(err.contains("belongs to two assets"), "{err}");
         assert!(err.starts_with("t:15:"), "{err}");
+    }
+
+    #[test]
+    fn routes_name_what_they_lack() {
+        let ses = format!(
+            "{MINIMAL}\n[[asset]]\nid = \"a1\"\ndomains = [\"example.test\"]\n[asset.route]\nkind = \"ses\"\nregion = \"eu-west-1\"\nendpoint = \"ftp://x\"\n"
+        );
+        let err = Config::parse(&ses, "t").unwrap_err().to_string();
+        assert!(
+            err.contains("t:13: asset a1: route: kind = \"ses\" needs access_key_id"),
+            "{err}"
+        );
+        assert!(err.contains("needs secret_access_key"), "{err}");
+        assert!(
+            err.contains("endpoint \"ftp://x\" is not an http(s) URL"),
+            "{err}"
+        );
+        let smtp = format!("{MINIMAL}\n[[asset]]\nid = \"a1\"\n[asset.route]\nkind = \"smtp\"\n");
+        let err = Config::parse(&smtp, "t").unwrap_err().to_string();
+        assert!(err.contains("kind = \"smtp\" needs host"), "{err}");
+        let trust = format!("{MINIMAL}\n[ses]\ntrust_url_prefixes = [\"http://127.0.0.1:9000\"]\n");
+        let err = Config::parse(&trust, "t").unwrap_err().to_string();
+        assert!(
+            err.contains("must be an http(s) URL ending in '/'"),
+            "{err}"
+        );
     }
 
     #[test]

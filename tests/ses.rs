@@ -75,6 +75,7 @@ impl FakeSes {
         s.script.lock().unwrap().extend(script.iter().copied());
         let app = Router::new()
             .route("/v2/email/outbound-emails", post(ses_send))
+            .route("/v2/email/account", get(ses_send))
             .with_state(s.clone());
         let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = l.local_addr().unwrap();
@@ -503,4 +504,45 @@ async fn sns_events_become_notifications_and_forgeries_change_nothing() {
         "already bounced : bob@example.org"
     );
     d.stop().await;
+}
+
+#[tokio::test]
+async fn route_test_calls_get_account_and_reports_refusals() {
+    let (fake, addr) = FakeSes::start(&[(
+        403,
+        "SignatureDoesNotMatch",
+        "The request signature we calculated does not match the signature you provided.",
+    )])
+    .await;
+    let text = format!(
+        r#"
+[server]
+hostname = "mx.example.test"
+data_dir = "./unused"
+public_url = "http://127.0.0.1:8080"
+inbound_domain = "inbound.example.test"
+bounce_domain = "bounces.example.test"
+[[asset]]
+id = "a_ses"
+domains = ["example.test"]
+[asset.route]
+kind = "ses"
+region = "eu-west-1"
+access_key_id = "AKIDTEST"
+secret_access_key = "wrong"
+endpoint = "http://{addr}"
+"#
+    );
+    let c = postern::config::Config::parse(&text, "t").unwrap();
+    let route = postern::route::Route::new(c.assets[0].route.as_ref().unwrap(), "mx");
+    let err = route.test().await.unwrap_err();
+    assert!(err.contains("SES 403 SignatureDoesNotMatch"), "{err}");
+    // The fake answers a GetAccount with its MessageId JSON: enough to prove the call.
+    let ok = route.test().await.unwrap();
+    assert!(ok.contains(&format!("http://{addr} (eu-west-1)")), "{ok}");
+    let calls = fake.calls();
+    assert_eq!(calls.len(), 2);
+    assert!(calls.iter().all(|c| c.path == "/v2/email/account"));
+    let auth = calls[0].headers["authorization"].to_str().unwrap();
+    assert!(auth.contains("/eu-west-1/ses/aws4_request"), "{auth}");
 }

@@ -7,7 +7,7 @@
 pub mod notify;
 
 use crate::compose::{self, BuildError};
-use crate::config::Config;
+use crate::config::{Config, RouteConfig};
 use crate::dkim::Keys;
 use crate::events::Outbox;
 use crate::route::{Envelope, RcptOutcome, Route};
@@ -59,8 +59,9 @@ pub struct QueueWorker {
     pub signer: Signer,
     pub fetcher: reqwest::Client,
     pub metrics: Arc<crate::metrics::Metrics>,
-    /// Routes by asset, kept so their connections are reused.
-    pub routes: Mutex<HashMap<String, Arc<Route>>>,
+    /// Routes by asset with the settings they were made from, kept so their connections
+    /// are reused; a reload that changes an asset's route replaces it.
+    pub routes: Mutex<HashMap<String, (RouteConfig, Arc<Route>)>>,
 }
 
 impl QueueWorker {
@@ -73,14 +74,16 @@ impl QueueWorker {
 
     /// The route of an asset (kept, so its connections are reused).
     pub fn route(&self, config: &Config, asset_id: &str) -> Option<Arc<Route>> {
-        let route = config.asset(asset_id)?.route.as_ref()?;
+        let settings = config.asset(asset_id)?.route.as_ref()?;
         let mut routes = self.routes.lock().unwrap_or_else(|p| p.into_inner());
-        Some(
-            routes
-                .entry(asset_id.to_string())
-                .or_insert_with(|| Route::new(route, &config.server.hostname))
-                .clone(),
-        )
+        match routes.get(asset_id) {
+            Some((made_from, route)) if made_from == settings => Some(route.clone()),
+            _ => {
+                let route = Route::new(settings, &config.server.hostname);
+                routes.insert(asset_id.to_string(), (settings.clone(), route.clone()));
+                Some(route)
+            }
+        }
     }
 
     pub async fn run(
