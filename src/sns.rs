@@ -55,7 +55,9 @@ pub enum VerifyError {
     Unsigned,
     #[error("SignatureVersion \"{0}\" is not supported (1 or 2)")]
     Version(String),
-    #[error("SigningCertURL {0} is not https on an SNS host nor under a trusted prefix")]
+    #[error(
+        "SigningCertURL {0} is not a .pem file https on an SNS host nor under a trusted prefix"
+    )]
     UntrustedUrl(String),
     #[error("Type \"{0}\" is not an SNS message type")]
     Type(String),
@@ -147,6 +149,14 @@ pub fn trusted_url(url: &str, prefixes: &[String]) -> bool {
     }
 }
 
+/// Whether `url` may be fetched as a signing certificate: a trusted URL whose path is a
+/// `.pem` file (as SNS's `SimpleNotificationService-<hex>.pem` are), so a forged message
+/// cannot make postern fetch arbitrary pages of an SNS host.
+pub fn trusted_cert_url(url: &str, prefixes: &[String]) -> bool {
+    trusted_url(url, prefixes)
+        && url::Url::parse(url).is_ok_and(|u| u.query().is_none() && u.path().ends_with(".pem"))
+}
+
 /// The RSA public key of a PEM certificate, refused when outside its validity period.
 pub fn certificate_key(pem: &[u8], now_unix: u64) -> Result<RsaPublicKey, VerifyError> {
     use rsa::pkcs8::DecodePublicKey;
@@ -226,7 +236,7 @@ impl Verifier {
         if !matches!(version, "1" | "2") {
             return Err(VerifyError::Version(version.to_string()));
         }
-        if !trusted_url(cert_url, trusted) {
+        if !trusted_cert_url(cert_url, trusted) {
             return Err(VerifyError::UntrustedUrl(cert_url.to_string()));
         }
         let text = msg.string_to_sign()?;
@@ -306,6 +316,18 @@ mod tests {
         ] {
             assert!(!trusted_url(bad, &none), "{bad}");
         }
+        assert!(trusted_cert_url(
+            "https://sns.us-east-1.amazonaws.com/SimpleNotificationService-abc.pem",
+            &none
+        ));
+        assert!(!trusted_cert_url(
+            "https://sns.us-east-1.amazonaws.com/?Action=ListTopics",
+            &none
+        ));
+        assert!(!trusted_cert_url(
+            "https://sns.us-east-1.amazonaws.com/x.pem?Action=ListTopics",
+            &none
+        ));
         let prefixes = vec!["http://127.0.0.1:9000/certs/".to_string()];
         assert!(trusted_url("http://127.0.0.1:9000/certs/a.pem", &prefixes));
         assert!(!trusted_url("http://127.0.0.1:9000/other/a.pem", &prefixes));
