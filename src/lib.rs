@@ -261,6 +261,14 @@ pub async fn start(
         }
     }
     let (queue, queue_rx) = queue::Queue::channel();
+    if config.ses.topic_arns.is_empty()
+        && config
+            .assets
+            .iter()
+            .any(|a| a.route.as_ref().is_some_and(|r| r.kind == config::RouteKind::Ses))
+    {
+        tracing::warn!("ses.topic_arns is empty: /ses/events accepts (and confirms subscriptions to) any SNS topic; list your topics");
+    }
     let shared_config = Arc::new(RwLock::new(Arc::new(config)));
     let queue_worker = Arc::new(queue::QueueWorker {
         store: store.clone(),
