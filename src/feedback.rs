@@ -71,6 +71,7 @@ pub async fn record(
     tid: &str,
     reports: &[Report],
 ) -> Result<usize, StoreError> {
+    let _guard = store.lock_tid(tid).await;
     let Some(mut record) = store.message(tid)? else {
         tracing::info!(
             tid,

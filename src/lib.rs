@@ -262,10 +262,11 @@ pub async fn start(
     }
     let (queue, queue_rx) = queue::Queue::channel();
     if config.ses.topic_arns.is_empty()
-        && config
-            .assets
-            .iter()
-            .any(|a| a.route.as_ref().is_some_and(|r| r.kind == config::RouteKind::Ses))
+        && config.assets.iter().any(|a| {
+            a.route
+                .as_ref()
+                .is_some_and(|r| r.kind == config::RouteKind::Ses)
+        })
     {
         tracing::warn!("ses.topic_arns is empty: /ses/events accepts (and confirms subscriptions to) any SNS topic; list your topics");
     }

@@ -490,17 +490,58 @@ async fn sns_events_become_notifications_and_forgeries_change_nothing() {
     assert_eq!(d.sns(&sub).await.0, 403);
     assert_eq!(host.confirmations.load(Ordering::SeqCst), 1);
 
+    // Feedback arriving at once for one transaction: every event in its history.
+    let complaint = ses_event(
+        "Complaint",
+        id,
+        r#""complaint":{"complainedRecipients":[{"emailAddress":"ann@example.org"}],"timestamp":"2026-11-23T10:00:03.000Z","feedbackId":"f-2","userAgent":"Yahoo!-Mail-Feedback/2.0","complaintFeedbackType":"abuse","arrivalDate":"2026-11-23T10:00:03.000Z"}"#,
+    );
+    let click = ses_event(
+        "Click",
+        id,
+        r#""click":{"ipAddress":"192.0.2.1","link":"https://example.test/a","linkTags":{},"timestamp":"2026-11-23T10:00:04.000Z","userAgent":"Mozilla/5.0"}"#,
+    );
+    let (complaint, click) = (
+        host.message("Notification", "n-8", &complaint, "2"),
+        host.message("Notification", "n-9", &click, "2"),
+    );
+    let (a, b) = tokio::join!(d.sns(&complaint), d.sns(&click));
+    assert_eq!((a.0, b.0), (200, 200));
+    let history: Value = d
+        .client
+        .get(format!("{}/v2/messages/{tid}", d.api))
+        .header("key", "key-a")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let mut codes: Vec<&str> = history["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["code"].as_str().unwrap())
+        .collect();
+    codes.sort();
+    assert_eq!(
+        codes,
+        ["7500", "7501", "7501", "7520", "7521", "7528"],
+        "{history}"
+    );
+    d.notes(6).await;
+
     // The bounce put bob on the bounce list: a new send to him fails with 7240.
     d.send(&["bob@example.org"]).await;
-    let notes = d.notes(5).await;
+    let notes = d.notes(7).await;
     assert_eq!(
         notes.len(),
-        5,
+        7,
         "nothing from the duplicate or the forgeries"
     );
-    assert_eq!(notes[4]["deliveryInfo"]["code"], "7240");
+    assert_eq!(notes[6]["deliveryInfo"]["code"], "7240");
     assert_eq!(
-        notes[4]["deliveryInfo"]["Description"],
+        notes[6]["deliveryInfo"]["Description"],
         "already bounced : bob@example.org"
     );
     d.stop().await;

@@ -169,6 +169,16 @@ impl Store {
         self.commit().await
     }
 
+    /// Held while a transaction's record is read, changed and written back by feedback
+    /// (SES events, DSNs, opens), so two at once do not lose each other's history.
+    pub async fn lock_tid(&self, tid: &str) -> tokio::sync::MutexGuard<'_, ()> {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        tid.hash(&mut h);
+        let locks = &self.inner.tid_locks;
+        locks[(h.finish() as usize) % locks.len()].lock().await
+    }
+
     /// Maps a route's message id (SES MessageId) to its tid. Not committed here: the
     /// caller's next commit (the update recording 7501) makes it durable with the rest.
     pub fn map_route_id(&self, id: &str, tid: &str) -> Result<(), StoreError> {

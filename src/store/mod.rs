@@ -81,6 +81,8 @@ struct Inner {
     quarantine: sled::Tree,
     spool_dir: PathBuf,
     flush_tx: std::sync::mpsc::Sender<FlushRequest>,
+    /// Serialise read-modify-write of one transaction's record (striped by tid).
+    tid_locks: Vec<tokio::sync::Mutex<()>>,
 }
 
 /// A flush request carries its own database handle, so the flusher task never keeps the
@@ -125,6 +127,7 @@ impl Store {
             db: db.clone(),
             spool_dir: spool_dir.clone(),
             flush_tx,
+            tid_locks: (0..64).map(|_| tokio::sync::Mutex::new(())).collect(),
         };
         let dir = spool_dir.clone();
         std::thread::Builder::new()
