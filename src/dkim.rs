@@ -39,6 +39,30 @@ pub const SIGNED_HEADERS: [&str; 13] = [
     "Feedback-ID",
 ];
 
+/// The headers signed for mail relayed through Amazon SES: SES replaces Message-ID and
+/// Date (its manual-DKIM guide says not to sign them), which would break the signature.
+pub const SES_SIGNED_HEADERS: [&str; 11] = [
+    "From",
+    "To",
+    "Cc",
+    "Subject",
+    "Reply-To",
+    "MIME-Version",
+    "Content-Type",
+    "Content-Transfer-Encoding",
+    "List-Unsubscribe",
+    "List-Unsubscribe-Post",
+    "Feedback-ID",
+];
+
+/// Which headers a signature covers: all of `SIGNED_HEADERS`, or `SES_SIGNED_HEADERS` for
+/// a route that rewrites some.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Coverage {
+    Full,
+    Ses,
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum DkimError {
     #[error("{path}: {source}")]
@@ -75,6 +99,7 @@ pub struct DomainKey {
     /// base64 of the public key as published in `p=`.
     pub public: String,
     signer: Signer,
+    ses_signer: Signer,
 }
 
 impl DomainKey {
@@ -93,7 +118,16 @@ impl DomainKey {
 
     /// The `DKIM-Signature` header (CRLF-terminated) for a complete message.
     pub fn sign(&self, message: &[u8]) -> Result<String, DkimError> {
-        let sig = match &self.signer {
+        self.sign_with(message, Coverage::Full)
+    }
+
+    /// The `DKIM-Signature` header covering the headers of `coverage`.
+    pub fn sign_with(&self, message: &[u8], coverage: Coverage) -> Result<String, DkimError> {
+        let signer = match coverage {
+            Coverage::Full => &self.signer,
+            Coverage::Ses => &self.ses_signer,
+        };
+        let sig = match signer {
             Signer::Rsa(s) => s.sign(message),
             Signer::Ed(s) => s.sign(message),
         };
@@ -423,39 +457,45 @@ fn parse(
         reason,
     };
     let der = pem_der(pem).ok_or_else(|| bad("not PEM".into()))?;
-    let (public, signer) = match algorithm {
-        DkimAlgorithm::RsaSha256 => {
-            use rsa::pkcs8::{DecodePrivateKey, EncodePublicKey};
-            let key = rsa::RsaPrivateKey::from_pkcs8_der(&der).map_err(|e| bad(e.to_string()))?;
-            let spki = key
-                .to_public_key()
-                .to_public_key_der()
-                .map_err(|e| bad(e.to_string()))?;
-            let pkcs8 = tokio_rustls::rustls::pki_types::PrivatePkcs8KeyDer::from(der.clone());
-            let signing =
-                RsaKey::<Sha256>::from_key_der(pkcs8.into()).map_err(|e| bad(e.to_string()))?;
-            let s = DkimSigner::from_key(signing)
-                .domain(domain)
-                .selector(selector)
-                .headers(SIGNED_HEADERS);
-            (B64.encode(spki.as_bytes()), Signer::Rsa(s))
-        }
-        DkimAlgorithm::Ed25519Sha256 => {
-            let signing = Ed25519Key::from_pkcs8_der(&der).map_err(|e| bad(e.to_string()))?;
-            let public = B64.encode(signing.public_key());
-            let s = DkimSigner::from_key(signing)
-                .domain(domain)
-                .selector(selector)
-                .headers(SIGNED_HEADERS);
-            (public, Signer::Ed(s))
-        }
+    let make = |headers: &[&str]| -> Result<(String, Signer), DkimError> {
+        Ok(match algorithm {
+            DkimAlgorithm::RsaSha256 => {
+                use rsa::pkcs8::{DecodePrivateKey, EncodePublicKey};
+                let key =
+                    rsa::RsaPrivateKey::from_pkcs8_der(&der).map_err(|e| bad(e.to_string()))?;
+                let spki = key
+                    .to_public_key()
+                    .to_public_key_der()
+                    .map_err(|e| bad(e.to_string()))?;
+                let pkcs8 = tokio_rustls::rustls::pki_types::PrivatePkcs8KeyDer::from(der.clone());
+                let signing =
+                    RsaKey::<Sha256>::from_key_der(pkcs8.into()).map_err(|e| bad(e.to_string()))?;
+                let s = DkimSigner::from_key(signing)
+                    .domain(domain)
+                    .selector(selector)
+                    .headers(headers.iter().copied());
+                (B64.encode(spki.as_bytes()), Signer::Rsa(s))
+            }
+            DkimAlgorithm::Ed25519Sha256 => {
+                let signing = Ed25519Key::from_pkcs8_der(&der).map_err(|e| bad(e.to_string()))?;
+                let public = B64.encode(signing.public_key());
+                let s = DkimSigner::from_key(signing)
+                    .domain(domain)
+                    .selector(selector)
+                    .headers(headers.iter().copied());
+                (public, Signer::Ed(s))
+            }
+        })
     };
+    let (public, signer) = make(&SIGNED_HEADERS)?;
+    let (_, ses_signer) = make(&SES_SIGNED_HEADERS)?;
     Ok(DomainKey {
         domain: domain.to_string(),
         selector: selector.to_string(),
         algorithm,
         public,
         signer,
+        ses_signer,
     })
 }
 

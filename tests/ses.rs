@@ -338,6 +338,29 @@ async fn ses_send_is_signed_raw_mime_and_its_message_id_is_kept() {
         .unwrap();
     let raw = String::from_utf8(raw).unwrap();
     assert!(raw.starts_with("DKIM-Signature:") && raw.contains("d=example.test"));
+    // SES rewrites Message-ID and Date, so the signature must not cover them.
+    // The DKIM-Signature header, unfolded, then its h= tag.
+    let mut header = String::new();
+    for (n, line) in raw.split("\r\n").enumerate() {
+        if n > 0 && !line.starts_with([' ', '\t']) {
+            break;
+        }
+        header.push_str(line.trim());
+    }
+    let signed: String = header
+        .split(';')
+        .find_map(|t| t.trim().strip_prefix("h="))
+        .unwrap_or_else(|| panic!("no h= in {header}"))
+        .to_string();
+    let signed = signed.to_ascii_lowercase();
+    assert!(
+        signed.contains("from") && signed.contains("subject"),
+        "{signed}"
+    );
+    assert!(
+        !signed.contains("message-id") && !signed.contains("date"),
+        "{signed}"
+    );
     assert!(raw.contains(&format!("Message-ID: <{tid}@mx.example.test>")));
     let metrics = d
         .client

@@ -192,8 +192,17 @@ pub async fn build(
     let key = keys
         .signing_key(data_dir, &domain, (&selector, algorithm))
         .map_err(|e| BuildError::Dkim(e.to_string()))?;
+    // SES replaces Message-ID and Date: a signature over them would not survive it.
+    let coverage = match config
+        .asset(&record.asset_id)
+        .and_then(|a| a.route.as_ref())
+        .map(|r| r.kind)
+    {
+        Some(crate::config::RouteKind::Ses) => crate::dkim::Coverage::Ses,
+        _ => crate::dkim::Coverage::Full,
+    };
     let signature = key
-        .sign(&body)
+        .sign_with(&body, coverage)
         .map_err(|e| BuildError::Dkim(e.to_string()))?;
     let mut signed = Vec::with_capacity(signature.len() + body.len());
     signed.extend_from_slice(signature.as_bytes());
