@@ -204,7 +204,7 @@ trust_url_prefixes = ["{trust}"]
 id = "svc_a"
 key = "key-a"
 secret = "c2VjcmV0LXNlY3JldC1zZWNyZXQ="
-tps = 50
+tps = 200
 assets = ["a_ses"]
 [[asset]]
 id = "a_ses"
@@ -609,4 +609,49 @@ endpoint = "http://{addr}"
     assert!(calls.iter().all(|c| c.path == "/v2/email/account"));
     let auth = calls[0].headers["authorization"].to_str().unwrap();
     assert!(auth.contains("/eu-west-1/ses/aws4_request"), "{auth}");
+}
+
+#[tokio::test]
+async fn more_than_fifty_recipients_go_as_several_ses_messages() {
+    let (fake, addr) = FakeSes::start(&[]).await;
+    let d = Ses::start(addr, "http://127.0.0.1:1/").await;
+    let rcpts: Vec<String> = (0..120).map(|i| format!("r{i}@example.org")).collect();
+    let refs: Vec<&str> = rcpts.iter().map(String::as_str).collect();
+    let tid = d.send(&refs).await;
+    let notes = d.notes(120).await;
+    assert!(notes
+        .iter()
+        .all(|n| n["deliveryInfo"]["code"] == "7501" && n["transid"] == tid.as_str()));
+    let sizes: Vec<usize> = fake
+        .calls()
+        .iter()
+        .map(|c| {
+            c.body["Destination"]["ToAddresses"]
+                .as_array()
+                .unwrap()
+                .len()
+        })
+        .collect();
+    assert_eq!(
+        sizes,
+        [50, 50, 20],
+        "SES takes at most 50 recipients a message"
+    );
+    let mut all: Vec<String> = fake
+        .calls()
+        .iter()
+        .flat_map(|c| {
+            c.body["Destination"]["ToAddresses"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_str().unwrap().to_string())
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    all.sort();
+    let mut want = rcpts.clone();
+    want.sort();
+    assert_eq!(all, want, "every recipient exactly once");
+    d.stop().await;
 }

@@ -277,10 +277,10 @@ impl QueueWorker {
         self.metrics.route_latency(route.label(), elapsed);
         tracing::debug!(
             elapsed_ms = elapsed.as_millis() as u64,
-            message_id = sent.message_id.as_deref().unwrap_or(""),
+            message_ids = ?sent.message_ids,
             "route call"
         );
-        if let Some(id) = &sent.message_id {
+        for id in &sent.message_ids {
             // Written before the update that records 7501 commits both: an SES event
             // arriving right after the answer finds its transaction.
             if let Err(e) = self.store.map_route_id(id, &record.tid) {

@@ -34,11 +34,11 @@ pub struct Envelope<'a> {
     pub from: &'a str,
 }
 
-/// The result of one route call: one outcome per recipient, and the provider's id for
-/// the message when it gives one (SES's MessageId, which its events refer to).
+/// The result of one route call: one outcome per recipient, and the provider's ids for
+/// the message (SES's MessageIds, which its events refer to; one per SendEmail call).
 pub struct Sent {
     pub outcomes: Vec<RcptOutcome>,
-    pub message_id: Option<String>,
+    pub message_ids: Vec<String>,
 }
 
 /// A configured route, kept by the queue (in an `Arc`, once per asset) so connections
@@ -69,18 +69,29 @@ impl Route {
         match self {
             Route::Smtp(r) => Sent {
                 outcomes: r.send(envelope.return_path, rcpts, message).await,
-                message_id: None,
+                message_ids: Vec::new(),
             },
-            Route::Ses(r) => match r.send(envelope.from, rcpts, message).await {
-                ses::SesAnswer::Accepted { message_id } => Sent {
-                    outcomes: vec![RcptOutcome::Submitted; rcpts.len()],
-                    message_id: Some(message_id),
-                },
-                ses::SesAnswer::Failed(outcome) => Sent {
-                    outcomes: vec![outcome; rcpts.len()],
-                    message_id: None,
-                },
-            },
+            Route::Ses(r) => {
+                // SES takes at most 50 recipients a message: larger transactions go as
+                // several calls, each with its own MessageId.
+                let mut sent = Sent {
+                    outcomes: Vec::with_capacity(rcpts.len()),
+                    message_ids: Vec::new(),
+                };
+                for chunk in rcpts.chunks(ses::MAX_RECIPIENTS) {
+                    match r.send(envelope.from, chunk, message).await {
+                        ses::SesAnswer::Accepted { message_id } => {
+                            sent.outcomes
+                                .extend(std::iter::repeat_n(RcptOutcome::Submitted, chunk.len()));
+                            sent.message_ids.push(message_id);
+                        }
+                        ses::SesAnswer::Failed(outcome) => sent
+                            .outcomes
+                            .extend(std::iter::repeat_n(outcome, chunk.len())),
+                    }
+                }
+                sent
+            }
         }
     }
 

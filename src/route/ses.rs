@@ -18,6 +18,8 @@ use std::time::{Duration, SystemTime};
 const TIMEOUT: Duration = Duration::from_secs(60);
 /// The signing name of SES (v1 and v2 alike).
 const SERVICE: &str = "ses";
+/// Recipients (to, cc and bcc together) SES accepts in one message.
+pub const MAX_RECIPIENTS: usize = 50;
 /// Error bodies are read for their message, never more than this.
 const MAX_ERROR_BODY: usize = 16 * 1024;
 
