@@ -415,7 +415,7 @@ pub enum RouteAuth {
     Oauth2,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RouteConfig {
     pub kind: RouteKind,
@@ -438,6 +438,9 @@ pub struct RouteConfig {
     pub endpoint: Option<String>,
     /// SES configuration set (`ConfigurationSetName`): where SES publishes events.
     pub configuration_set: Option<String>,
+    /// SES: recipients per second to stay under (the account's maximum send rate), so
+    /// a burst is paced instead of throttled. None: no pacing (throttling is retried).
+    pub max_send_rate: Option<f64>,
 }
 
 impl RouteConfig {
@@ -459,6 +462,12 @@ impl RouteConfig {
                     if missing {
                         out.push(format!("kind = \"ses\" needs {key}"));
                     }
+                }
+                if self
+                    .max_send_rate
+                    .is_some_and(|r| !r.is_finite() || r <= 0.0)
+                {
+                    out.push("max_send_rate must be a positive number".to_string());
                 }
                 if let Some(e) = &self.endpoint {
                     if reqwest::Url::parse(e)

@@ -23,7 +23,33 @@ pub const MAX_RECIPIENTS: usize = 50;
 /// Error bodies are read for their message, never more than this.
 const MAX_ERROR_BODY: usize = 16 * 1024;
 
+/// Spaces calls so that at most `rate` recipients a second are sent (a virtual
+/// schedule: each call books `n / rate` seconds after the previous booking).
+pub struct Pacer {
+    rate: f64,
+    next: std::sync::Mutex<Option<std::time::Instant>>,
+}
+
+impl Pacer {
+    pub fn new(rate: f64) -> Pacer {
+        Pacer {
+            rate,
+            next: std::sync::Mutex::new(None),
+        }
+    }
+
+    /// Books `n` recipients at `now`: how long to wait before sending them.
+    pub fn book(&self, n: usize, now: std::time::Instant) -> Duration {
+        let cost = Duration::from_secs_f64(n as f64 / self.rate);
+        let mut next = self.next.lock().unwrap_or_else(|p| p.into_inner());
+        let start = next.filter(|t| *t > now).unwrap_or(now);
+        *next = Some(start + cost);
+        start - now
+    }
+}
+
 pub struct SesRoute {
+    pacer: Option<Pacer>,
     region: String,
     base: String,
     access_key_id: String,
@@ -113,6 +139,7 @@ impl SesRoute {
             .trim_end_matches('/')
             .to_string();
         SesRoute {
+            pacer: config.max_send_rate.map(Pacer::new),
             region,
             base,
             access_key_id: config
@@ -184,6 +211,12 @@ impl SesRoute {
 
     /// Sends `message` to every address in `rcpts` with one `SendEmail` call.
     pub async fn send(&self, from: &str, rcpts: &[String], message: &[u8]) -> SesAnswer {
+        if let Some(p) = &self.pacer {
+            let wait = p.book(rcpts.len(), std::time::Instant::now());
+            if !wait.is_zero() {
+                tokio::time::sleep(wait).await;
+            }
+        }
         let mut body = serde_json::json!({
             "FromEmailAddress": from,
             "Destination": {"ToAddresses": rcpts},
@@ -266,6 +299,19 @@ impl SesRoute {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_pacer_spaces_calls_by_their_recipients() {
+        let p = Pacer::new(10.0);
+        let t0 = std::time::Instant::now();
+        assert_eq!(p.book(5, t0), Duration::ZERO, "the first call goes at once");
+        assert_eq!(p.book(5, t0), Duration::from_millis(500));
+        assert_eq!(p.book(1, t0), Duration::from_secs(1));
+        // Idle time is not saved up as a burst.
+        let later = t0 + Duration::from_secs(10);
+        assert_eq!(p.book(50, later), Duration::ZERO);
+        assert_eq!(p.book(1, later), Duration::from_secs(5));
+    }
 
     #[test]
     fn errors_are_read_from_header_or_body() {
