@@ -435,6 +435,8 @@ pub struct RouteConfig {
     pub region: Option<String>,
     pub access_key_id: Option<Secret>,
     pub secret_access_key: Option<Secret>,
+    /// SES: the session token of temporary (STS) credentials.
+    pub session_token: Option<Secret>,
     pub endpoint: Option<String>,
     /// SES configuration set (`ConfigurationSetName`): where SES publishes events.
     pub configuration_set: Option<String>,

@@ -594,6 +594,7 @@ kind = "ses"
 region = "eu-west-1"
 access_key_id = "AKIDTEST"
 secret_access_key = "wrong"
+session_token = "sts-session-token"
 endpoint = "http://{addr}"
 "#
     );
@@ -609,6 +610,10 @@ endpoint = "http://{addr}"
     assert!(calls.iter().all(|c| c.path == "/v2/email/account"));
     let auth = calls[0].headers["authorization"].to_str().unwrap();
     assert!(auth.contains("/eu-west-1/ses/aws4_request"), "{auth}");
+    assert_eq!(
+        calls[0].headers["x-amz-security-token"], "sts-session-token",
+        "temporary credentials carry their session token"
+    );
 }
 
 #[tokio::test]

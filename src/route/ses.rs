@@ -54,6 +54,7 @@ pub struct SesRoute {
     base: String,
     access_key_id: String,
     secret_access_key: String,
+    session_token: Option<String>,
     configuration_set: Option<String>,
     http: reqwest::Client,
 }
@@ -152,6 +153,10 @@ impl SesRoute {
                 .as_ref()
                 .map(|s| s.expose().to_string())
                 .unwrap_or_default(),
+            session_token: config
+                .session_token
+                .as_ref()
+                .map(|s| s.expose().to_string()),
             configuration_set: config.configuration_set.clone(),
             http: reqwest::Client::builder()
                 .timeout(TIMEOUT)
@@ -174,7 +179,7 @@ impl SesRoute {
         let identity = Credentials::new(
             &self.access_key_id,
             &self.secret_access_key,
-            None,
+            self.session_token.clone(),
             None,
             "postern-config",
         )
