@@ -21,13 +21,10 @@
 # A missed goal never makes the script fail; a broken setup does (exit 1).
 set -euo pipefail
 
-export PATH="$PATH:/usr/sbin:/sbin"
-export LC_ALL=C
-
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-REPO="$(cd "$HERE/.." && pwd)"
+# shellcheck source=bench/lib.sh
+source "$HERE/lib.sh" # log, die, stop_pid, cleanup, the Postfix helpers, ...
 HELPERS="$HERE/inbound"
-LOOP=127.0.0.1 # never anything else
 
 MESSAGES="${MESSAGES:-20000}"
 SESSIONS="${SESSIONS:-20}"
@@ -56,154 +53,27 @@ declare -A REF=(
 	[postfix,5120]=1500 [postfix,102400]=760
 )
 
-log() { printf '[%(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
-die() {
-	log "ERROR: $*"
-	exit 1
-}
-
-for v in MESSAGES SESSIONS IDLE_CONNS DRAIN_TIMEOUT RUN_TIMEOUT SINK_PORT POSTFIX_PORT \
-	POSTERN_SMTP_PORT POSTERN_HTTP_PORT WEBHOOK_PORT; do
-	[[ "${!v}" =~ ^[0-9]+$ ]] || die "$v must be a non-negative integer (got '${!v}')"
-done
+require_uints MESSAGES SESSIONS IDLE_CONNS DRAIN_TIMEOUT RUN_TIMEOUT SINK_PORT POSTFIX_PORT \
+	POSTERN_SMTP_PORT POSTERN_HTTP_PORT WEBHOOK_PORT
 ((MESSAGES > 0 && SESSIONS > 0)) || die "MESSAGES and SESSIONS must be > 0"
 for s in $SIZES; do [[ "$s" =~ ^[0-9]+$ ]] || die "SIZES must be byte counts (got '$s')"; done
 
 # ---------------------------------------------------------------- state + cleanup
-WORK=""
-SINK_PID=""
 WEBHOOK_PID=""
-POSTERN_PID=""
 IDLE_PID=""
-LOAD_PID=""
-PF_ETC=""
-PF_STARTED=0
 
-stop_pid() { # stop_pid PID [grace-seconds]: TERM, bounded wait, then KILL
-	local pid="$1" grace="${2:-10}" i
-	[[ -n "$pid" ]] || return 0
-	kill -0 "$pid" 2>/dev/null || {
-		wait "$pid" 2>/dev/null || true
-		return 0
-	}
-	kill -TERM "$pid" 2>/dev/null || true
-	for ((i = 0; i < grace * 10; i++)); do
-		kill -0 "$pid" 2>/dev/null || break
-		sleep 0.1
-	done
-	if kill -0 "$pid" 2>/dev/null; then
-		log "pid $pid did not stop after ${grace}s; killing it"
-		kill -KILL "$pid" 2>/dev/null || true
-	fi
-	wait "$pid" 2>/dev/null || true
-}
-
-postfix_stop() {
-	[[ "$PF_STARTED" == 1 ]] || return 0
-	local master_pid="" i
-	[[ -r "$WORK/postfix/spool/pid/master.pid" ]] &&
-		master_pid="$(tr -dc '0-9' <"$WORK/postfix/spool/pid/master.pid")"
-	postsuper -c "$PF_ETC" -d ALL >/dev/null 2>&1 || true
-	postfix -c "$PF_ETC" stop >/dev/null 2>&1 || true
-	if [[ -n "$master_pid" ]]; then
-		for ((i = 0; i < 100; i++)); do
-			kill -0 "$master_pid" 2>/dev/null || break
-			sleep 0.1
-		done
-		if kill -0 "$master_pid" 2>/dev/null; then
-			log "postfix master $master_pid still running; killing it"
-			kill -KILL "$master_pid" 2>/dev/null || true
-		fi
-	fi
-	PF_STARTED=0
-}
-
-cleanup() {
-	local rc=$?
-	set +e
-	trap - EXIT INT TERM
-	((rc == 0)) || log "exiting with status $rc; cleaning up"
+stop_processes() { # for cleanup (lib.sh), the EXIT trap
 	stop_pid "$LOAD_PID" 5
 	stop_pid "$IDLE_PID" 5
 	stop_pid "$POSTERN_PID" 30
 	stop_pid "$SINK_PID" 5
 	stop_pid "$WEBHOOK_PID" 5
 	postfix_stop
-	if [[ -n "$WORK" && -d "$WORK" ]]; then
-		if [[ "$KEEP_WORK" == 1 ]]; then
-			log "kept work directory $WORK"
-		else
-			rm -rf "$WORK"
-		fi
-	fi
-	exit "$rc"
 }
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
+set_traps
 
 # ---------------------------------------------------------------- helpers
-now() { date +%s.%N; }
-
-port_open() { # something accepts connections on 127.0.0.1:$1
-	(exec 3<>"/dev/tcp/$LOOP/$1") 2>/dev/null
-}
-
-wait_port() { # wait_port PORT DEADLINE-SECONDS PID NAME
-	local port="$1" deadline=$((SECONDS + $2)) pid="$3" name="$4"
-	until port_open "$port"; do
-		[[ -z "$pid" ]] || kill -0 "$pid" 2>/dev/null || die "$name exited before listening on $LOOP:$port"
-		((SECONDS < deadline)) || die "$name is not listening on $LOOP:$port after $2 s"
-		sleep 0.1
-	done
-}
-
-require_free_port() {
-	if port_open "$1"; then die "$LOOP:$1 is already in use ($2); set ${3}=<free port>"; fi
-}
-
-ticks_of() { # ticks_of PID [all]: utime+stime (+cutime+cstime with "all"), in clock ticks
-	local mode="${2:-}" f
-	f="$(cat "/proc/$1/stat" 2>/dev/null)" || {
-		echo 0
-		return
-	}
-	f="${f##*) }"
-	# shellcheck disable=SC2086
-	set -- $f
-	# after "pid (comm) ": $1=state ... $12=utime $13=stime $14=cutime $15=cstime
-	if [[ "$mode" == all ]]; then echo $((${12} + ${13} + ${14} + ${15})); else echo $((${12} + ${13})); fi
-}
-
-postfix_ticks() { # CPU of the Postfix instance: master incl. reaped children + live children
-	local master_pid total c
-	master_pid="$(tr -dc '0-9' <"$WORK/postfix/spool/pid/master.pid" 2>/dev/null)" || {
-		echo 0
-		return
-	}
-	total="$(ticks_of "$master_pid" all)"
-	for c in $(ps -o pid= --ppid "$master_pid" 2>/dev/null); do
-		total=$((total + $(ticks_of "$c")))
-	done
-	echo "$total"
-}
-
-status_kb() { # status_kb PID FIELD -> value in kB from /proc/PID/status
-	awk -v k="$2:" '$1 == k { print $2 }' "/proc/$1/status" 2>/dev/null || echo 0
-}
-
 fmt_size() { awk -v b="$1" 'BEGIN { if (b % 1024 == 0) printf "%d KB", b / 1024; else printf "%d B", b }'; }
-fmt_int() { awk -v x="$1" 'BEGIN { if (x == "" || x == "-") print "-"; else printf "%.0f", x }'; }
-mib() { awk -v k="$1" 'BEGIN { if (k == "" || k == "-") print "-"; else printf "%.1f MiB", k / 1024 }'; }
-
-ratio() { # ratio x|% A B -> "1.23x" / "45%" / "n/a" when B is missing
-	awk -v kind="$1" -v a="$2" -v b="$3" 'BEGIN {
-		if (b == "" || b + 0 <= 0) print "n/a"
-		else if (kind == "%") printf "%.0f%%", 100 * a / b
-		else printf "%.2fx", a / b }'
-}
-
-http_code() { curl -s -o /dev/null -m 2 -w '%{http_code}' "$1" 2>/dev/null || true; }
 
 postern_accepted() { # sum of postern_inbound_messages_total{...result="accepted"...}, or "" if absent
 	curl -s -m 5 "http://$LOOP:$POSTERN_HTTP_PORT/metrics" 2>/dev/null |
@@ -216,43 +86,12 @@ webhook_total() {
 		"$PY" -c 'import json,sys; print(json.load(sys.stdin).get("total", 0))' 2>/dev/null || echo 0
 }
 
-sink_mesg() { # last "mesg=N" counter printed by smtp-sink -c
-	tr '\r' '\n' <"$WORK/smtp-sink.out" 2>/dev/null |
-		awk '{ for (i = 1; i <= NF; i++) if ($i ~ /^mesg=/) { sub("mesg=", "", $i); m = $i } } END { print m + 0 }'
-}
-
-cpu_busy_pct() { # share of all CPUs busy over one second, from /proc/stat
-	local a b
-	a="$(head -n1 /proc/stat)"
-	sleep 1
-	b="$(head -n1 /proc/stat)"
-	awk -v a="$a" -v b="$b" 'BEGIN {
-		n = split(a, x); split(b, y); t = 0
-		for (i = 2; i <= n; i++) t += y[i] - x[i]
-		idle = (y[5] - x[5]) + (y[6] - x[6])
-		printf "%.0f\n", (t > 0) ? 100 * (t - idle) / t : 0 }'
-}
-
 # ---------------------------------------------------------------- setup
 ensure_postfix_tools() {
 	if command -v smtp-source >/dev/null && command -v smtp-sink >/dev/null && command -v postfix >/dev/null; then
 		return 0
 	fi
-	[[ "$(id -u)" == 0 ]] || die "smtp-source/smtp-sink/postfix missing and not root: apt-get install postfix"
-	log "installing postfix (for smtp-source, smtp-sink and the Postfix comparison)"
-	echo "postfix postfix/main_mailer_type select No configuration" | debconf-set-selections
-	# Keep the package from starting a system-wide postfix on port 25 while it installs.
-	local made_policy=0
-	if [[ ! -e /usr/sbin/policy-rc.d ]]; then
-		printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d
-		chmod 755 /usr/sbin/policy-rc.d
-		made_policy=1
-	fi
-	local rc=0
-	{ apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y postfix; } \
-		>"${TMPDIR:-/tmp}/postern-bench-apt.log" 2>&1 || rc=$?
-	[[ "$made_policy" == 1 ]] && rm -f /usr/sbin/policy-rc.d
-	((rc == 0)) || die "apt-get install postfix failed; see ${TMPDIR:-/tmp}/postern-bench-apt.log"
+	install_postfix "smtp-source, smtp-sink and the Postfix comparison" "${TMPDIR:-/tmp}/postern-bench-apt.log"
 	# "No configuration" leaves the system instance unconfigured; also make sure it never starts.
 	if [[ -d /run/systemd/system ]]; then
 		systemctl disable --now postfix.service >/dev/null 2>&1 || true
@@ -264,10 +103,8 @@ ensure_postfix_tools() {
 }
 
 start_webhook_sink() {
-	require_free_port "$WEBHOOK_PORT" "webhook sink" WEBHOOK_PORT
-	"$PY" "$HELPERS/webhook_sink.py" "$WEBHOOK_PORT" >"$WORK/webhook-sink.log" 2>&1 &
-	WEBHOOK_PID=$!
-	wait_port "$WEBHOOK_PORT" 15 "$WEBHOOK_PID" "webhook sink"
+	start_listener WEBHOOK_PID WEBHOOK_PORT "webhook sink" "$WORK/webhook-sink.log" \
+		"$PY" "$HELPERS/webhook_sink.py" "$WEBHOOK_PORT"
 }
 
 # ---------------------------------------------------------------- one load run
@@ -287,7 +124,7 @@ run_load() {
 	wait "$LOAD_PID" || LAST_RC=$?
 	t1="$(now)"
 	LOAD_PID=""
-	LAST_WALL="$(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.3f", b - a }')"
+	LAST_WALL="$(fsub "$t1" "$t0")"
 	if ((LAST_RC != 0)); then
 		log "$name: smtp-source exited $LAST_RC after ${LAST_WALL}s:"
 		tail -n 5 "$out" >&2 || true
@@ -301,9 +138,9 @@ record() { # record RECEIVER SIZE ACCEPTED [CPU_TICKS]
 	local key="$name,$size"
 	WALL[$key]="$LAST_WALL"
 	ACC[$key]="$acc"
-	RATE[$key]="$(awk -v n="$acc" -v t="$LAST_WALL" 'BEGIN { if (t > 0) printf "%.1f", n / t; else print 0 }')"
-	if [[ -n "$cpu" ]] && ((acc > 0)); then
-		CPU1K[$key]="$(awk -v c="$cpu" -v hz="$HZ" -v n="$acc" 'BEGIN { printf "%.3f", c / hz / n * 1000 }')"
+	RATE[$key]="$(rate_of "$acc" "$LAST_WALL")"
+	if [[ -n "$cpu" ]]; then
+		CPU1K[$key]="$(cpu1k "$cpu" "$acc")"
 	else
 		CPU1K[$key]="-"
 	fi
@@ -317,11 +154,7 @@ record() { # record RECEIVER SIZE ACCEPTED [CPU_TICKS]
 
 # ---------------------------------------------------------------- receivers
 bench_sink() {
-	require_free_port "$SINK_PORT" "smtp-sink" SINK_PORT
-	log "starting smtp-sink on $LOOP:$SINK_PORT"
-	smtp-sink -c -u postfix "$LOOP:$SINK_PORT" 1000 >"$WORK/smtp-sink.out" 2>"$WORK/smtp-sink.err" &
-	SINK_PID=$!
-	wait_port "$SINK_PORT" 15 "$SINK_PID" "smtp-sink"
+	start_sink "starting smtp-sink on $LOOP:$SINK_PORT"
 	local size before after c0 c1
 	for size in $SIZES; do
 		before="$(sink_mesg)"
@@ -332,70 +165,16 @@ bench_sink() {
 		after="$(sink_mesg)"
 		record smtp-sink "$size" $((after - before)) $((c1 - c0))
 	done
-	stop_pid "$SINK_PID" 5
-	SINK_PID=""
+	stop_sink
 }
 
-postfix_setup() {
-	local pf="$WORK/postfix"
-	PF_ETC="$pf/etc"
-	mkdir -p "$PF_ETC" "$pf/spool" "$pf/data"
-	chmod 755 "$WORK" "$pf" "$pf/spool"
-	chown postfix "$pf/data"
-	cat >"$PF_ETC/main.cf" <<EOF
-# Private benchmark instance generated by bench/inbound.sh. Accepts mail for
-# bench.test from loopback and puts it on hold: nothing is ever delivered.
-compatibility_level = 3.6
-queue_directory = $pf/spool
-data_directory = $pf/data
-meta_directory = /etc/postfix
-mail_owner = postfix
-setgid_group = postdrop
-myhostname = postfix.bench.test
-mydomain = bench.test
-myorigin = \$myhostname
-mydestination =
-relay_domains = bench.test
-inet_interfaces = $LOOP
-inet_protocols = ipv4
-mynetworks = 127.0.0.0/8
-smtpd_relay_restrictions = permit_mynetworks, reject_unauth_destination
-smtpd_recipient_restrictions = check_recipient_access static:HOLD, permit
-smtpd_peername_lookup = no
-smtpd_banner = \$myhostname ESMTP
-message_size_limit = 41943040
-alias_maps =
-alias_database =
-local_recipient_maps =
-biff = no
-maillog_file = $pf/maillog
-maillog_file_prefixes = $pf
-EOF
-	cat >"$PF_ETC/master.cf" <<EOF
-# service type  private unpriv  chroot  wakeup  maxproc command + args
-$LOOP:$POSTFIX_PORT inet n - n - - smtpd
-pickup    unix  n       -       n       60      1       pickup
-cleanup   unix  n       -       n       -       0       cleanup
-qmgr      unix  n       -       n       300     1       qmgr
-rewrite   unix  -       -       n       -       -       trivial-rewrite
-bounce    unix  -       -       n       -       0       bounce
-defer     unix  -       -       n       -       0       bounce
-trace     unix  -       -       n       -       0       bounce
-verify    unix  -       -       n       -       1       verify
-flush     unix  n       -       n       1000?   0       flush
-proxymap  unix  -       -       n       -       -       proxymap
-proxywrite unix -       -       n       -       1       proxymap
-smtp      unix  -       -       n       -       -       smtp
-relay     unix  -       -       n       -       -       smtp
-showq     unix  n       -       n       -       -       showq
-error     unix  -       -       n       -       -       error
-retry     unix  -       -       n       -       -       error
-discard   unix  -       -       n       -       -       discard
-local     unix  -       n       n       -       -       local
-anvil     unix  -       -       n       -       1       anvil
-scache    unix  -       -       n       -       1       scache
-postlog   unix-dgram n  -       n       -       1       postlogd
-EOF
+postfix_setup_hold() {
+	postfix_setup \
+		"# Private benchmark instance generated by bench/inbound.sh. Accepts mail for
+# bench.test from loopback and puts it on hold: nothing is ever delivered." \
+		"relay_domains = bench.test" \
+		"smtpd_recipient_restrictions = check_recipient_access static:HOLD, permit" \
+		"message_size_limit = 41943040"
 }
 
 postfix_held() { find "$WORK/postfix/spool/hold" -type f 2>/dev/null | wc -l; }
@@ -406,14 +185,9 @@ postfix_queued_elsewhere() {
 
 bench_postfix() {
 	require_free_port "$POSTFIX_PORT" "Postfix" POSTFIX_PORT
-	postfix_setup
+	postfix_setup_hold
 	log "starting private Postfix instance ($PF_ETC) on $LOOP:$POSTFIX_PORT"
-	postfix -c "$PF_ETC" check >"$WORK/postfix-check.log" 2>&1 ||
-		die "postfix check failed: $(tail -n 5 "$WORK/postfix-check.log")"
-	PF_STARTED=1
-	postfix -c "$PF_ETC" start >"$WORK/postfix-start.log" 2>&1 ||
-		die "postfix start failed: $(tail -n 5 "$WORK/postfix-start.log")"
-	wait_port "$POSTFIX_PORT" 30 "" "Postfix"
+	postfix_start "Postfix"
 	local size held c0 c1 other
 	for size in $SIZES; do
 		postsuper -c "$PF_ETC" -d ALL >/dev/null 2>&1 || true
@@ -432,14 +206,9 @@ bench_postfix() {
 postern_config() {
 	local dir="$WORK/postern"
 	mkdir -p "$dir/data"
-	cat >"$dir/postern.toml" <<EOF
-# generated by bench/inbound.sh
-[server]
-hostname = "mx.bench.test"
-data_dir = "$dir/data"
-public_url = "http://$LOOP:$POSTERN_HTTP_PORT"
-inbound_domain = "inbound.bench.test"
-bounce_domain = "bounces.bench.test"
+	{
+		postern_server_toml "$dir/data"
+		cat <<EOF
 
 [smtp]
 listen = ["$LOOP:$POSTERN_SMTP_PORT"]
@@ -467,6 +236,7 @@ inbound = true
 incoming_webhook = "http://$LOOP:$WEBHOOK_PORT/mo"
 delivery_webhook = "http://$LOOP:$WEBHOOK_PORT/dlr"
 EOF
+	} >"$dir/postern.toml"
 }
 
 POSTERN_IDLE_BASE="-"
@@ -491,7 +261,7 @@ postern_idle() {
 		sleep 0.1
 	done
 	if [[ -n "$line" ]]; then
-		POSTERN_IDLE_NOTE="${line#READY }, all open in $(awk -v a="$t0" -v b="$(now)" 'BEGIN { printf "%.1f", b - a }')s"
+		POSTERN_IDLE_NOTE="${line#READY }, all open in $(fsub "$(now)" "$t0" 1)s"
 		sleep 1 # let the server settle with all sessions parked (bounded, not synchronisation)
 		POSTERN_IDLE_RSS="$(status_kb "$POSTERN_PID" VmRSS)"
 		log "postern: $IDLE_CONNS idle connections ($POSTERN_IDLE_NOTE): RSS $(mib "$POSTERN_IDLE_RSS")"
@@ -512,7 +282,8 @@ postern_idle() {
 	done
 }
 
-build_postern() { # before any measurement, so a broken build fails fast
+# Not lib.sh's build_postern: one try, no BUILD_TRIES knob, its own messages and log file.
+build_postern_once() { # before any measurement, so a broken build fails fast
 	if [[ "$SKIP_BUILD" != 1 ]]; then
 		command -v cargo >/dev/null || die "cargo not found (set SKIP_BUILD=1 and POSTERN_BIN=...)"
 		log "building postern (cargo build --release in $REPO)"
@@ -568,15 +339,14 @@ bench_postern() {
 			kill -0 "$POSTERN_PID" 2>/dev/null || break
 			sleep 0.2
 		done
-		d="$(awk -v a="$t0" -v b="$(now)" 'BEGIN { printf "%.1f", b - a }')"
+		d="$(fsub "$(now)" "$t0" 1)"
 		local got=$(($(webhook_total) - w0))
 		if ((got >= expected)); then
 			DRAIN[$size]="${d}s"
 		else
 			DRAIN[$size]="not drained after ${d}s ($got of $expected webhooks)"
 		fi
-		CPU1K_ALL[$size]="$(awk -v c="$(($(ticks_of "$POSTERN_PID") - c0))" -v hz="$HZ" -v n="$acc" \
-			'BEGIN { if (n > 0) printf "%.3f", c / hz / n * 1000; else print "-" }')"
+		CPU1K_ALL[$size]="$(cpu1k $(($(ticks_of "$POSTERN_PID") - c0)) "$acc")"
 		SINKCPU[$size]="$(awk -v c="$(($(ticks_of "$WEBHOOK_PID") - s0))" -v hz="$HZ" 'BEGIN { printf "%.1f", c / hz }')"
 		log "postern $(fmt_size "$size"): webhooks drained: ${DRAIN[$size]}; CPU incl. webhooks ${CPU1K_ALL[$size]} s/1000 msgs"
 	done
@@ -616,7 +386,7 @@ report() {
 			[[ -n "${RATE[$key]:-}" ]] || continue
 			ref="${REF[$name,$size]:-}"
 			printf '%-10s | %-6s | %8s | %8s | %9s | %9s | %13s | %s\n' \
-				"$name" "$(fmt_size "$size")" "${ACC[$key]}" "${WALL[$key]}" "$(fmt_int "${RATE[$key]}")" \
+				"$name" "$(fmt_size "$size")" "${ACC[$key]}" "${WALL[$key]}" "$(fmt_rate "${RATE[$key]}")" \
 				"${ref:+~$ref}" "${CPU1K[$key]}" "${NOTE[$key]}"
 		done
 	done
@@ -626,10 +396,10 @@ report() {
 		for size in $SIZES; do
 			[[ -n "${RATE[postern,$size]:-}" ]] || continue
 			line="$(printf '  %-7s' "$(fmt_size "$size"):")"
-			line+=" postern/Postfix = $(ratio x "${RATE[postern,$size]}" "${RATE[postfix,$size]:-}")"
-			line+=" [$(ratio x "${RATE[postern,$size]}" "${REF[postfix,$size]:-}")]"
-			line+="  postern/smtp-sink = $(ratio % "${RATE[postern,$size]}" "${RATE[smtp-sink,$size]:-}")"
-			line+=" [$(ratio % "${RATE[postern,$size]}" "${REF[smtp-sink,$size]:-}")]"
+			line+=" postern/Postfix = $(ratio "${RATE[postern,$size]}" "${RATE[postfix,$size]:-}")"
+			line+=" [$(ratio "${RATE[postern,$size]}" "${REF[postfix,$size]:-}")]"
+			line+="  postern/smtp-sink = $(ratio "${RATE[postern,$size]}" "${RATE[smtp-sink,$size]:-}" %)"
+			line+=" [$(ratio "${RATE[postern,$size]}" "${REF[smtp-sink,$size]:-}" %)]"
 			echo "$line"
 		done
 		echo
@@ -667,8 +437,8 @@ ensure_postfix_tools
 WORK="$(mktemp -d "${TMPDIR:-/tmp}/postern-bench.XXXXXX")"
 log "work directory $WORK; MESSAGES=$MESSAGES SESSIONS=$SESSIONS SIZES=\"$SIZES\""
 
-[[ "$SKIP_POSTERN" == 1 ]] || build_postern
-BUSY_BEFORE="$(cpu_busy_pct)"
+[[ "$SKIP_POSTERN" == 1 ]] || build_postern_once
+BUSY_BEFORE="$(busy_now)"
 if ((BUSY_BEFORE > 10)); then
 	log "warning: the CPUs were ${BUSY_BEFORE}% busy before the runs; other processes will distort the figures"
 fi

@@ -65,14 +65,10 @@
 # crashing); an incomplete run is reported, not fatal. More: bench/ses/README.md.
 set -euo pipefail
 
-export PATH="$PATH:/usr/sbin:/sbin"
-export LC_ALL=C
-
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-REPO="$(cd "$HERE/.." && pwd)"
+# shellcheck source=bench/lib.sh
+source "$HERE/lib.sh" # log, die, stop_pid, cleanup, the postern and bulk-load helpers, ...
 HELPERS="$HERE/ses"
-OUTBOUND="$HERE/outbound"
-LOOP=127.0.0.1 # never anything else
 
 MESSAGES="${MESSAGES:-10000}"
 PER_REQUEST="${PER_REQUEST:-100}"
@@ -107,225 +103,41 @@ SERVICE_KEY="bench-key"
 TOPIC_ARN="arn:aws:sns:us-east-1:123456789012:postern-events"
 CERT_URL="http://$LOOP:$CERT_PORT/SimpleNotificationService-bench0123456789abcdef.pem"
 
-log() { printf '[%(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
-die() {
-	log "ERROR: $*"
-	exit 1
-}
-
-for v in MESSAGES PER_REQUEST TEXT_CHARS BULK_CONCURRENCY QUEUE_CONCURRENCY EVENTS CONCURRENCY STUB_LOAD \
+require_uints MESSAGES PER_REQUEST TEXT_CHARS BULK_CONCURRENCY QUEUE_CONCURRENCY EVENTS CONCURRENCY STUB_LOAD \
 	STUB_CONNECTIONS RUN_TIMEOUT QUIET_WAIT BUILD_QUIET_WAIT IDLE_WAIT IDLE_MAX_BUSY BUILD_TRIES BUILD_RETRY_WAIT \
-	POSTERN_SMTP_PORT POSTERN_HTTP_PORT DLR_PORT STUB_PORT CERT_PORT SINK_PORT; do
-	[[ "${!v}" =~ ^[0-9]+$ ]] || die "$v must be a non-negative integer (got '${!v}')"
-done
+	POSTERN_SMTP_PORT POSTERN_HTTP_PORT DLR_PORT STUB_PORT CERT_PORT SINK_PORT
 ((MESSAGES > 0 && PER_REQUEST > 0 && CONCURRENCY > 0 && STUB_CONNECTIONS > 0)) ||
 	die "MESSAGES, PER_REQUEST, CONCURRENCY and STUB_CONNECTIONS must be > 0"
-((PER_REQUEST <= 1000)) || die "PER_REQUEST must be at most 1000 (postern's per-request cap)"
-((MESSAGES % PER_REQUEST == 0)) || die "MESSAGES ($MESSAGES) must be a multiple of PER_REQUEST ($PER_REQUEST)"
-REQUESTS=$((MESSAGES / PER_REQUEST))
+check_bulk_knobs
 [[ -n "$ALGORITHMS" ]] || die "ALGORITHMS is empty"
-for a in $ALGORITHMS; do
-	[[ "$a" == rsa-sha256 || "$a" == ed25519-sha256 ]] || die "ALGORITHMS: unknown '$a'"
-done
 FIRST_ALG="${ALGORITHMS%% *}"
 ((EVENTS > 0)) || SKIP_EVENTS=1
 
 # ---------------------------------------------------------------- state + cleanup
-WORK=""
-POSTERN_PID=""
 STUB_PID=""
-SINK_PID=""
-DLR_PID=""
-LOAD_PID=""
 
-stop_pid() { # stop_pid PID [grace-seconds]: TERM, bounded wait, then KILL
-	local pid="$1" grace="${2:-10}" i
-	[[ -n "$pid" ]] || return 0
-	kill -0 "$pid" 2>/dev/null || {
-		wait "$pid" 2>/dev/null || true
-		return 0
-	}
-	kill -TERM "$pid" 2>/dev/null || true
-	for ((i = 0; i < grace * 10; i++)); do
-		kill -0 "$pid" 2>/dev/null || break
-		sleep 0.1
-	done
-	if kill -0 "$pid" 2>/dev/null; then
-		log "pid $pid did not stop after ${grace}s; killing it"
-		kill -KILL "$pid" 2>/dev/null || true
-	fi
-	wait "$pid" 2>/dev/null || true
-}
-
-cleanup() {
-	local rc=$?
-	set +e
-	trap - EXIT INT TERM
-	((rc == 0)) || log "exiting with status $rc; cleaning up"
+stop_processes() { # for cleanup (lib.sh), the EXIT trap
 	stop_pid "$LOAD_PID" 5
 	stop_pid "$POSTERN_PID" 30
 	stop_pid "$STUB_PID" 5
 	stop_pid "$SINK_PID" 5
 	stop_pid "$DLR_PID" 5
-	if [[ -n "$WORK" && -d "$WORK" ]]; then
-		if [[ "$KEEP_WORK" == 1 ]]; then
-			log "kept work directory $WORK"
-		else
-			rm -rf "$WORK"
-		fi
-	fi
-	exit "$rc"
 }
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
+set_traps
+
+# wait_quiet (lib.sh) waits for a running bench/inbound.sh or bench/outbound.sh
+OTHER_BENCH_PATTERN="bench/(inbound|outbound)\.sh"
+OTHER_BENCH_RUNNING="bench/inbound.sh or bench/outbound.sh is running"
+OTHER_BENCH_STILL="another benchmark is still running"
+OTHER_BENCH_DONE="the other benchmark"
 
 # ---------------------------------------------------------------- helpers
-now() { date +%s.%N; }
-fsub() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.3f", a - b }'; }
-
-port_open() { # something accepts connections on 127.0.0.1:$1
-	(exec 3<>"/dev/tcp/$LOOP/$1") 2>/dev/null
-}
-
-wait_port() { # wait_port PORT DEADLINE-SECONDS PID NAME
-	local port="$1" deadline=$((SECONDS + $2)) pid="$3" name="$4"
-	until port_open "$port"; do
-		[[ -z "$pid" ]] || kill -0 "$pid" 2>/dev/null || die "$name exited before listening on $LOOP:$port"
-		((SECONDS < deadline)) || die "$name is not listening on $LOOP:$port after $2 s"
-		sleep 0.1
-	done
-}
-
-require_free_port() {
-	if port_open "$1"; then die "$LOOP:$1 is already in use ($2); set ${3}=<free port>"; fi
-}
-
-http_code() { curl -s -o /dev/null -m 2 -w '%{http_code}' "$1" 2>/dev/null || true; }
-
-ticks_of() { # ticks_of PID: utime+stime in clock ticks
-	local f
-	f="$(cat "/proc/$1/stat" 2>/dev/null)" || {
-		echo 0
-		return
-	}
-	f="${f##*) }"
-	# shellcheck disable=SC2086
-	set -- $f
-	# after "pid (comm) ": $1=state ... $12=utime $13=stime
-	echo $((${12} + ${13}))
-}
-
-status_kb() { # status_kb PID FIELD -> value in kB from /proc/PID/status
-	awk -v k="$2:" '$1 == k { print $2 }' "/proc/$1/status" 2>/dev/null || echo 0
-}
-
-sink_mesg() { # last "mesg=N" counter printed by smtp-sink -c
-	tr '\r' '\n' <"$WORK/smtp-sink.out" 2>/dev/null |
-		awk '{ for (i = 1; i <= NF; i++) if ($i ~ /^mesg=/) { sub("mesg=", "", $i); m = $i } } END { print m + 0 }'
-}
-
 stub_connections() { # TCP connections the stub has accepted
 	curl -s -m 5 "http://$LOOP:$STUB_PORT/count.txt" 2>/dev/null | awk '$1 == "connections" { n = $2 } END { print n + 0 }' || echo 0
 }
 stub_sends() { # "N LAST": SendEmail calls the stub has answered, time.time() of the last one
 	curl -s -m 5 "http://$LOOP:$STUB_PORT/count.txt" 2>/dev/null |
 		awk '$1 == "sends" { n = $2; t = $4 } END { printf "%d %s\n", n, (t == "" ? "0" : t) }' || echo "0 0"
-}
-
-# dlr_code CODE -> "TOTAL N LAST BAD" from the notification sink (N notifications with CODE,
-# LAST = time.time() of the last one)
-dlr_code() {
-	curl -s -m 5 "http://$LOOP:$DLR_PORT/count.txt" 2>/dev/null |
-		awk -v c="$1" '$1 == "total" { t = $2 } $1 == "bad" { b = $2 }
-		     $1 == "code" && $2 == c { n = $3; last = $5 }
-		     END { printf "%d %d %s %d\n", t, n, (last == "" ? "0" : last), b }' || echo "0 0 0 0"
-}
-dlr_other_codes() { # codes seen other than $1, e.g. "7520=3 7592=1"
-	curl -s -m 5 "http://$LOOP:$DLR_PORT/count.txt" 2>/dev/null |
-		awk -v c="$1" '$1 == "code" && $2 != c { printf "%s%s=%s", sep, $2, $3; sep = " " }' || true
-}
-
-json_get() { # json_get FILE KEY[.KEY] -> value (or empty)
-	"$PY" -c 'import json,sys
-d = json.load(open(sys.argv[1]))
-for k in sys.argv[2].split("."):
-    d = d.get(k) if isinstance(d, dict) else None
-print("" if d is None else d)' "$1" "$2" 2>/dev/null || true
-}
-
-rate_of() { awk -v n="$1" -v t="$2" 'BEGIN { if (t > 0) printf "%.1f", n / t; else print 0 }'; }
-cpu1k() { awk -v c="$1" -v hz="$HZ" -v n="$2" 'BEGIN { if (n > 0) printf "%.3f", c / hz / n * 1000; else print "-" }'; }
-
-cpu_snapshot() { # "BUSY TOTAL" jiffies of the whole machine from /proc/stat
-	awk '$1 == "cpu" { t = 0; for (i = 2; i <= NF; i++) t += $i; print t - $5 - $6, t; exit }' /proc/stat
-}
-busy_pct() { # busy_pct "B0 T0" "B1 T1" -> machine CPU busy % over the interval
-	local b0 t0 b1 t1
-	read -r b0 t0 <<<"$1"
-	read -r b1 t1 <<<"$2"
-	awk -v b="$((b1 - b0))" -v t="$((t1 - t0))" 'BEGIN { if (t > 0) printf "%.0f%%", 100 * b / t; else print "0%" }'
-}
-busy_now() { # whole-machine CPU busy % over the next second, as an integer
-	local a
-	a="$(cpu_snapshot)"
-	sleep 1
-	busy_pct "$a" "$(cpu_snapshot)" | tr -dc '0-9'
-}
-
-DISTURBED=""
-BUILD_DISTURBED=""
-IDLE_DISTURBED=""
-# wait_quiet WHAT [KEY]: wait (bounded) until no other benchmark and no rustc runs and the
-# machine is idle, so the figures are undisturbed (the same rules as bench/outbound.sh).
-wait_quiet() {
-	local what="$1" deadline=$((SECONDS + QUIET_WAIT)) said=0 b
-	while pgrep -f "bench/(inbound|outbound)\.sh" >/dev/null 2>&1; do
-		if ((!said)); then
-			log "bench/inbound.sh or bench/outbound.sh is running; waiting up to ${QUIET_WAIT}s before measuring $what"
-			said=1
-		fi
-		if ((SECONDS >= deadline)); then
-			log "WARNING: another benchmark is still running; measuring $what anyway"
-			DISTURBED="${DISTURBED:+$DISTURBED, }$what"
-			break
-		fi
-		sleep 5
-	done
-	((!said)) || log "done waiting for the other benchmark"
-	deadline=$((SECONDS + BUILD_QUIET_WAIT))
-	said=0
-	while pgrep -x rustc >/dev/null 2>&1; do
-		if ((!said)); then
-			log "rustc is running (a build); waiting up to ${BUILD_QUIET_WAIT}s before measuring $what"
-			said=1
-		fi
-		if ((SECONDS >= deadline)); then
-			log "WARNING: rustc still running; measuring $what anyway"
-			BUILD_DISTURBED="${BUILD_DISTURBED:+$BUILD_DISTURBED, }$what"
-			break
-		fi
-		sleep 2
-	done
-	((!said)) || log "done waiting for rustc"
-	deadline=$((SECONDS + IDLE_WAIT))
-	said=0
-	while :; do
-		b="$(busy_now)"
-		((b <= IDLE_MAX_BUSY)) && break
-		if ((!said)); then
-			log "machine CPU ${b}% busy; waiting up to ${IDLE_WAIT}s for <= ${IDLE_MAX_BUSY}% before measuring $what"
-			said=1
-		fi
-		if ((SECONDS >= deadline)); then
-			log "WARNING: machine still ${b}% busy; measuring $what anyway"
-			IDLE_DISTURBED="${IDLE_DISTURBED:+$IDLE_DISTURBED, }$what (${b}% busy before)"
-			said=0
-			break
-		fi
-	done
-	((!said)) || log "machine quiet enough (${b}% busy)"
-	[[ -z "${2:-}" ]] || PRE_BUSY[$2]="${b}%"
 }
 
 # ---------------------------------------------------------------- setup
@@ -351,17 +163,8 @@ ensure_smtp_sink() { # smtp-sink from Debian's postfix package, installed as ben
 		return 1
 	fi
 	log "installing postfix (for smtp-sink, the SMTP route reference)"
-	echo "postfix postfix/main_mailer_type select No configuration" | debconf-set-selections
-	# Keep the package from starting a system-wide postfix on port 25 while it installs.
-	local made_policy=0 rc=0
-	if [[ ! -e /usr/sbin/policy-rc.d ]]; then
-		printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d
-		chmod 755 /usr/sbin/policy-rc.d
-		made_policy=1
-	fi
-	{ apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y postfix; } >"$WORK/apt-postfix.log" 2>&1 || rc=$?
-	[[ "$made_policy" == 1 ]] && rm -f /usr/sbin/policy-rc.d
-	if ((rc != 0)) || ! command -v smtp-sink >/dev/null; then
+	apt_install_postfix "$WORK/apt-postfix.log"
+	if ((APT_RC != 0)) || ! command -v smtp-sink >/dev/null; then
 		SMTP_SKIPPED_WHY="apt-get install postfix failed (see apt-postfix.log with KEEP_WORK=1)"
 		return 1
 	fi
@@ -370,106 +173,21 @@ ensure_smtp_sink() { # smtp-sink from Debian's postfix package, installed as ben
 	fi
 }
 
-build_postern() {
-	[[ "$SKIP_BUILD" == 1 ]] && return 0
-	command -v cargo >/dev/null || die "cargo not found (or set SKIP_BUILD=1 POSTERN_BIN=...)"
-	local try
-	for ((try = 1; try <= BUILD_TRIES; try++)); do
-		log "cargo build --release (try $try/$BUILD_TRIES)"
-		if (cd "$REPO" && cargo build --release) >"$WORK/build.log" 2>&1; then
-			return 0
-		fi
-		log "build failed: $(grep -m1 -E '^error' "$WORK/build.log" || tail -n 1 "$WORK/build.log")"
-		((try < BUILD_TRIES)) || break
-		log "the source may be mid-edit; retrying in ${BUILD_RETRY_WAIT}s"
-		sleep "$BUILD_RETRY_WAIT"
-	done
-	die "cargo build --release failed $BUILD_TRIES times; last log: $WORK/build.log (KEEP_WORK=1 keeps it)"
-}
-
 start_stub() { # a fresh SES stub (no MessageIds recorded yet)
-	require_free_port "$STUB_PORT" "SES stub" STUB_PORT
-	"$PY" "$HELPERS/ses_stub.py" "$STUB_PORT" >"$WORK/ses-stub.log" 2>&1 &
-	STUB_PID=$!
-	wait_port "$STUB_PORT" 15 "$STUB_PID" "SES stub"
+	start_listener STUB_PID STUB_PORT "SES stub" "$WORK/ses-stub.log" "$PY" "$HELPERS/ses_stub.py" "$STUB_PORT"
 }
 stop_stub() {
 	stop_pid "$STUB_PID" 5
 	STUB_PID=""
 }
 
-start_sink() { # fresh smtp-sink (counter starts at 0)
-	require_free_port "$SINK_PORT" "smtp-sink" SINK_PORT
-	smtp-sink -c -u postfix "$LOOP:$SINK_PORT" 1000 >"$WORK/smtp-sink.out" 2>"$WORK/smtp-sink.err" &
-	SINK_PID=$!
-	wait_port "$SINK_PORT" 15 "$SINK_PID" "smtp-sink"
-}
-stop_sink() {
-	stop_pid "$SINK_PID" 5
-	SINK_PID=""
-}
-
-start_dlr_sink() {
-	require_free_port "$DLR_PORT" "notification sink" DLR_PORT
-	"$PY" "$OUTBOUND/dlr_sink.py" "$DLR_PORT" >"$WORK/dlr-sink.log" 2>&1 &
-	DLR_PID=$!
-	wait_port "$DLR_PORT" 15 "$DLR_PID" "notification sink"
-}
-stop_dlr_sink() {
-	stop_pid "$DLR_PID" 5
-	DLR_PID=""
-}
-
 # ---------------------------------------------------------------- postern
-write_postern_config() { # write_postern_config DIR ROUTE ALGORITHM
-	local dir="$1" route="$2" alg="$3"
-	mkdir -p "$dir/data"
-	cat >"$dir/postern.toml" <<EOF
-# generated by bench/ses.sh
-[server]
-hostname = "mx.bench.test"
-data_dir = "$dir/data"
-public_url = "http://$LOOP:$POSTERN_HTTP_PORT"
-inbound_domain = "inbound.bench.test"
-bounce_domain = "bounces.bench.test"
+SES_CONFIG_TOML="[ses]
+topic_arns = [\"$TOPIC_ARN\"]
+trust_url_prefixes = [\"http://$LOOP:$CERT_PORT/\"]"
 
-[smtp]
-listen = ["$LOOP:$POSTERN_SMTP_PORT"]
-
-[http]
-listen = "$LOOP:$POSTERN_HTTP_PORT"
-
-[admin]
-token = "bench"
-
-[dns]
-resolver = "off"
-
-[queue]
-concurrency = $QUEUE_CONCURRENCY
-
-[webhooks]
-concurrency = 32
-
-[ses]
-topic_arns = ["$TOPIC_ARN"]
-trust_url_prefixes = ["http://$LOOP:$CERT_PORT/"]
-
-[[service]]
-id = "svc_bench"
-key = "$SERVICE_KEY"
-secret = "c2VjcmV0LXNlY3JldC1zZWNyZXQ="
-tps = 100000
-assets = ["a_bench"]
-
-[[asset]]
-id = "a_bench"
-domains = ["bench.test"]
-delivery_webhook = "http://$LOOP:$DLR_PORT/dlr"
-
-EOF
-	if [[ "$route" == ses ]]; then
-		cat >>"$dir/postern.toml" <<EOF
+ses_route_toml() { # the asset's route to the SES stub on STUB_PORT
+	cat <<EOF
 [asset.route]
 kind = "ses"
 region = "us-east-1"
@@ -477,40 +195,7 @@ access_key_id = "AKIDBENCHEXAMPLE"
 secret_access_key = "bench-secret-access-key"
 endpoint = "http://$LOOP:$STUB_PORT"
 configuration_set = "postern-events"
-
 EOF
-	else
-		cat >>"$dir/postern.toml" <<EOF
-[asset.route]
-kind = "smtp"
-host = "$LOOP"
-port = $SINK_PORT
-security = "none"
-auth = "none"
-
-EOF
-	fi
-	cat >>"$dir/postern.toml" <<EOF
-[asset.dkim]
-selector = "bench1"
-algorithm = "$alg"
-EOF
-}
-
-start_postern() { # start_postern DIR
-	local dir="$1" deadline
-	require_free_port "$POSTERN_SMTP_PORT" "postern SMTP" POSTERN_SMTP_PORT
-	require_free_port "$POSTERN_HTTP_PORT" "postern HTTP" POSTERN_HTTP_PORT
-	"$POSTERN_BIN" check-config --config "$dir/postern.toml" >"$dir/check-config.log" 2>&1 ||
-		die "postern check-config failed: $(tail -n 5 "$dir/check-config.log")"
-	RUST_LOG="${RUST_LOG:-warn}" "$POSTERN_BIN" serve --config "$dir/postern.toml" >"$dir/postern.log" 2>&1 &
-	POSTERN_PID=$!
-	deadline=$((SECONDS + 120))
-	until [[ "$(http_code "http://$LOOP:$POSTERN_HTTP_PORT/readyz")" == 200 ]]; do
-		kill -0 "$POSTERN_PID" 2>/dev/null || die "postern exited during start: $(tail -n 5 "$dir/postern.log")"
-		((SECONDS < deadline)) || die "postern not ready (GET /readyz) after 120 s"
-		sleep 0.1
-	done
 }
 
 stop_postern() { # stop_postern DIR: stop, then keep what its log complained about
@@ -524,15 +209,15 @@ stop_postern() { # stop_postern DIR: stop, then keep what its log complained abo
 	fi
 }
 
-run_key() { echo "$1-$([[ "$2" == rsa-sha256 ]] && echo rsa || echo ed25519)"; }
-run_label() { echo "$([[ "$1" == ses ]] && echo SES || echo SMTP) $([[ "$2" == rsa-sha256 ]] && echo RSA-2048 || echo Ed25519)"; }
+run_key() { echo "$1-$(alg_key "$2")"; }
+run_label() { echo "$([[ "$1" == ses ]] && echo SES || echo SMTP) $(alg_name "$2")"; }
 
 bench_route() { # bench_route ses|smtp ALGORITHM
 	local route="$1" alg="$2" key label dir
 	key="$(run_key "$route" "$alg")"
 	label="$(run_label "$route" "$alg")"
 	dir="$WORK/$key"
-	write_postern_config "$dir" "$route" "$alg"
+	write_postern_config "$dir" "$alg" "$(if [[ "$route" == ses ]]; then ses_route_toml; else smtp_route_toml; fi)" "$SES_CONFIG_TOML"
 	if [[ "$route" == ses ]]; then start_stub; else start_sink; fi
 	local recv_pid
 	recv_pid="$([[ "$route" == ses ]] && echo "$STUB_PID" || echo "$SINK_PID")"
@@ -541,60 +226,9 @@ bench_route() { # bench_route ses|smtp ALGORITHM
 	start_postern "$dir"
 
 	wait_quiet "$label" "$key"
-	local bulk="$dir/bulk.json" c0 c1 r0 r1 deadline note="" total=0 n=0 last=0 bad=0 expected="$MESSAGES"
-	local load_done=0 rc=0 tfirst wall recv_t="" m0 got conn0=0
-	log "$label: $REQUESTS requests x $PER_REQUEST destinations (${TEXT_CHARS}-char text), $BULK_CONCURRENCY in flight"
+	local note got recv_t conn0=0
 	[[ "$route" != ses ]] || conn0="$(stub_connections)"
-	c0="$(ticks_of "$POSTERN_PID")"
-	r0="$(ticks_of "$recv_pid")"
-	m0="$(cpu_snapshot)"
-	"$PY" "$OUTBOUND/loadgen.py" bulk --url "http://$LOOP:$POSTERN_HTTP_PORT/v2/messages" --key "$SERVICE_KEY" \
-		--requests "$REQUESTS" --per-request "$PER_REQUEST" --concurrency "$BULK_CONCURRENCY" \
-		--text-chars "$TEXT_CHARS" >"$bulk" 2>"$dir/bulk.err" &
-	LOAD_PID=$!
-	deadline=$((SECONDS + RUN_TIMEOUT))
-	while :; do
-		read -r total n last bad <<<"$(dlr_code 7501)"
-		if [[ "$route" == smtp && -z "$recv_t" ]] && (($(sink_mesg) >= MESSAGES)); then recv_t="$(now)"; fi
-		if ((!load_done)) && ! kill -0 "$LOAD_PID" 2>/dev/null; then
-			wait "$LOAD_PID" || rc=$?
-			LOAD_PID=""
-			load_done=1
-			((rc == 0)) || die "$label: load generator failed: $(tail -n 3 "$dir/bulk.err")"
-			expected="$(json_get "$bulk" tids)"
-			[[ "$expected" =~ ^[0-9]+$ ]] || expected=0
-			local errs
-			errs="$(json_get "$bulk" errors)"
-			if [[ "$errs" != 0 ]]; then
-				note="$errs API requests failed: $(json_get "$bulk" first_error)"
-				log "$label: $note"
-			fi
-			log "$label: API accepted $(json_get "$bulk" accepted) requests ($expected tids) in $(fsub "$(json_get "$bulk" t_last_done)" "$(json_get "$bulk" t_first_sent)")s; waiting for the 7501s"
-		fi
-		if ((n >= MESSAGES)); then break; fi
-		if ((load_done && total >= expected)); then
-			((n >= expected)) || note="${note:+$note; }notifications: $n x 7501, others: $(dlr_other_codes 7501)"
-			break
-		fi
-		if ((SECONDS >= deadline)); then
-			note="${note:+$note; }timeout after ${RUN_TIMEOUT}s: $n of $MESSAGES 7501s"
-			last="$(now)"
-			break
-		fi
-		sleep 0.1
-	done
-	c1="$(ticks_of "$POSTERN_PID")"
-	r1="$(ticks_of "$recv_pid")"
-	BUSY[$key]="$(busy_pct "$m0" "$(cpu_snapshot)")"
-	curl -s -m 5 "http://$LOOP:$POSTERN_HTTP_PORT/metrics" >"$dir/metrics.txt" 2>/dev/null || true
-	if [[ -n "$LOAD_PID" ]]; then
-		wait "$LOAD_PID" || true
-		LOAD_PID=""
-	fi
-	tfirst="$(json_get "$bulk" t_first_sent)"
-	[[ -n "$tfirst" ]] || die "$label: no start time from the load generator ($(tail -n 3 "$dir/bulk.err"))"
-	[[ "$last" != 0 ]] || last="$(now)"
-	wall="$(fsub "$last" "$tfirst")"
+	bulk_run "$key" "$label" "$dir" 0.1 "$([[ "$route" == smtp ]] && echo 1 || echo 0)" "$recv_pid"
 	if [[ "$route" == ses ]]; then
 		# The stub's own clock of its last SendEmail (exact, no polling).
 		read -r got recv_t <<<"$(stub_sends)"
@@ -604,20 +238,15 @@ bench_route() { # bench_route ses|smtp ALGORITHM
 		RECV_CONNS[$key]="$(($(stub_connections) - conn0 - 2))"
 	else
 		got="$(sink_mesg)"
+		recv_t="$BULK_SINK_T"
 	fi
-	WALL[$key]="$wall"
-	DONE[$key]="$n"
 	RECV[$key]="$got"
-	RATE[$key]="$(rate_of "$n" "$wall")"
-	CPU1K[$key]="$(cpu1k $((c1 - c0)) "$n")"
-	RECV_CPU1K[$key]="$(cpu1k $((r1 - r0)) "$got")"
-	RSS[$key]="$(status_kb "$POSTERN_PID" VmHWM)"
-	((n >= MESSAGES)) || note="${note:+$note; }$n of $MESSAGES submitted"
+	RECV_CPU1K[$key]="$(cpu1k "$BULK_RECV_TICKS" "$got")"
+	note="$BULK_NOTE"
 	((got == MESSAGES)) || note="${note:+$note; }the $([[ "$route" == ses ]] && echo "stub answered $got SendEmail calls" || echo "smtp-sink counted $got messages") for $MESSAGES messages"
 	NOTE[$key]="$note"
-	BULK_ACCEPT[$key]="$(fsub "$(json_get "$bulk" t_last_done)" "$tfirst")"
-	if [[ -n "$recv_t" ]]; then RECV_RATE[$key]="$(rate_of "$MESSAGES" "$(fsub "$recv_t" "$tfirst")")"; fi
-	log "$label: $n msgs in ${wall}s = ${RATE[$key]} msgs/s end to end, CPU ${CPU1K[$key]} s/1000 msgs, VmHWM ${RSS[$key]} kB, receiver got $got${note:+ ($note)}"
+	if [[ -n "$recv_t" ]]; then RECV_RATE[$key]="$(rate_of "$MESSAGES" "$(fsub "$recv_t" "$BULK_TFIRST")")"; fi
+	log "$label: ${DONE[$key]} msgs in ${WALL[$key]}s = ${RATE[$key]} msgs/s end to end, CPU ${CPU1K[$key]} s/1000 msgs, VmHWM ${RSS[$key]} kB, receiver got $got${note:+ ($note)}"
 
 	if [[ "$route" == ses && "$alg" == "$FIRST_ALG" && "$SKIP_EVENTS" != 1 ]]; then
 		bench_events "$dir" "$label"
@@ -728,10 +357,7 @@ bench_stub() {
 }
 
 # ---------------------------------------------------------------- report
-fmt_rate() { awk -v x="$1" 'BEGIN { if (x == "" || x == "-") print "-"; else printf "%.0f", x }'; }
-mib() { awk -v k="$1" 'BEGIN { if (k == "" || k == "-") print "-"; else printf "%.1f MiB", k / 1024 }'; }
-ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (a == "" || b == "" || b + 0 <= 0) print "-"; else printf "%.2fx", a / b }'; }
-
+TABLE_LABEL_WIDTH=32 TABLE_VALUE_WIDTH=13 # the table rows (row, row_of in lib.sh)
 report() {
 	local cols=() labels=() c r a
 	for r in ses smtp; do
@@ -743,13 +369,6 @@ report() {
 			fi
 		done
 	done
-	row() { # row LABEL VALUE...
-		local l="$1"
-		shift
-		printf '%-32s' "$l"
-		for v in "$@"; do printf ' | %13s' "$v"; done
-		printf '\n'
-	}
 	local vals
 	echo
 	echo "postern SES benchmark, $(date -u '+%Y-%m-%d %H:%M UTC'), $(nproc) cores, loopback only"
@@ -761,47 +380,23 @@ report() {
 	echo
 	if ((${#cols[@]} > 0)); then
 		row "" "${labels[@]}"
-		vals=()
-		for c in "${cols[@]}"; do vals+=("${DONE[$c]}"); done
-		row "messages submitted (7501)" "${vals[@]}"
-		vals=()
-		for c in "${cols[@]}"; do vals+=("${WALL[$c]}"); done
-		row "end-to-end wall s" "${vals[@]}"
-		vals=()
-		for c in "${cols[@]}"; do vals+=("$(fmt_rate "${RATE[$c]}")"); done
-		row "msgs/s end to end" "${vals[@]}"
+		row_of "messages submitted (7501)" DONE
+		row_of "end-to-end wall s" WALL
+		row_of "msgs/s end to end" RATE fmt_rate
 		vals=()
 		for c in "${cols[@]}"; do
-			if [[ "$c" == ses-* ]]; then vals+=("$(ratio "${RATE[$c]}" "${RATE[smtp-${c#ses-}]:-}")"); else vals+=("-"); fi
+			if [[ "$c" == ses-* ]]; then vals+=("$(ratio "${RATE[$c]}" "${RATE[smtp-${c#ses-}]:-}" x -)"); else vals+=("-"); fi
 		done
 		row "SES / SMTP (same DKIM)" "${vals[@]}"
-		vals=()
-		for c in "${cols[@]}"; do vals+=("${CPU1K[$c]}"); done
-		row "postern CPU s / 1000 msgs" "${vals[@]}"
-		vals=()
-		for c in "${cols[@]}"; do vals+=("$(mib "${RSS[$c]}")"); done
-		row "postern peak RSS (VmHWM)" "${vals[@]}"
-		vals=()
-		for c in "${cols[@]}"; do vals+=("${BULK_ACCEPT[$c]:--}"); done
-		row "API: all requests 202, s" "${vals[@]}"
-		vals=()
-		for c in "${cols[@]}"; do vals+=("${RECV[$c]:--}"); done
-		row "received by stub / smtp-sink" "${vals[@]}"
-		vals=()
-		for c in "${cols[@]}"; do vals+=("${RECV_CONNS[$c]:--}"); done
-		row "SES: TCP connections to stub" "${vals[@]}"
-		vals=()
-		for c in "${cols[@]}"; do vals+=("$(fmt_rate "${RECV_RATE[$c]:-}")"); done
-		row "msgs/s until receiver had all *" "${vals[@]}"
-		vals=()
-		for c in "${cols[@]}"; do vals+=("${RECV_CPU1K[$c]:--}"); done
-		row "receiver CPU s / 1000 msgs" "${vals[@]}"
-		vals=()
-		for c in "${cols[@]}"; do vals+=("${BUSY[$c]:--}"); done
-		row "machine CPU busy (all procs)" "${vals[@]}"
-		vals=()
-		for c in "${cols[@]}"; do vals+=("${PRE_BUSY[$c]:--}"); done
-		row "  (busy in the 1 s before)" "${vals[@]}"
+		row_of "postern CPU s / 1000 msgs" CPU1K
+		row_of "postern peak RSS (VmHWM)" RSS mib
+		row_of "API: all requests 202, s" BULK_ACCEPT
+		row_of "received by stub / smtp-sink" RECV
+		row_of "SES: TCP connections to stub" RECV_CONNS
+		row_of "msgs/s until receiver had all *" RECV_RATE fmt_rate
+		row_of "receiver CPU s / 1000 msgs" RECV_CPU1K
+		row_of "machine CPU busy (all procs)" BUSY
+		row_of "  (busy in the 1 s before)" PRE_BUSY
 		echo "* first API request -> the receiver had every message: SES by the stub's clock of its last" \
 			"SendEmail, SMTP by polling smtp-sink's counter (~0.1 s granularity)"
 		for c in "${cols[@]}"; do
@@ -864,10 +459,7 @@ declare -A RECV_CONNS RATE WALL DONE RECV CPU1K RECV_CPU1K RSS NOTE BULK_ACCEPT 
 LOG_NOTES=()
 STUB_RPS="" STUB_OK="" STUB_CPU1K="" STUB_CORE="" STUB_BYTES=""
 EV_JSON="" EV_N="" EV_IDS="" EV_7500="" EV_CPU1K="" EV_RSS="" EV_ALL_S="" EV_ALL_RATE="" EV_NOTE=""
-PY="$(command -v python3 || true)"
-[[ -n "$PY" ]] || die "python3 not found"
-command -v curl >/dev/null || die "curl not found"
-HZ="$(getconf CLK_TCK)"
+require_tools
 
 WORK="$(mktemp -d "${TMPDIR:-/tmp}/postern-ses-bench.XXXXXX")"
 log "work directory $WORK"
@@ -877,7 +469,6 @@ if [[ "$SKIP_SMTP" != 1 ]] && ! ensure_smtp_sink; then
 	SKIP_SMTP=1
 fi
 build_postern
-[[ -x "$POSTERN_BIN" ]] || die "no postern binary at $POSTERN_BIN"
 
 ((STUB_LOAD == 0)) || bench_stub
 for a in $ALGORITHMS; do bench_route ses "$a"; done
