@@ -199,6 +199,17 @@ impl Handle {
         if let Err(e) = self.daemon.store.flush_now() {
             tracing::error!(error = %e, "final flush failed");
         }
+        // Tasks that ended their counted work a moment ago (HTTP keep-alive connections
+        // closing after the graceful signal, SMTP sessions, webhook deliveries past their
+        // permit) may still hold the store: wait for them (bounded), so that when this
+        // returns the database is closed and its directory can be opened again.
+        let store = self.daemon.store.clone();
+        drop(self.daemon);
+        if !store.close(Duration::from_secs(5)).await {
+            tracing::warn!(
+                "tasks still hold the store after shutdown; the database closes when they end"
+            );
+        }
         tracing::info!("stopped");
     }
 

@@ -42,9 +42,6 @@ impl Domains {
     /// A daemon whose config is also on disk for the command line.
     async fn start(dns: &str, relay_port: u16, asset_extra: &str) -> Domains {
         let dir = tempfile::tempdir().unwrap();
-        let smtp_l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let http_l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let http = http_l.local_addr().unwrap();
         let services = r#"
 [queue]
 retry_base = 1
@@ -66,28 +63,24 @@ selector = "sel1"
 algorithm = "ed25519-sha256"
 "#
         );
-        let text = config_text_dns(
-            &dir.path().join("data"),
-            smtp_l.local_addr().unwrap(),
+        let data = dir.path().join("data");
+        let Started {
+            handle,
             http,
-            "http://127.0.0.1:9",
-            &asset,
-            services,
-            dns,
-        );
-        let config = dir.path().join("postern.toml");
-        std::fs::write(&config, &text).unwrap();
-        let c = postern::config::Config::parse(&text, "postern.toml").expect("valid config");
-        let handle = postern::start(
-            c,
-            None,
-            postern::Listeners {
-                smtp: vec![smtp_l],
-                http: http_l,
-            },
-        )
-        .await
-        .unwrap();
+            config_path: config,
+            ..
+        } = start_in_process(dir.path(), |smtp, http| {
+            config_text_dns(
+                &data,
+                smtp,
+                http,
+                "http://127.0.0.1:9",
+                &asset,
+                services,
+                dns,
+            )
+        })
+        .await;
         Domains {
             handle: Some(handle),
             api: format!("http://{http}"),

@@ -490,5 +490,5 @@ async fn restart_on(dir: &tempfile::TempDir, hook_base: &str) -> postern::Handle
         },
     )
     .await
-    .unwrap()
+    .unwrap_or_else(|e| panic!("restart on the same data directory: {e}"))
 }

@@ -115,31 +115,25 @@ impl Out {
         top: &str,
         asset_extra: &str,
     ) -> Out {
-        let smtp_l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let http_l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let http = http_l.local_addr().unwrap();
-        let text = config(
-            &dir.path().join("data"),
+        let data = dir.path().join("data");
+        let hook = hooks.url("");
+        let Started {
+            handle: daemon,
             http,
-            smtp_l.local_addr().unwrap(),
-            &hooks.url(""),
-            relay,
-            route_extra,
-            top,
-            asset_extra,
-        );
-        std::fs::write(dir.path().join("out.toml"), &text).unwrap();
-        let c = postern::config::Config::parse(&text, "out.toml").expect("valid config");
-        let daemon = postern::start(
-            c,
-            None,
-            postern::Listeners {
-                smtp: vec![smtp_l],
-                http: http_l,
-            },
-        )
-        .await
-        .unwrap();
+            ..
+        } = start_in_process(dir.path(), |smtp, http| {
+            config(
+                &data,
+                http,
+                smtp,
+                &hook,
+                relay,
+                route_extra,
+                top,
+                asset_extra,
+            )
+        })
+        .await;
         Out {
             daemon: Some(daemon),
             api: format!("http://{http}"),
@@ -813,7 +807,7 @@ async fn suppression_csv_import_is_all_or_nothing_and_round_trips_through_the_cl
     assert_eq!(r.json::<Value>().await.unwrap()["imported"], 2);
 
     // The CLI talks to the running daemon's admin API.
-    let config = out.dir.path().join("out.toml");
+    let config = out.dir.path().join("postern.toml");
     let cli = move |args: &[&str]| {
         let out = std::process::Command::new(env!("CARGO_BIN_EXE_postern"))
             .args(args)

@@ -176,11 +176,15 @@ impl Ses {
     async fn start(ses: SocketAddr, trust: &str) -> Ses {
         let hooks = Receiver::start().await;
         let dir = tempfile::tempdir().unwrap();
-        let smtp_l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let http_l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let http = http_l.local_addr().unwrap();
-        let text = format!(
-            r#"
+        let data = dir.path().join("data");
+        let hook = hooks.url("");
+        let Started {
+            handle: daemon,
+            http,
+            ..
+        } = start_in_process(dir.path(), |smtp, http| {
+            format!(
+                r#"
 [server]
 hostname = "mx.example.test"
 data_dir = "{data}"
@@ -221,21 +225,10 @@ configuration_set = "postern-events"
 selector = "sel1"
 algorithm = "ed25519-sha256"
 "#,
-            data = dir.path().join("data").display(),
-            smtp = smtp_l.local_addr().unwrap(),
-            hook = hooks.url(""),
-        );
-        let c = postern::config::Config::parse(&text, "ses.toml").expect("valid config");
-        let daemon = postern::start(
-            c,
-            None,
-            postern::Listeners {
-                smtp: vec![smtp_l],
-                http: http_l,
-            },
-        )
-        .await
-        .unwrap();
+                data = data.display(),
+            )
+        })
+        .await;
         Ses {
             daemon: Some(daemon),
             api: format!("http://{http}"),

@@ -182,6 +182,21 @@ impl Store {
         }
     }
 
+    /// Drops this handle once it is the last one (waiting at most `within` for the others
+    /// to go), which closes the database and releases its lock. False when others remain.
+    pub async fn close(self, within: std::time::Duration) -> bool {
+        let deadline = std::time::Instant::now() + within;
+        while Arc::strong_count(&self.inner) > 1 && std::time::Instant::now() < deadline {
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        // The commit thread works in order and lets go of each request's database handle
+        // before answering: once this last commit is answered, it holds none.
+        if let Err(e) = self.commit().await {
+            tracing::error!(error = %e, "final commit failed");
+        }
+        Arc::strong_count(&self.inner) == 1
+    }
+
     /// Number of records moved aside because they did not decode.
     pub fn quarantined(&self) -> usize {
         self.inner.quarantine.len()

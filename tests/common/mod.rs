@@ -188,6 +188,47 @@ delivery_webhook = "{hook}/dlr"
     )
 }
 
+/// A daemon started inside the test process on loopback port-0 listeners.
+pub struct Started {
+    pub handle: postern::Handle,
+    pub smtp: SocketAddr,
+    pub http: SocketAddr,
+    /// The configuration as written to `dir/postern.toml` (for the command line).
+    pub config_path: PathBuf,
+}
+
+/// Binds the SMTP and HTTP listeners, asks `config` for the text given their addresses,
+/// writes it to `dir/postern.toml`, and starts the daemon with it.
+pub async fn start_in_process(
+    dir: &Path,
+    config: impl FnOnce(SocketAddr, SocketAddr) -> String,
+) -> Started {
+    let smtp_l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let http_l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let (smtp, http) = (smtp_l.local_addr().unwrap(), http_l.local_addr().unwrap());
+    let text = config(smtp, http);
+    let config_path = dir.join("postern.toml");
+    std::fs::write(&config_path, &text).unwrap();
+    let parsed =
+        postern::config::Config::parse(&text, "postern.toml").expect("test config is valid");
+    let handle = postern::start(
+        parsed,
+        None,
+        postern::Listeners {
+            smtp: vec![smtp_l],
+            http: http_l,
+        },
+    )
+    .await
+    .expect("daemon starts");
+    Started {
+        handle,
+        smtp,
+        http,
+        config_path,
+    }
+}
+
 /// A daemon running inside the test process.
 pub struct TestDaemon {
     pub handle: Option<postern::Handle>,
@@ -208,30 +249,13 @@ impl TestDaemon {
         dns: &str,
     ) -> TestDaemon {
         let dir = tempfile::tempdir().unwrap();
-        let smtp_l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let http_l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let (smtp, http) = (smtp_l.local_addr().unwrap(), http_l.local_addr().unwrap());
-        let text = config_text_dns(
-            &dir.path().join("data"),
-            smtp,
-            http,
-            hook_base,
-            extra_asset,
-            extra_top,
-            dns,
-        );
-        let config =
-            postern::config::Config::parse(&text, "test.toml").expect("test config is valid");
-        let handle = postern::start(
-            config,
-            None,
-            postern::Listeners {
-                smtp: vec![smtp_l],
-                http: http_l,
-            },
-        )
-        .await
-        .expect("daemon starts");
+        let data = dir.path().join("data");
+        let Started {
+            handle, smtp, http, ..
+        } = start_in_process(dir.path(), |smtp, http| {
+            config_text_dns(&data, smtp, http, hook_base, extra_asset, extra_top, dns)
+        })
+        .await;
         TestDaemon {
             handle: Some(handle),
             smtp,
