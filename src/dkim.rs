@@ -140,6 +140,32 @@ fn key_path(dir: &Path, domain: &str, selector: &str) -> PathBuf {
     dir.join(format!("{domain}.{selector}.pem"))
 }
 
+fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> DkimError {
+    let path = path.to_path_buf();
+    move |source| DkimError::Io { path, source }
+}
+
+/// `data_dir/dkim`, created when absent.
+fn key_dir(data_dir: &Path) -> Result<PathBuf, DkimError> {
+    let dir = data_dir.join("dkim");
+    std::fs::create_dir_all(&dir).map_err(io_error(&dir))?;
+    Ok(dir)
+}
+
+/// Takes the directory's exclusive lock (released when the file is dropped), so key
+/// creation and rotation by the daemon and the command line never race.
+fn lock_keys(dir: &Path) -> Result<std::fs::File, DkimError> {
+    let lock_path = dir.join(".lock");
+    let lock = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .map_err(io_error(&lock_path))?;
+    lock.lock().map_err(io_error(&lock_path))?;
+    Ok(lock)
+}
+
 fn unix_now() -> u64 {
     SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
@@ -269,20 +295,8 @@ pub fn rotate(
     algorithm: DkimAlgorithm,
     grace: Duration,
 ) -> Result<Rotation, DkimError> {
-    let dir = data_dir.join("dkim");
-    let io = |path: &Path| {
-        let path = path.to_path_buf();
-        move |source| DkimError::Io { path, source }
-    };
-    std::fs::create_dir_all(&dir).map_err(io(&dir))?;
-    let lock_path = dir.join(".lock");
-    let lock = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&lock_path)
-        .map_err(io(&lock_path))?;
-    lock.lock().map_err(io(&lock_path))?;
+    let dir = key_dir(data_dir)?;
+    let lock = lock_keys(&dir)?;
     let now = unix_now();
     let mut state = Rotation::load(data_dir, domain)?.unwrap_or_else(|| Rotation {
         selectors: vec![SelectorState {
@@ -341,14 +355,14 @@ pub fn rotate(
         signing_from: switch,
         retire_at: None,
     });
-    let _ = lock.unlock();
+    drop(lock);
     // The key is made (under the lock again) before the state names it.
     load_or_create(data_dir, domain, &selector, algorithm)?;
     let path = rotation_path(data_dir, domain);
     let tmp = dir.join(format!(".{domain}.json.tmp"));
     let json = serde_json::to_vec_pretty(&state).unwrap_or_default();
-    std::fs::write(&tmp, json).map_err(io(&tmp))?;
-    std::fs::rename(&tmp, &path).map_err(io(&path))?;
+    std::fs::write(&tmp, json).map_err(io_error(&tmp))?;
+    std::fs::rename(&tmp, &path).map_err(io_error(&path))?;
     tracing::info!(
         domain,
         selector,
@@ -365,22 +379,10 @@ pub fn load_or_create(
     selector: &str,
     algorithm: DkimAlgorithm,
 ) -> Result<DomainKey, DkimError> {
-    let dir = data_dir.join("dkim");
-    let io = |path: &Path| {
-        let path = path.to_path_buf();
-        move |source| DkimError::Io { path, source }
-    };
-    std::fs::create_dir_all(&dir).map_err(io(&dir))?;
+    let dir = key_dir(data_dir)?;
     let path = key_path(&dir, domain, selector);
     if !path.exists() {
-        let lock_path = dir.join(".lock");
-        let lock = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&lock_path)
-            .map_err(io(&lock_path))?;
-        lock.lock().map_err(io(&lock_path))?;
+        let lock = lock_keys(&dir)?;
         if !path.exists() {
             let pem = generate(algorithm).map_err(|reason| DkimError::BadKey {
                 path: path.clone(),
@@ -389,8 +391,8 @@ pub fn load_or_create(
             })?;
             let tmp = dir.join(format!(".{domain}.{selector}.tmp"));
             let _ = std::fs::remove_file(&tmp);
-            crate::tokens::write_private(&tmp, pem.as_bytes()).map_err(io(&tmp))?;
-            std::fs::rename(&tmp, &path).map_err(io(&path))?;
+            crate::tokens::write_private(&tmp, pem.as_bytes()).map_err(io_error(&tmp))?;
+            std::fs::rename(&tmp, &path).map_err(io_error(&path))?;
             tracing::info!(
                 domain,
                 selector,
@@ -398,9 +400,9 @@ pub fn load_or_create(
                 "DKIM key generated"
             );
         }
-        let _ = lock.unlock();
+        drop(lock);
     }
-    let pem = std::fs::read_to_string(&path).map_err(io(&path))?;
+    let pem = std::fs::read_to_string(&path).map_err(io_error(&path))?;
     parse(&pem, &path, domain, selector, algorithm)
 }
 

@@ -274,15 +274,8 @@ fn main() -> ExitCode {
                 eprintln!("postern: asset {asset} has no route in the configuration");
                 return ExitCode::from(1);
             };
-            let runtime = match tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            {
-                Ok(r) => r,
-                Err(e) => {
-                    eprintln!("postern: {e}");
-                    return ExitCode::from(1);
-                }
+            let Some(runtime) = runtime() else {
+                return ExitCode::from(1);
             };
             let route = postern::route::Route::new(&route, &config.server.hostname);
             match runtime.block_on(route.test()) {
@@ -359,6 +352,16 @@ async fn run(config: Config, path: PathBuf) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A single-threaded runtime for a command's one network exchange, or `None` after
+/// saying why there is none.
+fn runtime() -> Option<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| eprintln!("postern: {e}"))
+        .ok()
+}
+
 /// The running daemon's base URL (its HTTP listener; a wildcard address means loopback).
 fn admin_base(config: &Config) -> String {
     let mut addr = config.http.listen;
@@ -374,16 +377,7 @@ fn admin_call(
     config: &Config,
     build: impl FnOnce(&reqwest::Client) -> reqwest::RequestBuilder,
 ) -> Option<(reqwest::StatusCode, String)> {
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("postern: {e}");
-            return None;
-        }
-    };
+    let runtime = runtime()?;
     let client = reqwest::Client::new();
     let request = build(&client).bearer_auth(config.admin.token.expose());
     let result = runtime.block_on(async {
