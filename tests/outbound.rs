@@ -15,7 +15,7 @@ const WAIT: Duration = Duration::from_secs(30);
 
 /// How a test request authenticates.
 type AuthFn = Box<dyn Fn(reqwest::RequestBuilder) -> reqwest::RequestBuilder>;
-const SECRET: &str = "c2VjcmV0LXNlY3JldC1zZWNyZXQ=";
+const SECRET: &str = SERVICE_SECRET;
 
 struct Out {
     daemon: Option<postern::Handle>,
@@ -23,71 +23,6 @@ struct Out {
     dir: tempfile::TempDir,
     hooks: Receiver,
     client: reqwest::Client,
-}
-
-#[allow(clippy::too_many_arguments)]
-fn config(
-    data: &std::path::Path,
-    http: SocketAddr,
-    smtp: SocketAddr,
-    hook: &str,
-    relay: SocketAddr,
-    route_extra: &str,
-    top: &str,
-    asset_extra: &str,
-) -> String {
-    format!(
-        r#"
-[server]
-hostname = "mx.example.test"
-data_dir = "{data}"
-public_url = "http://{http}"
-inbound_domain = "inbound.example.test"
-bounce_domain = "bounces.example.test"
-[smtp]
-listen = ["{smtp}"]
-[http]
-listen = "{http}"
-max_body_size = 200000
-[admin]
-token = "admin-secret"
-[dns]
-resolver = "off"
-[queue]
-retry_base = 1
-[outbound]
-allow_private_targets = ["127.0.0.0/8"]
-{top}
-[[service]]
-id = "svc_a"
-key = "key-a"
-secret = "{SECRET}"
-tps = 50
-assets = ["a_out"]
-[[service]]
-id = "svc_b"
-key = "key-b"
-secret = "{SECRET}"
-tps = 50
-assets = ["a_out"]
-[[asset]]
-id = "a_out"
-domains = ["example.test"]
-delivery_webhook = "{hook}/dlr"
-incoming_webhook = "{hook}/mo"
-[asset.route]
-kind = "smtp"
-host = "127.0.0.1"
-port = {port}
-{route_extra}
-[asset.dkim]
-selector = "sel1"
-algorithm = "ed25519-sha256"
-{asset_extra}
-"#,
-        data = data.display(),
-        port = relay.port()
-    )
 }
 
 impl Out {
@@ -115,24 +50,24 @@ impl Out {
         top: &str,
         asset_extra: &str,
     ) -> Out {
-        let data = dir.path().join("data");
-        let hook = hooks.url("");
         let Started {
             handle: daemon,
             http,
             ..
-        } = start_in_process(dir.path(), |smtp, http| {
-            config(
-                &data,
-                http,
-                smtp,
-                &hook,
-                relay,
-                route_extra,
+        } = start_outbound(
+            dir.path(),
+            &hooks.url(""),
+            &Outbound {
+                route: format!(
+                    "kind = \"smtp\"\nhost = \"127.0.0.1\"\nport = {}\n{route_extra}",
+                    relay.port()
+                ),
                 top,
+                asset_keys: "",
                 asset_extra,
-            )
-        })
+                tps: 50,
+            },
+        )
         .await;
         Out {
             daemon: Some(daemon),
@@ -1149,37 +1084,25 @@ async fn click_and_open_tracking_rewrites_html_redirects_and_notifies() {
 #[tokio::test]
 async fn sandbox_assets_only_mail_verified_recipients() {
     let relay = Smarthost::start(Script::default()).await;
-    // `sandbox` and `verified_recipients` are asset keys: they go before the sub-tables.
     let dir = tempfile::tempdir().unwrap();
     let hooks = Receiver::start().await;
-    let smtp_l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let http_l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let http = http_l.local_addr().unwrap();
-    let text = config(
-        &dir.path().join("data"),
-        http,
-        smtp_l.local_addr().unwrap(),
+    let Started {
+        handle: h, http, ..
+    } = start_outbound(
+        dir.path(),
         &hooks.url(""),
-        relay.addr,
-        "",
-        "",
-        "",
-    )
-    .replace(
-        "incoming_webhook = ",
-        "sandbox = true\nverified_recipients = [\"QA@example.org\"]\nincoming_webhook = ",
-    );
-    let c = postern::config::Config::parse(&text, "sandbox.toml").unwrap();
-    let h = postern::start(
-        c,
-        None,
-        postern::Listeners {
-            smtp: vec![smtp_l],
-            http: http_l,
+        &Outbound {
+            route: format!(
+                "kind = \"smtp\"\nhost = \"127.0.0.1\"\nport = {}",
+                relay.addr.port()
+            ),
+            top: "",
+            asset_keys: "sandbox = true\nverified_recipients = [\"QA@example.org\"]",
+            asset_extra: "",
+            tps: 50,
         },
     )
-    .await
-    .unwrap();
+    .await;
     let resp = reqwest::Client::new()
         .post(format!("http://{http}/v2/messages"))
         .header("key", "key-a")

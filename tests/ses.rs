@@ -176,58 +176,30 @@ impl Ses {
     async fn start(ses: SocketAddr, trust: &str) -> Ses {
         let hooks = Receiver::start().await;
         let dir = tempfile::tempdir().unwrap();
-        let data = dir.path().join("data");
-        let hook = hooks.url("");
         let Started {
             handle: daemon,
             http,
             ..
-        } = start_in_process(dir.path(), |smtp, http| {
-            format!(
-                r#"
-[server]
-hostname = "mx.example.test"
-data_dir = "{data}"
-public_url = "http://{http}"
-inbound_domain = "inbound.example.test"
-bounce_domain = "bounces.example.test"
-[smtp]
-listen = ["{smtp}"]
-[http]
-listen = "{http}"
-[admin]
-token = "admin-secret"
-[dns]
-resolver = "off"
-[queue]
-retry_base = 1
-[ses]
-topic_arns = ["{TOPIC}"]
-trust_url_prefixes = ["{trust}"]
-[[service]]
-id = "svc_a"
-key = "key-a"
-secret = "c2VjcmV0LXNlY3JldC1zZWNyZXQ="
-tps = 200
-assets = ["a_ses"]
-[[asset]]
-id = "a_ses"
-domains = ["example.test"]
-delivery_webhook = "{hook}/dlr"
-[asset.route]
-kind = "ses"
+        } = start_outbound(
+            dir.path(),
+            &hooks.url(""),
+            &Outbound {
+                route: format!(
+                    r#"kind = "ses"
 region = "us-east-1"
 access_key_id = "AKIDTEST"
 secret_access_key = "test-secret"
 endpoint = "http://{ses}"
-configuration_set = "postern-events"
-[asset.dkim]
-selector = "sel1"
-algorithm = "ed25519-sha256"
-"#,
-                data = data.display(),
-            )
-        })
+configuration_set = "postern-events""#
+                ),
+                top: &format!(
+                    "[ses]\ntopic_arns = [\"{TOPIC}\"]\ntrust_url_prefixes = [\"{trust}\"]"
+                ),
+                asset_keys: "",
+                asset_extra: "",
+                tps: 200,
+            },
+        )
         .await;
         Ses {
             daemon: Some(daemon),

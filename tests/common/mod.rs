@@ -188,6 +188,98 @@ delivery_webhook = "{hook}/dlr"
     )
 }
 
+/// The service secret of `outbound_config`'s services (base64; the JWT key is its bytes).
+pub const SERVICE_SECRET: &str = "c2VjcmV0LXNlY3JldC1zZWNyZXQ=";
+
+/// What varies between the sending tests' configurations.
+pub struct Outbound<'a> {
+    /// The body of `[asset.route]`.
+    pub route: String,
+    /// Tables placed before the services (e.g. `[ses]`, `[[contact_policy]]`).
+    pub top: &'a str,
+    /// Keys of the asset itself (before its sub-tables), e.g. `sandbox = true`.
+    pub asset_keys: &'a str,
+    /// Tables appended to the asset.
+    pub asset_extra: &'a str,
+    /// TPS of each service.
+    pub tps: u32,
+}
+
+/// Starts a daemon in this process with `outbound_config` in a `data` directory of `dir`.
+pub async fn start_outbound(dir: &Path, hook: &str, o: &Outbound<'_>) -> Started {
+    let data = dir.join("data");
+    start_in_process(dir, |smtp, http| {
+        outbound_config(&data, smtp, http, hook, o)
+    })
+    .await
+}
+
+/// A sending configuration: services `svc_a` (`key-a`) and `svc_b` (`key-b`) on asset
+/// `a_out` for example.test, DKIM `sel1` Ed25519, webhooks under `hook`, loopback
+/// targets allowed, first retry after a second.
+pub fn outbound_config(
+    data: &Path,
+    smtp: SocketAddr,
+    http: SocketAddr,
+    hook: &str,
+    o: &Outbound,
+) -> String {
+    format!(
+        r#"
+[server]
+hostname = "mx.example.test"
+data_dir = "{data}"
+public_url = "http://{http}"
+inbound_domain = "inbound.example.test"
+bounce_domain = "bounces.example.test"
+[smtp]
+listen = ["{smtp}"]
+[http]
+listen = "{http}"
+max_body_size = 200000
+[admin]
+token = "admin-secret"
+[dns]
+resolver = "off"
+[queue]
+retry_base = 1
+[outbound]
+allow_private_targets = ["127.0.0.0/8"]
+{top}
+[[service]]
+id = "svc_a"
+key = "key-a"
+secret = "{SERVICE_SECRET}"
+tps = {tps}
+assets = ["a_out"]
+[[service]]
+id = "svc_b"
+key = "key-b"
+secret = "{SERVICE_SECRET}"
+tps = {tps}
+assets = ["a_out"]
+[[asset]]
+id = "a_out"
+domains = ["example.test"]
+delivery_webhook = "{hook}/dlr"
+incoming_webhook = "{hook}/mo"
+{asset_keys}
+[asset.route]
+{route}
+[asset.dkim]
+selector = "sel1"
+algorithm = "ed25519-sha256"
+{asset_extra}
+"#,
+        data = data.display(),
+        top = o.top,
+        tps = o.tps,
+        route = o.route,
+        asset_keys = o.asset_keys,
+        asset_extra = o.asset_extra,
+    )
+}
+
 /// A daemon started inside the test process on loopback port-0 listeners.
 pub struct Started {
     pub handle: postern::Handle,
