@@ -25,9 +25,12 @@ pub struct Metrics {
     latency_sum_us: [AtomicU64; ROUTES.len()],
     /// Recipients stopped by the suppression store: [unsubscribed, bounced, complained].
     suppression_hits: [AtomicU64; 3],
+    /// Messages at `/ses/events`: [recorded, ignored, confirmed, refused].
+    sns_messages: [AtomicU64; 4],
 }
 
 const SUPPRESSION_REASONS: [&str; 3] = ["unsubscribed", "bounced", "complained"];
+const SNS_RESULTS: [&str; 4] = ["recorded", "ignored", "confirmed", "refused"];
 
 const LATENCY_BUCKETS: [f64; 11] = [
     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
@@ -82,6 +85,13 @@ impl Metrics {
     pub fn suppression_hit(&self, reason: &str) {
         if let Some(i) = SUPPRESSION_REASONS.iter().position(|r| *r == reason) {
             self.suppression_hits[i].fetch_add(1, Relaxed);
+        }
+    }
+
+    /// One SNS message at `/ses/events`: "recorded", "ignored", "confirmed" or "refused".
+    pub fn sns_message(&self, result: &str) {
+        if let Some(i) = SNS_RESULTS.iter().position(|r| *r == result) {
+            self.sns_messages[i].fetch_add(1, Relaxed);
         }
     }
 
@@ -237,6 +247,16 @@ impl Metrics {
                 .map(|(i, r)| (format!("{{reason=\"{r}\"}}"), v(&self.suppression_hits[i])))
                 .collect(),
         );
+        family(
+            "postern_sns_messages_total",
+            "counter",
+            "SNS messages at /ses/events by outcome (refused: not believed or not allowed).",
+            SNS_RESULTS
+                .iter()
+                .enumerate()
+                .map(|(i, r)| (format!("{{result=\"{r}\"}}"), v(&self.sns_messages[i])))
+                .collect(),
+        );
         s
     }
 }
@@ -266,6 +286,7 @@ mod tests {
             "postern_webhooks_total{kind=\"mo\",result=\"dead\"}",
             "postern_webhook_backlog 3",
             "postern_suppression_hits_total{reason=\"bounced\"}",
+            "postern_sns_messages_total{result=\"refused\"} 0",
         ] {
             assert!(text.contains(name), "{name} missing from\n{text}");
         }

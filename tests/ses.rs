@@ -532,6 +532,23 @@ async fn sns_events_become_notifications_and_forgeries_change_nothing() {
         notes[6]["deliveryInfo"]["Description"],
         "already bounced : bob@example.org"
     );
+    let metrics = d
+        .client
+        .get(format!("{}/metrics", d.api))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for line in [
+        "postern_sns_messages_total{result=\"recorded\"} 4",
+        "postern_sns_messages_total{result=\"ignored\"} 1",
+        "postern_sns_messages_total{result=\"confirmed\"} 1",
+        "postern_sns_messages_total{result=\"refused\"} 7",
+    ] {
+        assert!(metrics.contains(line), "{line} not in\n{metrics}");
+    }
     d.stop().await;
 }
 

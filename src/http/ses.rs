@@ -28,7 +28,8 @@ pub fn routes() -> Router<AppState> {
     Router::new().route("/ses/events", post(events))
 }
 
-fn refused(status: StatusCode, description: String) -> Response {
+fn refused(d: &crate::Daemon, status: StatusCode, description: String) -> Response {
+    d.metrics.sns_message("refused");
     tracing::warn!(
         status = status.as_u16(),
         "SNS message refused: {description}"
@@ -56,6 +57,7 @@ async fn events(State(d): State<AppState>, body: Bytes) -> Response {
         Ok(m) => m,
         Err(e) => {
             return refused(
+                &d,
                 StatusCode::BAD_REQUEST,
                 format!("body is not an SNS message: {e}"),
             )
@@ -64,6 +66,7 @@ async fn events(State(d): State<AppState>, body: Bytes) -> Response {
     let config = d.config();
     if !config.ses.topic_arns.is_empty() && !config.ses.topic_arns.contains(&msg.topic_arn) {
         return refused(
+            &d,
             StatusCode::FORBIDDEN,
             format!("TopicArn {} is not in ses.topic_arns", msg.topic_arn),
         );
@@ -74,7 +77,7 @@ async fn events(State(d): State<AppState>, body: Bytes) -> Response {
             VerifyError::Type(_) | VerifyError::Missing { .. } => StatusCode::BAD_REQUEST,
             _ => StatusCode::FORBIDDEN,
         };
-        return refused(status, e.to_string());
+        return refused(&d, status, e.to_string());
     }
     let span = tracing::info_span!("sns", message_id = %msg.message_id, topic = %msg.topic_arn);
     async {
@@ -96,12 +99,14 @@ async fn confirm(d: &crate::Daemon, msg: &sns::Message, trusted: &[String]) -> R
     let url = msg.subscribe_url.as_deref().unwrap_or_default();
     if !sns::trusted_url(url, trusted) {
         return refused(
+            d,
             StatusCode::FORBIDDEN,
             format!("SubscribeURL {url} is not https on an SNS host nor under a trusted prefix"),
         );
     }
     match d.sns.client().get(url).send().await {
         Ok(r) if r.status().is_success() => {
+            d.metrics.sns_message("confirmed");
             tracing::info!("SNS subscription confirmed");
             Json(json!({"status": "confirmed"})).into_response()
         }
@@ -125,6 +130,7 @@ async fn confirm(d: &crate::Daemon, msg: &sns::Message, trusted: &[String]) -> R
 
 async fn notification(d: &crate::Daemon, msg: &sns::Message) -> Response {
     let ignored = |why: &str| {
+        d.metrics.sns_message("ignored");
         tracing::info!("SNS notification ignored: {why}");
         Json(json!({"status": "ignored", "reason": why})).into_response()
     };
@@ -154,6 +160,7 @@ async fn notification(d: &crate::Daemon, msg: &sns::Message) -> Response {
         // Recorded already: a redelivery would notify twice, which at-least-once allows.
         tracing::warn!(error = %e, "SNS message id not remembered");
     }
+    d.metrics.sns_message("recorded");
     tracing::info!(tid = %tid, event = %event.kind, recorded, "SES event");
     Json(json!({"status": "recorded", "transid": tid, "event": event.kind, "recorded": recorded}))
         .into_response()
