@@ -790,6 +790,17 @@ impl Config {
         self.assets.iter().find(|a| a.id == id)
     }
 
+    /// How long a hard bounce keeps an address of asset `id` on its bounce list
+    /// (`bounces.retention_days`, default 7), in milliseconds.
+    pub fn bounce_retention_ms(&self, id: &str) -> u64 {
+        let days = self
+            .asset(id)
+            .and_then(|a| a.bounces.as_ref())
+            .map(|b| b.retention_days)
+            .unwrap_or(7);
+        u64::from(days) * 86_400_000
+    }
+
     /// The asset that owns `domain` (already lower-case).
     pub fn asset_for_domain(&self, domain: &str) -> Option<&AssetConfig> {
         self.assets

@@ -80,11 +80,7 @@ pub async fn record(
         return Ok(0);
     };
     let now = now_ms();
-    let retention_days = config
-        .asset(&record.asset_id)
-        .and_then(|a| a.bounces.as_ref())
-        .map(|b| b.retention_days)
-        .unwrap_or(7);
+    let retention_ms = config.bounce_retention_ms(&record.asset_id);
     let mut events: Vec<OutboxEntry> = Vec::new();
     let mut suppressions = Vec::new();
     let mut recorded = 0;
@@ -115,7 +111,7 @@ pub async fn record(
                 reason: *reason,
                 since_ms: now,
                 expires_ms: match reason {
-                    Reason::Bounced => Some(now + u64::from(retention_days) * 86_400_000),
+                    Reason::Bounced => Some(now + retention_ms),
                     _ => None,
                 },
                 source: source.clone(),

@@ -24,6 +24,7 @@ pub mod inbound;
 pub mod metrics;
 pub mod queue;
 pub mod route;
+pub mod schedule;
 pub mod ses_events;
 pub mod smtp;
 pub mod sns;

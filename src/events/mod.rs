@@ -18,7 +18,7 @@ use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
-use tokio::sync::{mpsc, watch, Semaphore};
+use tokio::sync::{mpsc, watch};
 use tracing::Instrument;
 
 /// RFC 3339 UTC with milliseconds, the timestamp format of every event.
@@ -185,8 +185,8 @@ impl Worker {
     /// Runs until `shutdown` flips; in-flight POSTs finish first.
     pub async fn run(
         self: Arc<Self>,
-        mut rx: mpsc::UnboundedReceiver<(u64, String)>,
-        mut shutdown: watch::Receiver<bool>,
+        rx: mpsc::UnboundedReceiver<(u64, String)>,
+        shutdown: watch::Receiver<bool>,
     ) {
         let mut due: BinaryHeap<Reverse<(u64, String)>> = BinaryHeap::new();
         match self.store.outbox_all() {
@@ -196,51 +196,20 @@ impl Worker {
             }
             Err(e) => tracing::error!(error = %e, "cannot read the webhook outbox"),
         }
-        let slots = Arc::new(Semaphore::new(self.config().webhooks.concurrency));
-        // Woken when a delivery frees its slot, so due events never wait on a timer.
-        let freed = Arc::new(tokio::sync::Notify::new());
-        loop {
-            let now = now_ms();
-            while due.peek().is_some_and(|Reverse((t, _))| *t <= now) {
-                let Ok(permit) = slots.clone().try_acquire_owned() else {
-                    break;
-                };
-                let Some(Reverse((_, id))) = due.pop() else {
-                    break;
-                };
+        // In-flight deliveries finish on shutdown (bounded by the POST timeout).
+        let concurrency = self.config().webhooks.concurrency;
+        crate::schedule::run(
+            due,
+            rx,
+            shutdown,
+            concurrency,
+            Duration::from_secs(15),
+            |id| {
                 let me = self.clone();
-                let freed = freed.clone();
-                tokio::spawn(async move {
-                    me.deliver(&id).await;
-                    drop(permit);
-                    freed.notify_one();
-                });
-            }
-            let wait = match due.peek() {
-                Some(Reverse((t, _))) if slots.available_permits() > 0 => {
-                    Duration::from_millis(t.saturating_sub(now))
-                }
-                Some(_) => Duration::from_secs(3600),
-                None => Duration::from_secs(3600),
-            };
-            tokio::select! {
-                msg = rx.recv() => match msg {
-                    Some((t, id)) => {
-                        due.push(Reverse((t, id)));
-                        while let Ok((t, id)) = rx.try_recv() {
-                            due.push(Reverse((t, id)));
-                        }
-                    }
-                    None => break,
-                },
-                _ = tokio::time::sleep(wait) => {}
-                _ = freed.notified() => {}
-                _ = shutdown.changed() => break,
-            }
-        }
-        // Let in-flight deliveries finish (bounded by the POST timeout).
-        let total = self.config().webhooks.concurrency as u32;
-        let _ = tokio::time::timeout(Duration::from_secs(15), slots.acquire_many(total)).await;
+                async move { me.deliver(&id).await }
+            },
+        )
+        .await;
     }
 
     async fn deliver(&self, id: &str) {

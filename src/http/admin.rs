@@ -180,17 +180,13 @@ async fn add(
         )
     })?;
     let now = now_ms();
-    let retention = asset
-        .bounces
-        .as_ref()
-        .map(|b| b.retention_days)
-        .unwrap_or(7);
+    let retention_ms = config.bounce_retention_ms(&asset.id);
     let entry = Suppression {
         asset_id: req.asset_id,
         address: req.address.to_ascii_lowercase(),
         reason,
         since_ms: now,
-        expires_ms: (reason == Reason::Bounced).then_some(now + u64::from(retention) * 86_400_000),
+        expires_ms: (reason == Reason::Bounced).then_some(now + retention_ms),
         source: "admin".into(),
     };
     d.store
@@ -249,12 +245,7 @@ async fn import(
     let config = d.config();
     let entries =
         crate::suppression::from_csv(text, now_ms(), &|a| config.asset(a).is_some(), &|a| {
-            let days = config
-                .asset(a)
-                .and_then(|x| x.bounces.as_ref())
-                .map(|b| b.retention_days)
-                .unwrap_or(7);
-            u64::from(days) * 86_400_000
+            config.bounce_retention_ms(a)
         })
         .map_err(|e| {
             ApiError::new(

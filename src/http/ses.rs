@@ -9,6 +9,7 @@
 //! could not record it (SNS retries), 4xx for what the sender got wrong.
 
 use super::{ApiError, AppState};
+use crate::config::Config;
 use crate::sns::{self, VerifyError};
 use axum::body::Bytes;
 use axum::extract::State;
@@ -87,7 +88,7 @@ async fn events(State(d): State<AppState>, body: Bytes) -> Response {
                 tracing::warn!("SNS says this endpoint was unsubscribed from the topic: SES events stop arriving");
                 Json(json!({"status": "noted"})).into_response()
             }
-            _ => notification(&d, &msg).await,
+            _ => notification(&d, &msg, &config).await,
         }
     }
     .instrument(span)
@@ -128,7 +129,7 @@ async fn confirm(d: &crate::Daemon, msg: &sns::Message, trusted: &[String]) -> R
     }
 }
 
-async fn notification(d: &crate::Daemon, msg: &sns::Message) -> Response {
+async fn notification(d: &crate::Daemon, msg: &sns::Message, config: &Config) -> Response {
     let ignored = |why: &str| {
         d.metrics.sns_message("ignored");
         tracing::info!("SNS notification ignored: {why}");
@@ -150,9 +151,8 @@ async fn notification(d: &crate::Daemon, msg: &sns::Message) -> Response {
         Ok(None) => return ignored("no transaction has this SES MessageId"),
         Err(e) => return ApiError::internal(e).into_response(),
     };
-    let config = d.config();
     let recorded =
-        match crate::feedback::record(&d.store, &d.outbox, &config, &tid, &event.reports).await {
+        match crate::feedback::record(&d.store, &d.outbox, config, &tid, &event.reports).await {
             Ok(n) => n,
             Err(e) => return ApiError::internal(e).into_response(),
         };

@@ -19,7 +19,7 @@ use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
-use tokio::sync::{mpsc, watch, Semaphore};
+use tokio::sync::{mpsc, watch};
 use tracing::Instrument;
 
 /// Wakes the scheduler for new or retried tids.
@@ -88,8 +88,8 @@ impl QueueWorker {
 
     pub async fn run(
         self: Arc<Self>,
-        mut rx: mpsc::UnboundedReceiver<(u64, String)>,
-        mut shutdown: watch::Receiver<bool>,
+        rx: mpsc::UnboundedReceiver<(u64, String)>,
+        shutdown: watch::Receiver<bool>,
     ) {
         let mut due: BinaryHeap<Reverse<(u64, String)>> = BinaryHeap::new();
         match self.store.active_messages() {
@@ -104,56 +104,18 @@ impl QueueWorker {
             Err(e) => tracing::error!(error = %e, "cannot read the outbound queue"),
         }
         let concurrency = self.config().queue.concurrency;
-        let slots = Arc::new(Semaphore::new(concurrency));
-        // Woken when a task frees its slot, so due work never waits on a timer.
-        let freed = Arc::new(tokio::sync::Notify::new());
-        loop {
-            let now = now_ms();
-            while due.peek().is_some_and(|Reverse((t, _))| *t <= now) {
-                let Ok(permit) = slots.clone().try_acquire_owned() else {
-                    break;
-                };
-                let Some(Reverse((_, tid))) = due.pop() else {
-                    break;
-                };
-                let me = self.clone();
-                let freed = freed.clone();
-                let span = tracing::info_span!("tid", tid = %tid);
-                tokio::spawn(
-                    async move {
-                        me.process(&tid).await;
-                        drop(permit);
-                        freed.notify_one();
-                    }
-                    .instrument(span),
-                );
-            }
-            let wait = match due.peek() {
-                Some(Reverse((t, _))) if slots.available_permits() > 0 => {
-                    Duration::from_millis(t.saturating_sub(now))
-                }
-                Some(_) => Duration::from_secs(3600),
-                None => Duration::from_secs(3600),
-            };
-            tokio::select! {
-                msg = rx.recv() => match msg {
-                    Some(item) => {
-                        due.push(Reverse(item));
-                        while let Ok(item) = rx.try_recv() {
-                            due.push(Reverse(item));
-                        }
-                    }
-                    None => break,
-                },
-                _ = tokio::time::sleep(wait) => {}
-                _ = freed.notified() => {}
-                _ = shutdown.changed() => break,
-            }
-        }
         // Route calls in flight finish before the store is closed.
-        let _ = tokio::time::timeout(
+        crate::schedule::run(
+            due,
+            rx,
+            shutdown,
+            concurrency,
             Duration::from_secs(60),
-            slots.acquire_many(concurrency as u32),
+            |tid| {
+                let me = self.clone();
+                let span = tracing::info_span!("tid", tid = %tid);
+                async move { me.process(&tid).await }.instrument(span)
+            },
         )
         .await;
     }
