@@ -92,14 +92,26 @@ pub struct Config {
     pub contact_policies: Vec<ContactPolicyConfig>,
     #[serde(default)]
     pub ses: SesConfig,
+    #[serde(default)]
+    pub feedback: FeedbackConfig,
+}
+
+/// Who may report complaints about mail that went to several recipients (SPEC 6.3).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FeedbackConfig {
+    /// Feedback-loop senders (domains, e.g. "fbl.example-isp.net") whose ARF reports about
+    /// multi-recipient messages are acted on when they pass aligned DMARC. Empty: such
+    /// reports are logged and ignored, since any one recipient could name another.
+    pub trusted_reporters: Vec<String>,
 }
 
 /// SES events delivered by SNS to `POST /ses/events` (SPEC 7.3).
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SesConfig {
-    /// SNS topics whose messages are accepted. Empty accepts any topic, which lets anyone
-    /// with an AWS account subscribe this endpoint to a topic of theirs: set it in production.
+    /// SNS topics whose messages are accepted. Required (non-empty) when any asset has an
+    /// SES route: without it anyone could subscribe this endpoint to a topic of theirs.
     pub topic_arns: Vec<String>,
     /// URL prefixes trusted for `SigningCertURL` and `SubscribeURL` besides
     /// `https://sns.<region>.amazonaws.com/` (for tests, which sign their own messages).
@@ -137,6 +149,13 @@ pub struct ServerConfig {
     pub inbound_domain: String,
     /// VERP return paths live here.
     pub bounce_domain: String,
+    /// Bytes `data_dir`'s filesystem keeps free; below it new work is refused (SPEC 6.3).
+    #[serde(default = "default_min_free_space")]
+    pub min_free_space: u64,
+}
+
+fn default_min_free_space() -> u64 {
+    1 << 30
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -157,6 +176,9 @@ pub struct SmtpConfig {
     pub tls_key: Option<PathBuf>,
     /// Seconds SIGTERM waits for in-flight sessions before exiting.
     pub shutdown_grace: u64,
+    /// Junk commands (NOOP, RSET, VRFY, EXPN, HELP, repeated EHLO/HELO) and error replies
+    /// one session may cause before it gets `421 4.7.0` and is closed.
+    pub junk_command_limit: u32,
 }
 
 impl Default for SmtpConfig {
@@ -172,6 +194,7 @@ impl Default for SmtpConfig {
             tls_cert: None,
             tls_key: None,
             shutdown_grace: 30,
+            junk_command_limit: 100,
         }
     }
 }
@@ -181,6 +204,10 @@ impl Default for SmtpConfig {
 pub struct HttpConfig {
     pub listen: SocketAddr,
     pub max_body_size: usize,
+    /// Seconds a request's headers may take to arrive before the connection is closed.
+    pub header_timeout: u64,
+    /// Open HTTP connections at most; more wait in the listen backlog.
+    pub max_connections: usize,
 }
 
 impl Default for HttpConfig {
@@ -188,6 +215,8 @@ impl Default for HttpConfig {
         HttpConfig {
             listen: "127.0.0.1:8080".parse().expect("static address"),
             max_body_size: 10_485_760,
+            header_timeout: 30,
+            max_connections: 4096,
         }
     }
 }
@@ -257,6 +286,8 @@ pub struct WebhookConfig {
     pub timeout: u64,
     /// POSTs in flight at once.
     pub concurrency: usize,
+    /// Days a dead letter (and the message body it holds) is kept before it is deleted.
+    pub dead_letter_days: u32,
 }
 
 impl Default for WebhookConfig {
@@ -265,6 +296,7 @@ impl Default for WebhookConfig {
             retry_for: 86_400,
             timeout: 10,
             concurrency: 32,
+            dead_letter_days: 7,
         }
     }
 }
@@ -624,6 +656,32 @@ impl Config {
                 "smtp connection caps must be at least 1".into(),
             );
         }
+        if self.smtp.junk_command_limit == 0 {
+            push(
+                "junk_command_limit",
+                "smtp.junk_command_limit must be at least 1".into(),
+            );
+        }
+        if self.http.header_timeout == 0 || self.http.max_connections == 0 {
+            push(
+                "[http]",
+                "http.header_timeout and http.max_connections must be at least 1".into(),
+            );
+        }
+        if self.webhooks.dead_letter_days == 0 {
+            push(
+                "dead_letter_days",
+                "webhooks.dead_letter_days must be at least 1".into(),
+            );
+        }
+        for r in &self.feedback.trusted_reporters {
+            if !is_domain(r) {
+                push(
+                    r,
+                    format!("feedback.trusted_reporters: \"{r}\" is not a domain name"),
+                );
+            }
+        }
         if self.smtp.command_timeout == 0 || self.smtp.data_timeout == 0 {
             push("timeout", "smtp timeouts must be at least 1 second".into());
         }
@@ -748,12 +806,53 @@ impl Config {
                 );
             }
         }
+        let has_ses = self
+            .assets
+            .iter()
+            .any(|a| a.route.as_ref().is_some_and(|r| r.kind == RouteKind::Ses));
+        if has_ses && self.ses.topic_arns.is_empty() {
+            push(
+                "kind",
+                "ses.topic_arns must list the SNS topics of your SES events when an asset has kind = \"ses\" (otherwise anyone could subscribe /ses/events to a topic of theirs)".into(),
+            );
+        }
         let mut service_ids = HashSet::new();
+        let mut service_keys = HashSet::new();
         for service in &self.services {
+            let needle = format!("\"{}\"", service.id);
+            if service.id.is_empty()
+                || !service
+                    .id
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-' || c == '.')
+            {
+                push(
+                    &needle,
+                    format!(
+                        "service id \"{}\" must be letters, digits, '_', '-' or '.'",
+                        service.id
+                    ),
+                );
+            }
             if !service_ids.insert(service.id.clone()) {
                 push(
                     &service.id,
                     format!("service id \"{}\" is used twice", service.id),
+                );
+            }
+            let key = service.key.expose();
+            if key.trim().is_empty() {
+                push(
+                    &needle,
+                    format!("service {}: key must not be empty", service.id),
+                );
+            } else if !service_keys.insert(key.to_string()) {
+                push(
+                    &needle,
+                    format!(
+                        "service {}: key is the same as another service's; each service needs its own key",
+                        service.id
+                    ),
                 );
             }
             for a in &service.assets {

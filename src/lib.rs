@@ -19,6 +19,7 @@ pub mod dkim;
 pub mod domains;
 pub mod events;
 pub mod feedback;
+pub mod health;
 pub mod http;
 pub mod inbound;
 pub mod metrics;
@@ -120,6 +121,8 @@ pub struct Daemon {
     pub keys: Arc<dkim::Keys>,
     /// Verifies SNS messages at `/ses/events` (caches signing certificates).
     pub sns: sns::Verifier,
+    /// Free space and store writability: whether new work is taken (SPEC 6.3).
+    pub health: Arc<health::Health>,
     tls: RwLock<Option<TlsAcceptor>>,
     ready: AtomicBool,
 }
@@ -273,15 +276,6 @@ pub async fn start(
         }
     }
     let (queue, queue_rx) = queue::Queue::channel();
-    if config.ses.topic_arns.is_empty()
-        && config.assets.iter().any(|a| {
-            a.route
-                .as_ref()
-                .is_some_and(|r| r.kind == config::RouteKind::Ses)
-        })
-    {
-        tracing::warn!("ses.topic_arns is empty: /ses/events accepts (and confirms subscriptions to) any SNS topic; list your topics");
-    }
     let shared_config = Arc::new(RwLock::new(Arc::new(config)));
     let queue_worker = Arc::new(queue::QueueWorker {
         store: store.clone(),
@@ -317,6 +311,7 @@ pub async fn start(
         url_policy,
         keys,
         sns: sns::Verifier::default(),
+        health: Arc::new(health::Health::default()),
         tls: RwLock::new(tls),
         ready: AtomicBool::new(false),
     });

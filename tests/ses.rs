@@ -568,6 +568,8 @@ data_dir = "./unused"
 public_url = "http://127.0.0.1:8080"
 inbound_domain = "inbound.example.test"
 bounce_domain = "bounces.example.test"
+[ses]
+topic_arns = ["arn:aws:sns:eu-west-1:123456789012:postern"]
 [[asset]]
 id = "a_ses"
 domains = ["example.test"]
