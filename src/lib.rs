@@ -182,11 +182,16 @@ pub struct Handle {
 
 impl Handle {
     /// SIGTERM semantics: stop accepting, let in-flight SMTP transactions finish (up to
-    /// `smtp.shutdown_grace`), let in-flight webhooks finish, flush, return.
+    /// `smtp.shutdown_grace`; idle sessions get 421 at once, the others at the end of the
+    /// grace, whatever they wait for), let in-flight webhooks finish, flush, return.
     pub async fn shutdown(self) {
         let grace = Duration::from_secs(self.daemon.config().smtp.shutdown_grace);
         let _ = self.shutdown.send(true);
-        if !self.daemon.conns.drained(grace).await {
+        // Sessions cut themselves off at the end of the grace; the second wait covers
+        // their last non-blocking write and a store step in flight.
+        if !self.daemon.conns.drained(grace).await
+            && !self.daemon.conns.drained(Duration::from_secs(2)).await
+        {
             tracing::warn!(
                 open = self.daemon.conns.open(),
                 "shutdown grace ended with sessions open"

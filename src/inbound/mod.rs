@@ -127,7 +127,7 @@ impl Inbound {
         &self,
         config: &Config,
         env: Envelope,
-        body: FinishedBody,
+        mut body: FinishedBody,
     ) -> Result<String, AcceptError> {
         let raw = match body.inline_bytes() {
             Some(b) => crate::store::spool::Body::Bytes(b.into()),
@@ -298,9 +298,19 @@ impl Inbound {
                 events.extend(crate::track::unsubscribe::event(config, u, false, None));
             }
         }
-        self.store
+        if let Err(e) = self
+            .store
             .accept_message(&record, &body, &events, &tids)
-            .await?;
+            .await
+        {
+            // Nothing durable may name the body: forget the entries, then the .eml goes
+            // with `body` (kept for garbage collection if the entries could not be removed).
+            if !self.store.forget_message(&record, &events, &tids) {
+                body.keep();
+            }
+            return Err(e.into());
+        }
+        body.keep();
         let id = record.id;
         if events.is_empty() && !bounce {
             // Nothing refers to it (sender == recipient): keep no copy.

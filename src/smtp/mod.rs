@@ -8,7 +8,7 @@ pub mod stream;
 
 use crate::config::Config;
 use std::collections::HashMap;
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv6Addr};
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -50,7 +50,22 @@ pub fn tls_from_config(config: &Config) -> Result<Option<TlsAcceptor>, String> {
     }
 }
 
-/// Open connections, in total and per peer address.
+/// Who the per-IP cap counts a peer as: an IPv4 address is itself (also when it arrives
+/// IPv4-mapped on a dual-stack socket); an IPv6 address is its /64, the smallest block a
+/// site is given, so one network cannot take every slot by cycling its addresses.
+pub fn cap_key(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(v4) => IpAddr::V4(v4),
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => IpAddr::V6(Ipv6Addr::from(
+                u128::from(v6) & 0xffff_ffff_ffff_ffff_0000_0000_0000_0000,
+            )),
+        },
+    }
+}
+
+/// Open connections, in total and per peer network ([`cap_key`]).
 #[derive(Default)]
 pub struct ConnLimits {
     total: AtomicUsize,
@@ -61,6 +76,7 @@ pub struct ConnLimits {
 /// Holds one connection slot; frees it when dropped.
 pub struct ConnSlot {
     limits: Arc<ConnLimits>,
+    /// The [`cap_key`] of the peer.
     ip: IpAddr,
 }
 
@@ -72,6 +88,7 @@ impl ConnLimits {
         max_total: usize,
         max_per_ip: usize,
     ) -> Option<ConnSlot> {
+        let ip = cap_key(ip);
         let mut per_ip = self.per_ip.lock().unwrap_or_else(|p| p.into_inner());
         let mine = per_ip.get(&ip).copied().unwrap_or(0);
         if mine >= max_per_ip || self.total.load(Ordering::Acquire) >= max_total {
@@ -177,5 +194,44 @@ pub async fn accept_loop(
             }
             .instrument(span),
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(s: &str) -> String {
+        cap_key(s.parse().expect("address")).to_string()
+    }
+
+    #[test]
+    fn cap_groups_ipv6_by_64_and_mapped_ipv4_as_ipv4() {
+        assert_eq!(key("2001:db8:1:2:aaaa::1"), "2001:db8:1:2::");
+        assert_eq!(key("2001:db8:1:2:ffff:ffff:ffff:ffff"), "2001:db8:1:2::");
+        assert_ne!(key("2001:db8:1:3::1"), key("2001:db8:1:2::1"));
+        assert_eq!(key("::ffff:192.0.2.7"), "192.0.2.7");
+        assert_eq!(key("192.0.2.7"), "192.0.2.7");
+        assert_ne!(key("192.0.2.8"), key("192.0.2.7"));
+        assert_eq!(key("::1"), "::");
+    }
+
+    #[test]
+    fn one_64_shares_one_per_ip_cap() {
+        let limits = Arc::new(ConnLimits::default());
+        let a = limits.acquire("2001:db8::1".parse().unwrap(), 10, 2);
+        let b = limits.acquire("2001:db8::2:3".parse().unwrap(), 10, 2);
+        assert!(a.is_some() && b.is_some());
+        assert!(limits
+            .acquire("2001:db8::ffff".parse().unwrap(), 10, 2)
+            .is_none());
+        assert!(limits
+            .acquire("2001:db8:0:1::1".parse().unwrap(), 10, 2)
+            .is_some());
+        drop(a);
+        assert!(limits
+            .acquire("2001:db8::9".parse().unwrap(), 10, 2)
+            .is_some());
+        assert_eq!(limits.open(), 3);
     }
 }

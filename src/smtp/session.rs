@@ -3,6 +3,12 @@
 //! through the pure [`DataScanner`], BDAT is counted. Replies are buffered and written
 //! when the client has nothing more pipelined. The `250` after DATA/BDAT LAST is written
 //! only after [`Inbound::accept`] returned, i.e. once the message is on disk.
+//!
+//! Hostile clients are bounded (SPEC 6.3): every read and every write of replies has a
+//! deadline (a client that never reads its replies is cut off like one that never
+//! writes), junk commands and error replies are counted against `junk_command_limit`,
+//! and the daemon's shutdown ends the session within `shutdown_grace` whatever it waits
+//! for, except the store step itself, which is never cut between "stored" and "250".
 
 use super::data::{DataFault, DataScanner};
 use super::stream::MaybeTls;
@@ -10,6 +16,7 @@ use crate::config::Config;
 use crate::inbound::{classify_recipient, size_limit, Destination, Envelope, Inbound, RcptRefusal};
 use crate::store::spool::BodyWriter;
 use smtp_proto::{EhloResponse, Request};
+use std::future::Future;
 use std::net::IpAddr;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
@@ -20,9 +27,9 @@ use tokio_rustls::TlsAcceptor;
 
 /// Longest command line, CRLF included (RFC 5321 4.5.3.1.4).
 pub const MAX_COMMAND: usize = 512;
-/// Errors tolerated before the session is closed.
-const MAX_ERRORS: u32 = 20;
 const READ_CHUNK: usize = 64 * 1024;
+/// Longest wait for the last reply (221, 421) once the session is over.
+const LAST_WRITE: Duration = Duration::from_secs(5);
 
 /// What a session needs from the daemon; a snapshot taken when it starts.
 #[derive(Clone)]
@@ -39,8 +46,12 @@ enum Stop {
     Eof,
     Quit,
     Io(std::io::Error),
-    /// Timeout, too many errors, shutdown or a failed handshake: a 421 was already sent.
+    /// Timeout, too many junk commands or errors, shutdown or a failed handshake: a 421
+    /// was already queued (when the client can still be told).
     Closed,
+    /// The client did not take its replies within the command timeout (or the shutdown
+    /// grace): nothing more can be written to it.
+    Unread,
 }
 
 impl From<std::io::Error> for Stop {
@@ -72,6 +83,61 @@ struct Chunked {
     deadline: Instant,
 }
 
+/// Why an I/O wait was cut short.
+enum Cut {
+    Timeout,
+    Shutdown,
+}
+
+/// The daemon's shutdown as one session sees it.
+struct Stopping {
+    rx: watch::Receiver<bool>,
+    grace: Duration,
+    /// When the shutdown was first seen, plus the grace: the session ends then, whatever
+    /// it waits for.
+    hard: Option<Instant>,
+}
+
+impl Stopping {
+    /// The hard deadline once the daemon is shutting down (a dropped sender, i.e. a
+    /// daemon that is gone, counts as shutting down).
+    fn hard_deadline(&mut self) -> Option<Instant> {
+        if self.hard.is_none() && (*self.rx.borrow() || self.rx.has_changed().is_err()) {
+            self.hard = Some(Instant::now() + self.grace);
+        }
+        self.hard
+    }
+
+    /// Runs `io` until it completes or `deadline` passes. The shutdown cuts it at once
+    /// when `idle` (the session waits for a command outside a transaction), at the end of
+    /// the grace otherwise, so in-flight transactions may finish.
+    async fn run<F: Future>(
+        &mut self,
+        deadline: Instant,
+        idle: bool,
+        io: F,
+    ) -> Result<F::Output, Cut> {
+        tokio::pin!(io);
+        loop {
+            if let Some(hard) = self.hard_deadline() {
+                if idle {
+                    return Err(Cut::Shutdown);
+                }
+                return match timeout_at(deadline.min(hard), &mut io).await {
+                    Ok(v) => Ok(v),
+                    Err(_) if hard <= deadline => Err(Cut::Shutdown),
+                    Err(_) => Err(Cut::Timeout),
+                };
+            }
+            tokio::select! {
+                r = timeout_at(deadline, &mut io) => return r.map_err(|_| Cut::Timeout),
+                // Seen by `hard_deadline` on the next turn (an error: the sender is gone).
+                _ = self.rx.changed() => {}
+            }
+        }
+    }
+}
+
 pub struct Session<S> {
     stream: MaybeTls<S>,
     rbuf: Vec<u8>,
@@ -83,11 +149,20 @@ pub struct Session<S> {
     esmtp: bool,
     tls_active: bool,
     tx: Option<Transaction>,
-    errors: u32,
+    /// Junk commands and error replies so far (SPEC 6.3 `junk_command_limit`).
+    junk: u32,
+    /// A closing 421 is queued: nothing more is written, the session ends.
+    closing: bool,
+    stop: Stopping,
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
     pub fn new(stream: S, peer: IpAddr, params: SessionParams) -> Self {
+        let stop = Stopping {
+            rx: params.shutdown.clone(),
+            grace: Duration::from_secs(params.config.smtp.shutdown_grace),
+            hard: None,
+        };
         Session {
             stream: MaybeTls::Plain(stream),
             rbuf: Vec::with_capacity(READ_CHUNK),
@@ -99,7 +174,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             esmtp: false,
             tls_active: false,
             tx: None,
-            errors: 0,
+            junk: 0,
+            closing: false,
+            stop,
         }
     }
 
@@ -110,20 +187,37 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         let end = self.serve().await;
         match &end {
             Err(Stop::Io(e)) => tracing::debug!(error = %e, "session ended by I/O error"),
+            Err(Stop::Unread) => {
+                tracing::info!("client does not read its replies: connection closed")
+            }
             Err(stop) => tracing::debug!(?stop, "session ended"),
             Ok(()) => {}
         }
-        if let Some(tx) = self.tx.take() {
-            if let Some(c) = tx.bdat {
-                c.body.discard();
-            }
+        // A partial BDAT body is deleted by its writer's drop.
+        self.tx = None;
+        // The last reply is a courtesy: bounded, and not waited for at all past the
+        // shutdown grace or when the client already left its replies unread.
+        let allowed = match (&end, self.stop.hard) {
+            (Err(Stop::Unread), _) => None,
+            (_, Some(hard)) => Some(hard.max(Instant::now())),
+            (_, None) => Some(Instant::now() + LAST_WRITE),
+        };
+        if let Some(until) = allowed {
+            let (stream, wbuf) = (&mut self.stream, &self.wbuf);
+            let _ = timeout_at(until, async move {
+                stream.write_all(wbuf).await?;
+                stream.flush().await?;
+                stream.shutdown().await
+            })
+            .await;
         }
-        let _ = self.flush().await;
-        let _ = self.stream.shutdown().await;
     }
 
     async fn serve(&mut self) -> Result<(), Stop> {
         loop {
+            if self.closing {
+                return Err(Stop::Closed);
+            }
             match self.next_command().await? {
                 CommandLine::Ok(line) => self.command(&line).await?,
                 CommandLine::TooLong => {
@@ -144,7 +238,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
 
     /// Writes one reply line; `status` is the enhanced status code, empty for replies that
     /// carry none (HELO, 354).
+    /// Every 4xx/5xx answer (but the closing 421s) counts towards the junk limit; past
+    /// it, a 421 goes out instead and the session closes.
     fn reply(&mut self, code: u16, status: &str, text: &str) {
+        if self.closing || ((400..600).contains(&code) && code != 421 && self.over_junk()) {
+            return;
+        }
+        self.write_reply(code, status, text);
+    }
+
+    fn write_reply(&mut self, code: u16, status: &str, text: &str) {
         let line = if status.is_empty() {
             format!("{code} {text}\r\n")
         } else {
@@ -153,33 +256,79 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         self.wbuf.extend_from_slice(line.as_bytes());
     }
 
-    /// A 4xx/5xx reply that counts towards the error limit.
-    fn fail(&mut self, code: u16, status: &str, text: &str) -> Result<(), Stop> {
-        self.reply(code, status, text);
-        self.errors += 1;
-        if self.errors >= MAX_ERRORS {
+    /// Queues the session's last reply (a 421) and marks it closing.
+    fn close_with(&mut self, status: &str, text: &str) -> Stop {
+        if !self.closing {
             let host = self.p.config.server.hostname.clone();
-            self.reply(
-                421,
-                "4.7.0",
-                &format!("{host} too many errors, closing connection"),
-            );
+            self.write_reply(421, status, &format!("{host} {text}"));
+            self.closing = true;
+        }
+        Stop::Closed
+    }
+
+    /// Counts one junk command or error reply; true (and the closing 421 queued) when
+    /// that is one more than `junk_command_limit`.
+    fn over_junk(&mut self) -> bool {
+        self.junk += 1;
+        let limit = self.p.config.smtp.junk_command_limit;
+        if self.junk <= limit {
+            return false;
+        }
+        tracing::info!(limit, "too many junk commands or errors: closing");
+        self.close_with(
+            "4.7.0",
+            &format!(
+                "too many junk commands (NOOP, RSET, VRFY, EXPN, HELP, repeated EHLO/HELO) \
+                 or error replies: more than {limit} in one session"
+            ),
+        );
+        true
+    }
+
+    /// A junk command (SPEC 6.3): counted, and refused with 421 past the limit.
+    fn junk_command(&mut self) -> Result<(), Stop> {
+        if self.closing || self.over_junk() {
             return Err(Stop::Closed);
         }
         Ok(())
     }
 
-    async fn flush(&mut self) -> Result<(), Stop> {
-        if !self.wbuf.is_empty() {
-            self.stream.write_all(&self.wbuf).await?;
-            self.stream.flush().await?;
-            self.wbuf.clear();
+    /// A 4xx/5xx reply; `Err` when it was one too many and the session closes.
+    fn fail(&mut self, code: u16, status: &str, text: &str) -> Result<(), Stop> {
+        self.reply(code, status, text);
+        if self.closing {
+            return Err(Stop::Closed);
         }
         Ok(())
     }
 
-    /// Reads more input; returns the number of new bytes (0 at end of stream).
-    async fn fill(&mut self) -> std::io::Result<usize> {
+    /// Writes the queued replies by `deadline`: a client that does not read them is
+    /// treated like one that does not write (SPEC 6.3), and the session ends.
+    async fn flush_by(&mut self, deadline: Instant) -> Result<(), Stop> {
+        if self.wbuf.is_empty() {
+            return Ok(());
+        }
+        let (stream, wbuf) = (&mut self.stream, &self.wbuf);
+        let write = async move {
+            stream.write_all(wbuf).await?;
+            stream.flush().await
+        };
+        let written = self.stop.run(deadline, false, write).await;
+        self.wbuf.clear();
+        match written {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(Stop::Io(e)),
+            Err(_) => Err(Stop::Unread),
+        }
+    }
+
+    fn command_deadline(&self) -> Instant {
+        Instant::now() + Duration::from_secs(self.p.config.smtp.command_timeout)
+    }
+
+    /// Reads more input by `deadline`; returns the number of new bytes. End of stream,
+    /// timeout and shutdown end the session (`idle`: see [`Stopping::run`]).
+    async fn fill(&mut self, deadline: Instant, idle: bool) -> Result<usize, Stop> {
         if self.rpos == self.rbuf.len() {
             self.rbuf.clear();
             self.rpos = 0;
@@ -188,19 +337,21 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             self.rpos = 0;
         }
         self.rbuf.reserve(READ_CHUNK);
-        self.stream.read_buf(&mut self.rbuf).await
-    }
-
-    async fn timed_out(&mut self) -> Stop {
-        let host = self.p.config.server.hostname.clone();
-        self.reply(421, "4.4.2", &format!("{host} timeout"));
-        Stop::Closed
+        let read = self.stream.read_buf(&mut self.rbuf);
+        match self.stop.run(deadline, idle, read).await {
+            Ok(Ok(0)) => Err(Stop::Eof),
+            Ok(Ok(n)) => Ok(n),
+            Ok(Err(e)) => Err(Stop::Io(e)),
+            Err(Cut::Timeout) => Err(self.close_with("4.4.2", "timeout")),
+            Err(Cut::Shutdown) => Err(self.close_with("4.3.2", "shutting down, try again later")),
+        }
     }
 
     /// The next command line, with replies to earlier commands flushed first when the
-    /// client has sent nothing more (PIPELINING).
+    /// client has sent nothing more (PIPELINING). Writing those replies and reading the
+    /// command share one `command_timeout`.
     async fn next_command(&mut self) -> Result<CommandLine, Stop> {
-        let deadline = Instant::now() + Duration::from_secs(self.p.config.smtp.command_timeout);
+        let deadline = self.command_deadline();
         let mut discarding = false;
         loop {
             let pending = &self.rbuf[self.rpos..];
@@ -217,31 +368,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 discarding = true;
                 self.rpos = self.rbuf.len();
             }
-            self.flush().await?;
-            if *self.p.shutdown.borrow() {
-                return Err(self.shutting_down());
-            }
-            let mut shutdown = self.p.shutdown.clone();
-            tokio::select! {
-                read = timeout_at(deadline, self.fill()) => match read {
-                    Ok(Ok(0)) => return Err(Stop::Eof),
-                    Ok(Ok(_)) => {}
-                    Ok(Err(e)) => return Err(Stop::Io(e)),
-                    Err(_) => return Err(self.timed_out().await),
-                },
-                _ = shutdown.changed() => return Err(self.shutting_down()),
-            }
+            self.flush_by(deadline).await?;
+            let idle = self.tx.is_none();
+            self.fill(deadline, idle).await?;
         }
-    }
-
-    fn shutting_down(&mut self) -> Stop {
-        let host = self.p.config.server.hostname.clone();
-        self.reply(
-            421,
-            "4.3.2",
-            &format!("{host} shutting down, try again later"),
-        );
-        Stop::Closed
     }
 
     // ---- commands ----
@@ -253,6 +383,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         };
         match request {
             Request::Ehlo { host } => {
+                if self.helo.is_some() {
+                    self.junk_command()?;
+                }
                 self.helo = Some(host);
                 self.esmtp = true;
                 self.reset();
@@ -270,6 +403,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 r.write(&mut self.wbuf)?;
             }
             Request::Helo { host } => {
+                if self.helo.is_some() {
+                    self.junk_command()?;
+                }
                 self.helo = Some(host);
                 self.esmtp = false;
                 self.reset();
@@ -285,19 +421,26 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 is_last,
             } => self.bdat(chunk_size, is_last).await?,
             Request::Rset => {
+                self.junk_command()?;
                 self.reset();
                 self.reply(250, "2.0.0", "OK");
             }
-            Request::Noop { .. } => self.reply(250, "2.0.0", "OK"),
+            Request::Noop { .. } => {
+                self.junk_command()?;
+                self.reply(250, "2.0.0", "OK")
+            }
             Request::Quit => {
                 self.reply(221, "2.0.0", "Bye");
                 return Err(Stop::Quit);
             }
             Request::Vrfy { .. } => {
+                self.junk_command()?;
                 self.reply(252, "2.5.2", "cannot VRFY user, but will accept message")
             }
+            // Junk, counted once: by its error reply.
             Request::Expn { .. } => self.fail(502, "5.5.1", "EXPN is not served here")?,
             Request::Help { .. } => {
+                self.junk_command()?;
                 self.reply(214, "2.0.0", "see RFC 5321; postern is an inbound MX")
             }
             Request::Auth { .. } => {
@@ -344,12 +487,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         }
     }
 
+    /// Ends the transaction; a partial BDAT body goes with its writer.
     fn reset(&mut self) {
-        if let Some(tx) = self.tx.take() {
-            if let Some(c) = tx.bdat {
-                c.body.discard();
-            }
-        }
+        self.tx = None;
     }
 
     fn mail(&mut self, address: String, size: usize) -> Result<(), Stop> {
@@ -438,7 +578,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             Some(_) => {}
         }
         self.reply(354, "", "start mail input; end with <CRLF>.<CRLF>");
-        self.flush().await?;
+        self.flush_by(self.command_deadline()).await?;
 
         let tx = self.tx.as_ref().expect("checked above");
         let limit = size_limit(&self.p.config, &tx.rcpts);
@@ -464,21 +604,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                     break;
                 }
             }
-            match timeout_at(deadline, self.fill()).await {
-                Ok(Ok(0)) => {
-                    body.discard();
-                    return Err(Stop::Eof);
-                }
-                Ok(Ok(_)) => {}
-                Ok(Err(e)) => {
-                    body.discard();
-                    return Err(Stop::Io(e));
-                }
-                Err(_) => {
-                    body.discard();
-                    return Err(self.timed_out().await);
-                }
-            }
+            // On any error the partial body is deleted by the writer's drop.
+            self.fill(deadline, false).await?;
         }
         if let Some(e) = write_error {
             tracing::error!(error = %e, "cannot spool message body");
@@ -534,17 +661,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             if remaining == 0 {
                 break;
             }
-            match timeout_at(deadline, self.fill()).await {
-                Ok(Ok(0)) => return Err(Stop::Eof),
-                Ok(Ok(_)) => {}
-                Ok(Err(e)) => return Err(Stop::Io(e)),
-                Err(_) => {
-                    if let Some(c) = chunk {
-                        c.body.discard();
-                    }
-                    return Err(self.timed_out().await);
-                }
-            }
+            // On any error the partial body is deleted by the writer's drop.
+            self.fill(deadline, false).await?;
         }
         let Some(c) = chunk else {
             let msg = if self.tx.is_none() {
@@ -645,7 +763,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             return self.fail(502, "5.5.1", "STARTTLS: not available");
         };
         self.reply(220, "2.0.0", "ready to start TLS");
-        self.flush().await?;
+        self.flush_by(self.command_deadline()).await?;
         // Anything pipelined behind STARTTLS was sent in plaintext: discard it
         // (CVE-2011-0411), never interpret it inside the TLS session.
         let dropped = self.rbuf.len() - self.rpos;
@@ -662,7 +780,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             return Err(Stop::Closed);
         };
         let handshake = Duration::from_secs(self.p.config.smtp.command_timeout.min(60));
-        match tokio::time::timeout(handshake, acceptor.accept(plain)).await {
+        match self
+            .stop
+            .run(Instant::now() + handshake, false, acceptor.accept(plain))
+            .await
+        {
             Ok(Ok(tls)) => {
                 self.stream = MaybeTls::Tls(Box::new(tls));
                 self.tls_active = true;

@@ -52,6 +52,10 @@ pub struct SpoolRecord {
 }
 
 /// Collects a message body as it arrives: memory first, a spool file past the limit.
+///
+/// A guard as well: a writer dropped without [`BodyWriter::finish`] (client gone, timeout,
+/// session closed, any early return) deletes its partial spool file, so no path of the
+/// session can leave one behind.
 pub struct BodyWriter {
     id: String,
     buf: Vec<u8>,
@@ -86,17 +90,15 @@ impl BodyWriter {
         self.buf.extend_from_slice(bytes);
         if self.buf.len() > INLINE_LIMIT {
             let path = self.dir.join(format!("{}.tmp", self.id));
-            let mut file = std::fs::File::create(&path).map_err(|source| StoreError::File {
+            let file = std::fs::File::create(&path).map_err(|source| StoreError::File {
                 path: path.clone(),
                 source,
             })?;
+            // Owned by the writer from here on, so a failed first write is removed too.
+            let file = &mut self.file.insert((file, path.clone())).0;
             file.write_all(&self.buf)
-                .map_err(|source| StoreError::File {
-                    path: path.clone(),
-                    source,
-                })?;
+                .map_err(|source| StoreError::File { path, source })?;
             self.buf = Vec::new();
-            self.file = Some((file, path));
         }
         Ok(())
     }
@@ -105,42 +107,60 @@ impl BodyWriter {
     /// record, and a spool file (renamed into place now) is fsynced, together with the
     /// directory, by the group commit that also flushes the record, so a burst of large
     /// messages shares its fsyncs too.
-    pub fn finish(self) -> Result<FinishedBody, StoreError> {
-        match self.file {
+    pub fn finish(mut self) -> Result<FinishedBody, StoreError> {
+        let id = std::mem::take(&mut self.id);
+        match self.file.take() {
             None => Ok(FinishedBody {
-                id: self.id,
+                id,
                 location: BodyLocation::Inline,
-                inline: Some(self.buf),
+                inline: Some(std::mem::take(&mut self.buf)),
                 file: None,
                 size: self.len,
+                spooled: None,
             }),
             Some((file, tmp)) => {
-                let name = format!("{}.eml", self.id);
+                let name = format!("{id}.eml");
                 let target = self.dir.join(&name);
-                std::fs::rename(&tmp, &target).map_err(|source| StoreError::File {
-                    path: target,
-                    source,
-                })?;
+                if let Err(source) = std::fs::rename(&tmp, &target) {
+                    let _ = std::fs::remove_file(&tmp);
+                    return Err(StoreError::File {
+                        path: target,
+                        source,
+                    });
+                }
                 Ok(FinishedBody {
-                    id: self.id,
+                    id,
                     location: BodyLocation::File(name),
                     inline: None,
                     file: Some(Arc::new(file)),
                     size: self.len,
+                    spooled: Some(target),
                 })
             }
         }
     }
 
-    /// Throws the partial body away (rejected or aborted transaction).
-    pub fn discard(self) {
-        if let Some((_, path)) = self.file {
-            let _ = std::fs::remove_file(path);
+    /// Throws the partial body away (rejected or aborted transaction). Dropping the writer
+    /// does the same; this names the intent.
+    pub fn discard(self) {}
+}
+
+impl Drop for BodyWriter {
+    fn drop(&mut self) {
+        if let Some((file, path)) = self.file.take() {
+            drop(file);
+            if let Err(e) = std::fs::remove_file(&path) {
+                tracing::warn!(path = %path.display(), error = %e, "cannot remove a partial body");
+            }
         }
     }
 }
 
 /// A body that is on disk (file) or ready to be written with its record (inline).
+///
+/// Its spool file is deleted when it is dropped unless [`FinishedBody::keep`] was called
+/// (by the accept path, once the record naming it is durable): a message that failed to
+/// be stored leaves no orphan `.eml`.
 pub struct FinishedBody {
     pub id: String,
     pub location: BodyLocation,
@@ -148,12 +168,31 @@ pub struct FinishedBody {
     /// The spool file, still to be fsynced by the commit.
     file: Option<Arc<std::fs::File>>,
     pub size: u64,
+    /// The `.eml` path while nothing durable refers to it yet.
+    spooled: Option<PathBuf>,
 }
 
 impl FinishedBody {
     /// The body bytes when they are still in memory (small messages).
     pub fn inline_bytes(&self) -> Option<&[u8]> {
         self.inline.as_deref()
+    }
+
+    /// The spool file now belongs to its record (or, if the record's fate is unknown, to
+    /// garbage collection): dropping this no longer deletes it.
+    pub fn keep(&mut self) {
+        self.spooled = None;
+    }
+}
+
+impl Drop for FinishedBody {
+    fn drop(&mut self) {
+        if let Some(path) = self.spooled.take() {
+            tracing::info!(id = %self.id, "removing the body of a message that was not stored");
+            if let Err(e) = std::fs::remove_file(&path) {
+                tracing::warn!(path = %path.display(), error = %e, "cannot remove an unstored body");
+            }
+        }
     }
 }
 
@@ -234,6 +273,30 @@ impl Store {
         }
         self.commit_with(body.file.clone().into_iter().collect())
             .await
+    }
+
+    /// Undoes, as far as it can, what a failed [`Store::accept_message`] wrote (the client
+    /// is told 451 and will send the message again: keeping these would deliver it twice).
+    /// True when every entry is gone, so the body file may be deleted too; otherwise the
+    /// file is left to garbage collection, which removes it once nothing refers to it.
+    pub fn forget_message(
+        &self,
+        record: &SpoolRecord,
+        events: &[OutboxEntry],
+        tids: &[(String, String)],
+    ) -> bool {
+        let i = &self.inner;
+        let mut clean = true;
+        let mut gone = |r: Result<Option<sled::IVec>, sled::Error>| clean &= r.is_ok();
+        for e in events {
+            gone(i.outbox.remove(e.id.as_bytes()));
+        }
+        gone(i.spool.remove(record.id.as_bytes()));
+        for (tid, _) in tids {
+            gone(i.inbound_tids.remove(tid.as_bytes()));
+        }
+        gone(i.bodies.remove(record.id.as_bytes()));
+        clean
     }
 
     pub fn spool_record(&self, id: &str) -> Result<Option<SpoolRecord>, StoreError> {
