@@ -219,19 +219,18 @@ mod tests {
     #[test]
     fn one_64_shares_one_per_ip_cap() {
         let limits = Arc::new(ConnLimits::default());
-        let a = limits.acquire("2001:db8::1".parse().unwrap(), 10, 2);
-        let b = limits.acquire("2001:db8::2:3".parse().unwrap(), 10, 2);
+        let take = |ip: &str| limits.acquire(ip.parse().expect("address"), 10, 2);
+        let a = take("2001:db8::1");
+        let b = take("2001:db8::2:3");
         assert!(a.is_some() && b.is_some());
-        assert!(limits
-            .acquire("2001:db8::ffff".parse().unwrap(), 10, 2)
-            .is_none());
-        assert!(limits
-            .acquire("2001:db8:0:1::1".parse().unwrap(), 10, 2)
-            .is_some());
+        assert!(take("2001:db8::ffff").is_none(), "third from the same /64");
+        let other = take("2001:db8:0:1::1");
+        assert!(other.is_some(), "the next /64 has its own cap");
         drop(a);
-        assert!(limits
-            .acquire("2001:db8::9".parse().unwrap(), 10, 2)
-            .is_some());
+        let again = take("2001:db8::9");
+        assert!(again.is_some(), "a freed slot is reusable");
         assert_eq!(limits.open(), 3);
+        drop((b, other, again));
+        assert_eq!(limits.open(), 0);
     }
 }

@@ -417,3 +417,81 @@ impl Store {
         self.inner.spool.len()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spool_files(store: &Store) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(store.spool_dir())
+            .expect("spool dir")
+            .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    }
+
+    #[tokio::test]
+    async fn a_dropped_writer_leaves_no_partial_body() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(dir.path()).expect("store");
+        let mut w = store.body_writer();
+        w.write(&vec![b'x'; INLINE_LIMIT + 1]).expect("write");
+        assert_eq!(spool_files(&store), [format!("{}.tmp", w.id())]);
+        drop(w);
+        assert!(spool_files(&store).is_empty());
+    }
+
+    #[tokio::test]
+    async fn an_unstored_body_is_deleted_a_kept_one_stays() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(dir.path()).expect("store");
+        let write = || {
+            let mut w = store.body_writer();
+            w.write(&vec![b'x'; INLINE_LIMIT + 1]).expect("write");
+            w.finish().expect("finish")
+        };
+        let lost = write();
+        assert_eq!(spool_files(&store), [format!("{}.eml", lost.id)]);
+        drop(lost);
+        assert!(spool_files(&store).is_empty(), "no orphan .eml");
+        let mut stored = write();
+        stored.keep();
+        let name = format!("{}.eml", stored.id);
+        drop(stored);
+        assert_eq!(spool_files(&store), [name]);
+    }
+
+    #[tokio::test]
+    async fn forget_message_removes_what_accept_wrote() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(dir.path()).expect("store");
+        let mut w = store.body_writer();
+        w.write(b"Subject: x\r\n\r\nhi\r\n").expect("write");
+        let body = w.finish().expect("finish");
+        let record = SpoolRecord {
+            id: body.id.clone(),
+            received_ms: 0,
+            peer: "192.0.2.1".into(),
+            helo: "x".into(),
+            mail_from: "a@example.org".into(),
+            rcpts: vec!["s@example.test".into()],
+            auth_header: String::new(),
+            auth: AuthSummary::default(),
+            body: body.location.clone(),
+            size: body.size,
+            keep_until_ms: 0,
+            events: vec![],
+            bounce: false,
+        };
+        let tids = vec![("tid-1".to_string(), body.id.clone())];
+        store
+            .accept_message(&record, &body, &[], &tids)
+            .await
+            .expect("accept");
+        assert!(store.spool_record(&body.id).expect("read").is_some());
+        assert!(store.forget_message(&record, &[], &tids));
+        assert!(store.spool_record(&body.id).expect("read").is_none());
+        assert!(store.spool_id_for_tid("tid-1").expect("read").is_none());
+    }
+}
