@@ -189,6 +189,31 @@ async fn junk_commands_past_the_limit_get_421_4_7_0_and_close() {
 }
 
 #[tokio::test]
+async fn rset_after_each_delivered_message_is_not_junk() {
+    // Connection-reusing clients (mail-send, Postfix's smtp) send RSET before the next
+    // message: eight messages on one connection stay under a limit of 5.
+    let (_rx, d) = daemon("junk_command_limit = 5").await;
+    let (mut raw, _) = Raw::connect(d.smtp).await;
+    raw.cmd("EHLO client.example.org").await;
+    for i in 0..8 {
+        assert!(raw
+            .cmd("MAIL FROM:<a@example.org>")
+            .await
+            .starts_with("250"));
+        assert!(raw
+            .cmd("RCPT TO:<support@example.test>")
+            .await
+            .starts_with("250"));
+        assert!(raw.cmd("DATA").await.starts_with("354"));
+        let r = raw.cmd(&format!("Subject: m{i}\r\n\r\nhello\r\n.")).await;
+        assert!(r.starts_with("250 2.0.0"), "{r}");
+        assert!(raw.cmd("RSET").await.starts_with("250"), "message {i}");
+    }
+    assert!(raw.cmd("QUIT").await.starts_with("221"));
+    d.stop().await;
+}
+
+#[tokio::test]
 async fn per_ip_cap_counts_each_source_address() {
     let (_rx, d) = daemon("max_connections_per_ip = 1").await;
     let first = connect_from("127.0.0.2", d.smtp, None).await;

@@ -151,6 +151,9 @@ pub struct Session<S> {
     tx: Option<Transaction>,
     /// Junk commands and error replies so far (SPEC 6.3 `junk_command_limit`).
     junk: u32,
+    /// The last command completed a message (250 after DATA/BDAT LAST): the RSET that
+    /// connection-reusing clients (mail-send, Postfix's smtp) send next is not junk.
+    just_delivered: bool,
     /// A closing 421 is queued: nothing more is written, the session ends.
     closing: bool,
     stop: Stopping,
@@ -175,6 +178,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             tls_active: false,
             tx: None,
             junk: 0,
+            just_delivered: false,
             closing: false,
             stop,
         }
@@ -377,6 +381,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
     // ---- commands ----
 
     async fn command(&mut self, line: &[u8]) -> Result<(), Stop> {
+        let delivered = std::mem::take(&mut self.just_delivered);
         let request = match Request::parse(&mut line.iter()) {
             Ok(r) => r.into_owned(),
             Err(e) => return self.parse_error(e, line),
@@ -421,7 +426,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 is_last,
             } => self.bdat(chunk_size, is_last).await?,
             Request::Rset => {
-                self.junk_command()?;
+                if !delivered {
+                    self.junk_command()?;
+                }
                 self.reset();
                 self.reply(250, "2.0.0", "OK");
             }
@@ -746,6 +753,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 metrics.inbound_accepted.fetch_add(1, Relaxed);
                 tracing::info!(id = %id, "message accepted");
                 self.reply(250, "2.0.0", &format!("OK queued as {id}"));
+                self.just_delivered = true;
             }
             Err(e) => {
                 tracing::error!(error = %e, "cannot store message");
