@@ -169,6 +169,47 @@ impl Daemon {
     }
 }
 
+/// What one pass of [`Daemon::collect_garbage`] removed.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Collected {
+    /// Dead letters past `webhooks.dead_letter_days` (their bodies go with them).
+    pub dead_letters: usize,
+    /// Stored inbound messages and bodies no record names.
+    pub spool: usize,
+    /// Frequency counters whose window ended.
+    pub counters: usize,
+    /// Finished outbound transactions past their retention.
+    pub finished: usize,
+}
+
+impl Daemon {
+    /// One garbage-collection pass as seen at `now_ms` (SPEC 6.3: disk use is bounded by
+    /// retention). Dead letters go first, so the messages they pinned are released in the
+    /// same pass. Blocking: call it off the async workers. The periodic task passes the
+    /// wall clock; tests pass a later time instead of waiting days.
+    pub fn collect_garbage(&self, now_ms: u64) -> Result<Collected, store::StoreError> {
+        let config = self.config();
+        let keep_dead = u64::from(config.webhooks.dead_letter_days) * 86_400_000;
+        let window_ms = |group: &str| {
+            config
+                .contact_policy(group)
+                .map(|g| g.window)
+                .unwrap_or(86_400)
+                .saturating_mul(1000)
+        };
+        let collected = Collected {
+            dead_letters: self.store.collect_dead_letters(now_ms, keep_dead)?,
+            spool: self.store.collect_garbage_at(now_ms)?,
+            counters: self.store.prune_frequency(now_ms, &window_ms)?,
+            finished: self.store.collect_finished()?,
+        };
+        if collected != Collected::default() {
+            tracing::info!(?collected, "garbage collected");
+        }
+        Ok(collected)
+    }
+}
+
 /// A running daemon.
 pub struct Handle {
     pub daemon: Arc<Daemon>,
@@ -321,11 +362,11 @@ pub async fn start(
         ready: AtomicBool::new(false),
     });
 
-    let gc_store = store.clone();
-    match tokio::task::spawn_blocking(move || gc_store.collect_garbage()).await {
-        Ok(Ok(n)) if n > 0 => tracing::info!(removed = n, "spool garbage collected"),
-        Ok(Err(e)) => tracing::warn!(error = %e, "spool garbage collection failed"),
-        _ => {}
+    let gc = daemon.clone();
+    if let Ok(Err(e)) =
+        tokio::task::spawn_blocking(move || gc.collect_garbage(store::now_ms())).await
+    {
+        tracing::warn!(error = %e, "garbage collection failed");
     }
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
@@ -376,7 +417,7 @@ pub async fn start(
             tracing::error!(error = %e, "HTTP server stopped");
         }
     }));
-    tasks.push(tokio::spawn(gc_loop(store)));
+    tasks.push(tokio::spawn(gc_loop(daemon.clone())));
 
     daemon.ready.store(true, Ordering::Release);
     tracing::info!(smtp = ?smtp_addrs, http = %http_addr, "postern ready");
@@ -391,19 +432,18 @@ pub async fn start(
     })
 }
 
-/// Removes expired spool entries and old finished transactions every minute.
-async fn gc_loop(store: store::Store) {
+/// Every minute: expired dead letters and the bodies they held, spool entries past
+/// retention, unreferenced bodies, ended frequency windows, old finished transactions.
+async fn gc_loop(daemon: Arc<Daemon>) {
     let mut tick = tokio::time::interval(Duration::from_secs(60));
     tick.tick().await;
     loop {
         tick.tick().await;
-        let s = store.clone();
-        if let Ok(Err(e)) = tokio::task::spawn_blocking(move || {
-            s.collect_garbage().and_then(|_| s.collect_finished())
-        })
-        .await
+        let d = daemon.clone();
+        if let Ok(Err(e)) =
+            tokio::task::spawn_blocking(move || d.collect_garbage(store::now_ms())).await
         {
-            tracing::warn!(error = %e, "spool garbage collection failed");
+            tracing::warn!(error = %e, "garbage collection failed");
         }
     }
 }

@@ -204,16 +204,59 @@ impl Store {
             entry.next_ms = now;
             entry.last_error.clear();
             let encoded = codec::encode(&entry);
-            (&self.inner.outbox, &self.inner.dead)
+            // Moved only if it is still a dead letter inside the transaction: one that the
+            // garbage collector expired (or another replay took) meanwhile stays gone.
+            let moved = (&self.inner.outbox, &self.inner.dead)
                 .transaction(|(outbox, deadt)| {
-                    deadt.remove(id.as_bytes())?;
+                    if deadt.remove(id.as_bytes())?.is_none() {
+                        return Ok(false);
+                    }
                     outbox.insert(id.as_bytes(), encoded.as_slice())?;
-                    Ok::<_, ConflictableTransactionError<StoreError>>(())
+                    Ok::<_, ConflictableTransactionError<StoreError>>(true)
                 })
                 .map_err(StoreError::from)?;
-            replayed.push(entry);
+            if moved {
+                replayed.push(entry);
+            }
         }
         self.commit().await?;
         Ok(replayed)
+    }
+
+    /// Deletes dead letters that died `keep_ms` or more before `now_ms`, then releases the
+    /// stored messages they pinned (body included) unless a live event or another dead
+    /// letter still needs them or their own retention runs longer. Returns how many dead
+    /// letters went.
+    ///
+    /// Each removal is a compare-and-swap against the value read, so a dead letter replayed
+    /// meanwhile is left to the replay. A crash between the removal and the release leaves
+    /// an unreferenced message, which [`Store::collect_garbage`] removes.
+    pub fn collect_dead_letters(&self, now_ms: u64, keep_ms: u64) -> Result<usize, StoreError> {
+        let mut removed = 0;
+        for item in self.inner.dead.iter() {
+            let (k, v) = item?;
+            // Undecodable ones were quarantined by `dead_list` and stay where they are.
+            let Ok(dead) = codec::decode::<DeadLetter>(&v) else {
+                continue;
+            };
+            if dead.died_ms.saturating_add(keep_ms) > now_ms {
+                continue;
+            }
+            if self
+                .inner
+                .dead
+                .compare_and_swap(&k, Some(&v), None as Option<&[u8]>)?
+                .is_err()
+            {
+                continue;
+            }
+            removed += 1;
+            tracing::info!(event = %dead.entry.id, url = %dead.entry.url,
+                died_ms = dead.died_ms, "dead letter expired");
+            if let Some(spool) = dead.entry.spool_id() {
+                self.release_spool_at(spool, now_ms)?;
+            }
+        }
+        Ok(removed)
     }
 }

@@ -1,6 +1,7 @@
 //! Contact-policy state: the consent list of each group (`consent`, key `group \0 address`)
 //! and the recent send times of each recipient per group (`frequency`), pruned to the
-//! group's window whenever they are read or written.
+//! group's window whenever they are written and by the garbage collector, which deletes a
+//! recipient's counter once its window has ended.
 
 use super::{codec, Store, StoreError};
 
@@ -75,5 +76,45 @@ impl Store {
         times.push(at_ms);
         self.inner.frequency.insert(k, codec::encode(&times))?;
         Ok(())
+    }
+
+    /// Drops send times older than their group's window (`window_ms(group)`) as seen at
+    /// `now_ms`, deleting counters left empty. Returns how many counters were deleted.
+    /// Each write is a compare-and-swap against the value read, so a send recorded
+    /// meanwhile is never lost (that counter is simply looked at again next time).
+    pub fn prune_frequency(
+        &self,
+        now_ms: u64,
+        window_ms: &dyn Fn(&str) -> u64,
+    ) -> Result<usize, StoreError> {
+        let mut deleted = 0;
+        for item in self.inner.frequency.iter() {
+            let (k, v) = item?;
+            let group = k.split(|b| *b == 0).next().unwrap_or_default();
+            let since = now_ms.saturating_sub(window_ms(&String::from_utf8_lossy(group)));
+            let times: Vec<u64> = match codec::decode(&v) {
+                Ok(t) => t,
+                Err(reason) => {
+                    // A counter only ever caps sends: losing one is harmless, keeping an
+                    // unreadable one for ever is not.
+                    self.quarantine("frequency", &k, &v, &reason);
+                    let _ = self.inner.frequency.compare_and_swap(&k, Some(&v), None as Option<&[u8]>)?;
+                    continue;
+                }
+            };
+            let kept: Vec<u64> = times.iter().copied().filter(|t| *t >= since).collect();
+            if kept.len() == times.len() {
+                continue;
+            }
+            let new = (!kept.is_empty()).then(|| codec::encode(&kept));
+            let swapped = self
+                .inner
+                .frequency
+                .compare_and_swap(&k, Some(&v), new.as_deref())?;
+            if swapped.is_ok() && kept.is_empty() {
+                deleted += 1;
+            }
+        }
+        Ok(deleted)
     }
 }

@@ -12,6 +12,10 @@ use std::sync::Arc;
 /// Bodies up to this size are stored inside the database.
 pub const INLINE_LIMIT: usize = 64 * 1024;
 
+/// A body no record names is collected only past this age, far beyond the moment between
+/// a body's write and its record's (an hour, like abandoned `.tmp` files).
+pub const ORPHAN_AGE_MS: u64 = 3_600_000;
+
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub enum BodyLocation {
     /// In the `bodies` tree under the message id.
@@ -341,10 +345,17 @@ impl Store {
     /// Removes a message whose events are all done and whose retention has passed.
     /// Returns whether it was removed.
     pub fn release_spool_if_done(&self, id: &str) -> Result<bool, StoreError> {
+        self.release_spool_at(id, now_ms())
+    }
+
+    /// [`Store::release_spool_if_done`] as seen at `now_ms` (the garbage collector passes
+    /// its clock, so retention is tested without waiting days). A live event (outbox) or a
+    /// dead letter pins the record and its body.
+    pub fn release_spool_at(&self, id: &str, now_ms: u64) -> Result<bool, StoreError> {
         let Some(record) = self.spool_record(id)? else {
             return Ok(false);
         };
-        if record.keep_until_ms > now_ms() || record.bounce {
+        if record.keep_until_ms > now_ms || record.bounce {
             return Ok(false);
         }
         for ev in &record.events {
@@ -365,6 +376,12 @@ impl Store {
     /// Removes every expired message no event still needs, stale tid links, and leftover
     /// temporary files of sessions that died mid-transfer. Returns how many were removed.
     pub fn collect_garbage(&self) -> Result<usize, StoreError> {
+        self.collect_garbage_at(now_ms())
+    }
+
+    /// [`Store::collect_garbage`] as seen at `now_ms`; it also collects bodies (spool
+    /// files and inline bodies) that no record names, once older than [`ORPHAN_AGE_MS`].
+    pub fn collect_garbage_at(&self, now_ms: u64) -> Result<usize, StoreError> {
         let mut removed = 0;
         let ids: Vec<String> = self
             .inner
@@ -374,7 +391,7 @@ impl Store {
             .filter_map(|k| k.ok().map(|k| String::from_utf8_lossy(&k).into_owned()))
             .collect();
         for id in ids {
-            match self.release_spool_if_done(&id) {
+            match self.release_spool_at(&id, now_ms) {
                 Ok(true) => removed += 1,
                 Ok(false) => {}
                 Err(StoreError::Corrupt { .. }) => {
@@ -410,7 +427,81 @@ impl Store {
                 }
             }
         }
+        removed += self.collect_orphan_bodies(now_ms)?;
         Ok(removed)
+    }
+
+    /// Bodies no record names: a `.eml` whose store failed after its rename, an inline
+    /// body whose record was never written. The accept path writes the body first and its
+    /// record right after (a `.eml` is renamed into place moments before), so a body is an
+    /// orphan only once it is older than [`ORPHAN_AGE_MS`]: an accept in flight is never
+    /// raced. A spool file's age is its modification time (its last write); an inline
+    /// body's is the time in its UUIDv7 id (taken when its DATA began, so never younger).
+    fn collect_orphan_bodies(&self, now_ms: u64) -> Result<usize, StoreError> {
+        let old = |at_ms: u64| now_ms.saturating_sub(at_ms) > ORPHAN_AGE_MS;
+        let mut removed = 0;
+        if let Ok(dir) = std::fs::read_dir(&self.inner.spool_dir) {
+            for entry in dir.flatten() {
+                let name = entry.file_name().to_string_lossy().into_owned();
+                let Some(id) = name.strip_suffix(".eml") else {
+                    continue;
+                };
+                let modified_ms = entry
+                    .metadata()
+                    .and_then(|m| m.modified())
+                    .ok()
+                    .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                    .map(|d| d.as_millis() as u64);
+                // Unknown age: keep it (it costs space, deleting it might cost a message).
+                if !modified_ms.is_some_and(old) || self.names_body(id, &name)? {
+                    continue;
+                }
+                tracing::info!(file = %name, "removing a spool file no record names");
+                match std::fs::remove_file(entry.path()) {
+                    Ok(()) => removed += 1,
+                    Err(e) => tracing::warn!(file = %name, error = %e, "cannot remove"),
+                }
+            }
+        }
+        for key in self.inner.bodies.iter().keys() {
+            let key = key?;
+            let id = String::from_utf8_lossy(&key).into_owned();
+            let born_ms = uuid::Uuid::parse_str(&id)
+                .ok()
+                .and_then(|u| u.get_timestamp())
+                .map(|t| {
+                    let (s, n) = t.to_unix();
+                    s * 1000 + u64::from(n) / 1_000_000
+                });
+            if !born_ms.is_some_and(old)
+                || self.inner.spool.contains_key(&key)?
+                || self.spool_quarantined(&key)?
+            {
+                continue;
+            }
+            tracing::info!(id = %id, "removing an inline body no record names");
+            self.inner.bodies.remove(&key)?;
+            removed += 1;
+        }
+        Ok(removed)
+    }
+
+    /// Whether the record `id` (the owner of `<id>.eml`: spool files are named after their
+    /// record) names the file `name`, or was quarantined (then its body is kept with it,
+    /// for a build that can read the record again).
+    fn names_body(&self, id: &str, name: &str) -> Result<bool, StoreError> {
+        match self.spool_record(id) {
+            Ok(Some(r)) => Ok(r.body == BodyLocation::File(name.to_string())),
+            Ok(None) => self.spool_quarantined(id.as_bytes()),
+            Err(StoreError::Corrupt { .. }) => Ok(true),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn spool_quarantined(&self, id: &[u8]) -> Result<bool, StoreError> {
+        let mut key = b"spool/".to_vec();
+        key.extend_from_slice(id);
+        Ok(self.inner.quarantine.contains_key(key)?)
     }
 
     pub fn spool_len(&self) -> usize {
