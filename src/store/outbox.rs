@@ -260,3 +260,41 @@ impl Store {
         Ok(removed)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn dead_letters_expire_after_retention_and_an_expired_one_is_not_replayed() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let entry = OutboxEntry::new(
+            EventKind::Status,
+            "http://h/".into(),
+            "a".into(),
+            Payload::Json("{}".into()),
+        );
+        let id = entry.id.clone();
+        store
+            .enqueue_events(std::slice::from_ref(&entry))
+            .await
+            .unwrap();
+        store.outbox_to_dead(entry, "404".into()).await.unwrap();
+        let died = store.dead_list(None).unwrap()[0].died_ms;
+        let day = 86_400_000;
+        assert_eq!(
+            store
+                .collect_dead_letters(died + 7 * day - 1, 7 * day)
+                .unwrap(),
+            0
+        );
+        assert_eq!(
+            store.collect_dead_letters(died + 7 * day, 7 * day).unwrap(),
+            1
+        );
+        assert!(store.dead_list(None).unwrap().is_empty());
+        assert!(store.dead_replay(&[id]).await.unwrap().is_empty());
+        assert_eq!(store.outbox_len(), 0);
+    }
+}

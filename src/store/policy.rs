@@ -78,6 +78,11 @@ impl Store {
         Ok(())
     }
 
+    /// Counters held (one per group and recipient).
+    pub fn frequency_len(&self) -> usize {
+        self.inner.frequency.len()
+    }
+
     /// Drops send times older than their group's window (`window_ms(group)`) as seen at
     /// `now_ms`, deleting counters left empty. Returns how many counters were deleted.
     /// Each write is a compare-and-swap against the value read, so a send recorded
@@ -98,7 +103,11 @@ impl Store {
                     // A counter only ever caps sends: losing one is harmless, keeping an
                     // unreadable one for ever is not.
                     self.quarantine("frequency", &k, &v, &reason);
-                    let _ = self.inner.frequency.compare_and_swap(&k, Some(&v), None as Option<&[u8]>)?;
+                    let _ = self.inner.frequency.compare_and_swap(
+                        &k,
+                        Some(&v),
+                        None as Option<&[u8]>,
+                    )?;
                     continue;
                 }
             };
@@ -116,5 +125,34 @@ impl Store {
             }
         }
         Ok(deleted)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn counters_are_trimmed_to_their_window_and_deleted_when_it_ended() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let hour = 3_600_000;
+        store.record_send("promo", "a@x.org", 10 * hour, 0).unwrap();
+        store.record_send("promo", "a@x.org", 11 * hour, 0).unwrap();
+        store.record_send("promo", "b@x.org", 10 * hour, 0).unwrap();
+        store.record_send("daily", "a@x.org", 10 * hour, 0).unwrap();
+        let window = |g: &str| if g == "daily" { 24 * hour } else { hour };
+        // At 11:30 the promo window (1 h) holds only the 11:00 send of a@.
+        assert_eq!(
+            store
+                .prune_frequency(11 * hour + hour / 2, &window)
+                .unwrap(),
+            1
+        );
+        assert_eq!(store.sends_since("promo", "a@x.org", 0).unwrap(), 1);
+        assert_eq!(store.sends_since("promo", "b@x.org", 0).unwrap(), 0);
+        assert_eq!(store.sends_since("daily", "a@x.org", 0).unwrap(), 1);
+        assert_eq!(store.prune_frequency(35 * hour, &window).unwrap(), 2);
+        assert_eq!(store.frequency_len(), 0);
     }
 }

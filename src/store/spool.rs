@@ -586,3 +586,91 @@ mod tests {
         assert!(store.spool_id_for_tid("tid-1").expect("read").is_none());
     }
 }
+
+#[cfg(test)]
+mod gc_tests {
+    use super::*;
+
+    fn record(id: &str, body: BodyLocation) -> SpoolRecord {
+        SpoolRecord {
+            id: id.into(),
+            received_ms: 0,
+            peer: String::new(),
+            helo: String::new(),
+            mail_from: String::new(),
+            rcpts: vec![],
+            auth_header: String::new(),
+            auth: AuthSummary::default(),
+            body,
+            size: 3,
+            keep_until_ms: 0,
+            events: vec![],
+            bounce: false,
+        }
+    }
+
+    #[tokio::test]
+    async fn inline_bodies_no_record_names_go_once_past_the_safe_age() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        // A body whose record was never written (store failed between the two inserts),
+        // one whose record exists, and one of an accept that may still be in flight.
+        let orphan = uuid::Uuid::now_v7().to_string();
+        let owned = uuid::Uuid::now_v7().to_string();
+        let young = uuid::Uuid::now_v7().to_string();
+        for id in [&orphan, &owned, &young] {
+            store.inner.bodies.insert(id.as_bytes(), b"abc").unwrap();
+        }
+        let mut rec = record(&owned, BodyLocation::Inline);
+        rec.events = vec!["pinned".into()];
+        store
+            .inner
+            .outbox
+            .insert("pinned", b"x".as_slice())
+            .unwrap();
+        store
+            .inner
+            .spool
+            .insert(owned.as_bytes(), codec::encode(&rec))
+            .unwrap();
+
+        let now = now_ms();
+        assert_eq!(store.collect_garbage_at(now).unwrap(), 0, "all young");
+        let later = now + ORPHAN_AGE_MS + 1000;
+        // `young` stands for a body written just now: give it a fresh id at `later`.
+        store.inner.bodies.remove(young.as_bytes()).unwrap();
+        let ts = uuid::Timestamp::from_unix(uuid::NoContext, later / 1000, 0);
+        let young = uuid::Uuid::new_v7(ts).to_string();
+        store.inner.bodies.insert(young.as_bytes(), b"abc").unwrap();
+        assert_eq!(store.collect_garbage_at(later).unwrap(), 1);
+        assert!(!store.inner.bodies.contains_key(orphan.as_bytes()).unwrap());
+        assert!(store.inner.bodies.contains_key(owned.as_bytes()).unwrap());
+        assert!(store.inner.bodies.contains_key(young.as_bytes()).unwrap());
+    }
+
+    #[tokio::test]
+    async fn a_quarantined_records_body_file_is_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let id = uuid::Uuid::now_v7().to_string();
+        let name = format!("{id}.eml");
+        std::fs::write(store.spool_dir().join(&name), b"body").unwrap();
+        store
+            .inner
+            .spool
+            .insert(id.as_bytes(), b"\xffnot a record".as_slice())
+            .unwrap();
+        let later = now_ms() + ORPHAN_AGE_MS + 1000;
+        store.collect_garbage_at(later).unwrap();
+        assert_eq!(store.quarantined(), 1);
+        assert!(
+            store.spool_dir().join(&name).exists(),
+            "kept with its record"
+        );
+        // A file whose record is gone and was never quarantined is an orphan.
+        let other = format!("{}.eml", uuid::Uuid::now_v7());
+        std::fs::write(store.spool_dir().join(&other), b"body").unwrap();
+        assert_eq!(store.collect_garbage_at(later).unwrap(), 1);
+        assert!(!store.spool_dir().join(&other).exists());
+    }
+}
