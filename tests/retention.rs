@@ -380,3 +380,63 @@ async fn frequency_counters_of_an_ended_window_are_pruned() {
     assert_eq!(store.frequency_len(), 0);
     started.handle.shutdown().await;
 }
+
+/// Sends `n` messages of about 50 KB (inline bodies: under 64 KiB) on one connection.
+async fn send_inline_batch(smtp: SocketAddr, tag: &str, n: usize) {
+    let mut client = SmtpClientBuilder::new("127.0.0.1", smtp.port())
+        .unwrap()
+        .implicit_tls(false)
+        .connect_plain()
+        .await
+        .expect("connect");
+    for i in 0..n {
+        let text: String = (0..50_000)
+            .map(|j| (b'a' + ((i + j) % 26) as u8) as char)
+            .collect();
+        client
+            .send(
+                MessageBuilder::new()
+                    .from("erin@example.org")
+                    .to("support@example.test")
+                    .subject(format!("{tag} {i}"))
+                    .text_body(text),
+            )
+            .await
+            .expect("accepted");
+    }
+}
+
+/// A measurement, not a check (run with `--ignored --nocapture`): what `du` of the
+/// database does when inline bodies (under 64 KiB, kept inside sled) are deleted, after a
+/// restart, and when as many bodies are stored again.
+#[tokio::test]
+#[ignore]
+async fn measure_du_of_sled_when_inline_bodies_are_deleted() {
+    const N: usize = 400;
+    let rx = Receiver::start().await;
+    rx.status.store(404, std::sync::atomic::Ordering::SeqCst);
+    let d = TestDaemon::start(&rx.url(""), "", "").await;
+    let db = d.dir.path().join("data").join("db");
+    let start = du(&db);
+    send_inline_batch(d.smtp, "first", N).await;
+    wait_dead(d.http, N as u64).await;
+    let full = du(&db);
+    assert_eq!(gc(&d, now_ms() + 8 * DAY_MS).await.dead_letters, N);
+    let deleted = du(&db);
+    let dir = d.stop().await;
+    let stopped = du(&db);
+
+    let again = start_in_process(dir.path(), |smtp, http| {
+        config_text(&dir.path().join("data"), smtp, http, &rx.url(""), "", "")
+    })
+    .await;
+    let restarted = du(&db);
+    send_inline_batch(again.smtp, "second", N).await;
+    wait_dead(again.http, N as u64).await;
+    let refilled = du(&db);
+    eprintln!(
+        "sled du, {N} inline bodies of 50 KB: empty {start}, holding {full}, after delete \
+         {deleted}, stopped {stopped}, restarted {restarted}, refilled with {N} more {refilled}"
+    );
+    again.handle.shutdown().await;
+}
