@@ -187,13 +187,17 @@ async fn dead_letter_refused_with_413_and_its_body_go_after_dead_letter_days() {
     let reason = listed["deadLetters"][0]["reason"].as_str().unwrap();
     assert!(reason.contains("413"), "{listed}");
     let event = listed["deadLetters"][0]["id"].as_str().unwrap().to_string();
+    // Answering before reading the body, the receiver may close while the body is still
+    // being sent: that attempt is a connection error and retried; every answer was 413.
     let seen = rx.seen();
-    assert_eq!(seen.len(), 1);
-    assert_eq!((seen[0].0.as_str(), seen[0].2), (event.as_str(), 413));
     assert!(
-        seen[0].1 > LIMIT,
-        "the MO body was over the limit: {seen:?}"
+        !seen.is_empty()
+            && seen.iter().all(|(id, len, status)| {
+                (id.as_str(), *status) == (event.as_str(), 413) && *len > LIMIT
+            }),
+        "only the over-limit MO event, refused: {seen:?}"
     );
+    let attempts = seen.len();
     let files = eml_files(&spool);
     assert_eq!(files.len(), 1, "the body is a spool file");
     let body_size = std::fs::metadata(spool.join(&files[0])).unwrap().len();
@@ -216,9 +220,9 @@ async fn dead_letter_refused_with_413_and_its_body_go_after_dead_letter_days() {
         .unwrap();
     assert_eq!(replay.status(), 200);
     let seen = rx.seen.clone();
-    wait_for(WAIT, || seen.lock().unwrap().len() == 2).await;
+    wait_for(WAIT, || seen.lock().unwrap().len() > attempts).await;
     assert_eq!(
-        rx.seen()[1].0,
+        rx.seen()[attempts].0,
         event,
         "the same event, rendered from the kept body"
     );
