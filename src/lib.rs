@@ -294,12 +294,14 @@ pub async fn start(
         routes: Default::default(),
     });
 
+    let (feedback_tx, feedback_rx) = tokio::sync::mpsc::unbounded_channel();
     let inbound = Arc::new(inbound::Inbound {
         store: store.clone(),
         auth: verifier,
         signer: signer.clone(),
         outbox: outbox.clone(),
         metrics: metrics.clone(),
+        feedback: feedback_tx,
     });
     let daemon = Arc::new(Daemon {
         config: shared_config.clone(),
@@ -377,6 +379,10 @@ pub async fn start(
         }
     }));
     tasks.push(tokio::spawn(gc_loop(store)));
+    tasks.push(tokio::spawn(inbound::reports::run(
+        daemon.clone(),
+        feedback_rx,
+    )));
 
     daemon.ready.store(true, Ordering::Release);
     tracing::info!(smtp = ?smtp_addrs, http = %http_addr, "postern ready");
