@@ -64,18 +64,24 @@ async fn click(
         return super::ApiError::new(StatusCode::BAD_REQUEST, "7004", "link token is malformed")
             .into_response();
     };
+    // Cut to 512 octets on a character boundary; octets that are not UTF-8 (obs-text)
+    // become U+FFFD rather than losing the whole header.
     let agent = headers
         .get(header::USER_AGENT)
-        .and_then(|v| v.to_str().ok())
-        .map(|a| crate::store::messages::cut(a, crate::feedback::USER_AGENT_MAX))
-        .unwrap_or("");
+        .map(|v| {
+            let raw = v.as_bytes();
+            let head = &raw[..raw.len().min(crate::feedback::USER_AGENT_MAX + 4)];
+            let text = String::from_utf8_lossy(head);
+            crate::store::messages::cut(&text, crate::feedback::USER_AGENT_MAX).to_string()
+        })
+        .unwrap_or_default();
     track_event(
         &d,
         tid,
         rcpt,
         crate::types::DeliveryCode::Clicked,
         &format!("{url}|{}", peer.ip()),
-        agent,
+        &agent,
     )
     .await;
     (StatusCode::FOUND, [(header::LOCATION, url.to_string())]).into_response()
