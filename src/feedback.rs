@@ -153,10 +153,12 @@ pub async fn record(
         };
         let (notify, append) = match (hit, repeat_key(report)) {
             (Some(h), _) => hit_effect(report.code, h),
-            (None, Some(key)) => match store.track_hit(tid, &rcpt, &key, now, OPEN_WINDOW_MS, true)? {
-                Some(h) => hit_effect(report.code, h),
-                None => (true, true),
-            },
+            (None, Some(key)) => {
+                match store.track_hit(tid, &rcpt, &key, now, OPEN_WINDOW_MS, true)? {
+                    Some(h) => hit_effect(report.code, h),
+                    None => (true, true),
+                }
+            }
             (None, None) => (true, true),
         };
         recorded += 1;

@@ -22,7 +22,8 @@ const WAIT: Duration = Duration::from_secs(30);
 /// SPEC 6.3: bounce-domain mail is deleted within 2 minutes of its processing.
 const BOUNCE_DEADLINE: Duration = Duration::from_secs(120);
 
-const UNSUBSCRIBE: &str = "[asset.unsubscribe]\nenabled = true\nheaders = true\nmailto = \"unsub@example.test\"";
+const UNSUBSCRIBE: &str =
+    "[asset.unsubscribe]\nenabled = true\nheaders = true\nmailto = \"unsub@example.test\"";
 
 struct Env {
     handle: Option<postern::Handle>,
@@ -336,7 +337,10 @@ async fn forged_arf_naming_another_address_changes_nothing() {
         env.suppressed().await,
         [("ann@example.org".to_string(), "complained".to_string())]
     );
-    assert!(env.notes("7521").iter().all(|n| n["deliveryInfoNotification"]["transid"] != bob));
+    assert!(env
+        .notes("7521")
+        .iter()
+        .all(|n| n["deliveryInfoNotification"]["transid"] != bob));
     env.stop().await;
 }
 
@@ -433,7 +437,9 @@ async fn unsubscribe_by_mail_needs_the_token_or_an_aligned_dmarc_from() {
     env.mail(
         "mailer@client.example",
         "unsub@example.test",
-        &format!("From: someone@client.example\r\nTo: unsub@example.test\r\nSubject: {subject}\r\n\r\n"),
+        &format!(
+            "From: someone@client.example\r\nTo: unsub@example.test\r\nSubject: {subject}\r\n\r\n"
+        ),
     )
     .await;
     let hooks = env.hooks.clone_hooks();
@@ -468,7 +474,10 @@ async fn unsubscribe_by_mail_needs_the_token_or_an_aligned_dmarc_from() {
             >= 2
     })
     .await;
-    assert_eq!(env.events("Unsubscribe")[1]["from"], "reader@fbl.example.net");
+    assert_eq!(
+        env.events("Unsubscribe")[1]["from"],
+        "reader@fbl.example.net"
+    );
     env.processed(WAIT).await;
     env.stop().await;
 }
@@ -506,14 +515,21 @@ async fn multi_recipient_unsubscribe_has_no_one_click_and_asks_for_a_listed_addr
             .body(body)
             .send()
     };
-    assert_eq!(post("List-Unsubscribe=One-Click").await.unwrap().status(), 400);
+    assert_eq!(
+        post("List-Unsubscribe=One-Click").await.unwrap().status(),
+        400
+    );
     assert_eq!(post("action=unsubscribe").await.unwrap().status(), 400);
-    let r = post("action=unsubscribe&address=eve%40example.org").await.unwrap();
+    let r = post("action=unsubscribe&address=eve%40example.org")
+        .await
+        .unwrap();
     assert_eq!(r.status(), 400);
     assert!(r.text().await.unwrap().contains("Nothing was changed"));
     assert_eq!(env.suppressed().await, []);
 
-    let r = post("action=unsubscribe&address=Bob%40example.org").await.unwrap();
+    let r = post("action=unsubscribe&address=Bob%40example.org")
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
     assert!(r.text().await.unwrap().contains("bob@example.org"));
     assert_eq!(
@@ -566,10 +582,17 @@ async fn two_hundred_opens_are_counted_not_appended() {
     let reads = env.notes("7502");
     eprintln!("200 opens: {} 7502 notifications", reads.len());
     assert!(!reads.is_empty());
-    assert!(reads.len() <= 1, "one 7502 per 60 s window: {}", reads.len());
+    assert!(
+        reads.len() <= 1,
+        "one 7502 per 60 s window: {}",
+        reads.len()
+    );
     let (size, status) = env.status(&tid).await;
     let events = status["events"].as_array().unwrap();
-    eprintln!("GET /v2/messages/{{tid}}: {size} bytes, {} history entries", events.len());
+    eprintln!(
+        "GET /v2/messages/{{tid}}: {size} bytes, {} history entries",
+        events.len()
+    );
     assert!(size < 64 * 1024, "{size}");
     assert!(events.len() <= 50);
     assert_eq!(
@@ -578,7 +601,9 @@ async fn two_hundred_opens_are_counted_not_appended() {
         "repeated opens are counted, not appended"
     );
     assert_eq!(
-        env.store().track_count(&tid, "ann@example.org", "open").unwrap(),
+        env.store()
+            .track_count(&tid, "ann@example.org", "open")
+            .unwrap(),
         200
     );
     env.stop().await;
@@ -671,8 +696,10 @@ async fn bounce_domain_mail_is_deleted_once_processed() {
     let hooks = env.hooks.clone_hooks();
     wait_for(WAIT, || {
         let h = hooks.lock().unwrap();
-        h.iter().any(|h| h.path == "/dlr" && code(&h.json()) == "7520")
-            && h.iter().any(|h| h.path == "/dlr" && code(&h.json()) == "7521")
+        h.iter()
+            .any(|h| h.path == "/dlr" && code(&h.json()) == "7520")
+            && h.iter()
+                .any(|h| h.path == "/dlr" && code(&h.json()) == "7521")
     })
     .await;
     env.processed(BOUNCE_DEADLINE).await;

@@ -152,10 +152,7 @@ pub async fn build(
             let click = |url: &str| {
                 format!(
                     "{base}/t/c/{}",
-                    signer.sign(
-                        "click",
-                        &format!("{}|{tracked}|{url}", record.tid)
-                    )
+                    signer.sign("click", &format!("{}|{tracked}|{url}", record.tid))
                 )
             };
             let pixel = format!(

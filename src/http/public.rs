@@ -137,12 +137,14 @@ fn asset_name(d: &crate::Daemon, s: &Subject) -> String {
 
 /// The transaction's recipients when the token speaks for nobody in particular (a message
 /// to several recipients); `Ok(None)` for a token naming its recipient.
-fn listed_recipients(d: &crate::Daemon, s: &Subject) -> Result<Option<Vec<String>>, Response> {
+fn listed_recipients(d: &crate::Daemon, s: &Subject) -> Result<Option<Vec<String>>, Box<Response>> {
     let record = match d.store.message(&s.tid) {
         Ok(r) => r,
         Err(e) => {
             tracing::error!(error = %e, "unsubscribe: transaction not readable");
-            return Err((StatusCode::SERVICE_UNAVAILABLE, "try again later\n").into_response());
+            return Err(Box::new(
+                (StatusCode::SERVICE_UNAVAILABLE, "try again later\n").into_response(),
+            ));
         }
     };
     match record {
@@ -151,12 +153,12 @@ fn listed_recipients(d: &crate::Daemon, s: &Subject) -> Result<Option<Vec<String
         Some(r) if r.recipients.len() > 1 || s.recipient.is_empty() => Ok(Some(
             r.recipients.into_iter().map(|x| x.address).collect(),
         )),
-        None if s.recipient.is_empty() => Err(html(
+        None if s.recipient.is_empty() => Err(Box::new(html(
             StatusCode::GONE,
             "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>Link expired</title></head>\
 <body><main><h1>This link has expired</h1><p>The message it came with is no longer on record, so the address cannot be checked. Nothing was changed.</p></main></body></html>\n"
                 .into(),
-        )),
+        ))),
         _ => Ok(None),
     }
 }
@@ -166,7 +168,7 @@ async fn show(State(d): State<AppState>, Path(token): Path<String>) -> Response 
         return invalid();
     };
     match listed_recipients(&d, &s) {
-        Err(r) => r,
+        Err(r) => *r,
         Ok(Some(_)) => html(
             StatusCode::OK,
             unsubscribe::ask_page(&asset_name(&d, &s), None),
@@ -189,7 +191,7 @@ async fn act(State(d): State<AppState>, Path(token): Path<String>, body: String)
     let one_click = field("List-Unsubscribe") == Some("One-Click");
     let resubscribe = !one_click && field("action") == Some("resubscribe");
     let several = match listed_recipients(&d, &s) {
-        Err(r) => return r,
+        Err(r) => return *r,
         Ok(list) => list,
     };
     if let Some(list) = &several {

@@ -121,10 +121,7 @@ fn parse(raw: &[u8], hostname: &str, want_dsn: bool) -> Parsed {
 pub fn mailto_tag<'a>(mailto: &str, rcpt: &'a str) -> Option<Option<&'a str>> {
     let (m_local, m_domain) = split_address(mailto)?;
     let (local, domain) = split_address(rcpt)?;
-    if !domain
-        .trim_end_matches('.')
-        .eq_ignore_ascii_case(m_domain)
-    {
+    if !domain.trim_end_matches('.').eq_ignore_ascii_case(m_domain) {
         return None;
     }
     if local.eq_ignore_ascii_case(m_local) {
@@ -242,8 +239,12 @@ async fn bounce_domain(
         }
         // With one recipient, a report naming someone else changes nothing:
         // feedback::record ignores addresses the transaction never had.
-        let report = Report::new(c.recipient.clone(), DeliveryCode::Complaint, c.feedback_type)
-            .suppress(Reason::Complained, format!("arf {}", c.feedback_type));
+        let report = Report::new(
+            c.recipient.clone(),
+            DeliveryCode::Complaint,
+            c.feedback_type,
+        )
+        .suppress(Reason::Complained, format!("arf {}", c.feedback_type));
         feedback::record(&d.store, &d.outbox, config, &tid, &[report]).await?;
         return Ok(());
     }
@@ -294,13 +295,12 @@ async fn unsubscribe_by_mail(
             continue;
         };
         let words: Vec<&str> = tag.into_iter().chain([parsed.subject.as_str()]).collect();
-        let subject = match crate::track::unsubscribe::token_in_mail(&d.signer, &asset_id, &words)
-        {
+        let subject = match crate::track::unsubscribe::token_in_mail(&d.signer, &asset_id, &words) {
             Some(s) => s,
             None => {
                 let from = parsed.from.clone().unwrap_or_default();
-                let aligned = record.auth.dmarc == "pass"
-                    && crate::types::check_address(&from).is_ok();
+                let aligned =
+                    record.auth.dmarc == "pass" && crate::types::check_address(&from).is_ok();
                 if !aligned {
                     tracing::info!(asset = %asset_id, from = %from, dmarc = %record.auth.dmarc,
                         "mail to the unsubscribe address without its token or an aligned-DMARC From: nothing changed");
@@ -314,7 +314,11 @@ async fn unsubscribe_by_mail(
                 }
             }
         };
-        if !done.insert(format!("{}\0{}", subject.asset_id, subject.recipient.to_ascii_lowercase())) {
+        if !done.insert(format!(
+            "{}\0{}",
+            subject.asset_id,
+            subject.recipient.to_ascii_lowercase()
+        )) {
             continue;
         }
         crate::track::unsubscribe::apply(&d.store, &d.outbox, config, &subject, true, "mailto")
@@ -331,7 +335,10 @@ mod tests {
     fn unsubscribe_address_with_and_without_tag() {
         let m = "unsub@example.test";
         assert_eq!(mailto_tag(m, "Unsub@Example.test"), Some(None));
-        assert_eq!(mailto_tag(m, "unsub+abc.def@example.test"), Some(Some("abc.def")));
+        assert_eq!(
+            mailto_tag(m, "unsub+abc.def@example.test"),
+            Some(Some("abc.def"))
+        );
         assert_eq!(mailto_tag(m, "unsubx@example.test"), None);
         assert_eq!(mailto_tag(m, "unsub@other.test"), None);
         assert_eq!(mailto_tag(m, "other+unsub@example.test"), None);
@@ -347,7 +354,11 @@ mod tests {
         assert!(dmarc_from(&pass, Some("x@fbl.example.net"), &trusted));
         assert!(dmarc_from(&pass, Some("x@eu.FBL.example.net"), &trusted));
         assert!(!dmarc_from(&pass, Some("x@evilfbl.example.net"), &trusted));
-        assert!(!dmarc_from(&AuthSummary::none(), Some("x@fbl.example.net"), &trusted));
+        assert!(!dmarc_from(
+            &AuthSummary::none(),
+            Some("x@fbl.example.net"),
+            &trusted
+        ));
         assert!(!dmarc_from(&pass, Some("x@fbl.example.net"), &[]));
         assert!(!dmarc_from(&pass, None, &trusted));
     }

@@ -126,79 +126,81 @@ impl MessageRecord {
 
     /// Whether the history is within its bounds already (the common case: no copy needed).
     pub fn history_bounded(&self) -> bool {
-        let mut size = 0;
-        let mut per: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
-        for h in &self.history {
-            let n = per.entry(h.destination.as_str()).or_default();
-            *n += 1;
-            if *n > HISTORY_PER_RECIPIENT
-                || h.description.len() > HISTORY_FIELD_MAX
-                || h.additional_info.len() > HISTORY_FIELD_MAX
-            {
-                return false;
-            }
-            size += h.json_cost();
-        }
-        size <= HISTORY_BUDGET
+        history_bounded(&self.history)
     }
 
-    /// Brings the history within its bounds: long texts are cut, then the oldest opens and
-    /// clicks go first, then the oldest entries other than each recipient's first (its
-    /// acceptance), until every recipient has at most [`HISTORY_PER_RECIPIENT`] entries
-    /// and the whole fits [`HISTORY_BUDGET`].
+    /// Brings the history within its bounds (see [`bound_history`]).
     pub fn bound_history(&mut self) {
-        for h in &mut self.history {
-            cut_in_place(&mut h.description, HISTORY_FIELD_MAX);
-            cut_in_place(&mut h.additional_info, HISTORY_FIELD_MAX);
+        bound_history(&mut self.history)
+    }
+}
+
+/// Whether `history` is within its bounds already.
+pub fn history_bounded(history: &[HistoryEntry]) -> bool {
+    let mut size = 0;
+    let mut per: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
+    for h in history {
+        let n = per.entry(h.destination.as_str()).or_default();
+        *n += 1;
+        if *n > HISTORY_PER_RECIPIENT
+            || h.description.len() > HISTORY_FIELD_MAX
+            || h.additional_info.len() > HISTORY_FIELD_MAX
+        {
+            return false;
         }
-        let mut per: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
-        for h in &self.history {
-            *per.entry(h.destination.clone()).or_default() += 1;
-        }
-        for (dest, n) in per {
-            for _ in HISTORY_PER_RECIPIENT..n {
-                if !self.evict_one(Some(&dest)) {
-                    break;
+        size += h.json_cost();
+    }
+    size <= HISTORY_BUDGET
+}
+
+/// Brings `history` within its bounds: long texts are cut, then the oldest opens and
+/// clicks go first, then the oldest entries other than each recipient's first (its
+/// acceptance), until every recipient has at most [`HISTORY_PER_RECIPIENT`] entries and
+/// the whole fits [`HISTORY_BUDGET`].
+pub fn bound_history(history: &mut Vec<HistoryEntry>) {
+    for h in history.iter_mut() {
+        cut_in_place(&mut h.description, HISTORY_FIELD_MAX);
+        cut_in_place(&mut h.additional_info, HISTORY_FIELD_MAX);
+    }
+    let mut per: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
+    for h in history.iter() {
+        *per.entry(h.destination.clone()).or_default() += 1;
+    }
+    for (dest, n) in per {
+        for _ in HISTORY_PER_RECIPIENT..n {
+            match evict_index(history, Some(&dest)) {
+                Some(i) => {
+                    history.remove(i);
                 }
-            }
-        }
-        let mut size: usize = self.history.iter().map(HistoryEntry::json_cost).sum();
-        while size > HISTORY_BUDGET {
-            match self.evict_index(None) {
-                Some(i) => size -= self.history.remove(i).json_cost(),
                 None => break,
             }
         }
     }
-
-    fn evict_one(&mut self, dest: Option<&str>) -> bool {
-        match self.evict_index(dest) {
-            Some(i) => {
-                self.history.remove(i);
-                true
-            }
-            None => false,
+    let mut size: usize = history.iter().map(HistoryEntry::json_cost).sum();
+    while size > HISTORY_BUDGET {
+        match evict_index(history, None) {
+            Some(i) => size -= history.remove(i).json_cost(),
+            None => break,
         }
     }
+}
 
-    /// The entry to drop next: the oldest open or click (of `dest`, if given), else the
-    /// oldest entry that is not the first of its recipient.
-    fn evict_index(&self, dest: Option<&str>) -> Option<usize> {
-        let mine = |h: &HistoryEntry| dest.is_none_or(|d| h.destination == d);
-        if let Some(i) = self
-            .history
-            .iter()
-            .position(|h| mine(h) && matches!(h.code.as_str(), "7502" | "7528"))
-        {
-            return Some(i);
-        }
-        let mut seen = std::collections::HashSet::new();
-        self.history
-            .iter()
-            .enumerate()
-            .find(|(_, h)| !seen.insert(h.destination.as_str()) && mine(h))
-            .map(|(i, _)| i)
+/// The entry to drop next: the oldest open or click (of `dest`, if given), else the
+/// oldest entry that is not the first of its recipient.
+fn evict_index(history: &[HistoryEntry], dest: Option<&str>) -> Option<usize> {
+    let mine = |h: &HistoryEntry| dest.is_none_or(|d| h.destination == d);
+    if let Some(i) = history
+        .iter()
+        .position(|h| mine(h) && matches!(h.code.as_str(), "7502" | "7528"))
+    {
+        return Some(i);
     }
+    let mut seen = std::collections::HashSet::new();
+    history
+        .iter()
+        .enumerate()
+        .find(|(_, h)| !seen.insert(h.destination.as_str()) && mine(h))
+        .map(|(i, _)| i)
 }
 
 /// At most this many history entries per recipient (SPEC 6.3).
@@ -562,5 +564,53 @@ impl Store {
             .is_some();
         self.commit().await?;
         Ok(existed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(dest: &str, code: &str, text: &str) -> HistoryEntry {
+        HistoryEntry {
+            at_ms: 1,
+            destination: dest.into(),
+            code: code.into(),
+            status: "s".into(),
+            description: text.into(),
+            additional_info: text.into(),
+        }
+    }
+
+    #[test]
+    fn history_keeps_each_recipients_first_entry_and_drops_opens_and_clicks_first() {
+        let mut h = vec![entry("a@x", "7501", "submitted"), entry("b@x", "7501", "")];
+        for i in 0..60 {
+            h.push(entry("a@x", if i % 2 == 0 { "7502" } else { "7520" }, "t"));
+        }
+        assert!(!history_bounded(&h));
+        bound_history(&mut h);
+        assert!(history_bounded(&h));
+        let a: Vec<&HistoryEntry> = h.iter().filter(|e| e.destination == "a@x").collect();
+        assert_eq!(a.len(), HISTORY_PER_RECIPIENT);
+        assert_eq!(a[0].code, "7501", "the first entry stays");
+        assert_eq!(a.iter().filter(|e| e.code == "7520").count(), 30);
+        assert_eq!(h.iter().filter(|e| e.destination == "b@x").count(), 1);
+    }
+
+    #[test]
+    fn history_texts_are_cut_on_char_boundaries_and_the_whole_fits_the_budget() {
+        let long = "é".repeat(2000);
+        let mut h: Vec<HistoryEntry> = (0..40)
+            .map(|i| entry(&format!("r{i}@x"), "7528", &long))
+            .collect();
+        bound_history(&mut h);
+        assert!(h.iter().all(|e| e.description.len() <= HISTORY_FIELD_MAX
+            && e.additional_info.len() <= HISTORY_FIELD_MAX));
+        let json = serde_json::to_string(&h).unwrap();
+        assert!(json.len() <= HISTORY_BUDGET, "{}", json.len());
+        assert!(history_bounded(&h));
+        assert_eq!(cut("aé", 2), "a");
+        assert_eq!(cut("abc", 5), "abc");
     }
 }

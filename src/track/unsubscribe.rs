@@ -12,10 +12,10 @@
 //! Unsubscribe / Subscribe event to the asset's incoming webhook.
 
 use crate::config::Config;
+use crate::events::Outbox;
 use crate::store::messages::MessageRecord;
 use crate::store::outbox::EventKind;
 use crate::store::suppression::{Reason, Suppression};
-use crate::events::Outbox;
 use crate::store::{now_ms, OutboxEntry, Payload, Store, StoreError};
 use crate::tokens::Signer;
 
