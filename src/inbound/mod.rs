@@ -230,6 +230,7 @@ impl Inbound {
         {
             // Nothing durable may name the body: forget the entries, then the .eml goes
             // with `body` (kept for garbage collection if the entries could not be removed).
+            // A feedback mark left behind names no record: the sweep drops it.
             if !self.store.forget_message(&record, &events, &tids) {
                 body.keep();
             }
