@@ -3,10 +3,15 @@
 //! notification for one recipient of one transaction (SPEC 5) and, for hard bounces and
 //! complaints, an entry in the asset's suppression store (SPEC 8). One place does this so
 //! every source records the same way.
+//!
+//! Opens and clicks (from links or SES) are counted, not appended: the first of each kind
+//! per recipient gets a history entry, later ones bump a counter; opens notify at most once
+//! per [`OPEN_WINDOW_MS`], clicks every time (with the User-Agent cut to
+//! [`USER_AGENT_MAX`] octets). A hit that only counts never rewrites the transaction.
 
 use crate::config::Config;
 use crate::events::Outbox;
-use crate::store::messages::{MessageRecord, QueueState};
+use crate::store::messages::{cut, MessageRecord, QueueState};
 use crate::store::suppression::{Reason, Suppression};
 use crate::store::{now_ms, OutboxEntry, Store, StoreError};
 use crate::types::DeliveryCode;
@@ -47,6 +52,38 @@ impl Report {
     }
 }
 
+/// Opens of one tid and recipient notify at most once per window this long, the window
+/// starting at the first open (SPEC 6.3).
+pub const OPEN_WINDOW_MS: u64 = 60_000;
+
+/// A User-Agent is cut to this many octets (SPEC 6.3).
+pub const USER_AGENT_MAX: usize = 512;
+
+/// Repeats of a report with the same key are counted, not appended: opens, and clicks of
+/// one URL (the Description is `url|client-ip`).
+fn repeat_key(report: &Report) -> Option<String> {
+    match report.code {
+        DeliveryCode::Read => Some("open".into()),
+        DeliveryCode::Clicked => {
+            let url = report
+                .description
+                .rsplit_once('|')
+                .map_or(report.description.as_str(), |(u, _)| u);
+            Some(format!("click|{url}"))
+        }
+        _ => None,
+    }
+}
+
+/// What to do with one hit given its counter.
+fn hit_effect(code: DeliveryCode, hit: crate::store::messages::Hit) -> (bool, bool) {
+    let notify = match code {
+        DeliveryCode::Read => hit.new_window,
+        _ => true,
+    };
+    (notify, hit.first)
+}
+
 /// The transaction's own spelling of `wanted` (recipients match case-insensitively).
 fn recipient_of(record: &MessageRecord, wanted: Option<&str>) -> Option<String> {
     match wanted {
@@ -72,19 +109,39 @@ pub async fn record(
     reports: &[Report],
 ) -> Result<usize, StoreError> {
     let _guard = store.lock_tid(tid).await;
+    let now = now_ms();
+    // Repeated hits of a counter that exists (its recipient was checked at the first hit)
+    // are settled here, before the transaction is even read.
+    let mut todo: Vec<(&Report, Option<crate::store::messages::Hit>)> = Vec::new();
+    let mut recorded = 0;
+    for report in reports {
+        if let (Some(key), Some(rcpt)) = (repeat_key(report), report.recipient.as_deref()) {
+            if let Some(hit) = store.track_hit(tid, rcpt, &key, now, OPEN_WINDOW_MS, false)? {
+                if hit_effect(report.code, hit) == (false, false) {
+                    recorded += 1;
+                    continue;
+                }
+                todo.push((report, Some(hit)));
+                continue;
+            }
+        }
+        todo.push((report, None));
+    }
+    if todo.is_empty() {
+        return Ok(recorded);
+    }
     let Some(mut record) = store.message(tid)? else {
         tracing::info!(
             tid,
             "feedback for an unknown or expired transaction: ignored"
         );
-        return Ok(0);
+        return Ok(recorded);
     };
-    let now = now_ms();
     let retention_ms = config.bounce_retention_ms(&record.asset_id);
     let mut events: Vec<OutboxEntry> = Vec::new();
     let mut suppressions = Vec::new();
-    let mut recorded = 0;
-    for report in reports {
+    let mut changed = false;
+    for (report, hit) in todo {
         let Some(rcpt) = recipient_of(&record, report.recipient.as_deref()) else {
             tracing::info!(
                 tid,
@@ -94,16 +151,45 @@ pub async fn record(
             );
             continue;
         };
+        let (notify, append) = match (hit, repeat_key(report)) {
+            (Some(h), _) => hit_effect(report.code, h),
+            (None, Some(key)) => {
+                match store.track_hit(tid, &rcpt, &key, now, OPEN_WINDOW_MS, true)? {
+                    Some(h) => hit_effect(report.code, h),
+                    None => (true, true),
+                }
+            }
+            (None, None) => (true, true),
+        };
+        recorded += 1;
+        if !notify && !append {
+            continue;
+        }
+        let additional = if repeat_key(report).is_some() {
+            cut(&report.additional, USER_AGENT_MAX)
+        } else {
+            report.additional.as_str()
+        };
         tracing::info!(tid, rcpt = %rcpt, code = report.code.code(), description = %report.description, "feedback");
-        events.extend(crate::queue::notify::notify(
+        let before = record.history.len();
+        let event = crate::queue::notify::notify(
             config,
             &mut record,
             &rcpt,
             report.code,
             &report.description,
-            &report.additional,
+            additional,
             now,
-        ));
+        );
+        if append {
+            changed = true;
+        } else {
+            // A later window's open: notified, but the history keeps only the first.
+            record.history.truncate(before);
+        }
+        if notify {
+            events.extend(event);
+        }
         if let Some((reason, source)) = &report.suppress {
             suppressions.push(Suppression {
                 asset_id: record.asset_id.clone(),
@@ -117,18 +203,56 @@ pub async fn record(
                 source: source.clone(),
             });
         }
-        recorded += 1;
     }
     if !suppressions.is_empty() {
         store.suppress(&suppressions).await?;
     }
     // A finished transaction keeps the history; an active one is the queue's to write, so
     // only the events are stored.
-    if record.state == QueueState::Done {
+    if record.state == QueueState::Done && changed {
+        record.bound_history();
         store.update_message(&record, &events).await?;
     } else if !events.is_empty() {
         store.enqueue_events(&events).await?;
     }
     outbox.schedule(events);
     Ok(recorded)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::messages::Hit;
+
+    #[test]
+    fn opens_notify_per_window_and_clicks_always_but_append_once() {
+        let first = Hit {
+            first: true,
+            new_window: true,
+            count: 1,
+        };
+        let again = Hit {
+            first: false,
+            new_window: false,
+            count: 2,
+        };
+        let later = Hit {
+            first: false,
+            new_window: true,
+            count: 3,
+        };
+        assert_eq!(hit_effect(DeliveryCode::Read, first), (true, true));
+        assert_eq!(hit_effect(DeliveryCode::Read, again), (false, false));
+        assert_eq!(hit_effect(DeliveryCode::Read, later), (true, false));
+        assert_eq!(hit_effect(DeliveryCode::Clicked, again), (true, false));
+        let click = Report::new(None, DeliveryCode::Clicked, "https://a.example/x|1.2.3.4");
+        assert_eq!(
+            repeat_key(&click).as_deref(),
+            Some("click|https://a.example/x")
+        );
+        assert_eq!(
+            repeat_key(&Report::new(None, DeliveryCode::Bounce, "x")),
+            None
+        );
+    }
 }

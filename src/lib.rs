@@ -335,12 +335,14 @@ pub async fn start(
         routes: Default::default(),
     });
 
+    let (feedback_tx, feedback_rx) = tokio::sync::mpsc::unbounded_channel();
     let inbound = Arc::new(inbound::Inbound {
         store: store.clone(),
         auth: verifier,
         signer: signer.clone(),
         outbox: outbox.clone(),
         metrics: metrics.clone(),
+        feedback: feedback_tx,
     });
     let daemon = Arc::new(Daemon {
         config: shared_config.clone(),
@@ -418,6 +420,10 @@ pub async fn start(
         }
     }));
     tasks.push(tokio::spawn(gc_loop(daemon.clone())));
+    tasks.push(tokio::spawn(inbound::reports::run(
+        daemon.clone(),
+        feedback_rx,
+    )));
 
     daemon.ready.store(true, Ordering::Release);
     tracing::info!(smtp = ?smtp_addrs, http = %http_addr, "postern ready");

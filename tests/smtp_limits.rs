@@ -192,39 +192,3 @@ async fn sender_equal_to_recipient_is_logged_not_posted() {
     assert_eq!(hooks[0].json()["subject"], "real");
     d.stop().await;
 }
-
-#[tokio::test]
-async fn mail_to_the_unsubscribe_mailto_unsubscribes_its_sender() {
-    let rx = Receiver::start().await;
-    let d = TestDaemon::start(
-        &rx.url(""),
-        "[asset.unsubscribe]\nenabled = true\nmailto = \"unsubscribe@example.test\"",
-        "",
-    )
-    .await;
-    let mut raw = ready(&d).await;
-    raw.cmd("MAIL FROM:<reader@example.org>").await;
-    raw.cmd("RCPT TO:<unsubscribe@example.test>").await;
-    raw.cmd("DATA").await;
-    assert!(raw
-        .cmd("From: Reader <reader@example.org>\r\nSubject: unsubscribe\r\n\r\nplease\r\n.")
-        .await
-        .starts_with("250"));
-    let hooks = rx.wait_for_count(1, Duration::from_secs(30)).await;
-    let ev = hooks[0].json();
-    assert_eq!(ev["event"], "Unsubscribe", "no MO event: {ev}");
-    assert_eq!(ev["from"], "reader@example.org");
-    assert_eq!(ev["senderId"], "unsubscribe@example.test");
-    let listed: serde_json::Value = reqwest::Client::new()
-        .get(format!("http://{}/admin/suppressions?asset=a_demo", d.http))
-        .bearer_auth("admin-secret")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    assert_eq!(listed["suppressions"][0]["address"], "reader@example.org");
-    assert_eq!(listed["suppressions"][0]["reason"], "unsubscribed");
-    d.stop().await;
-}

@@ -110,34 +110,37 @@ pub async fn build(
     if let Some(r) = &record.reply_to {
         msg = msg.reply_to(r.clone());
     }
-    // Unsubscribe: one link per message, for its first recipient (one tid per address
-    // unless the request asked for multipleToRecipients).
-    let subject = crate::track::unsubscribe::Subject {
-        asset_id: record.asset_id.clone(),
-        tid: record.tid.clone(),
-        recipient: record
-            .recipients
-            .first()
-            .map(|r| r.address.clone())
-            .unwrap_or_default(),
-        sender: record.from.clone(),
-    };
+    // Unsubscribe: one link per message. It speaks for the message's only recipient; a
+    // message to several (multipleToRecipients) cannot tell who clicked, so its link names
+    // nobody (the page asks for the address), it gets no one-click header, and its mailto
+    // carries no token (mail to it acts on an aligned-DMARC From only).
+    let subject = crate::track::unsubscribe::subject_of(record);
+    let token = crate::track::unsubscribe::token(signer, &subject);
     let unsubscribe_url = format!(
-        "{}/u/{}",
+        "{}/u/{token}",
         config.server.public_url.trim_end_matches('/'),
-        crate::track::unsubscribe::token(signer, &subject)
     );
-    if let Some(value) = crate::track::unsubscribe::headers(config, record, &unsubscribe_url) {
-        msg = msg
-            .header(
-                "List-Unsubscribe",
-                mail_builder::headers::raw::Raw::new(value),
-            )
-            .header(
+    let mail_token = (!subject.recipient.is_empty()).then_some(token.as_str());
+    if let Some((value, one_click)) =
+        crate::track::unsubscribe::headers(config, record, &unsubscribe_url, mail_token)
+    {
+        msg = msg.header(
+            "List-Unsubscribe",
+            mail_builder::headers::raw::Raw::new(value),
+        );
+        if one_click {
+            msg = msg.header(
                 "List-Unsubscribe-Post",
                 mail_builder::headers::raw::Raw::new("List-Unsubscribe=One-Click"),
             );
+        }
     }
+    // Opens and clicks of a message to several recipients are bound to its first.
+    let tracked = record
+        .recipients
+        .first()
+        .map(|r| r.address.clone())
+        .unwrap_or_default();
     let with_link = |body: &str| body.replace("$(unsubscribe)", &unsubscribe_url);
     if let Some(t) = &record.text {
         msg = msg.text_body(with_link(t));
@@ -149,15 +152,12 @@ pub async fn build(
             let click = |url: &str| {
                 format!(
                     "{base}/t/c/{}",
-                    signer.sign(
-                        "click",
-                        &format!("{}|{}|{url}", record.tid, subject.recipient)
-                    )
+                    signer.sign("click", &format!("{}|{tracked}|{url}", record.tid))
                 )
             };
             let pixel = format!(
                 "{base}/t/o/{}",
-                signer.sign("open", &format!("{}|{}", record.tid, subject.recipient))
+                signer.sign("open", &format!("{}|{tracked}", record.tid))
             );
             html = crate::track::links::rewrite(
                 &html,

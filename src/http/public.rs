@@ -1,10 +1,10 @@
 //! Public routes reached from recipients' mail clients: the unsubscribe page and RFC 8058
-//! one-click endpoint. Tokens are verified before anything is looked up; a bad one changes
-//! nothing and gets a 400 page.
+//! one-click endpoint, click redirects and the open pixel. Tokens are verified before
+//! anything is looked up; a bad one changes nothing and gets a 400 page. Hits are counted
+//! by `feedback::record` (bounded history, windowed opens), so a stranger replaying a link
+//! costs a counter update, not a growing record.
 
 use super::AppState;
-use crate::store::now_ms;
-use crate::store::suppression::Reason;
 use crate::track::unsubscribe::{self, Subject};
 use axum::extract::{Path, State};
 use axum::http::{header, StatusCode};
@@ -64,17 +64,24 @@ async fn click(
         return super::ApiError::new(StatusCode::BAD_REQUEST, "7004", "link token is malformed")
             .into_response();
     };
+    // Cut to 512 octets on a character boundary; octets that are not UTF-8 (obs-text)
+    // become U+FFFD rather than losing the whole header.
     let agent = headers
         .get(header::USER_AGENT)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("");
+        .map(|v| {
+            let raw = v.as_bytes();
+            let head = &raw[..raw.len().min(crate::feedback::USER_AGENT_MAX + 4)];
+            let text = String::from_utf8_lossy(head);
+            crate::store::messages::cut(&text, crate::feedback::USER_AGENT_MAX).to_string()
+        })
+        .unwrap_or_default();
     track_event(
         &d,
         tid,
         rcpt,
         crate::types::DeliveryCode::Clicked,
         &format!("{url}|{}", peer.ip()),
-        agent,
+        &agent,
     )
     .await;
     (StatusCode::FOUND, [(header::LOCATION, url.to_string())]).into_response()
@@ -128,25 +135,110 @@ fn asset_name(d: &crate::Daemon, s: &Subject) -> String {
         .unwrap_or_else(|| s.asset_id.clone())
 }
 
+/// The transaction's recipients when the token speaks for nobody in particular (a message
+/// to several recipients); `Ok(None)` for a token naming its recipient.
+fn listed_recipients(d: &crate::Daemon, s: &Subject) -> Result<Option<Vec<String>>, Box<Response>> {
+    let record = match d.store.message(&s.tid) {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::error!(error = %e, "unsubscribe: transaction not readable");
+            return Err(Box::new(
+                (StatusCode::SERVICE_UNAVAILABLE, "try again later\n").into_response(),
+            ));
+        }
+    };
+    match record {
+        // Tokens made before several-recipient links named nobody named the first
+        // recipient: the record says whether the message went to several.
+        Some(r) if r.recipients.len() > 1 || s.recipient.is_empty() => Ok(Some(
+            r.recipients.into_iter().map(|x| x.address).collect(),
+        )),
+        None if s.recipient.is_empty() => Err(Box::new(html(
+            StatusCode::GONE,
+            "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>Link expired</title></head>\
+<body><main><h1>This link has expired</h1><p>The message it came with is no longer on record, so the address cannot be checked. Nothing was changed.</p></main></body></html>\n"
+                .into(),
+        ))),
+        _ => Ok(None),
+    }
+}
+
 async fn show(State(d): State<AppState>, Path(token): Path<String>) -> Response {
-    match unsubscribe::verify(&d.signer, &token) {
-        Some(s) => html(
+    let Some(s) = unsubscribe::verify(&d.signer, &token) else {
+        return invalid();
+    };
+    match listed_recipients(&d, &s) {
+        Err(r) => *r,
+        Ok(Some(_)) => html(
+            StatusCode::OK,
+            unsubscribe::ask_page(&asset_name(&d, &s), None),
+        ),
+        Ok(None) => html(
             StatusCode::OK,
             unsubscribe::page(&asset_name(&d, &s), &s.recipient, "confirm"),
         ),
-        None => invalid(),
     }
 }
 
 async fn act(State(d): State<AppState>, Path(token): Path<String>, body: String) -> Response {
-    let Some(s) = unsubscribe::verify(&d.signer, &token) else {
+    let Some(mut s) = unsubscribe::verify(&d.signer, &token) else {
         return invalid();
     };
-    let one_click = body.split('&').any(|kv| kv == "List-Unsubscribe=One-Click");
-    let resubscribe = !one_click && body.split('&').any(|kv| kv == "action=resubscribe");
-    match change(&d, &s, !resubscribe).await {
-        Ok(()) if one_click => (StatusCode::OK, "unsubscribed\n").into_response(),
-        Ok(()) => {
+    let form: Vec<(String, String)> = url::form_urlencoded::parse(body.as_bytes())
+        .into_owned()
+        .collect();
+    let field = |k: &str| form.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
+    let one_click = field("List-Unsubscribe") == Some("One-Click");
+    let resubscribe = !one_click && field("action") == Some("resubscribe");
+    let several = match listed_recipients(&d, &s) {
+        Err(r) => return *r,
+        Ok(list) => list,
+    };
+    if let Some(list) = &several {
+        // Any recipient could have clicked: the form names the address, and it must be
+        // one the message went to. One-click has no form (and no header was sent).
+        let name = asset_name(&d, &s);
+        if one_click {
+            return html(
+                StatusCode::BAD_REQUEST,
+                unsubscribe::ask_page(
+                    &name,
+                    Some("This email went to several people: one-click unsubscribe cannot tell which one. Nothing was changed."),
+                ),
+            );
+        }
+        let address = field("address").unwrap_or("").trim();
+        match list.iter().find(|a| a.eq_ignore_ascii_case(address)) {
+            Some(a) => s.recipient = a.clone(),
+            None => {
+                tracing::info!(tid = %s.tid, "unsubscribe page: address is not a recipient of the message; nothing changed");
+                return html(
+                    StatusCode::BAD_REQUEST,
+                    unsubscribe::ask_page(
+                        &name,
+                        Some(if address.is_empty() {
+                            "address: enter the address this email was sent to. Nothing was changed."
+                        } else {
+                            "address: this email was not sent to that address. Nothing was changed."
+                        }),
+                    ),
+                );
+            }
+        }
+    }
+    let config = d.config();
+    let changed = unsubscribe::apply(
+        &d.store,
+        &d.outbox,
+        &config,
+        &s,
+        !resubscribe,
+        "unsubscribe-link",
+    )
+    .await;
+    match changed {
+        Ok(_) if one_click => (StatusCode::OK, "unsubscribed\n").into_response(),
+        Ok(_) => {
             let state = if resubscribe {
                 "resubscribed"
             } else {
@@ -154,7 +246,7 @@ async fn act(State(d): State<AppState>, Path(token): Path<String>, body: String)
             };
             html(
                 StatusCode::OK,
-                unsubscribe::page(&asset_name(&d, &s), &s.recipient, state),
+                unsubscribe::page_for(&asset_name(&d, &s), &s.recipient, state, several.is_some()),
             )
         }
         Err(e) => {
@@ -162,39 +254,4 @@ async fn act(State(d): State<AppState>, Path(token): Path<String>, body: String)
             (StatusCode::SERVICE_UNAVAILABLE, "try again later\n").into_response()
         }
     }
-}
-
-/// Records the (un)subscription and emits its event, once per actual change.
-pub async fn change(
-    d: &crate::Daemon,
-    s: &Subject,
-    unsubscribe: bool,
-) -> Result<(), crate::store::StoreError> {
-    let current = d.store.suppression(&s.asset_id, &s.recipient, now_ms())?;
-    let was_unsubscribed = current
-        .as_ref()
-        .is_some_and(|e| e.reason == Reason::Unsubscribed);
-    if unsubscribe == was_unsubscribed {
-        return Ok(());
-    }
-    if unsubscribe {
-        d.store
-            .suppress(&[unsubscribe::suppression(s, "unsubscribe-link")])
-            .await?;
-    } else {
-        d.store.unsuppress(&s.asset_id, &s.recipient).await?;
-    }
-    tracing::info!(asset = %s.asset_id, recipient = %s.recipient, unsubscribe, "subscription changed");
-    let correlation = d
-        .store
-        .message(&s.tid)
-        .ok()
-        .flatten()
-        .and_then(|m| m.correlation_id);
-    let config = d.config();
-    if let Some(e) = unsubscribe::event(&config, s, !unsubscribe, correlation.as_deref()) {
-        d.store.enqueue_events(std::slice::from_ref(&e)).await?;
-        d.outbox.schedule([e]);
-    }
-    Ok(())
 }

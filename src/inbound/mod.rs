@@ -1,21 +1,22 @@
 //! What an accepted message becomes. `classify_recipient` decides, without I/O, whether a
 //! RCPT is ours (never an open relay); [`Inbound::accept`] verifies SPF/DKIM/DMARC/ARC,
 //! writes the message and one MO event per asset in one durable batch, and only then lets
-//! the session say 250. Inbound mail only ever goes to webhooks.
+//! the session say 250. Feedback the message carries (DSN, ARF, unsubscribe by mail) is
+//! acted on by `reports` only after that commit succeeded, so a refused commit (451) has
+//! no side effect that the client's retry would repeat. Inbound mail only ever goes to
+//! webhooks.
 
 pub mod arf;
 pub mod auth;
 pub mod dsn;
 pub mod mo;
+pub mod reports;
 
 use crate::config::{Config, MoAttachments};
 use crate::events::Outbox;
-use crate::feedback::{self, Report};
 use crate::metrics::Metrics;
 use crate::store::spool::{AuthSummary, FinishedBody};
-use crate::store::suppression::Reason;
 use crate::store::{now_ms, OutboxEntry, Payload, SpoolRecord, Store, StoreError};
-use crate::types::DeliveryCode;
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -119,6 +120,8 @@ pub struct Inbound {
     pub signer: crate::tokens::Signer,
     pub outbox: Outbox,
     pub metrics: Arc<Metrics>,
+    /// Ids of committed messages whose feedback `reports::run` acts on.
+    pub feedback: tokio::sync::mpsc::UnboundedSender<String>,
 }
 
 impl Inbound {
@@ -142,71 +145,7 @@ impl Inbound {
         };
         let (auth_header, summary) = self.auth.verify(&config.server.hostname, &env, &raw).await;
         let sender = header_from(&raw).unwrap_or_else(|| env.mail_from.to_ascii_lowercase());
-        // DSNs to a signed VERP address become bounce notifications for their tid.
-        let bounce_tids: Vec<String> = env
-            .rcpts
-            .iter()
-            .filter(|(_, d)| *d == Destination::Bounce)
-            .filter_map(|(a, _)| {
-                let local = split_address(a).map(|(l, _)| l).unwrap_or("");
-                let tid = crate::compose::verp_tid(&self.signer, local);
-                if tid.is_none() {
-                    tracing::info!(rcpt = %a, "mail to an unsigned or forged bounce address: ignored");
-                }
-                tid
-            })
-            .collect();
-        let to_bounce_domain = env.rcpts.iter().any(|(_, d)| *d == Destination::Bounce);
-        let complaint = if to_bounce_domain {
-            arf::parse(&raw, &config.server.hostname)
-        } else {
-            None
-        };
-        let reports = if bounce_tids.is_empty() || complaint.is_some() {
-            Vec::new()
-        } else {
-            dsn::parse(&raw)
-        };
         drop(raw);
-        if let Some(c) = complaint {
-            // A feedback loop may send to any bounce-domain address: the original's
-            // Message-ID (our tid, unguessable) identifies the message, else the VERP.
-            match c.tid.clone().or_else(|| bounce_tids.first().cloned()) {
-                Some(tid) => {
-                    let report = Report::new(
-                        c.recipient.clone(),
-                        DeliveryCode::Complaint,
-                        c.feedback_type,
-                    )
-                    .suppress(Reason::Complained, format!("arf {}", c.feedback_type));
-                    if let Err(e) =
-                        feedback::record(&self.store, &self.outbox, config, &tid, &[report]).await
-                    {
-                        tracing::error!(tid = %tid, error = %e, "complaint could not be recorded");
-                    }
-                }
-                None => tracing::info!("complaint report for a message that is not ours: ignored"),
-            }
-        }
-        let reports: Vec<Report> = reports
-            .iter()
-            .map(|r| {
-                let report =
-                    Report::new(Some(r.recipient.clone()), DeliveryCode::Bounce, r.category)
-                        .additional(&r.additional_info());
-                if r.permanent {
-                    report.suppress(Reason::Bounced, format!("dsn {}", r.status))
-                } else {
-                    report
-                }
-            })
-            .collect();
-        for tid in &bounce_tids {
-            if let Err(e) = feedback::record(&self.store, &self.outbox, config, tid, &reports).await
-            {
-                tracing::error!(tid = %tid, error = %e, "bounce could not be recorded");
-            }
-        }
 
         let mut by_asset: BTreeMap<String, Vec<String>> = BTreeMap::new();
         let mut bounce = false;
@@ -223,23 +162,18 @@ impl Inbound {
         let mut keep_until_ms = 0;
         let mut events = Vec::new();
         let mut tids = Vec::new();
-        let mut unsubscribes = Vec::new();
+        // Mail to the bounce domain or to an unsubscribe address carries feedback, acted on
+        // after the commit (reports::process), then deleted.
+        let mut carries_feedback = bounce;
         for (asset_id, mut recipients) in by_asset {
             let Some(asset) = config.asset(&asset_id) else {
                 continue;
             };
-            // Mail to the asset's unsubscribe mailto unsubscribes its sender; no MO event.
+            // Mail to the asset's unsubscribe mailto is an unsubscribe request; no MO event.
             if let Some(mailto) = asset.unsubscribe.as_ref().and_then(|u| u.mailto.as_deref()) {
                 let before = recipients.len();
-                recipients.retain(|r| !r.eq_ignore_ascii_case(mailto));
-                if recipients.len() < before && crate::types::check_address(&sender).is_ok() {
-                    unsubscribes.push(crate::track::unsubscribe::Subject {
-                        asset_id: asset_id.clone(),
-                        tid: uuid::Uuid::new_v4().to_string(),
-                        recipient: sender.clone(),
-                        sender: mailto.to_string(),
-                    });
-                }
+                recipients.retain(|r| reports::mailto_tag(mailto, r).is_none());
+                carries_feedback |= recipients.len() < before;
                 if recipients.is_empty() {
                     continue;
                 }
@@ -283,20 +217,11 @@ impl Inbound {
             size: body.size,
             keep_until_ms,
             events: events.iter().map(|e| e.id.clone()).collect(),
-            bounce,
+            // Kept (never collected) until its feedback was acted on.
+            bounce: carries_feedback,
         };
-        for u in &unsubscribes {
-            let already = self
-                .store
-                .suppression(&u.asset_id, &u.recipient, received_ms)?
-                .is_some_and(|e| e.reason == crate::store::suppression::Reason::Unsubscribed);
-            if !already {
-                self.store
-                    .suppress(&[crate::track::unsubscribe::suppression(u, "mailto")])
-                    .await?;
-                tracing::info!(asset = %u.asset_id, recipient = %u.recipient, "unsubscribed by mail");
-                events.extend(crate::track::unsubscribe::event(config, u, false, None));
-            }
+        if carries_feedback {
+            self.store.mark_feedback_pending(&record.id, received_ms)?;
         }
         if let Err(e) = self
             .store
@@ -305,6 +230,7 @@ impl Inbound {
         {
             // Nothing durable may name the body: forget the entries, then the .eml goes
             // with `body` (kept for garbage collection if the entries could not be removed).
+            // A feedback mark left behind names no record: the sweep drops it.
             if !self.store.forget_message(&record, &events, &tids) {
                 body.keep();
             }
@@ -312,7 +238,11 @@ impl Inbound {
         }
         body.keep();
         let id = record.id;
-        if events.is_empty() && !bounce {
+        if carries_feedback {
+            // After the commit: a refused commit never recorded feedback. A lost id is
+            // found again by the sweep of marks.
+            let _ = self.feedback.send(id.clone());
+        } else if events.is_empty() {
             // Nothing refers to it (sender == recipient): keep no copy.
             let _ = self.store.release_spool_if_done(&id);
         }

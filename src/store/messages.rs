@@ -1,6 +1,9 @@
 //! Outbound transactions. `messages` holds every tid still to be worked on; when a tid is
 //! finished it moves to `finished` (kept for `GET /v2/messages/{tid}`, then collected).
-//! Templates live in `templates`, keyed `service/id`.
+//! Templates live in `templates`, keyed `service/id`. A transaction's history is bounded
+//! whatever strangers do with its public links (SPEC 6.3): at most
+//! [`HISTORY_PER_RECIPIENT`] entries per recipient and [`HISTORY_BUDGET`] octets of JSON;
+//! repeated opens and clicks are counters in the `track` tree, not history entries.
 
 use super::{codec, now_ms, OutboxEntry, Store, StoreError};
 use serde::{Deserialize, Serialize};
@@ -120,6 +123,158 @@ impl MessageRecord {
             .iter()
             .filter(|r| r.phase == RecipientPhase::Pending)
     }
+
+    /// Whether the history is within its bounds already (the common case: no copy needed).
+    pub fn history_bounded(&self) -> bool {
+        history_bounded(&self.history)
+    }
+
+    /// Brings the history within its bounds (see [`bound_history`]).
+    pub fn bound_history(&mut self) {
+        bound_history(&mut self.history)
+    }
+}
+
+/// Whether `history` is within its bounds already.
+pub fn history_bounded(history: &[HistoryEntry]) -> bool {
+    let mut size = 0;
+    let mut per: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
+    for h in history {
+        let n = per.entry(h.destination.as_str()).or_default();
+        *n += 1;
+        if *n > HISTORY_PER_RECIPIENT
+            || h.description.len() > HISTORY_FIELD_MAX
+            || h.additional_info.len() > HISTORY_FIELD_MAX
+        {
+            return false;
+        }
+        size += h.json_cost();
+    }
+    size <= HISTORY_BUDGET
+}
+
+/// Brings `history` within its bounds: long texts are cut, then the oldest opens and
+/// clicks go first, then the oldest entries other than each recipient's first (its
+/// acceptance), until every recipient has at most [`HISTORY_PER_RECIPIENT`] entries and
+/// the whole fits [`HISTORY_BUDGET`].
+pub fn bound_history(history: &mut Vec<HistoryEntry>) {
+    for h in history.iter_mut() {
+        cut_in_place(&mut h.description, HISTORY_FIELD_MAX);
+        cut_in_place(&mut h.additional_info, HISTORY_FIELD_MAX);
+    }
+    let mut per: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
+    for h in history.iter() {
+        *per.entry(h.destination.clone()).or_default() += 1;
+    }
+    for (dest, n) in per {
+        for _ in HISTORY_PER_RECIPIENT..n {
+            match evict_index(history, Some(&dest)) {
+                Some(i) => {
+                    history.remove(i);
+                }
+                None => break,
+            }
+        }
+    }
+    let mut size: usize = history.iter().map(HistoryEntry::json_cost).sum();
+    while size > HISTORY_BUDGET {
+        match evict_index(history, None) {
+            Some(i) => size -= history.remove(i).json_cost(),
+            None => break,
+        }
+    }
+}
+
+/// The entry to drop next: the oldest open or click (of `dest`, if given), else the
+/// oldest entry that is not the first of its recipient.
+fn evict_index(history: &[HistoryEntry], dest: Option<&str>) -> Option<usize> {
+    let mine = |h: &HistoryEntry| dest.is_none_or(|d| h.destination == d);
+    if let Some(i) = history
+        .iter()
+        .position(|h| mine(h) && matches!(h.code.as_str(), "7502" | "7528"))
+    {
+        return Some(i);
+    }
+    let mut seen = std::collections::HashSet::new();
+    history
+        .iter()
+        .enumerate()
+        .find(|(_, h)| !seen.insert(h.destination.as_str()) && mine(h))
+        .map(|(i, _)| i)
+}
+
+/// At most this many history entries per recipient (SPEC 6.3).
+pub const HISTORY_PER_RECIPIENT: usize = 50;
+/// Description and additionalInfo in the history are cut to this many octets.
+pub const HISTORY_FIELD_MAX: usize = 512;
+/// The history's JSON stays under this, so `GET /v2/messages/{tid}` stays under 64 KB.
+pub const HISTORY_BUDGET: usize = 48 * 1024;
+
+impl HistoryEntry {
+    /// An upper bound on the entry's size in the API's JSON (field names, timestamp and
+    /// escaping included).
+    fn json_cost(&self) -> usize {
+        140 + json_len(&self.destination)
+            + json_len(&self.code)
+            + json_len(&self.status)
+            + json_len(&self.description)
+            + json_len(&self.additional_info)
+    }
+}
+
+/// The length of `s` as a JSON string body (escapes included).
+fn json_len(s: &str) -> usize {
+    s.chars()
+        .map(|c| match c {
+            '"' | '\\' | '\n' | '\r' | '\t' | '\u{8}' | '\u{c}' => 2,
+            c if (c as u32) < 0x20 => 6,
+            c => c.len_utf8(),
+        })
+        .sum()
+}
+
+/// `s` cut to at most `max` octets, on a character boundary.
+pub fn cut(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
+fn cut_in_place(s: &mut String, max: usize) {
+    let n = cut(s, max).len();
+    s.truncate(n);
+}
+
+/// What one open or click did to its counter (see [`Store::track_hit`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Hit {
+    /// The first hit of this kind for this recipient: worth a history entry.
+    pub first: bool,
+    /// This hit opened a new window (the first one included): worth a notification when
+    /// notifications of its kind are windowed.
+    pub new_window: bool,
+    pub count: u64,
+}
+
+/// `tid NUL recipient NUL sha256(kind)`: clicked URLs can be long, keys stay short, and
+/// a transaction's counters share its prefix (collected with it).
+fn track_key(tid: &str, recipient: &str, key: &str) -> Vec<u8> {
+    use sha2::Digest;
+    let mut k = format!("{tid}\0{}\0", recipient.to_ascii_lowercase()).into_bytes();
+    k.extend_from_slice(hex::encode(sha2::Sha256::digest(key.as_bytes())).as_bytes());
+    k
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct HitCount {
+    first_ms: u64,
+    window_ms: u64,
+    count: u64,
 }
 
 /// How long finished transactions stay queryable.
@@ -160,13 +315,87 @@ impl Store {
             i.outbox.insert(e.id.as_bytes(), codec::encode(e))?;
         }
         let key = record.tid.as_bytes();
+        // Every writer's history goes through this bound (queue attempts, feedback).
+        let value = if record.history_bounded() {
+            codec::encode(record)
+        } else {
+            let mut bounded = record.clone();
+            bounded.bound_history();
+            codec::encode(&bounded)
+        };
         if matches!(record.state, QueueState::Done | QueueState::Cancelled) {
-            i.finished.insert(key, codec::encode(record))?;
+            i.finished.insert(key, value)?;
             i.messages.remove(key)?;
         } else {
-            i.messages.insert(key, codec::encode(record))?;
+            i.messages.insert(key, value)?;
         }
         self.commit().await
+    }
+
+    /// Opens and clicks are counted here, in a small record per (tid, recipient, kind),
+    /// instead of rewriting the transaction on every hit. `key` names the kind ("open", or
+    /// the clicked URL). A window is `window_ms` long and starts at the first hit after the
+    /// previous window ended. With `create` false, a missing counter is left missing
+    /// (`None`): the caller has not yet checked that the recipient belongs to the tid.
+    /// Not committed: a count lost in a crash is harmless, and a caller that emits a
+    /// notification commits with it.
+    pub fn track_hit(
+        &self,
+        tid: &str,
+        recipient: &str,
+        key: &str,
+        now: u64,
+        window_ms: u64,
+        create: bool,
+    ) -> Result<Option<Hit>, StoreError> {
+        let tree = self.inner.db.open_tree("track")?;
+        let k = track_key(tid, recipient, key);
+        let (hit, value) = match tree.get(&k)? {
+            Some(v) => {
+                let mut c: HitCount = codec::decode(&v).unwrap_or(HitCount {
+                    first_ms: now,
+                    window_ms: now,
+                    count: 0,
+                });
+                c.count += 1;
+                let new_window = now >= c.window_ms.saturating_add(window_ms);
+                if new_window {
+                    c.window_ms = now;
+                }
+                let hit = Hit {
+                    first: false,
+                    new_window,
+                    count: c.count,
+                };
+                (hit, c)
+            }
+            None if create => (
+                Hit {
+                    first: true,
+                    new_window: true,
+                    count: 1,
+                },
+                HitCount {
+                    first_ms: now,
+                    window_ms: now,
+                    count: 1,
+                },
+            ),
+            None => return Ok(None),
+        };
+        tree.insert(k, codec::encode(&value))?;
+        Ok(Some(hit))
+    }
+
+    /// How many opens or clicks (`key`) of `tid` by `recipient` were counted.
+    pub fn track_count(&self, tid: &str, recipient: &str, key: &str) -> Result<u64, StoreError> {
+        let tree = self.inner.db.open_tree("track")?;
+        let k = track_key(tid, recipient, key);
+        Ok(tree
+            .get(&k)?
+            .and_then(|v| codec::decode::<HitCount>(&v).ok())
+            .map(|c| c.count)
+            .unwrap_or(0))
     }
 
     /// Held while a transaction's record is read, changed and written back by feedback
@@ -267,6 +496,10 @@ impl Store {
                     for id in &r.route_ids {
                         self.inner.route_ids.remove(id.as_bytes())?;
                     }
+                    let track = self.inner.db.open_tree("track")?;
+                    for item in track.scan_prefix(format!("{}\0", r.tid).as_bytes()) {
+                        track.remove(item?.0)?;
+                    }
                     self.inner.finished.remove(&k)?;
                     n += 1;
                 }
@@ -331,5 +564,53 @@ impl Store {
             .is_some();
         self.commit().await?;
         Ok(existed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(dest: &str, code: &str, text: &str) -> HistoryEntry {
+        HistoryEntry {
+            at_ms: 1,
+            destination: dest.into(),
+            code: code.into(),
+            status: "s".into(),
+            description: text.into(),
+            additional_info: text.into(),
+        }
+    }
+
+    #[test]
+    fn history_keeps_each_recipients_first_entry_and_drops_opens_and_clicks_first() {
+        let mut h = vec![entry("a@x", "7501", "submitted"), entry("b@x", "7501", "")];
+        for i in 0..60 {
+            h.push(entry("a@x", if i % 2 == 0 { "7502" } else { "7520" }, "t"));
+        }
+        assert!(!history_bounded(&h));
+        bound_history(&mut h);
+        assert!(history_bounded(&h));
+        let a: Vec<&HistoryEntry> = h.iter().filter(|e| e.destination == "a@x").collect();
+        assert_eq!(a.len(), HISTORY_PER_RECIPIENT);
+        assert_eq!(a[0].code, "7501", "the first entry stays");
+        assert_eq!(a.iter().filter(|e| e.code == "7520").count(), 30);
+        assert_eq!(h.iter().filter(|e| e.destination == "b@x").count(), 1);
+    }
+
+    #[test]
+    fn history_texts_are_cut_on_char_boundaries_and_the_whole_fits_the_budget() {
+        let long = "é".repeat(2000);
+        let mut h: Vec<HistoryEntry> = (0..40)
+            .map(|i| entry(&format!("r{i}@x"), "7528", &long))
+            .collect();
+        bound_history(&mut h);
+        assert!(h.iter().all(|e| e.description.len() <= HISTORY_FIELD_MAX
+            && e.additional_info.len() <= HISTORY_FIELD_MAX));
+        let json = serde_json::to_string(&h).unwrap();
+        assert!(json.len() <= HISTORY_BUDGET, "{}", json.len());
+        assert!(history_bounded(&h));
+        assert_eq!(cut("aé", 2), "a");
+        assert_eq!(cut("abc", 5), "abc");
     }
 }

@@ -17,6 +17,7 @@ mod codec;
 pub mod domains;
 pub mod messages;
 pub mod outbox;
+pub mod pending;
 pub mod policy;
 pub mod spool;
 pub mod suppression;

@@ -1,16 +1,22 @@
-//! Unsubscribe (SPEC 7.2, 8; RFC 8058). A per-recipient token `asset|tid|recipient|sender`
+//! Unsubscribe (SPEC 7.2, 8, 6.3; RFC 8058). A per-recipient token `asset|tid|recipient|sender`
 //! signed as kind `unsub` becomes `<public_url>/u/<token>`: `$(unsubscribe)` in the body,
-//! and the `List-Unsubscribe` header with `List-Unsubscribe-Post: List-Unsubscribe=One-Click`.
+//! and the `List-Unsubscribe` header with `List-Unsubscribe-Post: List-Unsubscribe=One-Click`;
+//! the header's mailto carries the same token as the last word of its subject, so mail to
+//! the unsubscribe address speaks for the token's recipient, not for an unauthenticated
+//! From. A message that went to several recipients (multipleToRecipients) cannot say
+//! which one clicked: its token names no recipient, it gets no one-click header and no
+//! mailto token, and its page asks for the address (one of that message's recipients).
 //! `GET /u/` shows a page that asks for confirmation (link scanners fetch GETs, so a GET
 //! never unsubscribes); `POST /u/` with `List-Unsubscribe=One-Click` or the page's button
 //! unsubscribes; the page then offers to resubscribe. Each change emits the reference's
 //! Unsubscribe / Subscribe event to the asset's incoming webhook.
 
 use crate::config::Config;
+use crate::events::Outbox;
 use crate::store::messages::MessageRecord;
 use crate::store::outbox::EventKind;
 use crate::store::suppression::{Reason, Suppression};
-use crate::store::{now_ms, OutboxEntry, Payload};
+use crate::store::{now_ms, OutboxEntry, Payload, Store, StoreError};
 use crate::tokens::Signer;
 
 /// Who an unsubscribe token speaks for.
@@ -40,8 +46,40 @@ pub fn verify(signer: &Signer, token: &str) -> Option<Subject> {
     })
 }
 
-/// The headers to add to one message, if any: (`List-Unsubscribe`, one-click header wanted).
-pub fn headers(config: &Config, record: &MessageRecord, url: &str) -> Option<String> {
+/// The `Subject` a message's unsubscribe links speak for: its only recipient, or nobody
+/// (empty recipient) when it went to several, since then any of them could click.
+pub fn subject_of(record: &MessageRecord) -> Subject {
+    Subject {
+        asset_id: record.asset_id.clone(),
+        tid: record.tid.clone(),
+        recipient: match record.recipients.as_slice() {
+            [only] => only.address.clone(),
+            _ => String::new(),
+        },
+        sender: record.from.clone(),
+    }
+}
+
+/// An unsubscribe token found in mail to the unsubscribe address: in the subject (any
+/// whitespace-separated word) or in an address tag (`unsub+<token>@...`).
+pub fn token_in_mail(signer: &Signer, asset_id: &str, words: &[&str]) -> Option<Subject> {
+    words
+        .iter()
+        .flat_map(|w| w.split_whitespace())
+        .map(|w| w.trim_matches(|c: char| "<>[]()\"'.,;:".contains(c)))
+        .filter_map(|w| verify(signer, w))
+        .find(|s| s.asset_id == asset_id && !s.recipient.is_empty())
+}
+
+/// The `List-Unsubscribe` value for one message, if it gets one, and whether the RFC 8058
+/// one-click header goes with it (never for a message to several recipients). `token`
+/// goes into the mailto subject; `None` for a message to several recipients.
+pub fn headers(
+    config: &Config,
+    record: &MessageRecord,
+    url: &str,
+    token: Option<&str>,
+) -> Option<(String, bool)> {
     let asset = config.asset(&record.asset_id)?;
     let settings = asset.unsubscribe.as_ref();
     let requested = record.list_unsubscribe_url.is_some() || record.unsubscribe_email.is_some();
@@ -70,12 +108,51 @@ pub fn headers(config: &Config, record: &MessageRecord, url: &str) -> Option<Str
             .unsubscribe_subject
             .clone()
             .unwrap_or_else(|| "unsubscribe".into());
+        let subject = match token {
+            Some(t) => format!("{subject} {t}"),
+            None => subject,
+        };
         let encoded: String = url::form_urlencoded::byte_serialize(subject.as_bytes())
             .collect::<String>()
             .replace('+', "%20");
         value.push_str(&format!(", <mailto:{m}?subject={encoded}>"));
     }
-    Some(value)
+    Some((value, record.recipients.len() <= 1))
+}
+
+/// Records an (un)subscription and emits its event, once per actual change. Returns
+/// whether anything changed.
+pub async fn apply(
+    store: &Store,
+    outbox: &Outbox,
+    config: &Config,
+    s: &Subject,
+    unsubscribe: bool,
+    source: &str,
+) -> Result<bool, StoreError> {
+    let current = store.suppression(&s.asset_id, &s.recipient, now_ms())?;
+    let was_unsubscribed = current
+        .as_ref()
+        .is_some_and(|e| e.reason == Reason::Unsubscribed);
+    if unsubscribe == was_unsubscribed {
+        return Ok(false);
+    }
+    if unsubscribe {
+        store.suppress(&[suppression(s, source)]).await?;
+    } else {
+        store.unsuppress(&s.asset_id, &s.recipient).await?;
+    }
+    tracing::info!(asset = %s.asset_id, recipient = %s.recipient, unsubscribe, source, "subscription changed");
+    let correlation = store
+        .message(&s.tid)
+        .ok()
+        .flatten()
+        .and_then(|m| m.correlation_id);
+    if let Some(e) = event(config, s, !unsubscribe, correlation.as_deref()) {
+        store.enqueue_events(std::slice::from_ref(&e)).await?;
+        outbox.schedule([e]);
+    }
+    Ok(true)
 }
 
 /// The Unsubscribe / Subscribe event for the asset's incoming webhook, in the reference's
@@ -123,8 +200,31 @@ fn escape(s: &str) -> String {
         .replace('"', "&quot;")
 }
 
-/// The small, plain page: `state` is "confirm", "unsubscribed" or "resubscribed".
+/// The page for a message to several recipients: it asks which address to unsubscribe.
+/// `error` explains why a previous answer was refused.
+pub fn ask_page(asset_name: &str, error: Option<&str>) -> String {
+    let error = error
+        .map(|e| format!("<p role=\"alert\"><strong>{}</strong></p>", escape(e)))
+        .unwrap_or_default();
+    format!(
+        "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\
+<title>Unsubscribe</title><style>body{{font:16px/1.5 system-ui,sans-serif;max-width:32rem;margin:3rem auto;padding:0 1rem}}\
+button,input{{font:inherit;padding:.5rem}}</style></head><body><main><h1>Unsubscribe</h1>{error}\
+<p>This email went to several people. Which address should stop receiving emails from {}?</p>\
+<form method=\"post\"><input type=\"hidden\" name=\"action\" value=\"unsubscribe\">\
+<label>Your address <input type=\"email\" name=\"address\" required autocomplete=\"email\"></label> \
+<button type=\"submit\">Unsubscribe</button></form></main></body></html>\n",
+        escape(asset_name)
+    )
+}
+
+/// The small, plain page: `state` is "confirm", "unsubscribed" or "resubscribed". With
+/// `address_field`, the form repeats the address (pages of several-recipient messages).
 pub fn page(asset_name: &str, recipient: &str, state: &str) -> String {
+    page_for(asset_name, recipient, state, false)
+}
+
+pub fn page_for(asset_name: &str, recipient: &str, state: &str, address_field: bool) -> String {
     let (title, text, action, button) = match state {
         "unsubscribed" => (
             "You are unsubscribed",
@@ -157,11 +257,19 @@ pub fn page(asset_name: &str, recipient: &str, state: &str) -> String {
             "Unsubscribe",
         ),
     };
+    let address = if address_field {
+        format!(
+            "<input type=\"hidden\" name=\"address\" value=\"{}\">",
+            escape(recipient)
+        )
+    } else {
+        String::new()
+    };
     format!(
         "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\
 <title>{title}</title><style>body{{font:16px/1.5 system-ui,sans-serif;max-width:32rem;margin:3rem auto;padding:0 1rem}}\
 button{{font:inherit;padding:.5rem 1rem}}</style></head><body><main><h1>{title}</h1><p>{text}</p>\
-<form method=\"post\"><input type=\"hidden\" name=\"action\" value=\"{action}\"><button type=\"submit\">{button}</button></form>\
+<form method=\"post\"><input type=\"hidden\" name=\"action\" value=\"{action}\">{address}<button type=\"submit\">{button}</button></form>\
 </main></body></html>\n"
     )
 }
