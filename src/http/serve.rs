@@ -27,7 +27,8 @@ pub async fn serve(
     config: &HttpConfig,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let cap = config.max_connections.clamp(1, Semaphore::MAX_PERMITS);
+    // Within what both the semaphore and `acquire_many` (u32) can count.
+    let cap = config.max_connections.clamp(1, (u32::MAX >> 3) as usize);
     let slots = Arc::new(Semaphore::new(cap));
     let header_timeout = Duration::from_secs(config.header_timeout.max(1));
     loop {
