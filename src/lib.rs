@@ -405,19 +405,10 @@ pub async fn start(
             source,
         })?;
     let app = http::router(daemon.clone());
-    let mut http_shutdown = shutdown_rx.clone();
+    let http_config = daemon.config().http.clone();
+    let http_shutdown = shutdown_rx.clone();
     tasks.push(tokio::spawn(async move {
-        let served = axum::serve(
-            listeners.http,
-            app.into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .with_graceful_shutdown(async move {
-            let _ = http_shutdown.wait_for(|s| *s).await;
-        })
-        .await;
-        if let Err(e) = served {
-            tracing::error!(error = %e, "HTTP server stopped");
-        }
+        http::serve(listeners.http, app, &http_config, http_shutdown).await
     }));
     tasks.push(tokio::spawn(gc_loop(daemon.clone())));
     tasks.push(tokio::spawn(inbound::reports::run(

@@ -3,6 +3,7 @@
 //! complained). CSV import is all-or-nothing: every line is validated first, and a bad line
 //! is reported with its number.
 
+use crate::api::validate::TimeError;
 use crate::store::suppression::{Reason, Suppression};
 use crate::types::{check_address, DeliveryCode};
 
@@ -87,9 +88,16 @@ pub fn from_csv(
         let expires_ms = match ce.map(get).filter(|s| !s.is_empty()) {
             Some(s) => Some(
                 crate::api::validate::parse_time(&serde_json::Value::String(s.to_string()))
-                    .ok_or_else(|| format!("line {line}: expires '{s}' is not an RFC 3339 time"))?,
+                    .map_err(|e| match e {
+                        TimeError::Format => {
+                            format!("line {line}: expires '{s}' is not an RFC 3339 time")
+                        }
+                        TimeError::OutOfRange => format!("line {line}: expires '{s}' {e}"),
+                    })?,
             ),
-            None if reason == Reason::Bounced => Some(now_ms + bounce_retention_ms(asset)),
+            None if reason == Reason::Bounced => {
+                Some(now_ms.saturating_add(bounce_retention_ms(asset)))
+            }
             None => None,
         };
         out.push(Suppression {
@@ -156,5 +164,39 @@ mod tests {
         .unwrap();
         assert_eq!(bounced[0].address, "b@example.org");
         assert_eq!(bounced[0].expires_ms, Some(110));
+    }
+
+    #[test]
+    fn expiry_times_out_of_range_are_refused_not_wrapped() {
+        let csv = |expires: &str| {
+            from_csv(
+                &format!("asset_id,address,reason,expires\na_1,x@example.org,bounced,{expires}\n"),
+                u64::MAX - 5,
+                &|_| true,
+                &|_| u64::MAX,
+            )
+        };
+        assert_eq!(
+            csv("99999999999999999").unwrap_err(),
+            "line 2: expires '99999999999999999' is out of range (before 1970 or after 9999-12-31)"
+        );
+        assert_eq!(
+            csv("999999999999999999999999").unwrap_err(),
+            "line 2: expires '999999999999999999999999' is out of range (before 1970 or after 9999-12-31)"
+        );
+        assert_eq!(
+            csv("1969-12-31T00:00:00Z").unwrap_err(),
+            "line 2: expires '1969-12-31T00:00:00Z' is out of range (before 1970 or after 9999-12-31)"
+        );
+        assert_eq!(
+            csv("soon").unwrap_err(),
+            "line 2: expires 'soon' is not an RFC 3339 time"
+        );
+        assert_eq!(
+            csv("1700000000").unwrap()[0].expires_ms,
+            Some(1_700_000_000_000)
+        );
+        // No expires column value: retention counted from now, saturating, never wrapping.
+        assert_eq!(csv("").unwrap()[0].expires_ms, Some(u64::MAX));
     }
 }

@@ -4,6 +4,7 @@
 
 pub mod auth;
 pub mod ratelimit;
+pub mod substitute;
 pub mod validate;
 pub mod wire;
 
@@ -120,6 +121,14 @@ fn json_body<T: serde::de::DeserializeOwned>(
     headers: &HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<T, ApiError> {
+    typed(json_value(headers, body)?)
+}
+
+/// The body as a JSON value: 413, 415 and 7000 as for [`json_body`].
+fn json_value(
+    headers: &HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<serde_json::Value, ApiError> {
     let ct = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -150,13 +159,17 @@ fn json_body<T: serde::de::DeserializeOwned>(
             )
         }
     })?;
-    let value: serde_json::Value = serde_json::from_slice(&body).map_err(|e| {
+    serde_json::from_slice(&body).map_err(|e| {
         ApiError::new(
             StatusCode::BAD_REQUEST,
             "7000",
             format!("malformed JSON: {e}"),
         )
-    })?;
+    })
+}
+
+/// A JSON value as `T`: 7003 naming a missing field, 7004 naming a field of the wrong type.
+fn typed<T: serde::de::DeserializeOwned>(value: serde_json::Value) -> Result<T, ApiError> {
     serde_path_to_error::deserialize(value).map_err(|e| {
         let path = e.path().to_string();
         let inner = e.into_inner().to_string();
@@ -180,6 +193,14 @@ fn json_body<T: serde::de::DeserializeOwned>(
     })
 }
 
+/// A request refused by validation: counted, and answered 400 with its code.
+fn rejected(d: &Daemon, e: validate::Invalid) -> ApiError {
+    d.metrics
+        .api_rejected
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    ApiError::new(StatusCode::BAD_REQUEST, e.code, e.description)
+}
+
 #[utoipa::path(post, path = "/v2/messages", request_body = wire::SendRequest,
     responses((status = 202, body = wire::Accepted), (status = 400, body = wire::ErrorBody),
               (status = 401, body = wire::ErrorBody), (status = 429, body = wire::ErrorBody)),
@@ -190,7 +211,17 @@ async fn send_message(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let service = service_of(&d, &headers)?;
-    let req: wire::SendRequest = json_body(&headers, body)?;
+    let value = json_value(&headers, body)?;
+    // Another channel is refused before any field is looked at (SPEC 4.2): an SMS body has
+    // `to[].msisdn`, and "missing to[0].email" would not say what is wrong with it.
+    if let Some(refused) = value
+        .get("channel")
+        .and_then(|c| c.as_str())
+        .and_then(validate::channel_refusal)
+    {
+        return Err(rejected(&d, refused));
+    }
+    let req: wire::SendRequest = typed(value)?;
     let template = match &req.template {
         Some(t) => d
             .store
@@ -200,51 +231,38 @@ async fn send_message(
     };
     let config = d.config();
     let now = now_ms();
-    let mut new_tid = || uuid::Uuid::new_v4().to_string();
-    let sub = validate::validate(
-        req,
-        &service,
-        &config,
-        template,
-        &d.url_policy,
-        now,
-        &mut new_tid,
-    )
-    .map_err(|e| {
-        d.metrics
-            .api_rejected
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        ApiError::new(StatusCode::BAD_REQUEST, e.code, e.description)
-    })?;
-    let from_domain = sub
-        .from
+    let checked = validate::check(req, &service, &config, template, &d.url_policy, now)
+        .map_err(|e| rejected(&d, e))?;
+    let from_domain = checked
+        .from()
         .rsplit_once('@')
-        .map(|(_, dom)| dom)
+        .map(|(_, dom)| dom.to_string())
         .unwrap_or_default();
     if config
-        .asset_for_domain(from_domain)
+        .asset_for_domain(&from_domain)
         .is_some_and(|a| a.require_verified_domain)
         && !d
             .store
-            .domain_verified(from_domain)
+            .domain_verified(&from_domain)
             .map_err(ApiError::internal)?
     {
-        d.metrics
-            .api_rejected
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        return Err(ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "7004",
-            format!(
-                "from: domain '{from_domain}' is not verified; publish the records `postern domain records {from_domain}` prints, then run `postern domain verify {from_domain}`"
-            ),
+        return Err(rejected(
+            &d,
+            validate::Invalid {
+                code: "7004",
+                description: format!(
+                    "from: domain '{from_domain}' is not verified; publish the records `postern domain records {from_domain}` prints, then run `postern domain verify {from_domain}`"
+                ),
+            },
         ));
     }
-    let destinations: usize = sub.transactions.iter().map(|t| t.recipients.len()).sum();
+    // The bucket is charged before the expansion: a request it cannot cover costs nothing
+    // more than its parse, and one refused while expanding has spent its tokens.
+    let destinations = checked.destinations;
     if let Err(wait) = d.limiter.take(
         &service.id,
         service.tps,
-        destinations as u32,
+        u32::try_from(destinations).unwrap_or(u32::MAX),
         std::time::Instant::now(),
     ) {
         let secs = wait.as_secs_f64().ceil().max(1.0) as u64;
@@ -257,6 +275,8 @@ async fn send_message(
         resp.headers_mut().insert(header::RETRY_AFTER, secs.into());
         return Ok(resp);
     }
+    let mut new_tid = || uuid::Uuid::new_v4().to_string();
+    let sub = validate::expand(checked, &mut new_tid).map_err(|e| rejected(&d, e))?;
     let request_id = uuid::Uuid::new_v4().to_string();
     let mut records = Vec::new();
     let mut events = Vec::new();

@@ -1,8 +1,12 @@
 //! Request validation and expansion (SPEC 4.2), pure: a parsed request, the service, the
 //! config and the clock in; either a refusal naming the field and the rule, or the list of
 //! transactions to queue (one per tid). Nothing here touches the store or the network.
+//! In two steps, so the TPS bucket is charged between them (SPEC 6.3 "API"): [`check`]
+//! costs about the size of the request; [`expand`] first sizes every destination's subject,
+//! text and html without building them, and builds them only when all fit.
 
-use super::wire::{AttachmentRef, SendRequest, Template};
+use super::substitute::normalise_keys;
+use super::wire::{AttachmentRef, Destination, SendRequest, Template};
 use crate::config::{Config, ServiceConfig};
 use crate::types::{check_address, DeliveryCode, Receipt, Receipts};
 use crate::urls::Policy;
@@ -10,6 +14,10 @@ use std::collections::BTreeMap;
 
 pub const MAX_DESTINATIONS: usize = 1000;
 pub const MAX_HTML: usize = 500 * 1024;
+/// A text body after substitution, like html.
+pub const MAX_TEXT: usize = 500 * 1024;
+/// A subject after substitution: RFC 5322's line limit.
+pub const MAX_SUBJECT: usize = 998;
 pub const MAX_CALLBACK: usize = 2000;
 pub const MAX_SEND_AHEAD_MS: u64 = 7 * 86_400_000;
 pub const DEFAULT_EXPIRY_MS: u64 = 72 * 3_600_000;
@@ -75,8 +83,33 @@ pub struct Submission {
     pub transactions: Vec<Transaction>,
 }
 
-/// Validates and expands a request. `template` is the stored template named by
-/// `template.id`, looked up by the caller (`None` when absent or not asked for).
+/// A request that passed [`check`]: everything but its expansion into transactions.
+pub struct Checked {
+    /// The submission without its transactions.
+    base: Submission,
+    /// `content` or `template`: where subject, text and html came from (for refusals).
+    source: &'static str,
+    subject: String,
+    text: Option<String>,
+    html: Option<String>,
+    to: Vec<Destination>,
+    cc: Vec<String>,
+    bcc: Vec<String>,
+    global: BTreeMap<String, String>,
+    multiple: bool,
+    correlation: Option<String>,
+    /// Destinations (addresses in to, cc and bcc): the tokens the request takes.
+    pub destinations: usize,
+}
+
+impl Checked {
+    /// The sender address, trimmed.
+    pub fn from(&self) -> &str {
+        &self.base.from
+    }
+}
+
+/// Validates and expands a request in one go (tests, and callers without a TPS bucket).
 pub fn validate(
     req: SendRequest,
     service: &ServiceConfig,
@@ -86,17 +119,40 @@ pub fn validate(
     now_ms: u64,
     new_tid: &mut dyn FnMut() -> String,
 ) -> Result<Submission, Invalid> {
-    if !req.channel.eq_ignore_ascii_case("email") {
-        let ch: String = req
-            .channel
-            .chars()
-            .filter(|c| !c.is_control())
-            .take(32)
-            .collect();
-        return Err(invalid(
-            "channel",
-            format!("channel '{ch}' is not served by postern"),
-        ));
+    expand(
+        check(req, service, config, template, policy, now_ms)?,
+        new_tid,
+    )
+}
+
+/// The refusal of a channel other than email (SPEC 4.2), whatever else the body holds.
+pub fn channel_refusal(channel: &str) -> Option<Invalid> {
+    if channel.eq_ignore_ascii_case("email") {
+        return None;
+    }
+    let ch: String = channel
+        .chars()
+        .filter(|c| !c.is_control())
+        .take(32)
+        .collect();
+    Some(invalid(
+        "channel",
+        format!("channel '{ch}' is not served by postern"),
+    ))
+}
+
+/// Checks every field of a request. `template` is the stored template named by
+/// `template.id`, looked up by the caller (`None` when absent or not asked for).
+pub fn check(
+    req: SendRequest,
+    service: &ServiceConfig,
+    config: &Config,
+    template: Option<Template>,
+    policy: &Policy,
+    now_ms: u64,
+) -> Result<Checked, Invalid> {
+    if let Some(refused) = channel_refusal(&req.channel) {
+        return Err(refused);
     }
     no_crlf("from", &req.from)?;
     check_address(&req.from).map_err(|_| invalid("from", "is not a valid email address"))?;
@@ -153,6 +209,11 @@ pub fn validate(
     }
 
     // Content: exactly one of content / template.
+    let source = if req.template.is_some() {
+        "template"
+    } else {
+        "content"
+    };
     let (subject, text, html, reply_to, attachments) = match (req.content, req.template) {
         (Some(_), Some(_)) => {
             return Err(invalid(
@@ -206,12 +267,6 @@ pub fn validate(
     if let Some(r) = &reply_to {
         no_crlf("content.replyTo", r)?;
         check_address(r).map_err(|_| invalid("content.replyTo", "is not a valid email address"))?;
-    }
-    if html.as_ref().is_some_and(|h| h.len() > MAX_HTML) {
-        return Err(invalid(
-            "content.html",
-            format!("is larger than {} KB", MAX_HTML / 1024),
-        ));
     }
     for (i, a) in attachments.iter().enumerate() {
         no_crlf(&format!("content.attachments[{i}].name"), &a.name)?;
@@ -272,17 +327,12 @@ pub fn validate(
         _ => None,
     };
 
-    // Scheduling.
+    // Scheduling. Times come from the client: all arithmetic on them is checked.
     let send_at_ms = match &req.send_at {
         None => now_ms,
         Some(v) => {
-            let t = parse_time(v).ok_or_else(|| {
-                invalid(
-                    "sendAt",
-                    "must be ISO 8601 with a time zone, or epoch seconds",
-                )
-            })?;
-            if t > now_ms + MAX_SEND_AHEAD_MS {
+            let t = parse_time(v).map_err(|e| invalid("sendAt", e))?;
+            if t > now_ms.saturating_add(MAX_SEND_AHEAD_MS) {
                 return Err(invalid("sendAt", "is more than 7 days ahead"));
             }
             t.max(now_ms)
@@ -293,12 +343,7 @@ pub fn validate(
             return Err(invalid("validity", "send expireAt or validity, not both"))
         }
         (Some(v), None) => {
-            let t = parse_time(v).ok_or_else(|| {
-                invalid(
-                    "expireAt",
-                    "must be ISO 8601 with a time zone, or epoch seconds",
-                )
-            })?;
+            let t = parse_time(v).map_err(|e| invalid("expireAt", e))?;
             if t <= send_at_ms {
                 return Err(invalid("expireAt", "is not after sendAt"));
             }
@@ -308,9 +353,12 @@ pub fn validate(
             if secs == 0 {
                 return Err(invalid("validity", "must be at least 1 second"));
             }
-            send_at_ms.saturating_add(secs.saturating_mul(1000))
+            secs.checked_mul(1000)
+                .and_then(|ms| send_at_ms.checked_add(ms))
+                .filter(|t| *t <= LATEST_MS)
+                .ok_or_else(|| invalid("validity", TimeError::OutOfRange))?
         }
-        (None, None) => send_at_ms + DEFAULT_EXPIRY_MS,
+        (None, None) => send_at_ms.saturating_add(DEFAULT_EXPIRY_MS),
     };
 
     // Destinations.
@@ -344,153 +392,45 @@ pub fn validate(
             no_crlf(field, a)?;
         }
     }
-
-    let global = normalise_keys(&req.substitutions);
-    let render = |subs: &BTreeMap<String, String>| {
-        (
-            substitute(&subject, subs, true),
-            text.as_ref().map(|t| substitute(t, subs, false)),
-            html.as_ref().map(|h| substitute(h, subs, false)),
-        )
-    };
-    let mut transactions = Vec::new();
-    let request_correlation = req.correlation_id.filter(|c| !c.is_empty());
-    if req.multiple_to_recipients {
-        let to: Vec<String> = req
-            .to
-            .iter()
-            .flat_map(|d| d.email.iter().map(|a| a.trim().to_string()))
-            .collect();
-        for a in to.iter().chain(&cc).chain(&bcc) {
-            no_crlf("to", a)?;
-        }
-        // One email: global substitutions, then the first destination's.
-        let mut subs = global.clone();
-        if let Some(first) = req.to.first() {
-            subs.extend(normalise_keys(&first.substitutions));
-        }
-        let (s, t, h) = render(&subs);
-        let correlation = req
-            .to
-            .first()
-            .and_then(|d| d.correlation_id.clone())
-            .filter(|c| !c.is_empty());
-        let valid: Vec<String> = to
-            .iter()
-            .chain(&cc)
-            .chain(&bcc)
-            .filter(|a| check_address(a).is_ok())
-            .cloned()
-            .collect();
-        for bad in to
-            .iter()
-            .chain(&cc)
-            .chain(&bcc)
-            .filter(|a| check_address(a).is_err())
-        {
-            transactions.push(failed(
-                new_tid(),
-                bad,
-                correlation.clone().or(request_correlation.clone()),
-            ));
-        }
-        if !valid.is_empty() {
-            transactions.push(Transaction {
-                tid: new_tid(),
-                recipients: valid,
-                to: to
-                    .iter()
-                    .filter(|a| check_address(a).is_ok())
-                    .cloned()
-                    .collect(),
-                cc: cc
-                    .iter()
-                    .filter(|a| check_address(a).is_ok())
-                    .cloned()
-                    .collect(),
-                correlation_id: correlation.or(request_correlation.clone()),
-                subject: s,
-                text: t,
-                html: h,
-                immediate: None,
-            });
-        }
-    } else {
-        let mut one = |addr: &str,
-                       subs: &BTreeMap<String, String>,
-                       correlation: Option<String>|
-         -> Result<(), Invalid> {
-            no_crlf("to", addr)?;
-            let tid = new_tid();
-            if check_address(addr).is_err() {
-                transactions.push(failed(tid, addr, correlation));
-                return Ok(());
-            }
-            let (s, t, h) = render(subs);
-            transactions.push(Transaction {
-                tid,
-                recipients: vec![addr.to_string()],
-                to: vec![addr.to_string()],
-                cc: Vec::new(),
-                correlation_id: correlation,
-                subject: s,
-                text: t,
-                html: h,
-                immediate: None,
-            });
-            Ok(())
-        };
-        for d in &req.to {
-            let mut subs = global.clone();
-            subs.extend(normalise_keys(&d.substitutions));
-            let correlation = d
-                .correlation_id
-                .clone()
-                .filter(|c| !c.is_empty())
-                .or(request_correlation.clone());
-            for a in &d.email {
-                one(a.trim(), &subs, correlation.clone())?;
-            }
-        }
-        for a in cc.iter().chain(&bcc) {
-            one(a, &global, request_correlation.clone())?;
-        }
+    let mut to = req.to;
+    for a in to.iter_mut().flat_map(|d| d.email.iter_mut()) {
+        *a = a.trim().to_string();
+        no_crlf("to", a)?;
     }
 
-    Ok(Submission {
-        service_id: service.id.clone(),
-        asset_id: asset.id.clone(),
-        from: req.from.trim().to_string(),
-        from_name: o.from_name.clone().filter(|n| !n.is_empty()),
-        reply_to,
-        attachments,
-        receipts,
-        callback_data,
-        notify_url,
-        send_at_ms,
-        expire_at_ms,
-        track_clicks: o.track_clicks,
-        track_opens: o.track_opens,
-        list_unsubscribe_url: o.list_unsubscribe_url.clone(),
-        unsubscribe_email: o.unsubscribe_email_address.clone(),
-        unsubscribe_subject: o.unsubscribe_email_subject.clone(),
-        contact_policy,
-        transactions,
+    Ok(Checked {
+        base: Submission {
+            service_id: service.id.clone(),
+            asset_id: asset.id.clone(),
+            from: req.from.trim().to_string(),
+            from_name: o.from_name.clone().filter(|n| !n.is_empty()),
+            reply_to,
+            attachments,
+            receipts,
+            callback_data,
+            notify_url,
+            send_at_ms,
+            expire_at_ms,
+            track_clicks: o.track_clicks,
+            track_opens: o.track_opens,
+            list_unsubscribe_url: o.list_unsubscribe_url.clone(),
+            unsubscribe_email: o.unsubscribe_email_address.clone(),
+            unsubscribe_subject: o.unsubscribe_email_subject.clone(),
+            contact_policy,
+            transactions: Vec::new(),
+        },
+        source,
+        subject,
+        text,
+        html,
+        to,
+        cc,
+        bcc,
+        global: normalise_keys(&req.substitutions),
+        multiple: req.multiple_to_recipients,
+        correlation: req.correlation_id.filter(|c| !c.is_empty()),
+        destinations: total,
     })
-}
-
-fn failed(tid: String, addr: &str, correlation: Option<String>) -> Transaction {
-    Transaction {
-        tid,
-        recipients: vec![addr.to_string()],
-        to: vec![addr.to_string()],
-        cc: Vec::new(),
-        correlation_id: correlation,
-        subject: String::new(),
-        text: None,
-        html: None,
-        immediate: Some(check_address(addr).err().unwrap_or(DeliveryCode::Invalid)),
-    }
 }
 
 fn no_crlf(field: &str, value: &str) -> Result<(), Invalid> {
@@ -504,65 +444,50 @@ fn no_crlf(field: &str, value: &str) -> Result<(), Invalid> {
     }
 }
 
-/// `$(name)`, `{{name}}` and `name` are the same key. `unsubscribe` is reserved.
-fn normalise_keys(subs: &BTreeMap<String, String>) -> BTreeMap<String, String> {
-    subs.iter()
-        .map(|(k, v)| {
-            let k = k.trim();
-            let name = k
-                .strip_prefix("$(")
-                .and_then(|r| r.strip_suffix(')'))
-                .or_else(|| k.strip_prefix("{{").and_then(|r| r.strip_suffix("}}")))
-                .unwrap_or(k)
-                .trim();
-            (name.to_string(), v.clone())
-        })
-        .filter(|(k, _)| k != "unsubscribe" && !k.is_empty())
-        .collect()
+/// The latest time a request may name: 9999-12-31T23:59:59.999Z, the last one RFC 3339 can
+/// write (events and the status page print every stored time that way).
+pub const LATEST_MS: u64 = 253_402_300_799_999;
+
+/// Why a time given by a client was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum TimeError {
+    #[error("must be ISO 8601 with a time zone, or epoch seconds")]
+    Format,
+    #[error("is out of range (before 1970 or after 9999-12-31)")]
+    OutOfRange,
 }
 
-/// Replaces every `$(name)` whose name is known; unknown placeholders stay as they are.
-/// In a subject, CR and LF in values become spaces.
-pub fn substitute(text: &str, subs: &BTreeMap<String, String>, header: bool) -> String {
-    let mut out = String::with_capacity(text.len());
-    let mut rest = text;
-    while let Some(start) = rest.find("$(") {
-        out.push_str(&rest[..start]);
-        let after = &rest[start + 2..];
-        match after.find(')') {
-            Some(end) if subs.contains_key(&after[..end]) => {
-                let v = &subs[&after[..end]];
-                if header {
-                    out.extend(
-                        v.chars()
-                            .map(|c| if c == '\r' || c == '\n' { ' ' } else { c }),
-                    );
-                } else {
-                    out.push_str(v);
-                }
-                rest = &after[end + 1..];
-            }
-            _ => {
-                out.push_str("$(");
-                rest = after;
-            }
-        }
-    }
-    out.push_str(rest);
-    out
-}
-
-/// ISO 8601 with a zone, or epoch seconds (number or digit string), as epoch ms.
-pub fn parse_time(v: &serde_json::Value) -> Option<u64> {
+/// ISO 8601 with a zone, or epoch seconds (number or digit string), as epoch ms, between
+/// 1970 and [`LATEST_MS`].
+pub fn parse_time(v: &serde_json::Value) -> Result<u64, TimeError> {
+    let secs = |s: u64| {
+        s.checked_mul(1000)
+            .filter(|ms| *ms <= LATEST_MS)
+            .ok_or(TimeError::OutOfRange)
+    };
     match v {
-        serde_json::Value::Number(n) => n.as_u64().map(|s| s * 1000),
+        serde_json::Value::Number(n) => match n.as_u64() {
+            Some(s) => secs(s),
+            None if n.is_i64() || n.is_f64() && n.as_f64().is_some_and(|f| f < 0.0) => {
+                Err(TimeError::OutOfRange)
+            }
+            None => Err(TimeError::Format),
+        },
         serde_json::Value::String(s) if !s.is_empty() && s.chars().all(|c| c.is_ascii_digit()) => {
-            s.parse::<u64>().ok().map(|s| s * 1000)
+            // All digits: only too many of them fails to parse.
+            s.parse::<u64>()
+                .map_err(|_| TimeError::OutOfRange)
+                .and_then(secs)
         }
-        serde_json::Value::String(s) => chrono::DateTime::parse_from_rfc3339(s.trim())
-            .ok()
-            .and_then(|t| u64::try_from(t.timestamp_millis()).ok()),
-        _ => None,
+        serde_json::Value::String(s) => {
+            let t =
+                chrono::DateTime::parse_from_rfc3339(s.trim()).map_err(|_| TimeError::Format)?;
+            u64::try_from(t.timestamp_millis())
+                .ok()
+                .filter(|ms| *ms <= LATEST_MS)
+                .ok_or(TimeError::OutOfRange)
+        }
+        _ => Err(TimeError::Format),
     }
 }
 
@@ -575,6 +500,9 @@ fn is_mime_type(s: &str) -> bool {
     };
     matches!(s.split_once('/'), Some((a, b)) if token(a) && token(b))
 }
+
+mod expand;
+pub use expand::expand;
 
 #[cfg(test)]
 mod tests;

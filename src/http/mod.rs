@@ -1,11 +1,15 @@
 //! HTTP routes (axum): health and readiness, Prometheus metrics, the admin API for dead
 //! letters, and the signed inbound links of `mo_attachments = "url"`. Every error is a
 //! JSON `{"code","description"}` body, never a framework's plain-text default.
+//! [`serve`] is the accept loop (header timeout, connection cap).
 
 pub mod admin;
 pub mod domains;
 pub mod public;
+mod serve;
 pub mod ses;
+
+pub use serve::serve;
 
 use crate::inbound::mo;
 use crate::store::now_ms;

@@ -274,3 +274,144 @@ fn send_at_and_validity_are_counted_as_specified() {
     assert_eq!(s.send_at_ms, 1_000_000);
     assert_eq!(s.expire_at_ms, 1_000_000 + DEFAULT_EXPIRY_MS);
 }
+
+#[test]
+fn times_that_overflow_are_refused_with_the_field_named() {
+    let cases: Vec<(&str, serde_json::Value, &str)> = vec![
+        (
+            "sendAt",
+            u64::MAX.into(),
+            "sendAt: is out of range (before 1970 or after 9999-12-31)",
+        ),
+        (
+            "sendAt",
+            "18446744073709551615".into(),
+            "sendAt: is out of range",
+        ),
+        (
+            "sendAt",
+            "99999999999999999999999".into(),
+            "sendAt: is out of range",
+        ),
+        ("sendAt", (-5).into(), "sendAt: is out of range"),
+        (
+            "sendAt",
+            "tomorrow".into(),
+            "sendAt: must be ISO 8601 with a time zone, or epoch seconds",
+        ),
+        ("expireAt", u64::MAX.into(), "expireAt: is out of range"),
+        (
+            "expireAt",
+            "1960-01-01T00:00:00Z".into(),
+            "expireAt: is out of range",
+        ),
+        ("validity", u64::MAX.into(), "validity: is out of range"),
+        (
+            "validity",
+            (u64::MAX / 1000).into(),
+            "validity: is out of range",
+        ),
+    ];
+    for (field, value, text) in cases {
+        let (c, d) = err(with(&[field], value));
+        assert_eq!(c, "7004", "{d}");
+        assert!(d.starts_with(text), "{d:?} should start with {text:?}");
+    }
+    // The last writable time is accepted.
+    let mut b = base();
+    b["expireAt"] = "9999-12-31T23:59:59.999Z".into();
+    assert_eq!(run(b).unwrap().expire_at_ms, LATEST_MS);
+}
+
+#[test]
+fn sizes_are_checked_per_destination_after_substitution() {
+    // html of 10 placeholders, each 60 KB for to[1] only: 600 KB there, small elsewhere.
+    let mut b = base();
+    b["content"] = serde_json::json!({"type": "html", "subject": "S", "html": "$(big)".repeat(10)});
+    b["to"] = serde_json::json!([
+        {"email": ["a@example.org"]},
+        {"email": ["b@example.org"], "substitutions": {"big": "x".repeat(60_000)}},
+    ]);
+    let (c, d) = err(b.clone());
+    assert_eq!(c, "7004");
+    assert_eq!(
+        d,
+        "to[1]: content.html is 600000 octets after substitution, over 500 KB"
+    );
+
+    // The same html with the value given globally: to[0] is the first over.
+    b["to"][1]["substitutions"] = serde_json::json!({});
+    b["substitutions"] = serde_json::json!({"big": "x".repeat(60_000)});
+    assert!(err(b.clone())
+        .1
+        .starts_with("to[0]: content.html is 600000"));
+    // ... and a destination's own small value overrides the global one.
+    b["to"] = serde_json::json!([{"email": ["a@example.org"], "substitutions": {"$(big)": "y"}}]);
+    assert_eq!(
+        run(b.clone()).unwrap().transactions[0].html.as_deref(),
+        Some("yyyyyyyyyy")
+    );
+    // cc gets the global substitutions only.
+    b["cc"] = serde_json::json!(["c@example.org"]);
+    assert!(err(b.clone()).1.starts_with("cc[0]: content.html"));
+
+    // Subject: 998 octets after substitution; text: 500 KB.
+    let mut s = base();
+    s["content"]["subject"] = "$(name)".into();
+    s["to"][0]["substitutions"] = serde_json::json!({"name": "n".repeat(999)});
+    assert_eq!(
+        err(s.clone()).1,
+        "to[0]: content.subject is 999 octets after substitution, over 998 octets"
+    );
+    s["to"][0]["substitutions"] = serde_json::json!({"name": "n".repeat(998)});
+    assert_eq!(run(s).unwrap().transactions[0].subject.len(), 998);
+    let mut t = base();
+    t["content"]["subject"] = "S".into();
+    t["content"]["text"] = "$(name)$(name)".into();
+    t["substitutions"] = serde_json::json!({"name": "t".repeat(MAX_TEXT / 2 + 1)});
+    assert!(err(t).1.starts_with("to[0]: content.text is 512002 octets"));
+
+    // Substitution may shrink: a large html that ends up small is sent.
+    let mut shrink = base();
+    shrink["content"] = serde_json::json!({"type": "html", "subject": "S", "html": format!("{}$(x)", "$(gone)".repeat(80_000))});
+    shrink["substitutions"] = serde_json::json!({"gone": "", "x": "kept"});
+    assert_eq!(
+        run(shrink).unwrap().transactions[0].html.as_deref(),
+        Some("kept")
+    );
+
+    // multipleToRecipients: one email, named to[0].
+    let mut m = base();
+    m["multipleToRecipients"] = true.into();
+    m["content"]["subject"] = "$(name)".into();
+    m["to"] = serde_json::json!([{"email": ["a@example.org", "b@example.org"], "substitutions": {"name": "n".repeat(1000)}}]);
+    assert!(err(m)
+        .1
+        .starts_with("to[0]: content.subject is 1000 octets"));
+}
+
+#[test]
+fn a_destination_whose_addresses_are_all_invalid_is_not_sized() {
+    let mut b = base();
+    b["content"]["subject"] = "$(name)".into();
+    b["to"] = serde_json::json!([
+        {"email": ["not-an-address"], "substitutions": {"name": "n".repeat(2000)}},
+        {"email": ["a@example.org"]},
+    ]);
+    let s = run(b).unwrap();
+    assert_eq!(s.transactions.len(), 2);
+    assert!(s.transactions[0].immediate.is_some());
+}
+
+#[test]
+fn check_counts_destinations_before_any_expansion() {
+    let c = config();
+    let mut b = base();
+    b["to"] = serde_json::json!([{"email": ["a@example.org", "b@example.org"]}]);
+    b["cc"] = serde_json::json!(["c@example.org", " "]);
+    b["bcc"] = serde_json::json!(["d@example.org"]);
+    let req: SendRequest = serde_json::from_value(b).unwrap();
+    let checked = check(req, &c.services[0], &c, None, &Policy::default(), 1_000_000).unwrap();
+    assert_eq!(checked.destinations, 4);
+    assert_eq!(checked.from(), "news@example.test");
+}
