@@ -283,7 +283,10 @@ async fn substitution_bomb_is_refused_at_once_and_costs_little() {
     // Nothing was queued or stored.
     assert!(d.handle.daemon.store.active_messages().unwrap().is_empty());
     d.handle.daemon.store.flush_now().unwrap();
-    assert_eq!(dir_size(&data), size_before, "data_dir changed");
+    // Background work (start-up garbage collection, sled's own log) may write a few
+    // hundred bytes; the refused request itself would have stored megabytes.
+    let grown = dir_size(&data).saturating_sub(size_before);
+    assert!(grown < 64 * 1024, "data_dir grew by {grown} bytes");
 
     // The same request with a small value is accepted: the limit is the expansion's.
     let mut fine = bomb.clone();
