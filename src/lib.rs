@@ -334,6 +334,7 @@ pub async fn start(
         metrics: metrics.clone(),
         routes: Default::default(),
         unrecorded: Default::default(),
+        in_flight: Default::default(),
     });
 
     let (feedback_tx, feedback_rx) = tokio::sync::mpsc::unbounded_channel();

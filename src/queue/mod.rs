@@ -67,6 +67,18 @@ pub struct QueueWorker {
     pub routes: Mutex<HashMap<String, (RouteConfig, Arc<Route>)>>,
     /// Attempts the route answered whose update did not commit, by tid.
     pub unrecorded: Unrecorded,
+    /// Tids being processed: the heap may hold a tid twice (a recheck and a retry), and
+    /// two concurrent attempts at one tid would send it twice.
+    pub in_flight: Mutex<std::collections::HashSet<String>>,
+}
+
+/// Removes a tid from `in_flight` when its attempt ends, however it ends.
+struct InFlight<'a>(&'a Mutex<std::collections::HashSet<String>>, String);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).remove(&self.1);
+    }
 }
 
 /// Outcomes of route calls not yet durable: (record after the attempt, its events, the
@@ -256,6 +268,16 @@ impl QueueWorker {
 
     /// One attempt at one transaction.
     async fn process(&self, tid: &str) {
+        if !self
+            .in_flight
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(tid.to_string())
+        {
+            // The attempt in progress reschedules it if it needs another.
+            return;
+        }
+        let _in_flight = InFlight(&self.in_flight, tid.to_string());
         // A send whose outcome could not be recorded is not attempted, and an outcome
         // already in memory is recorded before anything else is sent.
         if !self.record_unrecorded().await {
