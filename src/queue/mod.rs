@@ -77,7 +77,10 @@ struct InFlight<'a>(&'a Mutex<std::collections::HashSet<String>>, String);
 
 impl Drop for InFlight<'_> {
     fn drop(&mut self) {
-        self.0.lock().unwrap_or_else(|p| p.into_inner()).remove(&self.1);
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&self.1);
     }
 }
 
