@@ -147,6 +147,8 @@ pub fn free_space(path: &std::path::Path) -> std::io::Result<u64> {
     }
     // SAFETY: initialised by the successful call above.
     let st = unsafe { st.assume_init() };
+    // Both are u64 on Linux x86_64 and aarch64 (`as` keeps 32-bit targets building).
+    #[allow(clippy::unnecessary_cast)]
     Ok((st.f_bavail as u64).saturating_mul(st.f_frsize as u64))
 }
 

@@ -88,10 +88,13 @@ impl Drop for InFlight<'_> {
 /// queue-state metric slot it came from). Recorded before any other send.
 #[derive(Default)]
 pub struct Unrecorded {
-    map: Mutex<HashMap<String, (MessageRecord, Vec<OutboxEntry>, Option<usize>)>>,
+    map: Mutex<HashMap<String, KeptOutcome>>,
     /// One recorder at a time, so an outcome's events are scheduled once.
     recording: tokio::sync::Mutex<()>,
 }
+
+/// The record after an attempt, its events, and the metric slot it came from.
+type KeptOutcome = (MessageRecord, Vec<OutboxEntry>, Option<usize>);
 
 /// Where unrecorded outcomes are saved when the daemon exits to recover its store.
 const UNRECORDED_FILE: &str = "queue-unrecorded.json";
