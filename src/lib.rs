@@ -333,6 +333,8 @@ pub async fn start(
         fetcher,
         metrics: metrics.clone(),
         routes: Default::default(),
+        unrecorded: Default::default(),
+        in_flight: Default::default(),
     });
 
     let (feedback_tx, feedback_rx) = tokio::sync::mpsc::unbounded_channel();
@@ -359,7 +361,7 @@ pub async fn start(
         url_policy,
         keys,
         sns: sns::Verifier::default(),
-        health: Arc::new(health::Health::default()),
+        health: store.health(),
         tls: RwLock::new(tls),
         ready: AtomicBool::new(false),
     });
@@ -415,6 +417,7 @@ pub async fn start(
         daemon.clone(),
         feedback_rx,
     )));
+    tasks.push(tokio::spawn(health::monitor(daemon.clone())));
 
     daemon.ready.store(true, Ordering::Release);
     tracing::info!(smtp = ?smtp_addrs, http = %http_addr, "postern ready");

@@ -1,5 +1,6 @@
 //! The `postern` command line: parse arguments, load the config, set up logging, run.
-//! Exit codes: 0 ok, 1 failure, 2 usage (clap's own errors exit 2 as well).
+//! Exit codes: 0 ok, 1 failure, 2 usage (clap's own errors exit 2 as well), 75 the store
+//! failed and cannot recover in process (systemd restarts the daemon).
 
 use clap::{Parser, Subcommand};
 use postern::config::{Config, LogFormat};
@@ -292,6 +293,9 @@ fn main() -> ExitCode {
     }
 }
 
+/// Exit status when the store cannot recover in process (EX_TEMPFAIL).
+const EXIT_STORE: i32 = 75;
+
 fn serve(path: PathBuf) -> ExitCode {
     let config = match Config::load(&path) {
         Ok(c) => c,
@@ -333,8 +337,18 @@ async fn run(config: Config, path: PathBuf) -> anyhow::Result<()> {
     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
     spawn_watchdog();
 
+    let health = handle.daemon.health.clone();
     loop {
         tokio::select! {
+            _ = health.exit_requested() => {
+                // The store cannot recover in this process (sled stays poisoned after a
+                // failed write): no drain, no flush (either could block on it); exit
+                // non-zero so systemd (Restart=on-failure) starts a fresh process, which
+                // recovers the store from disk.
+                let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
+                eprintln!("postern: the store cannot write; exiting for a restart");
+                std::process::exit(EXIT_STORE);
+            }
             _ = term.recv() => break,
             _ = int.recv() => break,
             _ = hup.recv() => {

@@ -206,6 +206,7 @@ fn rejected(d: &Daemon, e: validate::Invalid) -> ApiError {
               (status = 401, body = wire::ErrorBody), (status = 429, body = wire::ErrorBody)),
     params(("key" = Option<String>, Header, description = "service key (or Authorization: Bearer <HS256 JWT>)")))]
 async fn send_message(
+    _: crate::health::Writable,
     State(d): State<AppState>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
@@ -477,6 +478,7 @@ async fn template_list(
 
 #[utoipa::path(post, path = "/v2/templates", request_body = wire::Template, responses((status = 201, body = wire::Template), (status = 409, body = wire::ErrorBody)))]
 async fn template_create(
+    _: crate::health::Writable,
     State(d): State<AppState>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
@@ -518,6 +520,7 @@ async fn template_get(
 
 #[utoipa::path(put, path = "/v2/templates/{id}", request_body = wire::Template, responses((status = 200, body = wire::Template)), params(("id" = String, Path)))]
 async fn template_put(
+    _: crate::health::Writable,
     State(d): State<AppState>,
     headers: HeaderMap,
     Path(id): Path<String>,
@@ -536,6 +539,7 @@ async fn template_put(
 
 #[utoipa::path(delete, path = "/v2/templates/{id}", responses((status = 204), (status = 404, body = wire::ErrorBody)), params(("id" = String, Path)))]
 async fn template_delete(
+    _: crate::health::Writable,
     State(d): State<AppState>,
     headers: HeaderMap,
     Path(id): Path<String>,

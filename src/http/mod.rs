@@ -96,7 +96,9 @@ impl IntoResponse for ApiError {
 }
 
 async fn readyz(State(d): State<AppState>) -> Response {
-    if d.is_ready() {
+    if let Err(why) = d.health.check() {
+        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "7010", why.to_string()).into_response()
+    } else if d.is_ready() {
         Json(json!({"status": "ready"})).into_response()
     } else {
         ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "7503", "starting").into_response()

@@ -3,6 +3,9 @@
 //! and for each: expiry, build + sign, route, then one durable update with the events it
 //! produced. A restart reloads every active tid. A recipient the route took is marked
 //! `Submitted` in the same update that records 7501, so it is never submitted again.
+//! Nothing is handed to a route while [`crate::health::Health`] refuses work or an earlier
+//! outcome is still unrecorded: an outcome whose update failed stays in memory (saved to
+//! `data_dir/queue-unrecorded.json` if the daemon must restart) and is recorded first.
 
 pub mod notify;
 
@@ -62,7 +65,41 @@ pub struct QueueWorker {
     /// Routes by asset with the settings they were made from, kept so their connections
     /// are reused; a reload that changes an asset's route replaces it.
     pub routes: Mutex<HashMap<String, (RouteConfig, Arc<Route>)>>,
+    /// Attempts the route answered whose update did not commit, by tid.
+    pub unrecorded: Unrecorded,
+    /// Tids being processed: the heap may hold a tid twice (a recheck and a retry), and
+    /// two concurrent attempts at one tid would send it twice.
+    pub in_flight: Mutex<std::collections::HashSet<String>>,
 }
+
+/// Removes a tid from `in_flight` when its attempt ends, however it ends.
+struct InFlight<'a>(&'a Mutex<std::collections::HashSet<String>>, String);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&self.1);
+    }
+}
+
+/// Outcomes of route calls not yet durable: (record after the attempt, its events, the
+/// queue-state metric slot it came from). Recorded before any other send.
+#[derive(Default)]
+pub struct Unrecorded {
+    map: Mutex<HashMap<String, KeptOutcome>>,
+    /// One recorder at a time, so an outcome's events are scheduled once.
+    recording: tokio::sync::Mutex<()>,
+}
+
+/// The record after an attempt, its events, and the metric slot it came from.
+type KeptOutcome = (MessageRecord, Vec<OutboxEntry>, Option<usize>);
+
+/// Where unrecorded outcomes are saved when the daemon exits to recover its store.
+const UNRECORDED_FILE: &str = "queue-unrecorded.json";
+/// When a tid refused by health or blocked by unrecorded outcomes is looked at again.
+const RECHECK_MS: u64 = 2000;
 
 impl QueueWorker {
     fn config(&self) -> Arc<Config> {
@@ -91,6 +128,7 @@ impl QueueWorker {
         rx: mpsc::UnboundedReceiver<(u64, String)>,
         shutdown: watch::Receiver<bool>,
     ) {
+        self.apply_saved(&self.config().server.data_dir).await;
         let mut due: BinaryHeap<Reverse<(u64, String)>> = BinaryHeap::new();
         match self.store.active_messages() {
             Ok(all) => {
@@ -120,8 +158,143 @@ impl QueueWorker {
         .await;
     }
 
+    /// Records the outcomes kept in memory; true when none is left.
+    async fn record_unrecorded(&self) -> bool {
+        let _one = self.unrecorded.recording.lock().await;
+        let pending: Vec<_> = {
+            let map = self
+                .unrecorded
+                .map
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            if map.is_empty() {
+                return true;
+            }
+            map.values().cloned().collect()
+        };
+        for (record, events, was) in pending {
+            if let Err(e) = self.store.update_message(&record, &events).await {
+                tracing::warn!(tid = %record.tid, error = %e, "outcome still not recorded; sending nothing until it is");
+                return false;
+            }
+            tracing::info!(tid = %record.tid, "outcome kept in memory now recorded");
+            self.unrecorded
+                .map
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&record.tid);
+            self.recorded(&record, events, was);
+        }
+        true
+    }
+
+    /// After an attempt's update committed: metrics, its events, the next attempt.
+    fn recorded(&self, record: &MessageRecord, events: Vec<OutboxEntry>, was: Option<usize>) {
+        self.metrics
+            .queue_move(was, crate::metrics::queue_slot(record.state));
+        self.outbox.schedule(events);
+        if record.state == QueueState::Retry {
+            self.queue.schedule(record.next_ms, record.tid.clone());
+        }
+    }
+
+    /// Saves the outcomes still in memory to `data_dir` (written, fsynced, renamed) before
+    /// the daemon exits to recover its store; [`QueueWorker::apply_saved`] records them at
+    /// the next start. Returns how many were saved.
+    pub fn save_unrecorded(&self, data_dir: &std::path::Path) -> usize {
+        let items: Vec<(MessageRecord, Vec<OutboxEntry>)> = {
+            let map = self
+                .unrecorded
+                .map
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            map.values()
+                .map(|(r, e, _)| (r.clone(), e.clone()))
+                .collect()
+        };
+        if items.is_empty() {
+            return 0;
+        }
+        let path = data_dir.join(UNRECORDED_FILE);
+        let tmp = data_dir.join(format!("{UNRECORDED_FILE}.tmp"));
+        let written = serde_json::to_vec(&items)
+            .map_err(std::io::Error::other)
+            .and_then(|bytes| {
+                use std::io::Write;
+                let mut f = std::fs::File::create(&tmp)?;
+                f.write_all(&bytes)?;
+                f.sync_all()?;
+                std::fs::rename(&tmp, &path)?;
+                std::fs::File::open(data_dir)?.sync_all()
+            });
+        match written {
+            Ok(()) => items.len(),
+            Err(e) => {
+                // Then a restart sends these again: at-least-once, as after a crash.
+                tracing::error!(error = %e, path = %path.display(), "cannot save unrecorded outcomes");
+                0
+            }
+        }
+    }
+
+    /// Records outcomes a previous run saved before exiting (see `save_unrecorded`).
+    async fn apply_saved(&self, data_dir: &std::path::Path) {
+        let path = data_dir.join(UNRECORDED_FILE);
+        let bytes = match std::fs::read(&path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return,
+            Err(e) => {
+                tracing::error!(error = %e, path = %path.display(), "cannot read saved outcomes");
+                return;
+            }
+        };
+        let items: Vec<(MessageRecord, Vec<OutboxEntry>)> = match serde_json::from_slice(&bytes) {
+            Ok(i) => i,
+            Err(e) => {
+                tracing::error!(error = %e, path = %path.display(), "saved outcomes do not decode; kept aside");
+                let _ = std::fs::rename(&path, path.with_extension("json.bad"));
+                return;
+            }
+        };
+        for (record, events) in &items {
+            if let Err(e) = self.store.update_message(record, events).await {
+                tracing::error!(error = %e, "cannot record saved outcomes; file kept for the next start");
+                return;
+            }
+            self.outbox.schedule(events.clone());
+        }
+        tracing::info!(
+            count = items.len(),
+            "outcomes saved before a restart recorded"
+        );
+        if let Err(e) = std::fs::remove_file(&path) {
+            tracing::warn!(error = %e, "cannot remove the saved outcomes file");
+        }
+    }
+
     /// One attempt at one transaction.
     async fn process(&self, tid: &str) {
+        if !self
+            .in_flight
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(tid.to_string())
+        {
+            // The attempt in progress reschedules it if it needs another.
+            return;
+        }
+        let _in_flight = InFlight(&self.in_flight, tid.to_string());
+        // A send whose outcome could not be recorded is not attempted, and an outcome
+        // already in memory is recorded before anything else is sent.
+        if !self.record_unrecorded().await {
+            self.queue.schedule(now_ms() + RECHECK_MS, tid.to_string());
+            return;
+        }
+        if let Err(why) = self.store.health().check() {
+            tracing::debug!(tid, reason = %why, "queue paused");
+            self.queue.schedule(now_ms() + RECHECK_MS, tid.to_string());
+            return;
+        }
         let mut record = match self.store.message(tid) {
             Ok(Some(r))
                 if matches!(
@@ -146,6 +319,7 @@ impl QueueWorker {
         let mut events = Vec::new();
         let now = now_ms();
         let was = crate::metrics::queue_slot(record.state);
+        let mut handed = false;
         if now >= record.expire_at_ms {
             let last = record.last_error.clone();
             self.fail_pending(
@@ -159,7 +333,7 @@ impl QueueWorker {
         } else {
             self.drop_suppressed(&config, &mut record, &mut events);
             if record.pending().next().is_some() {
-                self.attempt(&config, &mut record, &mut events).await;
+                handed = self.attempt(&config, &mut record, &mut events).await;
             }
         }
         let pending = record.pending().count();
@@ -173,13 +347,16 @@ impl QueueWorker {
             tracing::info!(tid, pending, retry_in_ms = record.next_ms.saturating_sub(now_ms()), reason = %record.last_error, "deferred");
         }
         match self.store.update_message(&record, &events).await {
-            Ok(()) => {
-                self.metrics
-                    .queue_move(was, crate::metrics::queue_slot(record.state));
-                self.outbox.schedule(events);
-                if record.state == QueueState::Retry {
-                    self.queue.schedule(record.next_ms, record.tid.clone());
-                }
+            Ok(()) => self.recorded(&record, events, was),
+            Err(e) if handed => {
+                tracing::error!(tid, error = %e, "cannot record the route's answer; kept in memory, nothing is sent until it is recorded");
+                self.unrecorded
+                    .map
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(record.tid.clone(), (record.clone(), events, was));
+                self.queue
+                    .schedule(now_ms() + RECHECK_MS, record.tid.clone());
             }
             Err(e) => {
                 tracing::error!(tid, error = %e, "cannot record the attempt; it will be retried");
@@ -188,12 +365,13 @@ impl QueueWorker {
         }
     }
 
+    /// Builds and hands the message to the route; true when the route was called.
     async fn attempt(
         &self,
         config: &Config,
         record: &mut MessageRecord,
         events: &mut Vec<OutboxEntry>,
-    ) {
+    ) -> bool {
         let message = match compose::build(
             record,
             config,
@@ -216,17 +394,22 @@ impl QueueWorker {
                     "",
                     events,
                 );
-                return;
+                return false;
             }
             Err(e @ BuildError::Dkim(_)) => {
                 record.last_error = e.to_string();
-                return;
+                return false;
             }
         };
         let Some(route) = self.route(config, &record.asset_id) else {
             record.last_error = format!("asset {} has no route", record.asset_id);
-            return;
+            return false;
         };
+        // Building can take a while (attachments): look again just before the send.
+        if self.store.health().check().is_err() {
+            record.last_error = "the store cannot record an outcome right now".into();
+            return false;
+        }
         let return_path = compose::verp(&self.signer, &record.tid, &config.server.bounce_domain);
         let envelope = Envelope {
             return_path: &return_path,
@@ -325,6 +508,7 @@ impl QueueWorker {
                 now,
             ));
         }
+        true
     }
 
     /// Ends recipients a sandboxed asset may not mail (7522) and those on the asset's

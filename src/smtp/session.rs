@@ -506,6 +506,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         if self.tx.is_some() {
             return self.fail(503, "5.5.1", "MAIL: nested MAIL command; RSET first");
         }
+        // SPEC 6.3: low space or a failing store refuses new transactions up front. Not
+        // the client's error, so it does not count against the session's error limit.
+        if let Err(why) = self.p.inbound.store.health().check() {
+            self.reply(452, "4.3.1", &format!("MAIL: {why}; try again later"));
+            return Ok(());
+        }
         if size > self.p.config.smtp.max_message_size {
             let max = self.p.config.smtp.max_message_size;
             return self.fail(

@@ -9,6 +9,10 @@
 //!
 //! Durability: [`Store::commit`] returns once everything written before it is on disk. Many
 //! callers share one flush (group commit), so a burst of SMTP sessions costs one fsync.
+//! sled's own flush ends in `sync_file_range` (no device cache, no metadata) and never
+//! syncs its blob files, so the commit then fdatasyncs new `db/blobs/*` files, their
+//! directory and `db/db` itself. Every commit's outcome is reported to [`Health`]: a
+//! failed or stalled flush refuses new work until a probe writes again.
 //! The hot path uses plain inserts in a safe order, never sled transactions or batches:
 //! in sled 0.34 each of those seals the IO buffer, which measured at several times the
 //! cost of everything else in accepting a message.
@@ -22,7 +26,10 @@ pub mod policy;
 pub mod spool;
 pub mod suppression;
 
+use crate::health::Health;
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use tokio::sync::oneshot;
 
@@ -84,7 +91,14 @@ struct Inner {
     flush_tx: std::sync::mpsc::Sender<FlushRequest>,
     /// Serialise read-modify-write of one transaction's record (striped by tid).
     tid_locks: Vec<tokio::sync::Mutex<()>>,
+    health: Arc<Health>,
+    /// When the flush in progress started (ms since the epoch), 0 when none is.
+    flushing_since: Arc<AtomicU64>,
 }
+
+/// A commit not answered within this is treated as a failed write: sled 0.34's flush can
+/// block for ever after an ENOSPC on a blob file (measured on a full tmpfs).
+const COMMIT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// A flush request carries its own database handle, so the flusher task never keeps the
 /// database open: dropping the last `Store` releases sled's lock at once.
@@ -109,6 +123,12 @@ impl Store {
             .flush_every_ms(Some(1000))
             .open()?;
         let (flush_tx, flush_rx) = std::sync::mpsc::channel();
+        let health = Arc::new(Health::default());
+        let flushing_since = Arc::new(AtomicU64::new(0));
+        let durable = DbFiles::open(&data_dir.join("db")).map_err(|source| StoreError::File {
+            path: data_dir.join("db"),
+            source,
+        })?;
         let inner = Inner {
             spool: db.open_tree("spool")?,
             bodies: db.open_tree("bodies")?,
@@ -129,11 +149,18 @@ impl Store {
             spool_dir: spool_dir.clone(),
             flush_tx,
             tid_locks: (0..64).map(|_| tokio::sync::Mutex::new(())).collect(),
+            health: health.clone(),
+            flushing_since: flushing_since.clone(),
         };
-        let dir = spool_dir.clone();
+        let committer = Committer {
+            spool_dir: spool_dir.clone(),
+            files: durable,
+            health,
+            flushing_since,
+        };
         std::thread::Builder::new()
             .name("postern-commit".into())
-            .spawn(move || group_commit(flush_rx, dir))
+            .spawn(move || committer.run(flush_rx))
             .map_err(|source| StoreError::File {
                 path: data_dir.to_path_buf(),
                 source,
@@ -156,11 +183,39 @@ impl Store {
             .flush_tx
             .send((self.inner.db.clone(), files, tx))
             .map_err(|_| StoreError::Closed)?;
-        match rx.await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(StoreError::Db(sled::Error::Io(std::io::Error::other(e)))),
-            Err(_) => Err(StoreError::Closed),
+        match tokio::time::timeout(COMMIT_TIMEOUT, rx).await {
+            Ok(Ok(Ok(()))) => Ok(()),
+            Ok(Ok(Err(e))) => Err(StoreError::Db(sled::Error::Io(std::io::Error::other(e)))),
+            Ok(Err(_)) => Err(StoreError::Closed),
+            Err(_) => {
+                // Not known to be durable: the caller answers as for a failed write.
+                self.inner.health.store_failed();
+                Err(StoreError::Db(sled::Error::Io(std::io::Error::other(
+                    "the store did not flush within 10 s",
+                ))))
+            }
         }
+    }
+
+    /// The store's health flags (free space, failed writes), shared with the daemon.
+    pub fn health(&self) -> Arc<Health> {
+        self.inner.health.clone()
+    }
+
+    /// True while a flush has been running for longer than `limit`.
+    pub fn flush_stalled(&self, limit: std::time::Duration) -> bool {
+        let since = self.inner.flushing_since.load(Ordering::Acquire);
+        since != 0 && now_ms().saturating_sub(since) > limit.as_millis() as u64
+    }
+
+    /// A tiny write and a commit: whether the store can write again after a failure.
+    /// sled 0.34 keeps the first I/O error of its log for the life of the process, so once
+    /// poisoned this keeps failing until the daemon restarts.
+    pub async fn probe(&self) -> Result<(), StoreError> {
+        self.inner
+            .db
+            .insert(b"postern/probe", now_ms().to_be_bytes().to_vec())?;
+        self.commit().await
     }
 
     /// Synchronous flush, for shutdown.
@@ -208,39 +263,121 @@ impl Store {
 const COMMIT_WINDOW: std::time::Duration =
     std::time::Duration::from_micros(if cfg!(test) { 0 } else { 1000 });
 
-/// One thread owns flushing: it takes every waiter queued so far, flushes once, answers
-/// all. A dedicated thread (not the blocking pool) keeps it to one wake-up per batch.
-fn group_commit(rx: std::sync::mpsc::Receiver<FlushRequest>, spool_dir: PathBuf) {
-    while let Ok((db, mut files, first)) = rx.recv() {
-        let mut waiters = vec![first];
-        // Commit delay: a flush costs sled several thread hand-offs, so give concurrent
-        // sessions a moment to join the batch (as PostgreSQL's commit_delay does).
-        let window = std::time::Instant::now() + COMMIT_WINDOW;
-        loop {
-            while let Ok((_, f, more)) = rx.try_recv() {
-                files.extend(f);
-                waiters.push(more);
+/// The files sled writes that its own flush leaves short of the disk: `db/db` (the log,
+/// only `sync_file_range`d) and `db/blobs/*` (large pages, never synced by sled).
+/// `conf` is written once at creation; snapshots are fsynced by sled and are only a cache
+/// of the log.
+struct DbFiles {
+    dir: PathBuf,
+    log: std::fs::File,
+    /// Blob files already made durable (sled never rewrites one; names are LSNs).
+    synced_blobs: HashSet<std::ffi::OsString>,
+}
+
+impl DbFiles {
+    fn open(dir: &Path) -> std::io::Result<DbFiles> {
+        let log = std::fs::File::open(dir.join("db"))?;
+        // The files sled created at open, and the directory entries naming them.
+        log.sync_all()?;
+        for d in [dir.to_path_buf(), dir.join("blobs")] {
+            if d.is_dir() {
+                std::fs::File::open(&d)?.sync_all()?;
             }
-            let left = window.saturating_duration_since(std::time::Instant::now());
-            if left.is_zero() {
-                break;
+        }
+        let mut files = DbFiles {
+            dir: dir.to_path_buf(),
+            log,
+            synced_blobs: HashSet::new(),
+        };
+        files.sync()?;
+        Ok(files)
+    }
+
+    /// fdatasync of new blob files and their directory, then of the log.
+    fn sync(&mut self) -> std::io::Result<()> {
+        let blobs = self.dir.join("blobs");
+        let mut present = HashSet::new();
+        let mut new = false;
+        if let Ok(entries) = std::fs::read_dir(&blobs) {
+            for e in entries {
+                let name = e?.file_name();
+                if !self.synced_blobs.contains(&name) {
+                    match std::fs::File::open(blobs.join(&name)) {
+                        Ok(f) => f.sync_data()?,
+                        // Collected by sled meanwhile: nothing to keep.
+                        Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                        Err(e) => return Err(e),
+                    }
+                    new = true;
+                }
+                present.insert(name);
             }
-            match rx.recv_timeout(left) {
-                Ok((_, f, more)) => {
+        }
+        if new {
+            std::fs::File::open(&blobs)?.sync_all()?;
+        }
+        self.synced_blobs = present;
+        self.log.sync_data()
+    }
+}
+
+/// The group-commit thread's state.
+struct Committer {
+    spool_dir: PathBuf,
+    files: DbFiles,
+    health: Arc<Health>,
+    flushing_since: Arc<AtomicU64>,
+}
+
+impl Committer {
+    /// One thread owns flushing: it takes every waiter queued so far, flushes once, answers
+    /// all. A dedicated thread (not the blocking pool) keeps it to one wake-up per batch.
+    fn run(mut self, rx: std::sync::mpsc::Receiver<FlushRequest>) {
+        while let Ok((db, mut files, first)) = rx.recv() {
+            let mut waiters = vec![first];
+            // Commit delay: a flush costs sled several thread hand-offs, so give concurrent
+            // sessions a moment to join the batch (as PostgreSQL's commit_delay does).
+            let window = std::time::Instant::now() + COMMIT_WINDOW;
+            loop {
+                while let Ok((_, f, more)) = rx.try_recv() {
                     files.extend(f);
                     waiters.push(more);
                 }
-                Err(_) => break,
+                let left = window.saturating_duration_since(std::time::Instant::now());
+                if left.is_zero() {
+                    break;
+                }
+                match rx.recv_timeout(left) {
+                    Ok((_, f, more)) => {
+                        files.extend(f);
+                        waiters.push(more);
+                    }
+                    Err(_) => break,
+                }
             }
-        }
-        let result = sync_files(&files, &spool_dir)
-            .and_then(|_| db.flush().map(|_| ()).map_err(|e| e.to_string()));
-        drop(db);
-        if let Err(e) = &result {
-            tracing::error!(error = %e, "database flush failed");
-        }
-        for w in waiters {
-            let _ = w.send(result.clone());
+            self.flushing_since
+                .store(now_ms().max(1), Ordering::Release);
+            let result = sync_files(&files, &self.spool_dir)
+                .and_then(|_| db.flush().map(|_| ()).map_err(|e| e.to_string()))
+                .and_then(|_| {
+                    self.files
+                        .sync()
+                        .map_err(|e| format!("{}: fdatasync: {e}", self.files.dir.display()))
+                });
+            self.flushing_since.store(0, Ordering::Release);
+            drop(db);
+            match &result {
+                Ok(()) => {}
+                Err(e) => {
+                    // Recovery is the storage monitor's probe, not any later success: sled
+                    // may have dropped writes of this batch that a later flush won't redo.
+                    self.health.store_failed();
+                    tracing::error!(error = %e, "database flush failed; refusing new work");
+                }
+            }
+            for w in waiters {
+                let _ = w.send(result.clone());
+            }
         }
     }
 }
