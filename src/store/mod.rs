@@ -21,6 +21,7 @@ pub mod pending;
 pub mod policy;
 pub mod spool;
 pub mod suppression;
+pub mod tokens;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
