@@ -150,9 +150,8 @@ pub fn trusted_url(url: &str, prefixes: &[String]) -> bool {
             None => return false,
         },
     };
-    rest.strip_prefix("sns.").is_some_and(|region| {
-        is_region(region) && region.starts_with("cn-") == china
-    })
+    rest.strip_prefix("sns.")
+        .is_some_and(|region| is_region(region) && region.starts_with("cn-") == china)
 }
 
 /// Whether `s` has the shape of an AWS region name, `^[a-z]{2}(-gov)?-[a-z]+-\d$`
@@ -410,12 +409,29 @@ mod tests {
 
     #[test]
     fn region_names_have_the_aws_shape() {
-        for ok in ["us-east-1", "eu-central-2", "us-gov-east-1", "cn-north-1", "il-central-1"] {
+        for ok in [
+            "us-east-1",
+            "eu-central-2",
+            "us-gov-east-1",
+            "cn-north-1",
+            "il-central-1",
+        ] {
             assert!(is_region(ok), "{ok}");
         }
         for bad in [
-            "s3", "sns", "", "us-east", "us-east-10", "us-east-a", "usa-east-1", "u-east-1",
-            "us-xx-east-1", "us-east-1-", "-us-east-1", "US-east-1", "us_east_1",
+            "s3",
+            "sns",
+            "",
+            "us-east",
+            "us-east-10",
+            "us-east-a",
+            "usa-east-1",
+            "u-east-1",
+            "us-xx-east-1",
+            "us-east-1-",
+            "-us-east-1",
+            "US-east-1",
+            "us_east_1",
         ] {
             assert!(!is_region(bad), "{bad}");
         }

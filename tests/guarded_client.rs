@@ -38,7 +38,13 @@ async fn proxy_environment_variables_are_not_used() {
     let (proxy, proxied) = counting_server("from the proxy").await;
     let (target, direct) = counting_server("from the target").await;
     let proxy_url = format!("http://{proxy}");
-    for var in ["HTTP_PROXY", "http_proxy", "HTTPS_PROXY", "https_proxy", "ALL_PROXY"] {
+    for var in [
+        "HTTP_PROXY",
+        "http_proxy",
+        "HTTPS_PROXY",
+        "https_proxy",
+        "ALL_PROXY",
+    ] {
         // SAFETY (edition 2024 wording): the only test of this binary, set before any
         // client or thread that reads the environment exists.
         std::env::set_var(var, &proxy_url);
@@ -56,7 +62,10 @@ async fn proxy_environment_variables_are_not_used() {
         .text()
         .await
         .unwrap();
-    assert_eq!(via, "from the proxy", "the test's proxy variables are not in effect");
+    assert_eq!(
+        via, "from the proxy",
+        "the test's proxy variables are not in effect"
+    );
 
     let policy = postern::urls::Policy::new(&["127.0.0.0/8".to_string()]).unwrap();
     let guarded = postern::urls::guarded_client(&policy, Duration::from_secs(10));
@@ -74,7 +83,8 @@ async fn proxy_environment_variables_are_not_used() {
     assert_eq!(direct.load(Ordering::SeqCst), 1);
 
     // And with nothing allowed, a loopback target is refused rather than handed to a proxy.
-    let strict = postern::urls::guarded_client(&postern::urls::Policy::default(), Duration::from_secs(10));
+    let strict =
+        postern::urls::guarded_client(&postern::urls::Policy::default(), Duration::from_secs(10));
     let refused = strict
         .get(format!("http://localhost:{}/x", target.port()))
         .send()

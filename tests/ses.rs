@@ -597,7 +597,11 @@ async fn stale_replayed_and_foreign_topic_notifications_are_refused() {
             "not an ISO 8601 time",
         ),
         ("foreign topic", foreign, "is not in ses.topic_arns"),
-        ("certificate on S3", s3, "not a .pem file https on an SNS host"),
+        (
+            "certificate on S3",
+            s3,
+            "not a .pem file https on an SNS host",
+        ),
     ] {
         let (status, body) = d.sns(&forged).await;
         assert_eq!(status, 403, "{what}: {body}");

@@ -62,7 +62,8 @@ async fn session(sock: tokio::net::TcpStream) -> std::io::Result<()> {
             w.write_all(b"451 4.3.0 this session is confused\r\n")
                 .await?;
         } else if upper.starts_with("EHLO") {
-            w.write_all(b"250-scripted.test\r\n250 8BITMIME\r\n").await?;
+            w.write_all(b"250-scripted.test\r\n250 8BITMIME\r\n")
+                .await?;
         } else if upper.starts_with("MAIL FROM:") {
             w.write_all(b"250 2.1.0 OK\r\n").await?;
         } else if upper.starts_with("RCPT TO:") {
@@ -117,7 +118,8 @@ fn route(server: &Scripted) -> SmtpRoute {
 }
 
 fn message(body: &str) -> Vec<u8> {
-    format!("From: a@example.test\r\nTo: b@example.org\r\nSubject: t\r\n\r\n{body}\r\n").into_bytes()
+    format!("From: a@example.test\r\nTo: b@example.org\r\nSubject: t\r\n\r\n{body}\r\n")
+        .into_bytes()
 }
 
 async fn send(route: &SmtpRoute, rcpts: &[&str], body: &str) -> Vec<RcptOutcome> {
@@ -140,7 +142,11 @@ async fn a_connection_that_ended_in_step_is_reused() {
         };
         assert_eq!(outcome, vec![expected], "{to}");
     }
-    assert_eq!(server.connections(), 1, "accepted and refused-at-RCPT keep the connection");
+    assert_eq!(
+        server.connections(),
+        1,
+        "accepted and refused-at-RCPT keep the connection"
+    );
 }
 
 #[tokio::test]
@@ -161,7 +167,11 @@ async fn after_a_late_data_reply_the_next_message_gets_its_own_outcome() {
     );
     let third = send(&route, &["bob@example.org"], "hello").await;
     assert_eq!(third, vec![RcptOutcome::Submitted]);
-    assert_eq!(server.connections(), 2, "the late connection was closed, the new one kept");
+    assert_eq!(
+        server.connections(),
+        2,
+        "the late connection was closed, the new one kept"
+    );
 }
 
 #[tokio::test]
