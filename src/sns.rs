@@ -2,10 +2,11 @@
 //! for the URLs they carry, and signature verification.
 //!
 //! A message is believed only when its signature verifies against the certificate at its
-//! `SigningCertURL`, which must be https on an SNS host (`sns.<region>.amazonaws.com`) or
-//! under a prefix the configuration trusts (tests sign their own). SignatureVersion 1 is
-//! RSA PKCS#1 v1.5 over SHA-1, version 2 over SHA-256, of AWS's canonical string.
-//! Certificates are fetched once per URL and cached.
+//! `SigningCertURL`, which must be https on an SNS host (`sns.<region>.amazonaws.com`, a
+//! real region shape) or under a prefix the configuration trusts (tests sign their own),
+//! and when its `Timestamp` is recent: a genuine message replayed later is refused.
+//! SignatureVersion 1 is RSA PKCS#1 v1.5 over SHA-1, version 2 over SHA-256, of AWS's
+//! canonical string. Certificates are fetched once per URL and cached.
 
 use rsa::pkcs1v15::{Signature, VerifyingKey};
 use rsa::signature::Verifier as _;
@@ -19,6 +20,11 @@ use std::time::Duration;
 const MAX_CERT_SIZE: usize = 64 * 1024;
 /// Distinct signing certificates kept (SNS rotates them rarely).
 const MAX_CACHED: usize = 64;
+/// Oldest `Timestamp` believed: SNS stops retrying an HTTP delivery within an hour (the
+/// longest delivery policy it allows), so anything older is a replay.
+pub const MAX_AGE: chrono::TimeDelta = chrono::TimeDelta::hours(1);
+/// How far in the future a `Timestamp` may be (clock skew between SNS and this host).
+pub const MAX_SKEW: chrono::TimeDelta = chrono::TimeDelta::minutes(5);
 
 /// The JSON body SNS POSTs. Fields not needed for verification are ignored.
 #[derive(Debug, Clone, Deserialize)]
@@ -67,6 +73,8 @@ pub enum VerifyError {
     Certificate(String),
     #[error("signature does not verify")]
     Signature,
+    #[error("Timestamp {0}")]
+    Stale(String),
     #[error("signing certificate unavailable: {0}")]
     Unavailable(String),
 }
@@ -135,18 +143,60 @@ pub fn trusted_url(url: &str, prefixes: &[String]) -> bool {
         return false;
     };
     let host = host.to_ascii_lowercase();
-    let rest = host
-        .strip_suffix(".amazonaws.com")
-        .or_else(|| host.strip_suffix(".amazonaws.com.cn"));
-    match rest.and_then(|r| r.strip_prefix("sns.")) {
-        Some(region) => {
-            !region.is_empty()
-                && region
-                    .bytes()
-                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-        }
-        None => false,
+    let (rest, china) = match host.strip_suffix(".amazonaws.com.cn") {
+        Some(rest) => (rest, true),
+        None => match host.strip_suffix(".amazonaws.com") {
+            Some(rest) => (rest, false),
+            None => return false,
+        },
+    };
+    rest.strip_prefix("sns.")
+        .is_some_and(|region| is_region(region) && region.starts_with("cn-") == china)
+}
+
+/// Whether `s` has the shape of an AWS region name, `^[a-z]{2}(-gov)?-[a-z]+-\d$`
+/// (`us-east-1`, `us-gov-west-1`, `cn-north-1`): `s3` or `sns` is not one, so
+/// `sns.s3.amazonaws.com` is not an SNS host.
+pub fn is_region(s: &str) -> bool {
+    let parts: Vec<&str> = s.split('-').collect();
+    let lower = |p: &str| !p.is_empty() && p.bytes().all(|b| b.is_ascii_lowercase());
+    let (country, middle, number) = match parts.as_slice() {
+        [c, m, n] => (*c, *m, *n),
+        [c, "gov", m, n] => (*c, *m, *n),
+        _ => return false,
+    };
+    country.len() == 2
+        && lower(country)
+        && lower(middle)
+        && number.len() == 1
+        && number.bytes().all(|b| b.is_ascii_digit())
+}
+
+/// Whether a message stamped `timestamp` may be believed at `now`: at most [`MAX_AGE`]
+/// old, at most [`MAX_SKEW`] ahead. The error says which and by how much.
+pub fn check_timestamp(
+    timestamp: &str,
+    now: chrono::DateTime<chrono::Utc>,
+) -> Result<(), VerifyError> {
+    let at = chrono::DateTime::parse_from_rfc3339(timestamp).map_err(|e| {
+        VerifyError::Stale(format!("\"{timestamp}\" is not an ISO 8601 time ({e})"))
+    })?;
+    let age = now.signed_duration_since(at);
+    if age > MAX_AGE {
+        return Err(VerifyError::Stale(format!(
+            "{timestamp} is {} minutes old (more than {} minutes): a replayed message is not believed",
+            age.num_minutes(),
+            MAX_AGE.num_minutes()
+        )));
     }
+    if -age > MAX_SKEW {
+        return Err(VerifyError::Stale(format!(
+            "{timestamp} is {} seconds in the future (more than {} seconds of clock skew)",
+            (-age).num_seconds(),
+            MAX_SKEW.num_seconds()
+        )));
+    }
+    Ok(())
 }
 
 /// Whether `url` may be fetched as a signing certificate: a trusted URL whose path is a
@@ -240,6 +290,8 @@ impl Verifier {
             return Err(VerifyError::UntrustedUrl(cert_url.to_string()));
         }
         let text = msg.string_to_sign()?;
+        // Before the certificate fetch: a replay costs no request.
+        check_timestamp(&msg.timestamp, chrono::Utc::now())?;
         let key = self.key(cert_url).await?;
         verify_with(&key, version, &text, signature)
     }
@@ -300,6 +352,9 @@ mod tests {
             "https://sns.us-east-1.amazonaws.com/SimpleNotificationService-abc.pem",
             "https://sns.eu-west-3.amazonaws.com:443/x.pem",
             "https://sns.cn-north-1.amazonaws.com.cn/x.pem",
+            "https://sns.cn-northwest-1.amazonaws.com.cn/x.pem",
+            "https://sns.us-gov-west-1.amazonaws.com/x.pem",
+            "https://SNS.AP-SOUTHEAST-2.amazonaws.com/x.pem",
         ] {
             assert!(trusted_url(ok, &none), "{ok}");
         }
@@ -312,6 +367,16 @@ mod tests {
             "https://sns.us-east-1.amazonaws.com:8443/x.pem",
             "https://sns.US_EAST.amazonaws.com/x.pem",
             "https://xsns.us-east-1.amazonaws.com/x.pem",
+            // Not a region: other AWS services' hosts are not SNS.
+            "https://sns.s3.amazonaws.com/x.pem",
+            "https://sns.sns.amazonaws.com/x.pem",
+            "https://sns.us-east-12.amazonaws.com/x.pem",
+            "https://sns.useast-1.amazonaws.com/x.pem",
+            "https://sns.us-east-1.s3.amazonaws.com/x.pem",
+            "https://sns.us--1.amazonaws.com/x.pem",
+            // The China suffix only with a China region, and the other way round.
+            "https://sns.us-east-1.amazonaws.com.cn/x.pem",
+            "https://sns.cn-north-1.amazonaws.com/x.pem",
             "not a url",
         ] {
             assert!(!trusted_url(bad, &none), "{bad}");
@@ -340,6 +405,63 @@ mod tests {
             !trusted_url("http://127.0.0.1:9000/certs/../other/a.pem", &prefixes),
             "dot segments are resolved before the prefix is compared"
         );
+    }
+
+    #[test]
+    fn region_names_have_the_aws_shape() {
+        for ok in [
+            "us-east-1",
+            "eu-central-2",
+            "us-gov-east-1",
+            "cn-north-1",
+            "il-central-1",
+        ] {
+            assert!(is_region(ok), "{ok}");
+        }
+        for bad in [
+            "s3",
+            "sns",
+            "",
+            "us-east",
+            "us-east-10",
+            "us-east-a",
+            "usa-east-1",
+            "u-east-1",
+            "us-xx-east-1",
+            "us-east-1-",
+            "-us-east-1",
+            "US-east-1",
+            "us_east_1",
+        ] {
+            assert!(!is_region(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn timestamps_older_than_an_hour_or_in_the_future_are_refused() {
+        let now = chrono::DateTime::parse_from_rfc3339("2026-11-23T10:00:00Z")
+            .unwrap()
+            .with_timezone(&chrono::Utc);
+        for ok in [
+            "2026-11-23T10:00:00.000Z",
+            "2026-11-23T09:00:01.000Z",
+            "2026-11-23T10:04:00.000Z",
+            "2026-11-23T11:00:00+01:00",
+        ] {
+            assert_eq!(check_timestamp(ok, now), Ok(()), "{ok}");
+        }
+        for (bad, why) in [
+            ("2026-11-23T08:59:59.000Z", "minutes old"),
+            ("2025-11-23T10:00:00.000Z", "minutes old"),
+            ("2026-11-23T10:06:00.000Z", "in the future"),
+            ("yesterday", "not an ISO 8601 time"),
+            ("", "not an ISO 8601 time"),
+        ] {
+            match check_timestamp(bad, now) {
+                Err(VerifyError::Stale(reason)) => assert!(reason.contains(why), "{bad}: {reason}"),
+                other => panic!("{bad}: {other:?}"),
+            }
+        }
     }
 
     fn sample(kind: &str) -> Message {

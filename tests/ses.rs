@@ -135,7 +135,7 @@ impl SnsHost {
             "MessageId": id,
             "TopicArn": TOPIC,
             "Message": message,
-            "Timestamp": "2026-11-23T10:00:00.000Z",
+            "Timestamp": now_stamp(chrono::TimeDelta::zero()),
             "SignatureVersion": version,
             "SigningCertURL": format!("{}certs/test.pem", self.base),
         });
@@ -162,6 +162,11 @@ impl SnsHost {
         };
         m["Signature"] = base64::engine::general_purpose::STANDARD.encode(sig).into();
     }
+}
+
+/// An SNS `Timestamp` `offset` from now (SNS's format: milliseconds, `Z`).
+fn now_stamp(offset: chrono::TimeDelta) -> String {
+    (chrono::Utc::now() + offset).to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
 }
 
 struct Ses {
@@ -549,6 +554,71 @@ async fn sns_events_become_notifications_and_forgeries_change_nothing() {
     ] {
         assert!(metrics.contains(line), "{line} not in\n{metrics}");
     }
+    d.stop().await;
+}
+
+#[tokio::test]
+async fn stale_replayed_and_foreign_topic_notifications_are_refused() {
+    let (_fake, addr) = FakeSes::start(&[]).await;
+    let host = SnsHost::start().await;
+    let d = Ses::start(addr, &host.base).await;
+    let tid = d.send(&["ann@example.org"]).await;
+    d.notes(1).await; // 7501
+    let delivery = ses_event(
+        "Delivery",
+        "ses-msg-1",
+        r#""delivery":{"timestamp":"2026-11-23T10:00:01.000Z","processingTimeMillis":546,"recipients":["ann@example.org"],"smtpResponse":"250 2.6.0 Message received","reportingMTA":"a8-70.smtp-out.amazonses.com"}"#,
+    );
+    let signed_at = |id: &str, stamp: String| {
+        let mut m = host.message("Notification", id, &delivery, "2");
+        m["Timestamp"] = stamp.into();
+        host.sign(&mut m);
+        m
+    };
+    let mut foreign = host.message("Notification", "n-4", &delivery, "2");
+    foreign["TopicArn"] = "arn:aws:sns:us-east-1:999999999999:theirs".into();
+    host.sign(&mut foreign);
+    let mut s3 = host.message("Notification", "n-5", &delivery, "2");
+    s3["SigningCertURL"] = "https://sns.s3.amazonaws.com/SimpleNotificationService-x.pem".into();
+    for (what, forged, reason) in [
+        (
+            "two hours old",
+            signed_at("n-1", now_stamp(chrono::TimeDelta::hours(-2))),
+            "minutes old",
+        ),
+        (
+            "an hour ahead",
+            signed_at("n-2", now_stamp(chrono::TimeDelta::hours(1))),
+            "in the future",
+        ),
+        (
+            "no time",
+            signed_at("n-3", "last tuesday".into()),
+            "not an ISO 8601 time",
+        ),
+        ("foreign topic", foreign, "is not in ses.topic_arns"),
+        (
+            "certificate on S3",
+            s3,
+            "not a .pem file https on an SNS host",
+        ),
+    ] {
+        let (status, body) = d.sns(&forged).await;
+        assert_eq!(status, 403, "{what}: {body}");
+        assert_eq!(body["code"], "7004", "{what}");
+        let description = body["description"].as_str().unwrap_or_default();
+        assert!(description.contains(reason), "{what}: {body}");
+    }
+    // The same event, fresh and from the configured topic, is recorded: nothing above was.
+    let (status, body) = d
+        .sns(&host.message("Notification", "n-6", &delivery, "2"))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["status"], "recorded");
+    let notes = d.notes(2).await;
+    assert_eq!(notes.len(), 2, "one delivery notification, not six");
+    assert_eq!(notes[1]["deliveryInfo"]["code"], "7500");
+    assert_eq!(notes[1]["transid"], tid.as_str());
     d.stop().await;
 }
 

@@ -1,7 +1,7 @@
 //! `POST /ses/events`: SES events delivered by Amazon SNS (SPEC 7.3).
 //!
-//! Every message is verified first (signature, certificate URL, topic); one that is not
-//! believed gets 403 and changes nothing. A subscription is confirmed by fetching its
+//! Every message is verified first (topic in `ses.topic_arns`, certificate URL, Timestamp
+//! within the last hour, signature); one that is not believed gets 403 and changes nothing. A subscription is confirmed by fetching its
 //! SubscribeURL, only from an SNS host or a trusted prefix. A notification's SES event is
 //! matched to its transaction by SES's MessageId and recorded like any other feedback;
 //! SNS message ids already recorded are acknowledged without recording them twice.
@@ -48,7 +48,7 @@ fn refused(d: &crate::Daemon, status: StatusCode, description: String) -> Respon
     responses(
         (status = 200, description = "recorded, confirmed, or deliberately ignored"),
         (status = 400, description = "not an SNS message"),
-        (status = 403, description = "signature, certificate URL, SubscribeURL or topic not trusted"),
+        (status = 403, description = "signature, certificate URL, SubscribeURL or topic not trusted, or Timestamp over an hour old"),
         (status = 500, description = "not recorded; SNS retries"),
         (status = 503, description = "signing certificate unavailable; SNS retries")
     )
@@ -65,11 +65,18 @@ async fn events(State(d): State<AppState>, body: Bytes) -> Response {
         }
     };
     let config = d.config();
-    if !config.ses.topic_arns.is_empty() && !config.ses.topic_arns.contains(&msg.topic_arn) {
+    // An empty list accepts nothing: confirming any topic's subscription would let anyone
+    // point their own topic here (check-config refuses that configuration anyway).
+    if !config.ses.topic_arns.contains(&msg.topic_arn) {
+        let empty = if config.ses.topic_arns.is_empty() {
+            " (the list is empty: no topic is accepted)"
+        } else {
+            ""
+        };
         return refused(
             &d,
             StatusCode::FORBIDDEN,
-            format!("TopicArn {} is not in ses.topic_arns", msg.topic_arn),
+            format!("TopicArn {} is not in ses.topic_arns{empty}", msg.topic_arn),
         );
     }
     if let Err(e) = d.sns.verify(&msg, &config.ses.trust_url_prefixes).await {

@@ -116,7 +116,8 @@ impl QueueWorker {
         match routes.get(asset_id) {
             Some((made_from, route)) if made_from == settings => Some(route.clone()),
             _ => {
-                let route = Route::new(settings, &config.server.hostname);
+                let route =
+                    Route::for_asset(settings, &config.server.hostname, &self.store, asset_id);
                 routes.insert(asset_id.to_string(), (settings.clone(), route.clone()));
                 Some(route)
             }

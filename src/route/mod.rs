@@ -50,9 +50,33 @@ pub enum Route {
 }
 
 impl Route {
+    /// A route outside the daemon (`postern route test`): OAuth2 starts from the
+    /// configured refresh token and keeps rotations in memory only.
     pub fn new(config: &RouteConfig, hostname: &str) -> Arc<Route> {
+        Self::make(config, hostname, None)
+    }
+
+    /// The daemon's route of `asset_id`: rotated OAuth2 refresh tokens are kept in `store`.
+    pub fn for_asset(
+        config: &RouteConfig,
+        hostname: &str,
+        store: &crate::store::Store,
+        asset_id: &str,
+    ) -> Arc<Route> {
+        let tokens = smtp::TokenStore {
+            store: store.clone(),
+            asset_id: asset_id.to_string(),
+        };
+        Self::make(config, hostname, Some(tokens))
+    }
+
+    fn make(config: &RouteConfig, hostname: &str, tokens: Option<smtp::TokenStore>) -> Arc<Route> {
         Arc::new(match config.kind {
-            RouteKind::Smtp => Route::Smtp(smtp::SmtpRoute::new(config.clone(), hostname.into())),
+            RouteKind::Smtp => Route::Smtp(smtp::SmtpRoute::new(
+                config.clone(),
+                hostname.into(),
+                tokens,
+            )),
             RouteKind::Ses => Route::Ses(ses::SesRoute::new(config)),
         })
     }

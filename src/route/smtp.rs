@@ -1,9 +1,15 @@
 //! The SMTP smarthost route: mail-send over none / ssl / starttls, AUTH PLAIN/LOGIN or
-//! XOAUTH2 (access token refreshed from `token_url` before it expires), connections kept
-//! and reused across messages. One call = one SMTP transaction; the result is per recipient.
+//! XOAUTH2 (access token refreshed from `token_url` before it expires; a rotated refresh
+//! token is flushed to the store before use), connections kept and reused across messages.
+//! One call = one SMTP transaction; the result is per recipient. A connection goes back to
+//! the pool only when the exchange ended in step (a late reply would otherwise answer the
+//! next message's command): after a timeout, an I/O error, an unexpected or refused reply
+//! at DATA, or a failed RSET it is closed.
 
 use super::RcptOutcome;
 use crate::config::{RouteAuth, RouteConfig, Security};
+use crate::store::tokens::RouteToken;
+use crate::store::Store;
 use mail_send::smtp::message::Parameters;
 use mail_send::{Credentials, SmtpClient, SmtpClientBuilder};
 use std::sync::Mutex;
@@ -43,12 +49,38 @@ struct Token {
     expires: Instant,
 }
 
+/// XOAUTH2 state: the access token in use and the refresh token to get the next one (the
+/// configured one, or the newest the endpoint rotated to; loaded on first use).
+#[derive(Default)]
+struct OAuth {
+    access: Option<Token>,
+    refresh: Option<String>,
+}
+
+/// Where a route keeps rotated refresh tokens: the store, under its asset's id.
+#[derive(Clone)]
+pub struct TokenStore {
+    pub store: Store,
+    pub asset_id: String,
+}
+
 pub struct SmtpRoute {
     config: RouteConfig,
     hostname: String,
     idle: Mutex<Vec<(Conn, Instant)>>,
-    token: tokio::sync::Mutex<Option<Token>>,
+    oauth: tokio::sync::Mutex<OAuth>,
+    tokens: Option<TokenStore>,
     http: reqwest::Client,
+    timeout: Duration,
+}
+
+/// Whether a connection may serve another message after a transaction.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum After {
+    /// Every command got its reply and the session is back at its start.
+    Reuse,
+    /// Out of step or in doubt: closed.
+    Close,
 }
 
 /// A failure before any recipient was tried.
@@ -79,18 +111,35 @@ fn reply_text(e: &mail_send::Error) -> (u16, String) {
     }
 }
 
+/// SHA-256 (hex) of the configured refresh token: what a stored rotation descends from.
+fn fingerprint(configured: &str) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(configured.as_bytes()))
+}
+
 impl SmtpRoute {
-    pub fn new(config: RouteConfig, hostname: String) -> SmtpRoute {
+    /// A route; with `tokens`, rotated refresh tokens are kept in the store across restarts
+    /// (without, as for `postern route test`, the configured token is used).
+    pub fn new(config: RouteConfig, hostname: String, tokens: Option<TokenStore>) -> SmtpRoute {
         SmtpRoute {
             config,
             hostname,
             idle: Mutex::new(Vec::new()),
-            token: tokio::sync::Mutex::new(None),
+            oauth: tokio::sync::Mutex::new(OAuth::default()),
+            tokens,
             http: reqwest::Client::builder()
                 .timeout(Duration::from_secs(20))
                 .build()
                 .expect("static HTTP client settings are valid"),
+            timeout: TIMEOUT,
         }
+    }
+
+    /// The same route with another command timeout (tests of late replies).
+    #[doc(hidden)]
+    pub fn with_timeout(mut self, timeout: Duration) -> SmtpRoute {
+        self.timeout = timeout;
+        self
     }
 
     fn host(&self) -> (&str, u16) {
@@ -102,25 +151,57 @@ impl SmtpRoute {
         (self.config.host.as_deref().unwrap_or("127.0.0.1"), port)
     }
 
-    /// The XOAUTH2 access token, refreshed when it has less than a minute left.
+    /// The refresh token to start from: the stored rotation when it descends from the
+    /// configured token, else the configured one (changed since: the operator re-authorized).
+    fn first_refresh_token(&self, configured: &str) -> String {
+        let Some(t) = &self.tokens else {
+            return configured.to_string();
+        };
+        match t.store.route_token(&t.asset_id) {
+            Ok(Some(kept)) if kept.configured_sha256 == fingerprint(configured) => {
+                tracing::info!(asset = %t.asset_id, "using the refresh token the endpoint last rotated to");
+                kept.refresh_token
+            }
+            Ok(Some(_)) => {
+                tracing::info!(asset = %t.asset_id, "route.refresh_token changed since the last rotation: using the configured one");
+                configured.to_string()
+            }
+            Ok(None) => configured.to_string(),
+            Err(e) => {
+                tracing::error!(asset = %t.asset_id, error = %e, "stored refresh token unreadable: using the configured one");
+                configured.to_string()
+            }
+        }
+    }
+
+    /// The XOAUTH2 access token, refreshed when it has less than a minute left. A new
+    /// refresh token in the answer replaces the old one, on disk first: the endpoint may
+    /// already have revoked the old.
     async fn access_token(&self) -> Result<String, String> {
-        let mut slot = self.token.lock().await;
-        if let Some(t) = slot.as_ref() {
+        let mut slot = self.oauth.lock().await;
+        if let Some(t) = slot.access.as_ref() {
             if t.expires > Instant::now() + Duration::from_secs(60) {
                 return Ok(t.value.clone());
             }
         }
         let c = &self.config;
         let url = c.token_url.as_deref().ok_or("route.token_url is not set")?;
+        let configured = c
+            .refresh_token
+            .as_ref()
+            .map(|s| s.expose().to_string())
+            .unwrap_or_default();
+        let refresh = match &slot.refresh {
+            Some(r) => r.clone(),
+            None => {
+                let r = self.first_refresh_token(&configured);
+                slot.refresh = Some(r.clone());
+                r
+            }
+        };
         let mut form = vec![
             ("grant_type", "refresh_token".to_string()),
-            (
-                "refresh_token",
-                c.refresh_token
-                    .as_ref()
-                    .map(|s| s.expose().to_string())
-                    .unwrap_or_default(),
-            ),
+            ("refresh_token", refresh.clone()),
             ("client_id", c.client_id.clone().unwrap_or_default()),
             (
                 "client_secret",
@@ -152,12 +233,40 @@ impl SmtpRoute {
             .as_str()
             .ok_or("token endpoint sent no access_token")?
             .to_string();
+        if let Some(rotated) = body["refresh_token"]
+            .as_str()
+            .filter(|r| !r.is_empty() && *r != refresh)
+        {
+            self.keep_refresh_token(rotated, &configured).await;
+            slot.refresh = Some(rotated.to_string());
+        }
         let ttl = body["expires_in"].as_u64().unwrap_or(3600);
-        *slot = Some(Token {
+        slot.access = Some(Token {
             value: value.clone(),
             expires: Instant::now() + Duration::from_secs(ttl),
         });
         Ok(value)
+    }
+
+    /// Flushes a rotated refresh token to the store. On failure it is still used (from
+    /// memory): mail keeps flowing, and the next rotation tries the store again.
+    async fn keep_refresh_token(&self, rotated: &str, configured: &str) {
+        let Some(t) = &self.tokens else {
+            return;
+        };
+        let record = RouteToken {
+            refresh_token: rotated.to_string(),
+            configured_sha256: fingerprint(configured),
+            updated_ms: crate::store::now_ms(),
+        };
+        match t.store.put_route_token(&t.asset_id, &record).await {
+            Ok(()) => tracing::info!(asset = %t.asset_id, "refresh token rotated and stored"),
+            Err(e) => tracing::error!(
+                asset = %t.asset_id,
+                error = %e,
+                "rotated refresh token not stored: a restart would fall back to the configured one"
+            ),
+        }
     }
 
     async fn connect(&self) -> Result<Conn, mail_send::Error> {
@@ -165,7 +274,7 @@ impl SmtpRoute {
         let mut b = SmtpClientBuilder::new(host.to_string(), port)
             .map_err(|_| mail_send::Error::InvalidTLSName)?
             .helo_host(self.hostname.clone())
-            .timeout(TIMEOUT)
+            .timeout(self.timeout)
             .implicit_tls(self.config.security == Security::Ssl);
         match self.config.auth {
             RouteAuth::None => {}
@@ -264,6 +373,7 @@ impl SmtpRoute {
             mail = on_conn!(&mut conn, c => c.mail_from(from, &Parameters::default()).await);
         }
         if let Err(e) = mail {
+            // The connection is closed (dropped): a refused sender may mean a refused session.
             let (code, text) = reply_text(&e);
             let outcome = if code >= 500 {
                 RcptOutcome::Refused(text)
@@ -272,9 +382,25 @@ impl SmtpRoute {
             };
             return vec![outcome; rcpts.len()];
         }
+        let (outcomes, after) = self.recipients_and_data(&mut conn, rcpts, message).await;
+        match after {
+            After::Reuse => self.put_idle(conn),
+            After::Close => tracing::debug!("smarthost connection closed after the transaction"),
+        }
+        outcomes
+    }
+
+    /// RCPT TO each recipient, then DATA (or RSET when none was accepted), after a
+    /// successful MAIL FROM on `conn`.
+    async fn recipients_and_data(
+        &self,
+        conn: &mut Conn,
+        rcpts: &[String],
+        message: &[u8],
+    ) -> (Vec<RcptOutcome>, After) {
         let mut results: Vec<RcptOutcome> = Vec::with_capacity(rcpts.len());
         for r in rcpts {
-            let res = on_conn!(&mut conn, c => c.rcpt_to(r, &Parameters::default()).await);
+            let res = on_conn!(&mut *conn, c => c.rcpt_to(r, &Parameters::default()).await);
             results.push(match res {
                 Ok(()) => RcptOutcome::Submitted,
                 Err(e) => {
@@ -284,48 +410,49 @@ impl SmtpRoute {
                     } else if code >= 400 {
                         RcptOutcome::Deferred(format!("RCPT TO: {text}"))
                     } else {
-                        // The connection broke mid-transaction: everything is deferred.
-                        return vec![RcptOutcome::Deferred(text); rcpts.len()];
+                        // The connection broke, timed out or answered out of turn
+                        // mid-transaction: everything is deferred.
+                        return (vec![RcptOutcome::Deferred(text); rcpts.len()], After::Close);
                     }
                 }
             });
         }
         if !results.contains(&RcptOutcome::Submitted) {
-            let _ = on_conn!(&mut conn, c => c.rset().await);
-            self.put_idle(conn);
-            return results;
+            // Every recipient refused, each with its own reply: the session is in step if
+            // RSET says so.
+            let after = match on_conn!(&mut *conn, c => c.rset().await) {
+                Ok(()) => After::Reuse,
+                Err(e) => {
+                    tracing::debug!(error = %e, "RSET failed");
+                    After::Close
+                }
+            };
+            return (results, after);
         }
-        let data = on_conn!(&mut conn, c => c.data(message).await);
-        let after_data = match data {
-            Ok(_) => None,
+        let data = on_conn!(&mut *conn, c => c.data(message).await);
+        let outcome = match data {
+            Ok(_) => return (results, After::Reuse),
             Err(e) => {
                 let (code, text) = reply_text(&e);
-                Some(if code >= 500 {
+                if code >= 500 {
                     RcptOutcome::Refused(format!("DATA: {text}"))
                 } else {
                     RcptOutcome::Deferred(format!("DATA: {text}"))
-                })
+                }
             }
         };
-        match after_data {
-            None => {
-                self.put_idle(conn);
-                results
-            }
-            Some(outcome) => {
-                let _ = on_conn!(&mut conn, c => c.rset().await);
-                self.put_idle(conn);
-                results
-                    .into_iter()
-                    .map(|r| {
-                        if r == RcptOutcome::Submitted {
-                            outcome.clone()
-                        } else {
-                            r
-                        }
-                    })
-                    .collect()
-            }
-        }
+        // A refused or missing answer to DATA: whatever the server still sends belongs to
+        // this message, so the connection serves no other.
+        let results = results
+            .into_iter()
+            .map(|r| {
+                if r == RcptOutcome::Submitted {
+                    outcome.clone()
+                } else {
+                    r
+                }
+            })
+            .collect();
+        (results, After::Close)
     }
 }

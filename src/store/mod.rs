@@ -25,6 +25,7 @@ pub mod pending;
 pub mod policy;
 pub mod spool;
 pub mod suppression;
+pub mod tokens;
 
 use crate::health::Health;
 use std::collections::HashSet;

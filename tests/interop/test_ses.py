@@ -45,6 +45,7 @@ from ses_support import (
     click_event,
     complaint_event,
     delivery_event,
+    iso_now,
     open_event,
     post_sns,
     ses_mail,
@@ -657,13 +658,21 @@ def test_other_ses_event_types_are_acknowledged_and_ignored(env):
     assert [n["code"] for n in env.notes(s.tid)] == ["7501"]
 
 
-def test_empty_topic_list_accepts_any_topic(make_env):
-    e = make_env(topic_arns=())
-    s = e.submitted([addr("anytopic")])
-    code, raw = e.post_event(delivery_event(s.mail(), s.to), topic=OTHER_TOPIC_ARN)
-    assert code == 200, raw
-    (note,) = e.wait_notes(s.tid, "7500")
-    assert note["destination"] == s.to[0]
+def test_an_ses_route_with_an_empty_topic_list_is_refused_at_start(postern, make_receiver, sns):
+    """With no topic listed, any topic's subscription would be confirmed: the configuration
+    is refused (check-config and serve), naming the key, instead of accepting every topic."""
+    signer, files, cert_url = sns
+
+    class NoProxy:
+        base = "http://127.0.0.1:9/"
+
+    hook = make_receiver()
+    daemon = postern(hook, start=False, **ses_sections(hook, NoProxy, [files.base], topic_arns=()))
+    for command in ("check-config", "serve"):
+        out = subprocess.run([str(postern_bin()), command, "--config", str(daemon.config_path)],
+                             capture_output=True, text=True, timeout=30, stdin=subprocess.DEVNULL)
+        assert out.returncode != 0, f"{command} accepted an SES route without ses.topic_arns"
+        assert "ses.topic_arns" in out.stderr, f"{command}: {out.stderr}"
 
 
 # --------------------------------------------------------------------------- subscriptions
@@ -777,6 +786,23 @@ def _unlisted_topic(env, msg, ctx):
     return env.signer.sign(msg, "2")
 
 
+def _stale_timestamp(env, msg, ctx):
+    # A genuine message replayed two hours later: the signature still verifies.
+    msg["Timestamp"] = iso_now(-2 * 3600)
+    return env.signer.sign(msg, "2")
+
+
+def _future_timestamp(env, msg, ctx):
+    msg["Timestamp"] = iso_now(3600)
+    return env.signer.sign(msg, "2")
+
+
+def _cert_url_not_a_region(env, msg, ctx):
+    # sns.<something>.amazonaws.com where <something> is no region: S3 serves anyone's files.
+    msg["SigningCertURL"] = f"https://sns.s3.amazonaws.com{CERT_PATH}"
+    return env.signer.sign(msg, "2")
+
+
 def _missing_message_id(env, msg, ctx):
     del msg["MessageId"]
     return msg
@@ -796,6 +822,9 @@ REFUSALS = [
     ("signed-by-another-key", _other_key, {403}),
     ("signature-version-3", _version_3, {403}),
     ("topic-not-allowed", _unlisted_topic, {403}),
+    ("timestamp-two-hours-old", _stale_timestamp, {403}),
+    ("timestamp-an-hour-ahead", _future_timestamp, {403}),
+    ("cert-url-host-not-a-region", _cert_url_not_a_region, {403}),
     ("missing-message-id", _missing_message_id, {400}),
     ("body-not-json", _not_json, {400}),
 ]
