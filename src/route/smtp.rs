@@ -72,6 +72,9 @@ pub struct SmtpRoute {
     tokens: Option<TokenStore>,
     http: reqwest::Client,
     timeout: Duration,
+    /// Built once: mail-send's default builder reads and parses the system CA store for
+    /// every connection (~100 ms, on the async worker), which stalled the queue's bursts.
+    tls: Mutex<Option<tokio_rustls::TlsConnector>>,
 }
 
 /// Whether a connection may serve another message after a transaction.
@@ -132,7 +135,28 @@ impl SmtpRoute {
                 .build()
                 .expect("static HTTP client settings are valid"),
             timeout: TIMEOUT,
+            tls: Mutex::new(None),
         }
+    }
+
+    /// The route's TLS connector: the platform's roots for `ssl` and `starttls`; for
+    /// `security = "none"` one with no roots, since it is never used.
+    fn tls_connector(&self) -> Result<tokio_rustls::TlsConnector, mail_send::Error> {
+        let mut slot = self.tls.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(c) = slot.as_ref() {
+            return Ok(c.clone());
+        }
+        let connector = if self.config.security == Security::None {
+            let config = tokio_rustls::rustls::ClientConfig::builder()
+                .with_root_certificates(tokio_rustls::rustls::RootCertStore::empty())
+                .with_no_client_auth();
+            tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
+        } else {
+            mail_send::smtp::tls::build_tls_connector(false)
+                .map_err(|_| mail_send::Error::InvalidTLSName)?
+        };
+        *slot = Some(connector.clone());
+        Ok(connector)
     }
 
     /// The same route with another command timeout (tests of late replies).
@@ -271,11 +295,14 @@ impl SmtpRoute {
 
     async fn connect(&self) -> Result<Conn, mail_send::Error> {
         let (host, port) = self.host();
-        let mut b = SmtpClientBuilder::new(host.to_string(), port)
-            .map_err(|_| mail_send::Error::InvalidTLSName)?
-            .helo_host(self.hostname.clone())
-            .timeout(self.timeout)
-            .implicit_tls(self.config.security == Security::Ssl);
+        let mut b = SmtpClientBuilder::new_with_tls_connector(
+            host.to_string(),
+            port,
+            self.tls_connector()?,
+        )
+        .helo_host(self.hostname.clone())
+        .timeout(self.timeout)
+        .implicit_tls(self.config.security == Security::Ssl);
         match self.config.auth {
             RouteAuth::None => {}
             RouteAuth::Password => {
