@@ -232,6 +232,8 @@ incoming_webhook = "http://127.0.0.1:9/mo"
             signer: postern::tokens::Signer::new([7; 32]),
             outbox: postern::events::Outbox::channel().0,
             metrics: metrics.clone(),
+            // Nobody acts on feedback here: a send to the dropped receiver is ignored.
+            feedback: tokio::sync::mpsc::unbounded_channel().0,
         });
         World {
             rt,
