@@ -162,6 +162,8 @@ pub struct Worker {
     pub client: reqwest::Client,
     /// For URLs that came from API requests (no private targets).
     pub guarded_client: reqwest::Client,
+    /// Bounds MO rendering of large messages (SPEC 6.3 "MIME"), shared with inbound parsing.
+    pub heavy: crate::inbound::heavy::Heavy,
 }
 
 impl Worker {
@@ -236,8 +238,9 @@ impl Worker {
         .await
     }
 
-    /// The JSON to POST and its signature. MO bodies are rendered off the async threads;
-    /// a large one is rendered to a file in the spool directory and streamed from there.
+    /// The JSON to POST and its signature. MO bodies over 64 KiB are rendered in the
+    /// bounded heavy pool, off the async threads, so they never delay other webhooks; a
+    /// large one is rendered to a file in the spool directory and streamed from there.
     async fn body(&self, config: &Config, entry: &OutboxEntry) -> Result<Rendered, String> {
         let secret = config
             .asset(&entry.asset_id)
@@ -336,9 +339,7 @@ impl Worker {
             // Microseconds of work: cheaper than a hop to the blocking pool.
             render()
         } else {
-            tokio::task::spawn_blocking(render)
-                .await
-                .map_err(|e| e.to_string())?
+            self.heavy.run(render).await.map_err(|e| e.to_string())?
         }
     }
 

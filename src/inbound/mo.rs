@@ -3,10 +3,11 @@
 //! decodes what it can (any charset to UTF-8, invalid bytes to U+FFFD), and a message it
 //! cannot parse at all still yields an event with the raw text as its body.
 
+use super::repair;
 use crate::config::MoAttachments;
 use crate::store::spool::AuthSummary;
 use base64::engine::general_purpose::STANDARD as B64;
-use mail_parser::{MessageParser, MimeHeaders};
+use mail_parser::MessageParser;
 use serde::Serialize;
 use std::borrow::Cow;
 
@@ -81,37 +82,33 @@ pub struct Attachment<'a> {
     pub bytes: &'a [u8],
 }
 
-/// Every attachment of a parsed message, in order; nested messages and inline images
-/// included. Numbering here is what attachment links refer to.
+/// Every attachment of a parsed (repaired) message, in order; nested messages and inline
+/// images included. Numbering here is what attachment links refer to.
 pub fn attachments<'a>(message: &'a mail_parser::Message<'a>) -> Vec<Attachment<'a>> {
     message
         .attachments()
         .enumerate()
         .map(|(i, part)| {
-            let content_type = part
-                .content_type()
-                .map(|ct| match ct.subtype() {
-                    Some(sub) => format!("{}/{}", ct.ctype(), sub),
-                    None => ct.ctype().to_string(),
-                })
-                .unwrap_or_else(|| {
-                    if part.is_message() {
-                        "message/rfc822".into()
-                    } else {
-                        "application/octet-stream".into()
-                    }
-                })
-                .to_ascii_lowercase();
-            let name = part
-                .attachment_name()
-                .map(str::to_string)
-                .unwrap_or_else(|| {
-                    if part.is_message() {
-                        format!("message-{}.eml", i + 1)
-                    } else {
-                        format!("attachment-{}", i + 1)
-                    }
-                });
+            let (content_type, name) = repair::reported(part);
+            let is_message = part.is_message()
+                || matches!(
+                    content_type.as_deref(),
+                    Some("message/rfc822" | "message/global")
+                );
+            let content_type = content_type.unwrap_or_else(|| {
+                if is_message {
+                    "message/rfc822".into()
+                } else {
+                    "application/octet-stream".into()
+                }
+            });
+            let name = name.unwrap_or_else(|| {
+                if is_message {
+                    format!("message-{}.eml", i + 1)
+                } else {
+                    format!("attachment-{}", i + 1)
+                }
+            });
             Attachment {
                 name,
                 content_type,
@@ -121,9 +118,10 @@ pub fn attachments<'a>(message: &'a mail_parser::Message<'a>) -> Vec<Attachment<
         .collect()
 }
 
-/// Parses a message. mail-parser 0.11 has a `debug_assert!` that hostile MIME can reach
-/// (found by `fuzz/mime_to_mo`); in debug builds that panic becomes "unparseable" here,
-/// so the event still goes out with the raw text, as in release builds.
+/// Parses a message (normally the output of [`repaired`]). mail-parser 0.11 has a
+/// `debug_assert!` that hostile MIME can reach (found by `fuzz/mime_to_mo`); in debug
+/// builds that panic becomes "unparseable" here, so the event still goes out with the raw
+/// text, as in release builds.
 pub fn parse(raw: &[u8]) -> Option<mail_parser::Message<'_>> {
     std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         MessageParser::default().parse(raw)
@@ -132,31 +130,14 @@ pub fn parse(raw: &[u8]) -> Option<mail_parser::Message<'_>> {
     .flatten()
 }
 
-/// The bytes to parse: `raw` itself, or, when a multipart lacks its closing boundary, a
-/// copy with the missing `--boundary--` lines appended (innermost first), so the last
-/// part ends at the end of the message and is still decoded (SPEC 6.2).
+/// The bytes to parse: the copy [`repair::repair`] builds (linear to build and to parse,
+/// whatever the structure; SPEC 6.2 semantics), or `raw` itself when it has no header at
+/// all (mail-parser then finds no structure to search).
 pub fn repaired(raw: &[u8]) -> Cow<'_, [u8]> {
-    let missing: Vec<String> = match parse(raw) {
-        Some(m) => m
-            .parts
-            .iter()
-            .filter(|p| p.is_multipart())
-            .filter_map(|p| p.content_type()?.attribute("boundary").map(str::to_string))
-            .filter(|b| memchr::memmem::find(raw, format!("--{b}--").as_bytes()).is_none())
-            .collect(),
-        None => Vec::new(),
-    };
-    if missing.is_empty() {
-        return Cow::Borrowed(raw);
+    match repair::repair(raw) {
+        Some(r) => Cow::Owned(r.bytes),
+        None => Cow::Borrowed(raw),
     }
-    let mut fixed = raw.to_vec();
-    for b in missing.iter().rev() {
-        if !fixed.ends_with(b"\r\n") {
-            fixed.extend_from_slice(b"\r\n");
-        }
-        fixed.extend_from_slice(format!("--{b}--\r\n").as_bytes());
-    }
-    Cow::Owned(fixed)
 }
 
 /// Renders the MO event for `raw` into `out`.
@@ -165,8 +146,8 @@ pub fn render(
     ctx: &MoContext<'_>,
     out: &mut impl std::io::Write,
 ) -> serde_json::Result<()> {
-    let bytes = repaired(raw);
-    let parsed = parse(&bytes);
+    let bytes = repair::repair(raw);
+    let parsed = bytes.as_ref().and_then(|r| parse(&r.bytes));
     let mut event = MoEvent {
         channel: "email",
         event: "MO",

@@ -1,0 +1,368 @@
+//! MIME repair before mail-parser reads a received message (SPEC 6.2, 6.3 "MIME"). One
+//! pass indexes every boundary line; a walk decides the MIME tree from that index; the copy
+//! handed to mail-parser spells the tree out with fresh boundaries that occur nowhere else.
+//! Invariant: mail-parser never searches for a boundary that is not there, so parsing the
+//! copy, like building it, is linear in the message size whatever its structure.
+//!
+//! The tree follows SPEC 6.2: a missing closing boundary ends the part at the end of the
+//! message; a multipart nested deeper than [`MAX_DEPTH`] levels, or whose boundary never
+//! opens a part within it, is not descended and becomes one opaque part; nested messages
+//! (`message/rfc822`, `message/global`) are opaque parts too (the MO event carries them as
+//! attachments, byte for byte). Opaque parts keep their reported type and name in
+//! [`TYPE_HEADER`] and [`NAME_HEADER`], which [`reported`] reads back.
+
+use mail_parser::{HeaderName, MessageParser, MessagePart, MimeHeaders};
+use std::collections::HashMap;
+
+/// Multipart levels that are descended; deeper ones stay one opaque part.
+pub const MAX_DEPTH: usize = 64;
+
+/// Content type given to opaque parts in the copy: mail-parser keeps them as one binary
+/// part and never looks inside.
+const OPAQUE: &str = "application/x-postern-opaque";
+/// Reported content type of an opaque part (`type/subtype`, lower case).
+const TYPE_HEADER: &str = "X-Postern-Type";
+/// Reported name of an opaque part, hex-encoded UTF-8.
+const NAME_HEADER: &str = "X-Postern-Name";
+
+/// The copy of a message that mail-parser reads, and how many parts it spells out (the
+/// number of `MessagePart`s mail-parser finds in it: one per header block).
+pub struct Repaired {
+    pub bytes: Vec<u8>,
+    pub parts: usize,
+}
+
+/// One line that starts with `--`: where it starts, where the next line starts, and
+/// whether it closes (`--boundary--`).
+#[derive(Clone, Copy)]
+struct Line {
+    start: usize,
+    next: usize,
+    closing: bool,
+}
+
+/// Every `--` line of a message, by the boundary it names, in message order. The walk only
+/// moves forward, so each boundary keeps a cursor and every lookup is amortised O(1).
+#[derive(Default)]
+struct Lines {
+    at: Vec<Line>,
+    cursor: usize,
+}
+
+struct Walk<'a> {
+    raw: &'a [u8],
+    lines: HashMap<&'a [u8], Lines>,
+    out: Vec<u8>,
+    token: String,
+    multiparts: usize,
+    parts: usize,
+}
+
+/// Builds the copy of `raw` that mail-parser reads; `None` when `raw` has no header at all
+/// (the caller then hands the bytes over as text).
+pub fn repair(raw: &[u8]) -> Option<Repaired> {
+    let mut walk = Walk {
+        raw,
+        lines: index(raw),
+        out: Vec::with_capacity(raw.len() + 4096),
+        token: fresh_token(raw),
+        multiparts: 0,
+        parts: 0,
+    };
+    walk.entity(0, raw.len(), 0, false, false)?;
+    Some(Repaired {
+        bytes: walk.out,
+        parts: walk.parts,
+    })
+}
+
+/// One pass over the line starts (memchr for `\n`): every line starting with `--`, under
+/// the boundary it names. Trailing white space is ignored (RFC 2046 transport padding).
+fn index(raw: &[u8]) -> HashMap<&[u8], Lines> {
+    let mut lines: HashMap<&[u8], Lines> = HashMap::new();
+    let mut start = 0;
+    let mut add = |start: usize, end: usize, next: usize| {
+        let Some(rest) = raw.get(start..end).and_then(|l| l.strip_prefix(b"--")) else {
+            return;
+        };
+        let key = rest.trim_ascii_end();
+        if key.is_empty() {
+            return;
+        }
+        lines.entry(key).or_default().at.push(Line {
+            start,
+            next,
+            closing: false,
+        });
+        if let Some(b) = key.strip_suffix(b"--").filter(|b| !b.is_empty()) {
+            lines.entry(b).or_default().at.push(Line {
+                start,
+                next,
+                closing: true,
+            });
+        }
+    };
+    for nl in memchr::memchr_iter(b'\n', raw) {
+        add(start, nl, nl + 1);
+        start = nl + 1;
+    }
+    add(start, raw.len(), raw.len());
+    lines
+}
+
+/// A boundary prefix that does not occur in `raw`: 128 random bits, checked.
+fn fresh_token(raw: &[u8]) -> String {
+    loop {
+        let t = format!("postern.{}.", uuid::Uuid::new_v4().simple());
+        if memchr::memmem::find(raw, t.as_bytes()).is_none() {
+            return t;
+        }
+    }
+}
+
+/// What the walk makes of one header block.
+enum Kind {
+    /// Kept as mail-parser reads it.
+    Leaf,
+    /// Not descended: one binary part with its reported type and name.
+    Opaque { ctype: String, name: Option<String> },
+    /// Descended: its subtype, boundary and first delimiter line.
+    Multipart {
+        subtype: &'static str,
+        first: Line,
+        boundary: Vec<u8>,
+    },
+}
+
+impl<'a> Walk<'a> {
+    /// The first line of `boundary` that starts at or after `from`.
+    fn next_line(&mut self, boundary: &[u8], from: usize) -> Option<Line> {
+        let lines = self.lines.get_mut(boundary)?;
+        while lines.at.get(lines.cursor).is_some_and(|l| l.start < from) {
+            lines.cursor += 1;
+        }
+        lines.at.get(lines.cursor).copied()
+    }
+
+    /// Emits the entity whose header block starts at `start`. As a leaf it ends at `limit`
+    /// (the parent's next boundary line, or the end of the message); a multipart runs to
+    /// its own closing line, or to the end of the message when that is missing. Returns
+    /// where the parent resumes, or `None` for a top level without any header.
+    fn entity(
+        &mut self,
+        start: usize,
+        limit: usize,
+        depth: usize,
+        in_digest: bool,
+        child: bool,
+    ) -> Option<usize> {
+        let raw = self.raw;
+        let (headers_end, body_start) = header_block(raw, start, limit);
+        let parsed = MessageParser::new().parse_headers(&raw[start..headers_end]);
+        if parsed.is_none() && !child {
+            return None;
+        }
+        let header = parsed.as_ref().and_then(|m| m.parts.first());
+        let kind = self.kind(header, body_start, limit, depth, in_digest);
+        self.parts += 1;
+        let block = &raw[start..headers_end];
+        let headers = header.map(|h| h.headers.as_slice()).unwrap_or_default();
+        for h in headers {
+            let name = h.name.as_str();
+            let ours = name.eq_ignore_ascii_case(TYPE_HEADER) || name.eq_ignore_ascii_case(NAME_HEADER);
+            let is_type = h.name == HeaderName::ContentType;
+            if ours || (is_type && !matches!(kind, Kind::Leaf)) {
+                continue;
+            }
+            let bytes = block
+                .get(h.offset_field as usize..h.offset_end as usize)
+                .unwrap_or_default();
+            self.out.extend_from_slice(bytes);
+            if !bytes.ends_with(b"\n") {
+                self.out.extend_from_slice(b"\r\n");
+            }
+        }
+        match kind {
+            Kind::Leaf | Kind::Opaque { .. } => {
+                if let Kind::Opaque { ctype, name } = &kind {
+                    self.out
+                        .extend_from_slice(format!("{TYPE_HEADER}: {ctype}\r\n").as_bytes());
+                    if let Some(n) = name {
+                        let line = format!("{NAME_HEADER}: {}\r\n", hex::encode(n));
+                        self.out.extend_from_slice(line.as_bytes());
+                    }
+                    self.out
+                        .extend_from_slice(format!("Content-Type: {OPAQUE}\r\n").as_bytes());
+                }
+                self.out.extend_from_slice(b"\r\n");
+                let mut body = &raw[body_start.min(limit)..limit];
+                if child {
+                    // The line break before a boundary line belongs to the boundary; at
+                    // the end of an unclosed multipart, the last one is dropped likewise.
+                    body = body.strip_suffix(b"\n").unwrap_or(body);
+                    body = body.strip_suffix(b"\r").unwrap_or(body);
+                }
+                self.out.extend_from_slice(body);
+                Some(limit)
+            }
+            Kind::Multipart {
+                subtype,
+                first,
+                boundary,
+            } => {
+                let token = format!("{}{}.", self.token, self.multiparts);
+                self.multiparts += 1;
+                self.out.extend_from_slice(
+                    format!("Content-Type: multipart/{subtype}; boundary=\"{token}\"\r\n\r\n--{token}\r\n")
+                        .as_bytes(),
+                );
+                let digest = subtype == "digest";
+                let mut at = first.next;
+                loop {
+                    let next = self.next_line(&boundary, at);
+                    let part_end = next.map_or(raw.len(), |l| l.start);
+                    let resume = self.entity(at, part_end, depth + 1, digest, true)?;
+                    let next = if resume == part_end {
+                        next
+                    } else {
+                        self.next_line(&boundary, resume)
+                    };
+                    match next {
+                        Some(l) if !l.closing => {
+                            self.out
+                                .extend_from_slice(format!("\r\n--{token}\r\n").as_bytes());
+                            at = l.next;
+                        }
+                        end => {
+                            self.out
+                                .extend_from_slice(format!("\r\n--{token}--").as_bytes());
+                            return Some(end.map_or(raw.len(), |l| l.next));
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Decides what the header block `header` (whose body starts at `body_start`) becomes.
+    fn kind(
+        &mut self,
+        header: Option<&MessagePart<'_>>,
+        body_start: usize,
+        limit: usize,
+        depth: usize,
+        in_digest: bool,
+    ) -> Kind {
+        let ct = header.and_then(|h| h.content_type());
+        let opaque = |ctype: String| Kind::Opaque {
+            ctype,
+            name: header
+                .and_then(|h| h.attachment_name())
+                .map(str::to_string),
+        };
+        let Some(ct) = ct else {
+            return if in_digest {
+                opaque("message/rfc822".into())
+            } else {
+                Kind::Leaf
+            };
+        };
+        let ctype = ct.ctype();
+        let subtype = ct.subtype().unwrap_or_default();
+        let reported = || {
+            let t = if subtype.is_empty() {
+                ctype.to_string()
+            } else {
+                format!("{ctype}/{subtype}")
+            };
+            // A header value of our own making: printable ASCII, no line break.
+            t.chars()
+                .map(|c| if c.is_ascii_graphic() { c.to_ascii_lowercase() } else { '_' })
+                .collect::<String>()
+        };
+        if ctype.eq_ignore_ascii_case("message")
+            && (subtype.eq_ignore_ascii_case("rfc822") || subtype.eq_ignore_ascii_case("global"))
+        {
+            return opaque(reported());
+        }
+        if !ctype.eq_ignore_ascii_case("multipart") {
+            return Kind::Leaf;
+        }
+        let boundary = ct.attribute("boundary").unwrap_or_default().as_bytes();
+        if depth < MAX_DEPTH && !boundary.is_empty() {
+            // The first part must open before the parent's next boundary line.
+            if let Some(first) = self
+                .next_line(boundary, body_start)
+                .filter(|l| !l.closing && l.start < limit)
+            {
+                let subtype = ["alternative", "related", "digest"]
+                    .into_iter()
+                    .find(|s| subtype.eq_ignore_ascii_case(s))
+                    .unwrap_or("mixed");
+                return Kind::Multipart {
+                    subtype,
+                    first,
+                    boundary: boundary.to_vec(),
+                };
+            }
+        }
+        opaque(reported())
+    }
+}
+
+/// The header block of the entity at `start` (up to and including its last header line)
+/// and where its body starts: after the first empty line, or at `limit` when none comes
+/// first (then the whole entity is headers).
+fn header_block(raw: &[u8], start: usize, limit: usize) -> (usize, usize) {
+    let region = &raw[start..limit];
+    if region.starts_with(b"\n") {
+        return (start, start + 1);
+    }
+    if region.starts_with(b"\r\n") {
+        return (start, start + 2);
+    }
+    for nl in memchr::memchr_iter(b'\n', region) {
+        let rest = &region[nl + 1..];
+        if rest.starts_with(b"\n") {
+            return (start + nl + 1, start + nl + 2);
+        }
+        if rest.starts_with(b"\r\n") {
+            return (start + nl + 1, start + nl + 3);
+        }
+    }
+    (limit, limit)
+}
+
+/// The type (`type/subtype`, lower case) and name an attachment reports: those of the
+/// original part when the repair made it opaque, else its own.
+pub fn reported(part: &MessagePart<'_>) -> (Option<String>, Option<String>) {
+    let own_type = || {
+        part.content_type().map(|ct| {
+            match ct.subtype() {
+                Some(sub) => format!("{}/{}", ct.ctype(), sub),
+                None => ct.ctype().to_string(),
+            }
+            .to_ascii_lowercase()
+        })
+    };
+    let own_name = || part.attachment_name().map(str::to_string);
+    let opaque = part
+        .content_type()
+        .is_some_and(|ct| format!("{}/{}", ct.ctype(), ct.subtype().unwrap_or_default()) == OPAQUE);
+    if !opaque {
+        return (own_type(), own_name());
+    }
+    let ours = |name: &str| {
+        part.headers
+            .iter()
+            .rev()
+            .find(|h| h.name.as_str().eq_ignore_ascii_case(name))
+            .and_then(|h| h.value.as_text())
+            .map(|v| v.trim().to_string())
+    };
+    let name = ours(NAME_HEADER)
+        .and_then(|h| hex::decode(h).ok())
+        .map(|b| String::from_utf8_lossy(&b).into_owned())
+        .or_else(own_name);
+    (ours(TYPE_HEADER).or_else(own_type), name)
+}
