@@ -269,3 +269,144 @@ mod tests {
         assert_eq!(v["attachments"][0]["content"], "JVBERg==");
     }
 }
+
+#[cfg(test)]
+mod repair_tests {
+    //! SPEC 6.2 semantics of the MIME repair, seen through the rendered event.
+    use super::*;
+
+    fn render_inline(raw: &[u8]) -> serde_json::Value {
+        let auth = AuthSummary::none();
+        let rcpts = vec!["support@example.test".to_string()];
+        let link = |_: Option<usize>| String::new();
+        let ctx = MoContext {
+            tid: "t-1",
+            received_ms: 0,
+            mail_from: "env@example.org",
+            recipients: &rcpts,
+            auth: &auth,
+            attachments: MoAttachments::Inline,
+            link: &link,
+        };
+        let mut out = Vec::new();
+        render(raw, &ctx, &mut out).unwrap();
+        serde_json::from_slice(&out).unwrap()
+    }
+
+    fn content(v: &serde_json::Value, n: usize) -> Vec<u8> {
+        use base64::Engine;
+        B64.decode(v["attachments"][n]["content"].as_str().unwrap())
+            .unwrap()
+    }
+
+    #[test]
+    fn unclosed_nested_alternative_keeps_text_html_and_runs_to_the_end() {
+        let raw = b"From: A <a@example.org>\r\nSubject: hi\r\nContent-Type: multipart/mixed; boundary=\"out\"\r\n\r\npreamble\r\n--out\r\nContent-Type: multipart/alternative; boundary=\"alt\"\r\n\r\n--alt\r\nContent-Type: text/plain; charset=utf-8\r\n\r\nplain words\r\n--alt\r\nContent-Type: text/html\r\n\r\n<p>html words</p>\r\n--out\r\nContent-Type: application/pdf; name=\"a.pdf\"\r\nContent-Transfer-Encoding: base64\r\n\r\nJVBERg==\r\n--out--\r\n";
+        let v = render_inline(raw);
+        assert_eq!(v["subject"], "hi");
+        assert_eq!(v["from"], "a@example.org");
+        assert_eq!(v["textMessage"], "plain words");
+        // `alt` is never closed: its last part ends at the end of the message (SPEC 6.2),
+        // so the outer boundary lines and the PDF are part of the HTML.
+        let html = v["htmlMessage"].as_str().unwrap();
+        assert!(html.starts_with("<p>html words</p>\r\n--out\r\n"), "{html}");
+        assert!(html.ends_with("JVBERg==\r\n--out--"), "{html}");
+        assert_eq!(v["attachments"].as_array().unwrap().len(), 0);
+    }
+
+    #[test]
+    fn closed_structure_is_rendered_as_sent() {
+        let raw = b"From: a@example.org\r\nContent-Type: multipart/mixed; boundary=out\r\n\r\n--out\r\nContent-Type: multipart/alternative; boundary=alt\r\n\r\n--alt\r\nContent-Type: text/plain\r\n\r\nplain\r\n--alt\r\nContent-Type: text/html\r\n\r\n<b>x</b>\r\n--alt--\r\nepilogue\r\n--out\r\nContent-Type: image/png\r\nContent-Disposition: attachment; filename=\"p.png\"\r\nContent-Transfer-Encoding: base64\r\n\r\niVBORw==\r\n--out--\r\n";
+        let v = render_inline(raw);
+        assert_eq!(v["textMessage"], "plain");
+        assert_eq!(v["htmlMessage"], "<b>x</b>");
+        assert_eq!(v["attachments"][0]["name"], "p.png");
+        assert_eq!(v["attachments"][0]["contentType"], "image/png");
+        assert_eq!(content(&v, 0), b"\x89PNG");
+    }
+
+    #[test]
+    fn nested_message_is_an_attachment_byte_for_byte() {
+        let inner = b"From: b@example.org\r\nSubject: inner\r\nContent-Type: multipart/mixed; boundary=in\r\n\r\n--in\r\nContent-Type: text/plain\r\n\r\ninner text\r\n--in--";
+        let mut raw = b"From: a@example.org\r\nContent-Type: multipart/mixed; boundary=out\r\n\r\n--out\r\nContent-Type: text/plain\r\n\r\nouter text\r\n--out\r\nContent-Type: message/rfc822\r\n\r\n".to_vec();
+        raw.extend_from_slice(inner);
+        raw.extend_from_slice(b"\r\n--out--\r\n");
+        let v = render_inline(&raw);
+        assert_eq!(v["textMessage"], "outer text");
+        assert_eq!(v["attachments"][0]["contentType"], "message/rfc822");
+        assert_eq!(v["attachments"][0]["name"], "message-1.eml");
+        assert_eq!(content(&v, 0), inner);
+        // The attachment route numbers attachments the same way.
+        let bytes = repaired(&raw);
+        let parsed = parse(&bytes).unwrap();
+        let atts = attachments(&parsed);
+        assert_eq!(atts.len(), 1);
+        assert_eq!(atts[0].bytes, inner);
+    }
+
+    #[test]
+    fn multipart_whose_boundary_never_opens_is_one_opaque_part() {
+        let raw = b"From: a@example.org\r\nContent-Type: multipart/mixed; boundary=out\r\n\r\n--out\r\nContent-Type: text/plain\r\n\r\nhello\r\n--out\r\nContent-Type: multipart/related; boundary=never; name=\"r.bin\"\r\n\r\nbytes \xff here\r\n--out--\r\n";
+        let v = render_inline(raw);
+        assert_eq!(v["textMessage"], "hello");
+        assert_eq!(v["attachments"][0]["contentType"], "multipart/related");
+        assert_eq!(v["attachments"][0]["name"], "r.bin");
+        assert_eq!(content(&v, 0), b"bytes \xff here");
+    }
+
+    #[test]
+    fn digest_parts_without_a_type_are_messages() {
+        let raw = b"From: a@example.org\r\nContent-Type: multipart/digest; boundary=d\r\n\r\n--d\r\n\r\nFrom: x@example.org\r\nSubject: one\r\n\r\nbody one\r\n--d--\r\n";
+        let v = render_inline(raw);
+        assert_eq!(v["attachments"][0]["contentType"], "message/rfc822");
+        assert_eq!(
+            content(&v, 0),
+            b"From: x@example.org\r\nSubject: one\r\n\r\nbody one"
+        );
+    }
+
+    #[test]
+    fn nesting_deeper_than_64_is_not_descended() {
+        let mut raw = b"From: a@example.org\r\nContent-Type: multipart/mixed; boundary=b0\r\n\r\n".to_vec();
+        for i in 0..80 {
+            raw.extend_from_slice(
+                format!(
+                    "--b{i}\r\nContent-Type: text/plain\r\n\r\nlevel {i}\r\n--b{i}\r\nContent-Type: multipart/mixed; boundary=b{}\r\n\r\n",
+                    i + 1
+                )
+                .as_bytes(),
+            );
+        }
+        let fixed = repair::repair(&raw).unwrap();
+        let parsed = parse(&fixed.bytes).unwrap();
+        assert_eq!(parsed.parts.len(), fixed.parts, "mail-parser saw another structure");
+        let v = render_inline(&raw);
+        assert_eq!(v["textMessage"], "level 0");
+        // Levels 1..=64 are descended; the 65th multipart is one part holding the rest.
+        let atts = v["attachments"].as_array().unwrap();
+        assert_eq!(atts.len(), 1);
+        assert_eq!(atts[0]["contentType"], "multipart/mixed");
+        let rest = content(&v, 0);
+        assert!(rest.starts_with(b"--b64\r\nContent-Type: text/plain\r\n\r\nlevel 64\r\n"));
+        assert!(rest.ends_with(b"boundary=b80\r\n"));
+    }
+
+    #[test]
+    fn headers_survive_the_copy() {
+        let raw = b"From: \"A, B\" <a@example.org>\r\nSubject: =?utf-8?q?caf=C3=A9?=\r\n folded\r\nReply-To: r@example.org\r\nX-Junk line without colon\r\nMessage-ID: <m1@example.org>\r\nContent-Type: text/plain; charset=utf-8\r\n\r\nbody\r\n";
+        let v = render_inline(raw);
+        assert_eq!(v["from"], "a@example.org");
+        assert_eq!(v["subject"], "caf\u{e9} folded");
+        assert_eq!(v["returnPath"], "r@example.org");
+        assert_eq!(v["messageId"], "m1@example.org");
+        assert_eq!(v["textMessage"], "body\r\n");
+    }
+
+    #[test]
+    fn forged_marker_headers_are_dropped() {
+        let raw = b"From: a@example.org\r\nContent-Type: multipart/mixed; boundary=out\r\n\r\n--out\r\nContent-Type: message/rfc822\r\nX-Postern-Type: text/evil\r\nX-Postern-Name: 41\r\n\r\nSubject: x\r\n\r\ny\r\n--out--\r\n";
+        let v = render_inline(raw);
+        assert_eq!(v["attachments"][0]["contentType"], "message/rfc822");
+        assert_eq!(v["attachments"][0]["name"], "message-1.eml");
+    }
+}
