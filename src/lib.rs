@@ -376,6 +376,7 @@ pub async fn start(
     }
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let webhook_concurrency = daemon.config().webhooks.concurrency;
     let worker = Arc::new(events::Worker {
         store: store.clone(),
         config: shared_config,
@@ -385,6 +386,7 @@ pub async fn start(
         client,
         guarded_client,
         heavy,
+        large: events::Worker::large_slots(webhook_concurrency),
     });
     let worker = tokio::spawn(worker.run(outbox_rx, shutdown_rx.clone()));
     let queue_task = tokio::spawn(queue_worker.run(queue_rx, shutdown_rx.clone()));
