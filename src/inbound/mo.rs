@@ -102,7 +102,8 @@ pub fn attachments<'a>(message: &'a mail_parser::Message<'a>) -> Vec<Attachment<
                     "application/octet-stream".into()
                 }
             });
-            let name = name.unwrap_or_else(|| {
+            // An empty name (`filename=""`) names nothing.
+            let name = name.filter(|n| !n.trim().is_empty()).unwrap_or_else(|| {
                 if is_message {
                     format!("message-{}.eml", i + 1)
                 } else {
@@ -400,6 +401,14 @@ mod repair_tests {
         assert_eq!(v["returnPath"], "r@example.org");
         assert_eq!(v["messageId"], "m1@example.org");
         assert_eq!(v["textMessage"], "body\r\n");
+    }
+
+    #[test]
+    fn empty_file_name_falls_back_to_a_numbered_one() {
+        // Found by fuzz/mime_repair: `filename*=UTF-8''` named the attachment "".
+        let raw = b"From: a@example.org\r\nContent-Type: multipart/mixed; boundary=s\r\n\r\n--s\r\nContent-Type: image/png\r\nContent-Disposition: attachment; filename*=UTF-8''\r\n\r\nx\r\n--s--\r\n";
+        let v = render_inline(raw);
+        assert_eq!(v["attachments"][0]["name"], "attachment-1");
     }
 
     #[test]

@@ -126,9 +126,12 @@ enum Kind {
     Leaf,
     /// Not descended: one binary part with its reported type and name.
     Opaque { ctype: String, name: Option<String> },
-    /// Descended: its subtype, boundary and first delimiter line.
+    /// Descended: its subtype in the copy, whether it is a digest (whose parts default to
+    /// messages: the walk applies that rule, the copy says `mixed`), its boundary and
+    /// first delimiter line.
     Multipart {
         subtype: &'static str,
+        digest: bool,
         first: Line,
         boundary: Vec<u8>,
     },
@@ -163,60 +166,48 @@ impl<'a> Walk<'a> {
             return None;
         }
         let header = parsed.as_ref().and_then(|m| m.parts.first());
-        let kind = self.kind(header, body_start, limit, depth, in_digest);
+        let mut kind = self.kind(header, body_start, limit, depth, in_digest);
         self.parts += 1;
-        let block = &raw[start..headers_end];
-        let headers = header.map(|h| h.headers.as_slice()).unwrap_or_default();
-        for h in headers {
-            let name = h.name.as_str();
-            let ours = name.eq_ignore_ascii_case(TYPE_HEADER) || name.eq_ignore_ascii_case(NAME_HEADER);
-            let is_type = h.name == HeaderName::ContentType;
-            if ours || (is_type && !matches!(kind, Kind::Leaf)) {
-                continue;
-            }
-            let bytes = block
-                .get(h.offset_field as usize..h.offset_end as usize)
-                .unwrap_or_default();
-            self.out.extend_from_slice(bytes);
-            if !bytes.ends_with(b"\n") {
-                self.out.extend_from_slice(b"\r\n");
-            }
+        let token = format!("{}{}.", self.token, self.multiparts);
+        let mut body = &raw[body_start.min(limit)..limit];
+        if child {
+            // The line break before a boundary line belongs to the boundary; at the end of
+            // an unclosed multipart, the last one is dropped likewise.
+            body = body.strip_suffix(b"\n").unwrap_or(body);
+            body = body.strip_suffix(b"\r").unwrap_or(body);
         }
+        let delimiter = format!("--{token}\r\n");
+        let follow = match kind {
+            Kind::Multipart { .. } => delimiter.as_bytes(),
+            _ => &body[..body.len().min(64)],
+        };
+        let headers = header.map(|h| h.headers.as_slice()).unwrap_or_default();
+        let block = &raw[start..headers_end];
+        let own = header.and_then(|h| h.content_type());
+        let (mut written, count) = header_lines(block, headers, &kind, &token);
+        if !reads_as_written(&written, count, follow, &kind, &token, own) {
+            // A malformed header read beyond its line in the new context (mail-parser's
+            // date parser does): keep only the lines of our own making.
+            if let Kind::Leaf = kind {
+                kind = self.opaque(header, None);
+            }
+            written = header_lines(block, &[], &kind, &token).0;
+        }
+        self.out.extend_from_slice(&written);
+        self.out.extend_from_slice(b"\r\n");
         match kind {
             Kind::Leaf | Kind::Opaque { .. } => {
-                if let Kind::Opaque { ctype, name } = &kind {
-                    self.out
-                        .extend_from_slice(format!("{TYPE_HEADER}: {ctype}\r\n").as_bytes());
-                    if let Some(n) = name {
-                        let line = format!("{NAME_HEADER}: {}\r\n", hex::encode(n));
-                        self.out.extend_from_slice(line.as_bytes());
-                    }
-                    self.out
-                        .extend_from_slice(format!("Content-Type: {OPAQUE}\r\n").as_bytes());
-                }
-                self.out.extend_from_slice(b"\r\n");
-                let mut body = &raw[body_start.min(limit)..limit];
-                if child {
-                    // The line break before a boundary line belongs to the boundary; at
-                    // the end of an unclosed multipart, the last one is dropped likewise.
-                    body = body.strip_suffix(b"\n").unwrap_or(body);
-                    body = body.strip_suffix(b"\r").unwrap_or(body);
-                }
                 self.out.extend_from_slice(body);
                 Some(limit)
             }
             Kind::Multipart {
-                subtype,
+                digest,
                 first,
                 boundary,
+                ..
             } => {
-                let token = format!("{}{}.", self.token, self.multiparts);
                 self.multiparts += 1;
-                self.out.extend_from_slice(
-                    format!("Content-Type: multipart/{subtype}; boundary=\"{token}\"\r\n\r\n--{token}\r\n")
-                        .as_bytes(),
-                );
-                let digest = subtype == "digest";
+                self.out.extend_from_slice(delimiter.as_bytes());
                 let mut at = first.next;
                 loop {
                     let next = self.next_line(&boundary, at);
@@ -253,37 +244,19 @@ impl<'a> Walk<'a> {
         depth: usize,
         in_digest: bool,
     ) -> Kind {
-        let ct = header.and_then(|h| h.content_type());
-        let opaque = |ctype: String| Kind::Opaque {
-            ctype,
-            name: header
-                .and_then(|h| h.attachment_name())
-                .map(str::to_string),
-        };
-        let Some(ct) = ct else {
+        let Some(ct) = header.and_then(|h| h.content_type()) else {
             return if in_digest {
-                opaque("message/rfc822".into())
+                self.opaque(header, Some("message/rfc822"))
             } else {
                 Kind::Leaf
             };
         };
         let ctype = ct.ctype();
         let subtype = ct.subtype().unwrap_or_default();
-        let reported = || {
-            let t = if subtype.is_empty() {
-                ctype.to_string()
-            } else {
-                format!("{ctype}/{subtype}")
-            };
-            // A header value of our own making: printable ASCII, no line break.
-            t.chars()
-                .map(|c| if c.is_ascii_graphic() { c.to_ascii_lowercase() } else { '_' })
-                .collect::<String>()
-        };
         if ctype.eq_ignore_ascii_case("message")
             && (subtype.eq_ignore_ascii_case("rfc822") || subtype.eq_ignore_ascii_case("global"))
         {
-            return opaque(reported());
+            return self.opaque(header, None);
         }
         if !ctype.eq_ignore_ascii_case("multipart") {
             return Kind::Leaf;
@@ -295,19 +268,126 @@ impl<'a> Walk<'a> {
                 .next_line(boundary, body_start)
                 .filter(|l| !l.closing && l.start < limit)
             {
-                let subtype = ["alternative", "related", "digest"]
+                let copied = ["alternative", "related"]
                     .into_iter()
                     .find(|s| subtype.eq_ignore_ascii_case(s))
                     .unwrap_or("mixed");
                 return Kind::Multipart {
-                    subtype,
+                    subtype: copied,
+                    digest: subtype.eq_ignore_ascii_case("digest"),
                     first,
                     boundary: boundary.to_vec(),
                 };
             }
         }
-        opaque(reported())
+        self.opaque(header, None)
     }
+
+    /// An opaque part reporting `ctype` (else the header's own type) and the header's name.
+    fn opaque(&self, header: Option<&MessagePart<'_>>, ctype: Option<&str>) -> Kind {
+        let own = header.and_then(|h| h.content_type()).map(|ct| match ct.subtype() {
+            Some(sub) => format!("{}/{sub}", ct.ctype()),
+            None => ct.ctype().to_string(),
+        });
+        let ctype = ctype
+            .map(str::to_string)
+            .or(own)
+            .unwrap_or_else(|| "text/plain".into());
+        Kind::Opaque {
+            // A header value of our own making: printable ASCII, no line break.
+            ctype: ctype
+                .chars()
+                .map(|c| if c.is_ascii_graphic() { c.to_ascii_lowercase() } else { '_' })
+                .collect(),
+            name: header
+                .and_then(|h| h.attachment_name())
+                .map(str::to_string),
+        }
+    }
+}
+
+/// The header lines of one entity in the copy: the original header fields (their exact
+/// bytes) but ours and, unless a leaf, the content type; then the lines of our making.
+fn header_lines(
+    block: &[u8],
+    headers: &[mail_parser::Header<'_>],
+    kind: &Kind,
+    token: &str,
+) -> (Vec<u8>, usize) {
+    let mut out = Vec::with_capacity(block.len() + 160);
+    let mut count = 0;
+    for h in headers {
+        let name = h.name.as_str();
+        let ours = name.eq_ignore_ascii_case(TYPE_HEADER) || name.eq_ignore_ascii_case(NAME_HEADER);
+        let is_type = h.name == HeaderName::ContentType;
+        if ours || (is_type && !matches!(kind, Kind::Leaf)) {
+            continue;
+        }
+        let bytes = block
+            .get(h.offset_field as usize..h.offset_end as usize)
+            .unwrap_or_default();
+        out.extend_from_slice(bytes);
+        if !bytes.ends_with(b"\n") {
+            out.extend_from_slice(b"\r\n");
+        }
+        count += 1;
+    }
+    match kind {
+        Kind::Leaf => {}
+        Kind::Opaque { ctype, name } => {
+            out.extend_from_slice(format!("{TYPE_HEADER}: {ctype}\r\n").as_bytes());
+            if let Some(n) = name {
+                out.extend_from_slice(format!("{NAME_HEADER}: {}\r\n", hex::encode(n)).as_bytes());
+                count += 1;
+            }
+            out.extend_from_slice(format!("Content-Type: {OPAQUE}\r\n").as_bytes());
+            count += 2;
+        }
+        Kind::Multipart { subtype, .. } => {
+            out.extend_from_slice(
+                format!("Content-Type: multipart/{subtype}; boundary=\"{token}\"\r\n").as_bytes(),
+            );
+            count += 1;
+        }
+    }
+    (out, count)
+}
+
+/// Whether mail-parser reads `lines` (`count` header fields), followed by the empty line
+/// and `follow` (what comes next in the copy), as `count` fields ending where the lines
+/// end, with the content type the walk decided.
+fn reads_as_written(
+    lines: &[u8],
+    count: usize,
+    follow: &[u8],
+    kind: &Kind,
+    token: &str,
+    own: Option<&mail_parser::ContentType<'_>>,
+) -> bool {
+    let mut probe = Vec::with_capacity(lines.len() + 2 + follow.len());
+    probe.extend_from_slice(lines);
+    probe.extend_from_slice(b"\r\n");
+    probe.extend_from_slice(follow);
+    let Some(read) = crate::inbound::mo::parse(&probe) else {
+        return lines.is_empty();
+    };
+    let Some(r) = read.parts.first() else {
+        return false;
+    };
+    let ct = r.content_type();
+    let type_ok = match kind {
+        Kind::Leaf => ct == own,
+        Kind::Opaque { .. } => ct.is_some_and(|c| {
+            format!("{}/{}", c.ctype(), c.subtype().unwrap_or_default()) == OPAQUE
+        }),
+        Kind::Multipart { .. } => ct.and_then(|c| c.attribute("boundary")) == Some(token),
+    };
+    type_ok
+        && r.headers.len() == count
+        && r.offset_body as usize == lines.len() + 2
+        && r.headers
+            .last()
+            .is_none_or(|h| h.offset_end as usize == lines.len())
 }
 
 /// The header block of the entity at `start` (up to and including its last header line)
@@ -365,4 +445,30 @@ pub fn reported(part: &MessagePart<'_>) -> (Option<String>, Option<String>) {
         .map(|b| String::from_utf8_lossy(&b).into_owned())
         .or_else(own_name);
     (ours(TYPE_HEADER).or_else(own_type), name)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// mail-parser finds exactly the parts the repair spelled out.
+    fn same_structure(raw: &[u8]) {
+        let Some(r) = repair(raw) else { return };
+        let parsed = crate::inbound::mo::parse(&r.bytes).expect("the copy parses");
+        assert_eq!(
+            parsed.parts.len(),
+            r.parts,
+            "copy: {:?}",
+            String::from_utf8_lossy(&r.bytes)
+        );
+    }
+
+    #[test]
+    fn fuzz_regressions_keep_the_structure() {
+        for raw in [
+            &b"m\nContent-Type:multipart/m;boundary=o\"\nDate:*-o\n\n--o\r\n"[..],
+        ] {
+            same_structure(raw);
+        }
+    }
 }
