@@ -107,7 +107,12 @@ async fn a_burst_of_large_messages_leaves_webhook_slots_for_small_ones() {
     let rx = Receiver::start().await;
     let d = TestDaemon::start(&rx.url(""), "", "\n[webhooks]\nconcurrency = 2\n").await;
     for _ in 0..3 {
-        send(d.smtp, "mallory@example.org", nested_unclosed(8 * 1024 * 1024)).await;
+        send(
+            d.smtp,
+            "mallory@example.org",
+            nested_unclosed(8 * 1024 * 1024),
+        )
+        .await;
     }
     send(
         d.smtp,

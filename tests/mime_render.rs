@@ -32,7 +32,10 @@ fn never_opened(target: usize) -> Vec<u8> {
     let mut i = 0;
     while m.len() < target {
         m.extend_from_slice(
-            format!("--o\r\nContent-Type: multipart/mixed; boundary=\"never{i}\"\r\n\r\nx--never\r\n").as_bytes(),
+            format!(
+                "--o\r\nContent-Type: multipart/mixed; boundary=\"never{i}\"\r\n\r\nx--never\r\n"
+            )
+            .as_bytes(),
         );
         i += 1;
     }
@@ -116,7 +119,10 @@ fn eight_megabytes_of_unclosed_nesting_render_in_seconds() {
     assert_eq!(atts.len(), 1);
     assert_eq!(atts[0]["contentType"], "multipart/mixed");
     let size = atts[0]["size"].as_u64().unwrap() as usize;
-    assert!(size > raw.len() - 16 * 1024, "the last part does not run to the end");
+    assert!(
+        size > raw.len() - 16 * 1024,
+        "the last part does not run to the end"
+    );
 }
 
 #[test]
@@ -129,7 +135,10 @@ fn other_hostile_shapes_render_in_seconds() {
         let out = render_bytes(&raw);
         let took = t.elapsed();
         assert!(took.as_secs() < 15, "{name}: took {took:?}");
-        assert!(out.starts_with(b"{\"channel\":\"email\",\"event\":\"MO\""), "{name}");
+        assert!(
+            out.starts_with(b"{\"channel\":\"email\",\"event\":\"MO\""),
+            "{name}"
+        );
     }
     // Every never-opened multipart is kept, as one opaque part each.
     let raw = never_opened(64 * 1024);

@@ -368,7 +368,8 @@ mod repair_tests {
 
     #[test]
     fn nesting_deeper_than_64_is_not_descended() {
-        let mut raw = b"From: a@example.org\r\nContent-Type: multipart/mixed; boundary=b0\r\n\r\n".to_vec();
+        let mut raw =
+            b"From: a@example.org\r\nContent-Type: multipart/mixed; boundary=b0\r\n\r\n".to_vec();
         for i in 0..80 {
             raw.extend_from_slice(
                 format!(
@@ -380,7 +381,11 @@ mod repair_tests {
         }
         let fixed = repair::repair(&raw).unwrap();
         let parsed = parse(&fixed.bytes).unwrap();
-        assert_eq!(parsed.parts.len(), fixed.parts, "mail-parser saw another structure");
+        assert_eq!(
+            parsed.parts.len(),
+            fixed.parts,
+            "mail-parser saw another structure"
+        );
         let v = render_inline(&raw);
         assert_eq!(v["textMessage"], "level 0");
         // Levels 1..=64 are descended; the 65th multipart is one part holding the rest.

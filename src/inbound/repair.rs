@@ -285,10 +285,12 @@ impl<'a> Walk<'a> {
 
     /// An opaque part reporting `ctype` (else the header's own type) and the header's name.
     fn opaque(&self, header: Option<&MessagePart<'_>>, ctype: Option<&str>) -> Kind {
-        let own = header.and_then(|h| h.content_type()).map(|ct| match ct.subtype() {
-            Some(sub) => format!("{}/{sub}", ct.ctype()),
-            None => ct.ctype().to_string(),
-        });
+        let own = header
+            .and_then(|h| h.content_type())
+            .map(|ct| match ct.subtype() {
+                Some(sub) => format!("{}/{sub}", ct.ctype()),
+                None => ct.ctype().to_string(),
+            });
         let ctype = ctype
             .map(str::to_string)
             .or(own)
@@ -297,11 +299,15 @@ impl<'a> Walk<'a> {
             // A header value of our own making: printable ASCII, no line break.
             ctype: ctype
                 .chars()
-                .map(|c| if c.is_ascii_graphic() { c.to_ascii_lowercase() } else { '_' })
+                .map(|c| {
+                    if c.is_ascii_graphic() {
+                        c.to_ascii_lowercase()
+                    } else {
+                        '_'
+                    }
+                })
                 .collect(),
-            name: header
-                .and_then(|h| h.attachment_name())
-                .map(str::to_string),
+            name: header.and_then(|h| h.attachment_name()).map(str::to_string),
         }
     }
 }
@@ -466,7 +472,11 @@ mod tests {
     #[test]
     fn fuzz_regressions_keep_the_structure() {
         for raw in [
+            // A malformed Date read past its line into the content type written after it.
             &b"m\nContent-Type:multipart/m;boundary=o\"\nDate:*-o\n\n--o\r\n"[..],
+            b"From: a@example.org\r\nDate: -o\r\nContent-Type: multipart/mixed; boundary=s\r\n\r\n--s\r\nDate: 1 -o\r\nContent-Type: text/html\r\n\r\nx\r\n--s--\r\n",
+            b"From: a@example.org\r\nContent-Type: multipart/mixed; boundary=s\r\n\r\n--s\r\nContent-Type: multipart/mixed; boundary=s\r\n\r\n--s\r\n\r\nx\r\n--s--\r\n--s--\r\n",
+            b"From: a@example.org\r\nContent-Type: multipart/digest; boundary=d\r\n\r\n--d\r\n\r\nContent-Type: multipart/mixed; boundary=never\r\n\r\n--d--\r\n",
         ] {
             same_structure(raw);
         }
