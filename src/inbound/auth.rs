@@ -264,3 +264,24 @@ fn dmarc_word(r: &DmarcResult) -> &'static str {
         DmarcResult::None => "none",
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn large_message_hashes_in_the_pool_equal_mail_auth_own() {
+        let mut raw = b"DKIM-Signature: v=1; a=rsa-sha256; c=relaxed/relaxed; d=example.org; s=s1;\r\n h=from:subject; bh=AAAA; b=AAAA\r\nDKIM-Signature: v=1; a=rsa-sha1; c=simple/simple; d=example.org; s=s2;\r\n h=from; bh=AAAA; b=AAAA\r\nFrom: a@example.org\r\nSubject: big\r\n\r\n".to_vec();
+        while raw.len() < 300_000 {
+            raw.extend_from_slice(b"a line  with \t trailing space   \r\n\r\n");
+        }
+        let heavy = Heavy::new(1);
+        let ours = parse_message(&heavy, &raw).await.unwrap();
+        let theirs = AuthenticatedMessage::parse(&raw).unwrap();
+        assert_eq!(ours.body_hashes.len(), 2);
+        assert_eq!(ours.body_hashes, theirs.body_hashes);
+        assert_eq!(ours.body_offset, theirs.body_offset);
+        assert_eq!(ours.headers, theirs.headers);
+        assert_eq!(ours.from, theirs.from);
+    }
+}
