@@ -288,7 +288,9 @@ pub async fn start(
     })?;
     let store = store::Store::open(&data_dir)?;
     let signer = tokens::Signer::load_or_create(&data_dir).map_err(StartError::Key)?;
-    let verifier = inbound::auth::Verifier::new(&config.dns.resolver)?;
+    // One bound on heavy parsing (MO rendering, authentication, reports) for the daemon.
+    let heavy = inbound::heavy::Heavy::per_core();
+    let verifier = inbound::auth::Verifier::new(&config.dns.resolver)?.with_heavy(heavy.clone());
     let tls = smtp::tls_from_config(&config).map_err(StartError::Tls)?;
     let metrics = Arc::new(metrics::Metrics::default());
     let (outbox, outbox_rx) = events::Outbox::channel();
@@ -374,6 +376,7 @@ pub async fn start(
     }
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let webhook_concurrency = daemon.config().webhooks.concurrency;
     let worker = Arc::new(events::Worker {
         store: store.clone(),
         config: shared_config,
@@ -382,6 +385,8 @@ pub async fn start(
         outbox,
         client,
         guarded_client,
+        heavy,
+        large: events::Worker::large_slots(webhook_concurrency),
     });
     let worker = tokio::spawn(worker.run(outbox_rx, shutdown_rx.clone()));
     let queue_task = tokio::spawn(queue_worker.run(queue_rx, shutdown_rx.clone()));

@@ -88,6 +88,8 @@ pub fn signature(secret: &str, unix: u64, body: &[u8]) -> String {
 const RENDER_IN_MEMORY: u64 = 1024 * 1024;
 /// Messages up to this size are rendered on the async worker itself.
 const RENDER_INLINE: u64 = 64 * 1024;
+/// How long a large MO event waits when every large slot is taken.
+const LARGE_POSTPONE_MS: u64 = 500;
 
 /// A webhook body ready to send.
 pub struct Rendered {
@@ -162,6 +164,10 @@ pub struct Worker {
     pub client: reqwest::Client,
     /// For URLs that came from API requests (no private targets).
     pub guarded_client: reqwest::Client,
+    /// Bounds MO rendering of large messages (SPEC 6.3 "MIME"), shared with inbound parsing.
+    pub heavy: crate::inbound::heavy::Heavy,
+    /// Deliveries of large MO events in flight (see [`Worker::large_slots`]).
+    pub large: Arc<tokio::sync::Semaphore>,
 }
 
 impl Worker {
@@ -173,6 +179,13 @@ impl Worker {
             .user_agent(concat!("postern/", env!("CARGO_PKG_VERSION")))
             .build()
             .expect("static HTTP client settings are valid")
+    }
+
+    /// At most half of the webhook slots (at least one) may hold large MO events, which
+    /// wait for the heavy pool and post big bodies; the rest always serve small events, so
+    /// a burst of 40 MB messages never stalls other webhooks.
+    pub fn large_slots(concurrency: usize) -> Arc<tokio::sync::Semaphore> {
+        Arc::new(tokio::sync::Semaphore::new((concurrency / 2).max(1)))
     }
 
     fn config(&self) -> Arc<Config> {
@@ -225,6 +238,20 @@ impl Worker {
         // whatever the worker thread runs next.
         let span = tracing::info_span!("webhook", event = %entry.id, kind = entry.kind.label(), attempt = entry.attempts + 1);
         async move {
+            // A large MO event takes one of the large slots, or comes back a little later
+            // (no attempt counted) and frees its webhook slot for small events.
+            let _large = match self.is_large(&entry) {
+                false => None,
+                true => match self.large.clone().try_acquire_owned() {
+                    Ok(p) => Some(p),
+                    Err(_) => {
+                        let mut later = entry;
+                        later.next_ms = now_ms() + LARGE_POSTPONE_MS;
+                        self.outbox.schedule([later]);
+                        return;
+                    }
+                },
+            };
             let config = self.config();
             let outcome = match self.body(&config, &entry).await {
                 Ok(body) => self.post(&config, &entry, body).await,
@@ -236,8 +263,17 @@ impl Worker {
         .await
     }
 
-    /// The JSON to POST and its signature. MO bodies are rendered off the async threads;
-    /// a large one is rendered to a file in the spool directory and streamed from there.
+    /// Whether `entry` is an MO event whose message is rendered in the heavy pool.
+    fn is_large(&self, entry: &OutboxEntry) -> bool {
+        let Payload::Mo { spool_id, .. } = &entry.payload else {
+            return false;
+        };
+        matches!(self.store.spool_record(spool_id), Ok(Some(r)) if r.size > RENDER_INLINE)
+    }
+
+    /// The JSON to POST and its signature. MO bodies over 64 KiB are rendered in the
+    /// bounded heavy pool, off the async threads, so they never delay other webhooks; a
+    /// large one is rendered to a file in the spool directory and streamed from there.
     async fn body(&self, config: &Config, entry: &OutboxEntry) -> Result<Rendered, String> {
         let secret = config
             .asset(&entry.asset_id)
@@ -336,9 +372,7 @@ impl Worker {
             // Microseconds of work: cheaper than a hop to the blocking pool.
             render()
         } else {
-            tokio::task::spawn_blocking(render)
-                .await
-                .map_err(|e| e.to_string())?
+            self.heavy.run(render).await.map_err(|e| e.to_string())?
         }
     }
 

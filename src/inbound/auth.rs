@@ -1,8 +1,10 @@
 //! SPF, DKIM, DMARC and ARC verification of inbound mail with `mail-auth` over
 //! hickory-resolver. Results never reject mail: they become an `Authentication-Results`
 //! header and the `authResults` of the MO event. With `[dns] resolver = "off"` every
-//! verdict is `none` and no lookup is made.
+//! verdict is `none` and no lookup is made. The heavy part of a large message (hashing
+//! its body for DKIM and ARC) runs in the bounded [`Heavy`] pool, off the async workers.
 
+use super::heavy::Heavy;
 use super::Envelope;
 use crate::config::ResolverSetting;
 use crate::store::spool::AuthSummary;
@@ -19,7 +21,11 @@ const VERIFY_BUDGET: Duration = Duration::from_secs(20);
 
 pub struct Verifier {
     authenticator: Option<MessageAuthenticator>,
+    heavy: Heavy,
 }
+
+/// Messages up to this size are hashed on the async worker itself (microseconds of work).
+const HASH_INLINE: usize = 64 * 1024;
 
 #[derive(Debug, thiserror::Error)]
 #[error("DNS resolver: {0}")]
@@ -53,7 +59,21 @@ impl Verifier {
                 )
             }
         };
-        Ok(Verifier { authenticator })
+        Ok(Verifier {
+            authenticator,
+            heavy: Heavy::per_core(),
+        })
+    }
+
+    /// Shares the daemon's bound on heavy work (see [`Heavy`]).
+    pub fn with_heavy(mut self, heavy: Heavy) -> Verifier {
+        self.heavy = heavy;
+        self
+    }
+
+    /// The daemon's bound on heavy work, for other parsers of inbound mail (DSN, ARF).
+    pub fn heavy(&self) -> &Heavy {
+        &self.heavy
     }
 
     /// The resolver, for other modules that look up records (domain verification).
@@ -77,7 +97,8 @@ impl Verifier {
         let Some(auth) = &self.authenticator else {
             return none();
         };
-        match tokio::time::timeout(VERIFY_BUDGET, verify_with(auth, hostname, env, raw)).await {
+        let work = verify_with(auth, &self.heavy, hostname, env, raw);
+        match tokio::time::timeout(VERIFY_BUDGET, work).await {
             Ok(Some(result)) => result,
             Ok(None) => none(),
             Err(_) => {
@@ -97,13 +118,56 @@ impl Verifier {
     }
 }
 
+/// Parses `raw` for verification. A large message's headers are parsed here (cheap) and
+/// its body hashed in the heavy pool, on a copy taken once a slot is free, so the copies
+/// in memory are bounded by the pool's size too.
+async fn parse_message<'r>(heavy: &Heavy, raw: &'r [u8]) -> Option<AuthenticatedMessage<'r>> {
+    let head_len = [&b"\r\n\r\n"[..], b"\n\n"]
+        .iter()
+        .filter_map(|sep| memchr::memmem::find(raw, sep).map(|i| i + sep.len()))
+        .min();
+    let head_len = match head_len {
+        Some(n) if raw.len() > HASH_INLINE => n,
+        _ => return AuthenticatedMessage::parse(raw),
+    };
+    // Same headers, an empty body: mail-auth hashes nothing yet.
+    let mut message = AuthenticatedMessage::parse(&raw[..head_len])?;
+    let body_offset = (message.body_offset as usize).min(head_len);
+    message.raw_message = raw;
+    message.body_offset = body_offset as u32;
+    if message.body_hashes.is_empty() {
+        return Some(message);
+    }
+    let wanted: Vec<_> = message
+        .body_hashes
+        .iter()
+        .map(|(cb, ha, l, _)| (*cb, *ha, *l))
+        .collect();
+    let permit = heavy.permit().await;
+    let body = raw[body_offset..].to_vec();
+    let hashes = permit
+        .run(move || {
+            wanted
+                .into_iter()
+                .map(|(cb, ha, l)| ha.hash(cb.canonical_body(&body, l)).as_ref().to_vec())
+                .collect::<Vec<_>>()
+        })
+        .await
+        .ok()?;
+    for ((_, _, _, bh), h) in message.body_hashes.iter_mut().zip(hashes) {
+        *bh = h;
+    }
+    Some(message)
+}
+
 async fn verify_with(
     auth: &MessageAuthenticator,
+    heavy: &Heavy,
     hostname: &str,
     env: &Envelope,
     raw: &[u8],
 ) -> Option<(String, AuthSummary)> {
-    let message = AuthenticatedMessage::parse(raw)?;
+    let message = parse_message(heavy, raw).await?;
     let helo = if env.helo.is_empty() {
         "unknown"
     } else {
@@ -198,5 +262,26 @@ fn dmarc_word(r: &DmarcResult) -> &'static str {
         DmarcResult::TempError(_) => "temperror",
         DmarcResult::PermError(_) => "permerror",
         DmarcResult::None => "none",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn large_message_hashes_in_the_pool_equal_mail_auth_own() {
+        let mut raw = b"DKIM-Signature: v=1; a=rsa-sha256; c=relaxed/relaxed; d=example.org; s=s1;\r\n h=from:subject; bh=AAAA; b=AAAA\r\nDKIM-Signature: v=1; a=rsa-sha1; c=simple/simple; d=example.org; s=s2;\r\n h=from; bh=AAAA; b=AAAA\r\nFrom: a@example.org\r\nSubject: big\r\n\r\n".to_vec();
+        while raw.len() < 300_000 {
+            raw.extend_from_slice(b"a line  with \t trailing space   \r\n\r\n");
+        }
+        let heavy = Heavy::new(1);
+        let ours = parse_message(&heavy, &raw).await.unwrap();
+        let theirs = AuthenticatedMessage::parse(&raw).unwrap();
+        assert_eq!(ours.body_hashes.len(), 2);
+        assert_eq!(ours.body_hashes, theirs.body_hashes);
+        assert_eq!(ours.body_offset, theirs.body_offset);
+        assert_eq!(ours.headers, theirs.headers);
+        assert_eq!(ours.from, theirs.from);
     }
 }

@@ -9,7 +9,9 @@
 pub mod arf;
 pub mod auth;
 pub mod dsn;
+pub mod heavy;
 pub mod mo;
+pub mod repair;
 pub mod reports;
 
 use crate::config::{Config, MoAttachments};
