@@ -165,7 +165,13 @@ pub async fn process(d: &Daemon, id: &str) -> Result<(), StoreError> {
     let verp_tids = verp_tids(d, &config, &record);
     let hostname = config.server.hostname.clone();
     let want_dsn = !verp_tids.is_empty();
-    let parsed = tokio::task::spawn_blocking(move || parse(&body, &hostname, want_dsn))
+    // The daemon's one bounded pool for heavy parsing (shared with MO rendering and
+    // DKIM body hashing), so reports of up to 40 MB never run on the async workers.
+    let parsed = d
+        .inbound
+        .auth
+        .heavy()
+        .run(move || parse(&body, &hostname, want_dsn))
         .await
         .unwrap_or_else(|e| {
             tracing::error!(id, error = %e, "feedback mail parser failed: treated as neither DSN nor ARF");
