@@ -383,6 +383,37 @@ async fn disk_full_mid_queue_sends_every_message_exactly_once() {
     assert_eq!(counts.len(), N + 1, "{}", bin.logs());
 }
 
+/// strace -f splits a call that another thread interrupts into `PID TIME call(args <unfinished ...>`
+/// and `PID TIME <... call resumed>rest`; join each pair into one line at the call's start time.
+fn joined_strace(text: &str) -> String {
+    let mut open: HashMap<&str, String> = HashMap::new();
+    let mut out = Vec::new();
+    for line in text.lines() {
+        let pid = line.split_whitespace().next().unwrap_or_default();
+        if let Some(head) = line.strip_suffix(" <unfinished ...>") {
+            open.insert(pid, head.to_string());
+        } else if let Some(at) = line.find(" resumed>") {
+            let head = open.remove(pid).unwrap_or_default();
+            out.push(format!("{head}{}", &line[at + " resumed>".len()..]));
+        } else {
+            out.push(line.to_string());
+        }
+    }
+    out.join("\n")
+}
+
+fn reads_and_writes(text: &str) -> String {
+    let calls: Vec<&str> = text
+        .lines()
+        .filter(|l| {
+            ["read(", "recvfrom(", "write(", "sendto(", "writev("]
+                .iter()
+                .any(|c| l.contains(c))
+        })
+        .collect();
+    calls[calls.len().saturating_sub(40)..].join("\n")
+}
+
 #[tokio::test]
 async fn the_250_waits_for_an_fdatasync_of_the_sled_log() {
     if !std::process::Command::new("strace")
@@ -456,7 +487,7 @@ async fn the_250_waits_for_an_fdatasync_of_the_sled_log() {
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let text = std::fs::read_to_string(&trace).unwrap();
+    let text = joined_strace(&std::fs::read_to_string(&trace).unwrap());
     // `PID TIME call(...)`: the read that brought the end of data, the write of the 250.
     let time = |l: &str| -> f64 { l.split_whitespace().nth(1).unwrap().parse().unwrap() };
     let end_of_data = text
@@ -467,7 +498,7 @@ async fn the_250_waits_for_an_fdatasync_of_the_sled_log() {
         })
         .map(time)
         .next_back()
-        .expect("the end of data is read");
+        .unwrap_or_else(|| panic!("the end of data is read:\n{}", reads_and_writes(&text)));
     let reply = text
         .lines()
         .filter(|l| {
@@ -476,7 +507,7 @@ async fn the_250_waits_for_an_fdatasync_of_the_sled_log() {
         })
         .map(time)
         .find(|t| *t >= end_of_data)
-        .expect("the 250 is written");
+        .unwrap_or_else(|| panic!("the 250 is written:\n{}", reads_and_writes(&text)));
     let synced: Vec<&str> = text
         .lines()
         .filter(|l| {
