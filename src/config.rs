@@ -7,6 +7,7 @@ use std::collections::HashSet;
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
 
 /// A configuration problem, already phrased for a person: `file:line: what is wrong`.
 #[derive(Debug, thiserror::Error)]
@@ -59,6 +60,31 @@ fn resolve_secret(raw: &str) -> Result<String, String> {
             .map_err(|e| format!("secret refers to file {path}, which cannot be read: {e}"))
     } else {
         Ok(raw.to_string())
+    }
+}
+
+/// The configuration in force, shared by the daemon's parts and replaced as a whole on
+/// reload (SIGHUP): a reader takes the current `Arc<Config>` and keeps it for one unit of
+/// work, so one request or attempt never sees two configurations.
+#[derive(Debug, Clone)]
+pub struct SharedConfig(Arc<RwLock<Arc<Config>>>);
+
+impl SharedConfig {
+    pub fn new(config: Config) -> SharedConfig {
+        SharedConfig(Arc::new(RwLock::new(Arc::new(config))))
+    }
+
+    /// The configuration in force.
+    pub fn get(&self) -> Arc<Config> {
+        self.0
+            .read()
+            .map(|c| c.clone())
+            .unwrap_or_else(|p| p.into_inner().clone())
+    }
+
+    /// Puts `config` in force for every later [`SharedConfig::get`].
+    pub fn replace(&self, config: Config) {
+        *self.0.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(config);
     }
 }
 
@@ -697,7 +723,7 @@ impl Config {
                 "queue.concurrency and queue.retry_base must be at least 1".into(),
             );
         }
-        if let Err(e) = crate::urls::Policy::new(&self.outbound.allow_private_targets) {
+        if let Err(e) = crate::model::urls::Policy::new(&self.outbound.allow_private_targets) {
             push("allow_private_targets", e);
         }
         if self.webhooks.concurrency == 0 {

@@ -12,31 +12,23 @@
 //! [`start`] runs the whole daemon on listeners the caller bound, so tests can use port 0
 //! and stop it through the returned [`Handle`].
 
-pub mod api;
-pub mod compose;
 pub mod config;
-pub mod dkim;
-pub mod domains;
-pub mod events;
+pub mod daemon;
 pub mod feedback;
 pub mod health;
+pub mod heavy;
 pub mod http;
 pub mod inbound;
 pub mod metrics;
-pub mod queue;
-pub mod route;
+pub mod model;
+pub mod outbound;
 pub mod schedule;
-pub mod ses_events;
 pub mod smtp;
-pub mod sns;
 pub mod store;
-pub mod suppression;
-pub mod tokens;
-pub mod track;
-pub mod types;
-pub mod urls;
+pub mod webhooks;
 
-use config::Config;
+use config::{Config, SharedConfig};
+use daemon::Daemon;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -45,7 +37,6 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
-use tokio_rustls::TlsAcceptor;
 
 /// Sockets bound before the daemon starts (so systemd ports and test port 0 both work).
 pub struct Listeners {
@@ -101,113 +92,7 @@ pub enum StartError {
     #[error("{0}")]
     Config(String),
     #[error(transparent)]
-    Dkim(#[from] dkim::DkimError),
-}
-
-/// The daemon's shared state.
-pub struct Daemon {
-    config: Arc<RwLock<Arc<Config>>>,
-    config_path: Option<PathBuf>,
-    pub store: store::Store,
-    pub metrics: Arc<metrics::Metrics>,
-    pub inbound: Arc<inbound::Inbound>,
-    pub signer: tokens::Signer,
-    pub outbox: events::Outbox,
-    pub conns: Arc<smtp::ConnLimits>,
-    pub queue: queue::Queue,
-    pub queue_worker: Arc<queue::QueueWorker>,
-    pub limiter: api::ratelimit::Limiter,
-    pub url_policy: urls::Policy,
-    pub keys: Arc<dkim::Keys>,
-    /// Verifies SNS messages at `/ses/events` (caches signing certificates).
-    pub sns: sns::Verifier,
-    /// Free space and store writability: whether new work is taken (SPEC 6.3).
-    pub health: Arc<health::Health>,
-    tls: RwLock<Option<TlsAcceptor>>,
-    ready: AtomicBool,
-}
-
-impl Daemon {
-    /// The configuration in force (replaced as a whole on reload).
-    pub fn config(&self) -> Arc<Config> {
-        self.config
-            .read()
-            .map(|c| c.clone())
-            .unwrap_or_else(|p| p.into_inner().clone())
-    }
-
-    pub fn tls(&self) -> Option<TlsAcceptor> {
-        self.tls
-            .read()
-            .map(|t| t.clone())
-            .unwrap_or_else(|p| p.into_inner().clone())
-    }
-
-    pub fn is_ready(&self) -> bool {
-        self.ready.load(Ordering::Acquire)
-    }
-
-    /// Re-reads the config file and the TLS certificate (SIGHUP). A bad file changes
-    /// nothing. Listen addresses and the resolver need a restart; that is logged.
-    pub fn reload(&self) -> Result<(), String> {
-        let Some(path) = &self.config_path else {
-            return Err("no configuration file to reload".into());
-        };
-        let new = Config::load(path).map_err(|e| e.to_string())?;
-        let tls = smtp::tls_from_config(&new)?;
-        let old = self.config();
-        if old.smtp.listen != new.smtp.listen || old.http.listen != new.http.listen {
-            tracing::warn!("listen addresses changed: they take effect after a restart");
-        }
-        if old.dns.resolver != new.dns.resolver || old.server.data_dir != new.server.data_dir {
-            tracing::warn!("dns.resolver and server.data_dir take effect after a restart");
-        }
-        *self.tls.write().unwrap_or_else(|p| p.into_inner()) = tls;
-        *self.config.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(new);
-        tracing::info!("configuration and certificates reloaded");
-        Ok(())
-    }
-}
-
-/// What one pass of [`Daemon::collect_garbage`] removed.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct Collected {
-    /// Dead letters past `webhooks.dead_letter_days` (their bodies go with them).
-    pub dead_letters: usize,
-    /// Stored inbound messages and bodies no record names.
-    pub spool: usize,
-    /// Frequency counters whose window ended.
-    pub counters: usize,
-    /// Finished outbound transactions past their retention.
-    pub finished: usize,
-}
-
-impl Daemon {
-    /// One garbage-collection pass as seen at `now_ms` (SPEC 6.3: disk use is bounded by
-    /// retention). Dead letters go first, so the messages they pinned are released in the
-    /// same pass. Blocking: call it off the async workers. The periodic task passes the
-    /// wall clock; tests pass a later time instead of waiting days.
-    pub fn collect_garbage(&self, now_ms: u64) -> Result<Collected, store::StoreError> {
-        let config = self.config();
-        let keep_dead = u64::from(config.webhooks.dead_letter_days) * 86_400_000;
-        let window_ms = |group: &str| {
-            config
-                .contact_policy(group)
-                .map(|g| g.window)
-                .unwrap_or(86_400)
-                .saturating_mul(1000)
-        };
-        let collected = Collected {
-            dead_letters: self.store.collect_dead_letters(now_ms, keep_dead)?,
-            spool: self.store.collect_garbage_at(now_ms)?,
-            counters: self.store.prune_frequency(now_ms, &window_ms)?,
-            finished: self.store.collect_finished()?,
-        };
-        if collected != Collected::default() {
-            tracing::info!(?collected, "garbage collected");
-        }
-        Ok(collected)
-    }
+    Dkim(#[from] crate::outbound::dkim::DkimError),
 }
 
 /// A running daemon.
@@ -287,26 +172,27 @@ pub async fn start(
         source,
     })?;
     let store = store::Store::open(&data_dir)?;
-    let signer = tokens::Signer::load_or_create(&data_dir).map_err(StartError::Key)?;
+    let signer =
+        crate::model::tokens::Signer::load_or_create(&data_dir).map_err(StartError::Key)?;
     // One bound on heavy parsing (MO rendering, authentication, reports) for the daemon.
-    let heavy = inbound::heavy::Heavy::per_core();
+    let heavy = heavy::Heavy::per_core();
     let verifier = inbound::auth::Verifier::new(&config.dns.resolver)?.with_heavy(heavy.clone());
-    let tls = smtp::tls_from_config(&config).map_err(StartError::Tls)?;
+    let tls = crate::inbound::tls::tls_from_config(&config).map_err(StartError::Tls)?;
     let metrics = Arc::new(metrics::Metrics::default());
-    let (outbox, outbox_rx) = events::Outbox::channel();
-    let client = events::Worker::http_client(Duration::from_secs(config.webhooks.timeout.max(1)));
-    let url_policy =
-        urls::Policy::new(&config.outbound.allow_private_targets).map_err(StartError::Config)?;
-    let guarded_client = urls::guarded_client(
+    let (outbox, outbox_rx) = webhooks::Outbox::channel();
+    let client = webhooks::Worker::http_client(Duration::from_secs(config.webhooks.timeout.max(1)));
+    let url_policy = crate::model::urls::Policy::new(&config.outbound.allow_private_targets)
+        .map_err(StartError::Config)?;
+    let guarded_client = crate::model::urls::guarded_client(
         &url_policy,
         Duration::from_secs(config.webhooks.timeout.max(1)),
     );
-    let fetcher = urls::guarded_client(
+    let fetcher = crate::model::urls::guarded_client(
         &url_policy,
         Duration::from_secs(config.queue.fetch_timeout.max(1)),
     );
     // Every asset domain's DKIM key exists before the first send, so first sends never race.
-    let keys = Arc::new(dkim::Keys::default());
+    let keys = Arc::new(crate::outbound::dkim::Keys::default());
     for asset in &config.assets {
         if let Some(dk) = &asset.dkim {
             for domain in &asset.domains {
@@ -323,9 +209,9 @@ pub async fn start(
             }
         }
     }
-    let (queue, queue_rx) = queue::Queue::channel();
-    let shared_config = Arc::new(RwLock::new(Arc::new(config)));
-    let queue_worker = Arc::new(queue::QueueWorker {
+    let (queue, queue_rx) = crate::outbound::queue::Queue::channel();
+    let shared_config = SharedConfig::new(config);
+    let queue_worker = Arc::new(crate::outbound::queue::QueueWorker {
         store: store.clone(),
         config: shared_config.clone(),
         outbox: outbox.clone(),
@@ -356,13 +242,13 @@ pub async fn start(
         inbound,
         signer: signer.clone(),
         outbox: outbox.clone(),
-        conns: Arc::new(smtp::ConnLimits::default()),
+        conns: Arc::new(crate::inbound::conns::ConnLimits::default()),
         queue,
         queue_worker: queue_worker.clone(),
-        limiter: api::ratelimit::Limiter::default(),
+        limiter: outbound::ratelimit::Limiter::default(),
         url_policy,
         keys,
-        sns: sns::Verifier::default(),
+        sns: feedback::sns::Verifier::default(),
         health: store.health(),
         tls: RwLock::new(tls),
         ready: AtomicBool::new(false),
@@ -370,14 +256,14 @@ pub async fn start(
 
     let gc = daemon.clone();
     if let Ok(Err(e)) =
-        tokio::task::spawn_blocking(move || gc.collect_garbage(store::now_ms())).await
+        tokio::task::spawn_blocking(move || gc.collect_garbage(model::time::now_ms())).await
     {
         tracing::warn!(error = %e, "garbage collection failed");
     }
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let webhook_concurrency = daemon.config().webhooks.concurrency;
-    let worker = Arc::new(events::Worker {
+    let worker = Arc::new(webhooks::Worker {
         store: store.clone(),
         config: shared_config,
         metrics,
@@ -386,7 +272,7 @@ pub async fn start(
         client,
         guarded_client,
         heavy,
-        large: events::Worker::large_slots(webhook_concurrency),
+        large: webhooks::Worker::large_slots(webhook_concurrency),
     });
     let worker = tokio::spawn(worker.run(outbox_rx, shutdown_rx.clone()));
     let queue_task = tokio::spawn(queue_worker.run(queue_rx, shutdown_rx.clone()));
@@ -417,12 +303,24 @@ pub async fn start(
     tasks.push(tokio::spawn(async move {
         http::serve(listeners.http, app, &http_config, http_shutdown).await
     }));
-    tasks.push(tokio::spawn(gc_loop(daemon.clone())));
-    tasks.push(tokio::spawn(inbound::reports::run(
-        daemon.clone(),
+    tasks.push(tokio::spawn(daemon::gc_loop(daemon.clone())));
+    let reports = feedback::reports::Reports {
+        store: store.clone(),
+        outbox: daemon.outbox.clone(),
+        signer: daemon.signer.clone(),
+        config: daemon.config.clone(),
+        heavy: daemon.inbound.auth.heavy().clone(),
+    };
+    tasks.push(tokio::spawn(feedback::reports::run(
+        Arc::new(reports),
         feedback_rx,
     )));
-    tasks.push(tokio::spawn(health::monitor(daemon.clone())));
+    tasks.push(tokio::spawn(health::monitor(
+        daemon.health.clone(),
+        store.clone(),
+        daemon.config.clone(),
+        daemon.queue_worker.clone(),
+    )));
 
     daemon.ready.store(true, Ordering::Release);
     tracing::info!(smtp = ?smtp_addrs, http = %http_addr, "postern ready");
@@ -435,20 +333,4 @@ pub async fn start(
         worker,
         queue_task,
     })
-}
-
-/// Every minute: expired dead letters and the bodies they held, spool entries past
-/// retention, unreferenced bodies, ended frequency windows, old finished transactions.
-async fn gc_loop(daemon: Arc<Daemon>) {
-    let mut tick = tokio::time::interval(Duration::from_secs(60));
-    tick.tick().await;
-    loop {
-        tick.tick().await;
-        let d = daemon.clone();
-        if let Ok(Err(e)) =
-            tokio::task::spawn_blocking(move || d.collect_garbage(store::now_ms())).await
-        {
-            tracing::warn!(error = %e, "garbage collection failed");
-        }
-    }
 }

@@ -166,7 +166,7 @@ fn main() -> ExitCode {
         Command::Serve | Command::CheckConfig => unreachable!("handled above"),
         Command::Domain {
             action: DomainAction::Records { domain, format },
-        } => match postern::domains::records(&config, &domain) {
+        } => match postern::outbound::domains::records(&config, &domain) {
             Ok(records) if format == "json" => {
                 println!(
                     "{}",
@@ -175,7 +175,7 @@ fn main() -> ExitCode {
                 ExitCode::SUCCESS
             }
             Ok(records) => {
-                print!("{}", postern::domains::table(&records));
+                print!("{}", postern::outbound::domains::table(&records));
                 ExitCode::SUCCESS
             }
             Err(e) => {
@@ -190,13 +190,14 @@ fn main() -> ExitCode {
             let Some((status, body)) = admin_call(&config, |c| c.post(&url)) else {
                 return ExitCode::from(1);
             };
-            let parsed: Option<postern::domains::Verification> = serde_json::from_str(&body).ok();
+            let parsed: Option<postern::outbound::domains::Verification> =
+                serde_json::from_str(&body).ok();
             match parsed {
                 Some(v) if status.is_success() => {
                     if format == "json" {
                         println!("{body}");
                     } else {
-                        print!("{}", postern::domains::report(&v));
+                        print!("{}", postern::outbound::domains::report(&v));
                     }
                     if v.verified {
                         ExitCode::SUCCESS
@@ -228,7 +229,7 @@ fn main() -> ExitCode {
                 .as_ref()
                 .map(|d| (d.selector.clone(), d.algorithm))
                 .unwrap_or_else(|| ("postern1".into(), Default::default()));
-            match postern::dkim::rotate(
+            match postern::outbound::dkim::rotate(
                 &config.server.data_dir,
                 &domain,
                 (&sel, alg),
@@ -242,17 +243,17 @@ fn main() -> ExitCode {
                         println!(
                             "{domain}: new selector {} signs from {} (after {}s); publish its record now:",
                             s.selector,
-                            postern::events::timestamp(s.signing_from * 1000),
+                            postern::model::time::timestamp(s.signing_from * 1000),
                             grace.as_secs()
                         );
                     }
-                    match postern::domains::records(&config, &domain) {
+                    match postern::outbound::domains::records(&config, &domain) {
                         Ok(records) => {
                             let dkim: Vec<_> = records
                                 .into_iter()
                                 .filter(|r| r.purpose.starts_with("dkim"))
                                 .collect();
-                            print!("{}", postern::domains::table(&dkim));
+                            print!("{}", postern::outbound::domains::table(&dkim));
                             ExitCode::SUCCESS
                         }
                         Err(e) => {
@@ -278,7 +279,7 @@ fn main() -> ExitCode {
             let Some(runtime) = runtime() else {
                 return ExitCode::from(1);
             };
-            let route = postern::route::Route::new(&route, &config.server.hostname);
+            let route = postern::outbound::route::Route::new(&route, &config.server.hostname);
             match runtime.block_on(route.test()) {
                 Ok(report) => {
                     println!("{report}");

@@ -4,7 +4,7 @@
 //! time, never by polling. On shutdown it stops starting jobs and lets those in flight
 //! finish (at most `drain`).
 
-use crate::store::now_ms;
+use crate::model::time::now_ms;
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 use std::future::Future;

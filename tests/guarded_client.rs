@@ -67,8 +67,8 @@ async fn proxy_environment_variables_are_not_used() {
         "the test's proxy variables are not in effect"
     );
 
-    let policy = postern::urls::Policy::new(&["127.0.0.0/8".to_string()]).unwrap();
-    let guarded = postern::urls::guarded_client(&policy, Duration::from_secs(10));
+    let policy = postern::model::urls::Policy::new(&["127.0.0.0/8".to_string()]).unwrap();
+    let guarded = postern::model::urls::guarded_client(&policy, Duration::from_secs(10));
     let before = proxied.load(Ordering::SeqCst);
     let body = guarded
         .get(format!("http://{target}/x"))
@@ -83,8 +83,10 @@ async fn proxy_environment_variables_are_not_used() {
     assert_eq!(direct.load(Ordering::SeqCst), 1);
 
     // And with nothing allowed, a loopback target is refused rather than handed to a proxy.
-    let strict =
-        postern::urls::guarded_client(&postern::urls::Policy::default(), Duration::from_secs(10));
+    let strict = postern::model::urls::guarded_client(
+        &postern::model::urls::Policy::default(),
+        Duration::from_secs(10),
+    );
     let refused = strict
         .get(format!("http://localhost:{}/x", target.port()))
         .send()

@@ -209,7 +209,7 @@ async fn receiver_down_then_up_gets_the_event_and_404_goes_to_dead_letters() {
         .trim_start_matches("t=")
         .parse()
         .unwrap();
-    assert_eq!(sig, postern::events::signature("s3cret", t, &b.body));
+    assert_eq!(sig, postern::webhooks::signature("s3cret", t, &b.body));
 
     // A 404 is not retried: the event moves to the dead letters, and replay delivers it.
     rx.status.store(404, std::sync::atomic::Ordering::SeqCst);
@@ -451,7 +451,10 @@ async fn large_message_is_streamed_to_the_webhook_signed_and_intact() {
         .trim_start_matches("t=")
         .parse()
         .unwrap();
-    assert_eq!(sig, postern::events::signature("big-secret", t, &hook.body));
+    assert_eq!(
+        sig,
+        postern::webhooks::signature("big-secret", t, &hook.body)
+    );
     let ev = hook.json();
     assert_eq!(b64(ev["attachments"][0]["content"].as_str().unwrap()), blob);
     assert_eq!(ev["attachments"][0]["size"], 3_000_000);

@@ -3,9 +3,9 @@
 //! SPEC 6.2 semantics (a missing closing boundary ends the part at the end of the message).
 
 use postern::config::MoAttachments;
-use postern::inbound::mo::{parse, render, MoContext};
-use postern::inbound::repair::repair;
 use postern::store::spool::AuthSummary;
+use postern::webhooks::mo::{parse, render, MoContext};
+use postern::webhooks::repair::repair;
 use std::time::Instant;
 
 /// Nested multiparts, none closed: every level has a text part, then opens the next level.

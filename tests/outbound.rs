@@ -204,8 +204,8 @@ async fn authentication_and_validation_errors_have_their_codes() {
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_secs() as i64;
-    let good_jwt = postern::api::auth::make_jwt("svc_a", SECRET, now);
-    let old_jwt = postern::api::auth::make_jwt("svc_a", SECRET, now - 7200);
+    let good_jwt = postern::outbound::auth::make_jwt("svc_a", SECRET, now);
+    let old_jwt = postern::outbound::auth::make_jwt("svc_a", SECRET, now - 7200);
     let none_jwt = {
         use base64::Engine;
         let e = |s: &str| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(s);

@@ -150,7 +150,7 @@ impl SnsHost {
     fn sign(&self, m: &mut Value) {
         use rsa::pkcs1v15::SigningKey;
         use rsa::signature::{SignatureEncoding, Signer};
-        let parsed: postern::sns::Message = serde_json::from_value(m.clone()).unwrap();
+        let parsed: postern::feedback::sns::Message = serde_json::from_value(m.clone()).unwrap();
         let text = parsed.string_to_sign().unwrap();
         let sig = match m["SignatureVersion"].as_str().unwrap() {
             "1" => SigningKey::<sha1::Sha1>::new(self.key.clone())
@@ -653,7 +653,7 @@ endpoint = "http://{addr}"
 "#
     );
     let c = postern::config::Config::parse(&text, "t").unwrap();
-    let route = postern::route::Route::new(c.assets[0].route.as_ref().unwrap(), "mx");
+    let route = postern::outbound::route::Route::new(c.assets[0].route.as_ref().unwrap(), "mx");
     let err = route.test().await.unwrap_err();
     assert!(err.contains("SES 403 SignatureDoesNotMatch"), "{err}");
     // The fake answers a GetAccount with its MessageId JSON: enough to prove the call.

@@ -4,8 +4,8 @@
 //! own outcome, on a new connection.
 
 use postern::config::RouteConfig;
-use postern::route::smtp::SmtpRoute;
-use postern::route::RcptOutcome;
+use postern::outbound::route::smtp::SmtpRoute;
+use postern::outbound::route::RcptOutcome;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;

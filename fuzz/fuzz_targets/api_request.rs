@@ -6,8 +6,8 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use postern::api::validate::validate;
-use postern::api::wire::SendRequest;
+use postern::outbound::validate::validate;
+use postern::model::wire::SendRequest;
 use postern::config::Config;
 use std::sync::OnceLock;
 
@@ -50,7 +50,7 @@ fuzz_target!(|data: &[u8]| {
         n += 1;
         format!("tid-{n}")
     };
-    let policy = postern::urls::Policy::default();
+    let policy = postern::model::urls::Policy::default();
     let Ok(sub) = validate(req, &c.services[0], c, None, &policy, 1_700_000_000_000, &mut tid) else { return };
     assert!(!sub.transactions.is_empty());
     let mut seen = std::collections::HashSet::new();

@@ -11,8 +11,8 @@
 
 use libfuzzer_sys::fuzz_target;
 use mail_parser::PartType;
-use postern::inbound::mo::{attachments, parse};
-use postern::inbound::repair::{repair, MAX_DEPTH};
+use postern::webhooks::mo::{attachments, parse};
+use postern::webhooks::repair::{repair, MAX_DEPTH};
 
 fuzz_target!(|raw: &[u8]| {
     let Some(fixed) = repair(raw) else {

@@ -11,7 +11,7 @@
 use base64::Engine;
 use libfuzzer_sys::fuzz_target;
 use postern::config::MoAttachments;
-use postern::inbound::mo::{render, MoContext};
+use postern::webhooks::mo::{render, MoContext};
 use postern::store::spool::AuthSummary;
 
 fn link(n: Option<usize>) -> String {

@@ -229,8 +229,8 @@ incoming_webhook = "http://127.0.0.1:9/mo"
         let inbound = Arc::new(Inbound {
             store,
             auth: postern::inbound::auth::Verifier::new(&ResolverSetting::Off).expect("verifier"),
-            signer: postern::tokens::Signer::new([7; 32]),
-            outbox: postern::events::Outbox::channel().0,
+            signer: postern::model::tokens::Signer::new([7; 32]),
+            outbox: postern::webhooks::Outbox::channel().0,
             metrics: metrics.clone(),
             // Nobody acts on feedback here: a send to the dropped receiver is ignored.
             feedback: tokio::sync::mpsc::unbounded_channel().0,

@@ -10,7 +10,7 @@
 
 use libfuzzer_sys::fuzz_target;
 use postern::store::suppression::Reason;
-use postern::types::DeliveryCode;
+use postern::model::types::DeliveryCode;
 
 const BOUNCES: [&str; 8] = [
     "Permanent_General",
@@ -24,7 +24,7 @@ const BOUNCES: [&str; 8] = [
 ];
 
 fn check_event(text: &str) {
-    let Ok(event) = postern::ses_events::parse(text) else {
+    let Ok(event) = postern::feedback::ses_events::parse(text) else {
         return;
     };
     assert!(!event.message_id.is_empty());
@@ -45,17 +45,17 @@ fn check_event(text: &str) {
 }
 
 fuzz_target!(|data: &[u8]| {
-    let _ = postern::sns::certificate_key(data, 1_800_000_000);
+    let _ = postern::feedback::sns::certificate_key(data, 1_800_000_000);
     let Ok(text) = std::str::from_utf8(data) else {
         return;
     };
-    match serde_json::from_str::<postern::sns::Message>(text) {
+    match serde_json::from_str::<postern::feedback::sns::Message>(text) {
         Ok(msg) => {
             if let Ok(s) = msg.string_to_sign() {
                 assert!(s.ends_with(&format!("Type\n{}\n", msg.kind)));
             }
             for url in [&msg.signing_cert_url, &msg.subscribe_url].into_iter().flatten() {
-                if postern::sns::trusted_url(url, &[]) {
+                if postern::feedback::sns::trusted_url(url, &[]) {
                     let u = url::Url::parse(url).expect("a trusted URL parses");
                     assert_eq!(u.scheme(), "https");
                     assert!(u.host_str().is_some_and(|h| h.starts_with("sns.")));

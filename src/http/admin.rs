@@ -2,7 +2,7 @@
 //! export; and the consent lists of contact-policy groups. The admin token is checked before anything is looked up.
 
 use super::{admin, ApiError, AppState};
-use crate::store::now_ms;
+use crate::model::time::now_ms;
 use crate::store::suppression::{Reason, Suppression};
 use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
@@ -39,7 +39,7 @@ pub fn routes() -> Router<AppState> {
         )
 }
 
-fn known_group(d: &crate::Daemon, group: &str) -> Result<(), ApiError> {
+fn known_group(d: &crate::daemon::Daemon, group: &str) -> Result<(), ApiError> {
     match d.config().contact_policy(group) {
         Some(_) => Ok(()),
         None => Err(ApiError::new(
@@ -70,7 +70,7 @@ async fn consent_grant(
 ) -> Result<Response, ApiError> {
     admin(&d, &headers)?;
     known_group(&d, &group)?;
-    crate::types::check_address(&address).map_err(|_| {
+    crate::model::types::check_address(&address).map_err(|_| {
         ApiError::new(
             StatusCode::BAD_REQUEST,
             "7004",
@@ -117,8 +117,8 @@ fn entry_json(e: &Suppression) -> serde_json::Value {
         "assetId": e.asset_id,
         "address": e.address,
         "reason": e.reason.label(),
-        "since": crate::events::timestamp(e.since_ms),
-        "expires": e.expires_ms.map(crate::events::timestamp),
+        "since": crate::model::time::timestamp(e.since_ms),
+        "expires": e.expires_ms.map(crate::model::time::timestamp),
         "source": e.source,
     })
 }
@@ -165,7 +165,7 @@ async fn add(
             format!("assetId: '{}' is not configured", req.asset_id),
         )
     })?;
-    crate::types::check_address(&req.address).map_err(|_| {
+    crate::model::types::check_address(&req.address).map_err(|_| {
         ApiError::new(
             StatusCode::BAD_REQUEST,
             "7004",
@@ -229,7 +229,7 @@ async fn export(
         .store
         .suppressions(q.asset.as_deref(), now_ms())
         .map_err(ApiError::internal)?;
-    let text = crate::suppression::to_csv(&entries).map_err(ApiError::internal)?;
+    let text = crate::outbound::suppression::to_csv(&entries).map_err(ApiError::internal)?;
     Ok(([(header::CONTENT_TYPE, "text/csv; charset=utf-8")], text).into_response())
 }
 
@@ -243,17 +243,19 @@ async fn import(
     let text = std::str::from_utf8(&body)
         .map_err(|_| ApiError::new(StatusCode::BAD_REQUEST, "7000", "CSV is not UTF-8"))?;
     let config = d.config();
-    let entries =
-        crate::suppression::from_csv(text, now_ms(), &|a| config.asset(a).is_some(), &|a| {
-            config.bounce_retention_ms(a)
-        })
-        .map_err(|e| {
-            ApiError::new(
-                StatusCode::BAD_REQUEST,
-                "7004",
-                format!("{e}; nothing was imported"),
-            )
-        })?;
+    let entries = crate::outbound::suppression::from_csv(
+        text,
+        now_ms(),
+        &|a| config.asset(a).is_some(),
+        &|a| config.bounce_retention_ms(a),
+    )
+    .map_err(|e| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "7004",
+            format!("{e}; nothing was imported"),
+        )
+    })?;
     d.store
         .suppress(&entries)
         .await

@@ -4,8 +4,8 @@
 //! `require_verified_domain` reads.
 
 use super::{admin, ApiError, AppState};
+use crate::model::time::now_ms;
 use crate::store::domains::DomainState;
-use crate::store::now_ms;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -37,7 +37,7 @@ async fn list(State(d): State<AppState>, headers: HeaderMap) -> Result<Response,
                 "domain": domain,
                 "assetId": asset.id,
                 "verified": state.as_ref().is_some_and(|s| s.verified),
-                "checkedAt": state.map(|s| crate::events::timestamp(s.checked_ms)),
+                "checkedAt": state.map(|s| crate::model::time::timestamp(s.checked_ms)),
                 "requireVerified": asset.require_verified_domain,
             }));
         }
@@ -54,9 +54,9 @@ async fn verify(
 ) -> Result<Response, ApiError> {
     admin(&d, &headers)?;
     let config = d.config();
-    let records = match crate::domains::records(&config, &domain) {
+    let records = match crate::outbound::domains::records(&config, &domain) {
         Ok(r) => r,
-        Err(e @ crate::domains::DomainError::Unknown(_)) => {
+        Err(e @ crate::outbound::domains::DomainError::Unknown(_)) => {
             return Err(ApiError::new(StatusCode::NOT_FOUND, "7404", e.to_string()))
         }
         Err(e) => return Err(ApiError::internal(e)),
@@ -71,7 +71,7 @@ async fn verify(
         ));
     };
     let domain = domain.trim().trim_end_matches('.').to_ascii_lowercase();
-    let result = crate::domains::verify(auth.resolver(), &domain, records).await;
+    let result = crate::outbound::domains::verify(auth.resolver(), &domain, records).await;
     d.store
         .set_domain_state(
             &domain,

@@ -4,6 +4,7 @@
 //! [`serve`] is the accept loop (header timeout, connection cap).
 
 pub mod admin;
+pub mod api;
 pub mod domains;
 pub mod public;
 mod serve;
@@ -11,9 +12,9 @@ pub mod ses;
 
 pub use serve::serve;
 
-use crate::inbound::mo;
-use crate::store::now_ms;
-use crate::Daemon;
+use crate::daemon::Daemon;
+use crate::model::time::now_ms;
+use crate::webhooks::mo;
 use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -28,7 +29,7 @@ pub(crate) type AppState = Arc<Daemon>;
 pub fn router(daemon: Arc<Daemon>) -> Router {
     let limit = daemon.config().http.max_body_size;
     Router::new()
-        .merge(crate::api::routes())
+        .merge(crate::http::api::routes())
         .merge(admin::routes())
         .merge(public::routes())
         .merge(ses::routes())
@@ -170,8 +171,8 @@ async fn dead_list(
                 "attempts": x.entry.attempts,
                 "reason": x.reason,
                 "lastError": x.entry.last_error,
-                "createdAt": crate::events::timestamp(x.entry.created_ms),
-                "diedAt": crate::events::timestamp(x.died_ms),
+                "createdAt": crate::model::time::timestamp(x.entry.created_ms),
+                "diedAt": crate::model::time::timestamp(x.died_ms),
             })
         })
         .collect();
@@ -336,4 +337,38 @@ async fn inbound_attachment(
         bytes,
     )
         .into_response())
+}
+
+/// Extractor for the API's writing handlers: refuses the request up front, before its
+/// body is read, with `503` `{"code":"7010"}` and `Retry-After` while [`crate::model::health::Health::check`]
+/// fails (SPEC 6.3). Reading endpoints do not take it.
+pub struct Writable;
+
+impl axum::extract::FromRequestParts<Arc<Daemon>> for Writable {
+    type Rejection = axum::response::Response;
+
+    async fn from_request_parts(
+        _parts: &mut axum::http::request::Parts,
+        daemon: &Arc<Daemon>,
+    ) -> Result<Self, Self::Rejection> {
+        use axum::response::IntoResponse;
+        match daemon.health.check() {
+            Ok(()) => Ok(Writable),
+            Err(why) => {
+                let mut resp = (
+                    axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                    axum::Json(serde_json::json!({
+                        "code": "7010",
+                        "description": format!("{why}; try again later"),
+                    })),
+                )
+                    .into_response();
+                resp.headers_mut().insert(
+                    axum::http::header::RETRY_AFTER,
+                    daemon.health.retry_after_secs().into(),
+                );
+                Err(resp)
+            }
+        }
+    }
 }

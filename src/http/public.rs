@@ -5,7 +5,7 @@
 //! costs a counter update, not a growing record.
 
 use super::AppState;
-use crate::track::unsubscribe::{self, Subject};
+use crate::outbound::track::unsubscribe::{self, Subject};
 use axum::extract::{Path, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -29,10 +29,10 @@ const PIXEL: &[u8] = &[
 /// Emits a tracking notification for `tid`/`recipient` (and records it in the history
 /// when the transaction is finished; an active one is the queue's to write).
 async fn track_event(
-    d: &crate::Daemon,
+    d: &crate::daemon::Daemon,
     tid: &str,
     recipient: &str,
-    code: crate::types::DeliveryCode,
+    code: crate::model::types::DeliveryCode,
     description: &str,
     additional: &str,
 ) {
@@ -79,7 +79,7 @@ async fn click(
         &d,
         tid,
         rcpt,
-        crate::types::DeliveryCode::Clicked,
+        crate::model::types::DeliveryCode::Clicked,
         &format!("{url}|{}", peer.ip()),
         &agent,
     )
@@ -90,7 +90,15 @@ async fn click(
 async fn open(State(d): State<AppState>, Path(token): Path<String>) -> Response {
     if let Some(payload) = d.signer.verify("open", &token) {
         if let Some((tid, rcpt)) = payload.split_once('|') {
-            track_event(&d, tid, rcpt, crate::types::DeliveryCode::Read, "Read", "").await;
+            track_event(
+                &d,
+                tid,
+                rcpt,
+                crate::model::types::DeliveryCode::Read,
+                "Read",
+                "",
+            )
+            .await;
         }
     }
     // The image is served either way: a mail client showing a broken image helps no one.
@@ -122,7 +130,7 @@ fn invalid() -> Response {
     )
 }
 
-fn asset_name(d: &crate::Daemon, s: &Subject) -> String {
+fn asset_name(d: &crate::daemon::Daemon, s: &Subject) -> String {
     d.config()
         .asset(&s.asset_id)
         .map(|a| {
@@ -137,7 +145,10 @@ fn asset_name(d: &crate::Daemon, s: &Subject) -> String {
 
 /// The transaction's recipients when the token speaks for nobody in particular (a message
 /// to several recipients); `Ok(None)` for a token naming its recipient.
-fn listed_recipients(d: &crate::Daemon, s: &Subject) -> Result<Option<Vec<String>>, Box<Response>> {
+fn listed_recipients(
+    d: &crate::daemon::Daemon,
+    s: &Subject,
+) -> Result<Option<Vec<String>>, Box<Response>> {
     let record = match d.store.message(&s.tid) {
         Ok(r) => r,
         Err(e) => {

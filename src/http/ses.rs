@@ -10,7 +10,7 @@
 
 use super::{ApiError, AppState};
 use crate::config::Config;
-use crate::sns::{self, VerifyError};
+use crate::feedback::sns::{self, VerifyError};
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -29,7 +29,7 @@ pub fn routes() -> Router<AppState> {
     Router::new().route("/ses/events", post(events))
 }
 
-fn refused(d: &crate::Daemon, status: StatusCode, description: String) -> Response {
+fn refused(d: &crate::daemon::Daemon, status: StatusCode, description: String) -> Response {
     d.metrics.sns_message("refused");
     tracing::warn!(
         status = status.as_u16(),
@@ -103,7 +103,7 @@ async fn events(State(d): State<AppState>, body: Bytes) -> Response {
 }
 
 /// Confirms a subscription by fetching its SubscribeURL.
-async fn confirm(d: &crate::Daemon, msg: &sns::Message, trusted: &[String]) -> Response {
+async fn confirm(d: &crate::daemon::Daemon, msg: &sns::Message, trusted: &[String]) -> Response {
     let url = msg.subscribe_url.as_deref().unwrap_or_default();
     if !sns::trusted_url(url, trusted) {
         return refused(
@@ -136,7 +136,7 @@ async fn confirm(d: &crate::Daemon, msg: &sns::Message, trusted: &[String]) -> R
     }
 }
 
-async fn notification(d: &crate::Daemon, msg: &sns::Message, config: &Config) -> Response {
+async fn notification(d: &crate::daemon::Daemon, msg: &sns::Message, config: &Config) -> Response {
     let ignored = |why: &str| {
         d.metrics.sns_message("ignored");
         tracing::info!("SNS notification ignored: {why}");
@@ -147,7 +147,7 @@ async fn notification(d: &crate::Daemon, msg: &sns::Message, config: &Config) ->
         Ok(false) => {}
         Err(e) => return ApiError::internal(e).into_response(),
     }
-    let event = match crate::ses_events::parse(&msg.message) {
+    let event = match crate::feedback::ses_events::parse(&msg.message) {
         Ok(e) => e,
         // Validly signed but not an SES event (a test publish from the console):
         // retrying would not change it.

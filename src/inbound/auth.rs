@@ -4,9 +4,9 @@
 //! verdict is `none` and no lookup is made. The heavy part of a large message (hashing
 //! its body for DKIM and ARC) runs in the bounded [`Heavy`] pool, off the async workers.
 
-use super::heavy::Heavy;
 use super::Envelope;
 use crate::config::ResolverSetting;
+use crate::heavy::Heavy;
 use crate::store::spool::AuthSummary;
 use hickory_resolver::config::{NameServerConfig, ResolverConfig, ResolverOpts};
 use mail_auth::{

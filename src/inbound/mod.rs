@@ -6,19 +6,16 @@
 //! no side effect that the client's retry would repeat. Inbound mail only ever goes to
 //! webhooks.
 
-pub mod arf;
 pub mod auth;
-pub mod dsn;
-pub mod heavy;
-pub mod mo;
-pub mod repair;
-pub mod reports;
+pub mod conns;
+pub mod tls;
 
 use crate::config::{Config, MoAttachments};
-use crate::events::Outbox;
 use crate::metrics::Metrics;
+use crate::model::time::now_ms;
 use crate::store::spool::{AuthSummary, FinishedBody};
-use crate::store::{now_ms, OutboxEntry, Payload, SpoolRecord, Store, StoreError};
+use crate::store::{OutboxEntry, Payload, SpoolRecord, Store, StoreError};
+use crate::webhooks::Outbox;
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -64,6 +61,21 @@ pub fn split_address(addr: &str) -> Option<(&str, &str)> {
         return None;
     }
     Some((local, domain))
+}
+
+/// Whether `rcpt` is the unsubscribe address `mailto`, or it with a tag
+/// (`local+tag@domain`); returns the tag.
+pub fn mailto_tag<'a>(mailto: &str, rcpt: &'a str) -> Option<Option<&'a str>> {
+    let (m_local, m_domain) = split_address(mailto)?;
+    let (local, domain) = split_address(rcpt)?;
+    if !domain.trim_end_matches('.').eq_ignore_ascii_case(m_domain) {
+        return None;
+    }
+    if local.eq_ignore_ascii_case(m_local) {
+        return Some(None);
+    }
+    let (base, tag) = local.split_once('+')?;
+    base.eq_ignore_ascii_case(m_local).then_some(Some(tag))
 }
 
 /// Decides whether `addr` (RCPT TO) is mail we take, and for whom.
@@ -119,7 +131,7 @@ pub struct Inbound {
     pub store: Store,
     pub auth: auth::Verifier,
     /// Verifies VERP return paths of incoming DSNs.
-    pub signer: crate::tokens::Signer,
+    pub signer: crate::model::tokens::Signer,
     pub outbox: Outbox,
     pub metrics: Arc<Metrics>,
     /// Ids of committed messages whose feedback `reports::run` acts on.
@@ -174,7 +186,7 @@ impl Inbound {
             // Mail to the asset's unsubscribe mailto is an unsubscribe request; no MO event.
             if let Some(mailto) = asset.unsubscribe.as_ref().and_then(|u| u.mailto.as_deref()) {
                 let before = recipients.len();
-                recipients.retain(|r| reports::mailto_tag(mailto, r).is_none());
+                recipients.retain(|r| mailto_tag(mailto, r).is_none());
                 carries_feedback |= recipients.len() < before;
                 if recipients.is_empty() {
                     continue;

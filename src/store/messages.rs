@@ -5,7 +5,8 @@
 //! [`HISTORY_PER_RECIPIENT`] entries per recipient and [`HISTORY_BUDGET`] octets of JSON;
 //! repeated opens and clicks are counters in the `track` tree, not history entries.
 
-use super::{codec, now_ms, OutboxEntry, Store, StoreError};
+use super::{codec, OutboxEntry, Store, StoreError};
+use crate::model::time::now_ms;
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -92,7 +93,7 @@ pub struct MessageRecord {
     pub html: Option<String>,
     pub attachments: Vec<Attachment>,
     /// Bits of `types::Receipts`.
-    pub receipts: crate::types::Receipts,
+    pub receipts: crate::model::types::Receipts,
     pub correlation_id: Option<String>,
     pub callback_data: String,
     pub notify_url: Option<String>,
@@ -512,7 +513,7 @@ impl Store {
         &self,
         service: &str,
         id: &str,
-    ) -> Result<Option<crate::api::wire::Template>, StoreError> {
+    ) -> Result<Option<crate::model::wire::Template>, StoreError> {
         match self
             .inner
             .templates
@@ -532,7 +533,7 @@ impl Store {
     pub fn template_list(
         &self,
         service: &str,
-    ) -> Result<Vec<crate::api::wire::Template>, StoreError> {
+    ) -> Result<Vec<crate::model::wire::Template>, StoreError> {
         let prefix = format!("{service}/");
         let mut out = Vec::new();
         for item in self.inner.templates.scan_prefix(prefix.as_bytes()) {
@@ -547,7 +548,7 @@ impl Store {
     pub async fn template_put(
         &self,
         service: &str,
-        t: &crate::api::wire::Template,
+        t: &crate::model::wire::Template,
     ) -> Result<(), StoreError> {
         self.inner
             .templates

@@ -27,7 +27,8 @@ pub mod spool;
 pub mod suppression;
 pub mod tokens;
 
-use crate::health::Health;
+use crate::model::health::Health;
+use crate::model::time::now_ms;
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -394,12 +395,4 @@ fn sync_files(files: &[Arc<std::fs::File>], dir: &Path) -> Result<(), String> {
     std::fs::File::open(dir)
         .and_then(|d| d.sync_all())
         .map_err(|e| format!("{}: fsync: {e}", dir.display()))
-}
-
-/// Milliseconds since the Unix epoch: the time unit of every stored timestamp.
-pub fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
 }

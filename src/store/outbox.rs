@@ -2,7 +2,8 @@
 //! leaves the outbox only by a 2xx (deleted) or by moving to `dead` in one transaction, so
 //! no event is ever dropped silently.
 
-use super::{codec, now_ms, Store, StoreError};
+use super::{codec, Store, StoreError};
+use crate::model::time::now_ms;
 use serde::{Deserialize, Serialize};
 use sled::transaction::{ConflictableTransactionError, Transactional};
 

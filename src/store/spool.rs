@@ -3,7 +3,8 @@
 //! renamed to `spool/<id>.eml` before the record naming it is written. So a 40 MB message
 //! costs a fixed buffer in memory, never its size.
 
-use super::{codec, now_ms, OutboxEntry, Store, StoreError};
+use super::{codec, OutboxEntry, Store, StoreError};
+use crate::model::time::now_ms;
 use serde::{Deserialize, Serialize};
 use std::io::Write;
 use std::path::PathBuf;

@@ -2,19 +2,15 @@
 //! Wire types live in [`wire`] and nowhere else; the OpenAPI document is generated from
 //! them and the `#[utoipa::path]` annotations below.
 
-pub mod auth;
-pub mod ratelimit;
-pub mod substitute;
-pub mod validate;
-pub mod wire;
-
+use crate::daemon::Daemon;
 use crate::http::ApiError;
-use crate::queue::notify;
+use crate::model::time::now_ms;
+use crate::model::wire;
+use crate::outbound::queue::notify;
+use crate::outbound::{auth, validate};
 use crate::store::messages::{
     Attachment, MessageRecord, QueueState, RecipientPhase, RecipientState,
 };
-use crate::store::now_ms;
-use crate::Daemon;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{Path, State};
@@ -206,7 +202,7 @@ fn rejected(d: &Daemon, e: validate::Invalid) -> ApiError {
               (status = 401, body = wire::ErrorBody), (status = 429, body = wire::ErrorBody)),
     params(("key" = Option<String>, Header, description = "service key (or Authorization: Bearer <HS256 JWT>)")))]
 async fn send_message(
-    _: crate::health::Writable,
+    _: crate::http::Writable,
     State(d): State<AppState>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
@@ -422,14 +418,14 @@ async fn message_status(
                 code: x.code.clone(),
             })
             .collect(),
-        send_at: crate::events::timestamp(r.send_at_ms),
-        expire_at: crate::events::timestamp(r.expire_at_ms),
+        send_at: crate::model::time::timestamp(r.send_at_ms),
+        expire_at: crate::model::time::timestamp(r.expire_at_ms),
         attempts: r.attempts,
         events: r
             .history
             .iter()
             .map(|h| wire::HistoryItem {
-                time_stamp: crate::events::timestamp(h.at_ms),
+                time_stamp: crate::model::time::timestamp(h.at_ms),
                 destination: h.destination.clone(),
                 code: h.code.clone(),
                 delivery_status: h.status.clone(),
@@ -478,7 +474,7 @@ async fn template_list(
 
 #[utoipa::path(post, path = "/v2/templates", request_body = wire::Template, responses((status = 201, body = wire::Template), (status = 409, body = wire::ErrorBody)))]
 async fn template_create(
-    _: crate::health::Writable,
+    _: crate::http::Writable,
     State(d): State<AppState>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
@@ -520,7 +516,7 @@ async fn template_get(
 
 #[utoipa::path(put, path = "/v2/templates/{id}", request_body = wire::Template, responses((status = 200, body = wire::Template)), params(("id" = String, Path)))]
 async fn template_put(
-    _: crate::health::Writable,
+    _: crate::http::Writable,
     State(d): State<AppState>,
     headers: HeaderMap,
     Path(id): Path<String>,
@@ -539,7 +535,7 @@ async fn template_put(
 
 #[utoipa::path(delete, path = "/v2/templates/{id}", responses((status = 204), (status = 404, body = wire::ErrorBody)), params(("id" = String, Path)))]
 async fn template_delete(
-    _: crate::health::Writable,
+    _: crate::http::Writable,
     State(d): State<AppState>,
     headers: HeaderMap,
     Path(id): Path<String>,

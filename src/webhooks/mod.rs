@@ -5,29 +5,23 @@
 //! keeps only ids and due times in memory; the entries themselves stay in sled, so a
 //! restart loses nothing.
 
+pub mod mo;
+pub mod repair;
 pub mod retry;
 
-use crate::config::Config;
-use crate::inbound::mo;
+use crate::config::{Config, SharedConfig};
 use crate::metrics::Metrics;
-use crate::store::{now_ms, OutboxEntry, Payload, Store};
-use crate::tokens::Signer;
+use crate::model::time::now_ms;
+use crate::model::tokens::Signer;
+use crate::store::{OutboxEntry, Payload, Store};
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 use tracing::Instrument;
-
-/// RFC 3339 UTC with milliseconds, the timestamp format of every event.
-pub fn timestamp(ms: u64) -> String {
-    chrono::DateTime::from_timestamp_millis(ms as i64)
-        .unwrap_or_default()
-        .format("%Y-%m-%dT%H:%M:%S%.3fZ")
-        .to_string()
-}
 
 /// Handle used by producers to wake the worker for new (or replayed) events. Events are
 /// already durable when scheduled; a lost wake-up is repaired at the next start.
@@ -157,7 +151,7 @@ impl<W: std::io::Write> std::io::Write for MacWriter<W> {
 
 pub struct Worker {
     pub store: Store,
-    pub config: Arc<RwLock<Arc<Config>>>,
+    pub config: SharedConfig,
     pub metrics: Arc<Metrics>,
     pub signer: Signer,
     pub outbox: Outbox,
@@ -165,7 +159,7 @@ pub struct Worker {
     /// For URLs that came from API requests (no private targets).
     pub guarded_client: reqwest::Client,
     /// Bounds MO rendering of large messages (SPEC 6.3 "MIME"), shared with inbound parsing.
-    pub heavy: crate::inbound::heavy::Heavy,
+    pub heavy: crate::heavy::Heavy,
     /// Deliveries of large MO events in flight (see [`Worker::large_slots`]).
     pub large: Arc<tokio::sync::Semaphore>,
 }
@@ -189,10 +183,7 @@ impl Worker {
     }
 
     fn config(&self) -> Arc<Config> {
-        self.config
-            .read()
-            .map(|c| c.clone())
-            .unwrap_or_else(|p| p.into_inner().clone())
+        self.config.get()
     }
 
     /// Runs until `shutdown` flips; in-flight POSTs finish first.
@@ -516,10 +507,5 @@ mod tests {
             signature("k", 1, b"{}"),
             "t=1,v1=3dd49b2593d0f9a349e9e71c4bde3e2b862c2be4003fe9b4ba81332029310158"
         );
-    }
-
-    #[test]
-    fn timestamps_are_utc_with_milliseconds() {
-        assert_eq!(timestamp(1_700_000_000_123), "2023-11-14T22:13:20.123Z");
     }
 }

@@ -3,11 +3,11 @@
 //! history entry that `GET /v2/messages/{tid}` shows. Pure apart from the clock passed in.
 
 use crate::config::Config;
-use crate::events::timestamp;
+use crate::model::time::timestamp;
+use crate::model::types::DeliveryCode;
 use crate::store::messages::{HistoryEntry, MessageRecord};
 use crate::store::outbox::EventKind;
 use crate::store::{OutboxEntry, Payload};
-use crate::types::DeliveryCode;
 
 /// The notification body.
 pub fn body(

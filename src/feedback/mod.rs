@@ -9,12 +9,19 @@
 //! per [`OPEN_WINDOW_MS`], clicks every time (with the User-Agent cut to
 //! [`USER_AGENT_MAX`] octets). A hit that only counts never rewrites the transaction.
 
+pub mod arf;
+pub mod dsn;
+pub mod reports;
+pub mod ses_events;
+pub mod sns;
+
 use crate::config::Config;
-use crate::events::Outbox;
+use crate::model::time::now_ms;
+use crate::model::types::DeliveryCode;
 use crate::store::messages::{cut, MessageRecord, QueueState};
 use crate::store::suppression::{Reason, Suppression};
-use crate::store::{now_ms, OutboxEntry, Store, StoreError};
-use crate::types::DeliveryCode;
+use crate::store::{OutboxEntry, Store, StoreError};
+use crate::webhooks::Outbox;
 
 /// One piece of feedback about one recipient.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -172,7 +179,7 @@ pub async fn record(
         };
         tracing::info!(tid, rcpt = %rcpt, code = report.code.code(), description = %report.description, "feedback");
         let before = record.history.len();
-        let event = crate::queue::notify::notify(
+        let event = crate::outbound::queue::notify::notify(
             config,
             &mut record,
             &rcpt,

@@ -3,8 +3,8 @@
 //! bucket was charged; what it may allocate is bounded by destinations times the limits.
 
 use super::{invalid, Checked, Invalid, Submission, Transaction, MAX_HTML, MAX_SUBJECT, MAX_TEXT};
-use crate::api::substitute::{normalise_keys, substitute, Placeholders, Subs};
-use crate::types::{check_address, DeliveryCode};
+use crate::model::types::{check_address, DeliveryCode};
+use crate::outbound::substitute::{normalise_keys, substitute, Placeholders, Subs};
 use std::collections::BTreeMap;
 
 /// Sizes every destination's subject, text and html after substitution, refusing the

@@ -3,9 +3,9 @@
 //! complained). CSV import is all-or-nothing: every line is validated first, and a bad line
 //! is reported with its number.
 
-use crate::api::validate::TimeError;
+use crate::model::time::TimeError;
+use crate::model::types::{check_address, DeliveryCode};
 use crate::store::suppression::{Reason, Suppression};
-use crate::types::{check_address, DeliveryCode};
 
 /// The code and Description for a suppressed recipient.
 pub fn refusal(entry: &Suppression, address: &str) -> (DeliveryCode, String) {
@@ -30,13 +30,13 @@ pub fn to_csv(entries: &[Suppression]) -> Result<String, csv::Error> {
     for e in entries {
         let expires = e
             .expires_ms
-            .map(crate::events::timestamp)
+            .map(crate::model::time::timestamp)
             .unwrap_or_default();
         w.write_record([
             e.asset_id.as_str(),
             e.address.as_str(),
             e.reason.label(),
-            &crate::events::timestamp(e.since_ms),
+            &crate::model::time::timestamp(e.since_ms),
             &expires,
         ])?;
     }
@@ -87,13 +87,14 @@ pub fn from_csv(
         })?;
         let expires_ms = match ce.map(get).filter(|s| !s.is_empty()) {
             Some(s) => Some(
-                crate::api::validate::parse_time(&serde_json::Value::String(s.to_string()))
-                    .map_err(|e| match e {
+                crate::model::time::parse_time(&serde_json::Value::String(s.to_string())).map_err(
+                    |e| match e {
                         TimeError::Format => {
                             format!("line {line}: expires '{s}' is not an RFC 3339 time")
                         }
                         TimeError::OutOfRange => format!("line {line}: expires '{s}' {e}"),
-                    })?,
+                    },
+                )?,
             ),
             None if reason == Reason::Bounced => {
                 Some(now_ms.saturating_add(bounce_retention_ms(asset)))

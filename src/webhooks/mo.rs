@@ -154,7 +154,7 @@ pub fn render(
         event: "MO",
         tid: ctx.tid,
         message_id: String::new(),
-        ts: crate::events::timestamp(ctx.received_ms),
+        ts: crate::model::time::timestamp(ctx.received_ms),
         from: ctx.mail_from.to_string(),
         to: ctx.recipients,
         subject: String::new(),

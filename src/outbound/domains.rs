@@ -5,7 +5,7 @@
 //! verified when its verification TXT and its signing key's record are both right.
 
 use crate::config::{Config, DkimAlgorithm, RouteKind};
-use crate::dkim::{Phase, Rotation};
+use crate::outbound::dkim::{Phase, Rotation};
 use hickory_resolver::TokioResolver;
 use serde::{Deserialize, Serialize};
 
@@ -24,7 +24,7 @@ pub enum DomainError {
     #[error("domain {0} belongs to no asset in the configuration")]
     Unknown(String),
     #[error(transparent)]
-    Dkim(#[from] crate::dkim::DkimError),
+    Dkim(#[from] crate::outbound::dkim::DkimError),
     #[error("signing key: {0}")]
     Key(std::io::Error),
 }
@@ -36,7 +36,8 @@ pub fn records(config: &Config, domain: &str) -> Result<Vec<Record>, DomainError
         .asset_for_domain(&domain)
         .ok_or_else(|| DomainError::Unknown(domain.clone()))?;
     let data_dir = &config.server.data_dir;
-    let signer = crate::tokens::Signer::load_or_create(data_dir).map_err(DomainError::Key)?;
+    let signer =
+        crate::model::tokens::Signer::load_or_create(data_dir).map_err(DomainError::Key)?;
     let verification = signer.sign("domain-verification", &domain);
     let token: String = verification
         .rsplit('.')
@@ -59,7 +60,12 @@ pub fn records(config: &Config, domain: &str) -> Result<Vec<Record>, DomainError
     match rotation.as_ref().map(|r| r.published(now)) {
         Some(published) if !published.is_empty() => {
             for (s, phase) in published {
-                let key = crate::dkim::load_or_create(data_dir, &domain, &s.selector, s.algorithm)?;
+                let key = crate::outbound::dkim::load_or_create(
+                    data_dir,
+                    &domain,
+                    &s.selector,
+                    s.algorithm,
+                )?;
                 let purpose = match phase {
                     Phase::Signing => "dkim",
                     Phase::Next => "dkim-next",
@@ -74,7 +80,8 @@ pub fn records(config: &Config, domain: &str) -> Result<Vec<Record>, DomainError
             }
         }
         _ => {
-            let key = crate::dkim::load_or_create(data_dir, &domain, &selector, algorithm)?;
+            let key =
+                crate::outbound::dkim::load_or_create(data_dir, &domain, &selector, algorithm)?;
             dkim.push(Record {
                 purpose: "dkim".into(),
                 name: key.record_name(),
@@ -327,7 +334,7 @@ pub async fn verify(resolver: &TokioResolver, domain: &str, records: Vec<Record>
     Verification {
         domain: domain.to_string(),
         verified,
-        checked_at: crate::events::timestamp(crate::store::now_ms()),
+        checked_at: crate::model::time::timestamp(crate::model::time::now_ms()),
         records: checks,
     }
 }

@@ -281,7 +281,7 @@ impl SmtpRoute {
         let record = RouteToken {
             refresh_token: rotated.to_string(),
             configured_sha256: fingerprint(configured),
-            updated_ms: crate::store::now_ms(),
+            updated_ms: crate::model::time::now_ms(),
         };
         match t.store.put_route_token(&t.asset_id, &record).await {
             Ok(()) => tracing::info!(asset = %t.asset_id, "refresh token rotated and stored"),

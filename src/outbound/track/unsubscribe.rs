@@ -12,12 +12,13 @@
 //! Unsubscribe / Subscribe event to the asset's incoming webhook.
 
 use crate::config::Config;
-use crate::events::Outbox;
+use crate::model::time::now_ms;
+use crate::model::tokens::Signer;
 use crate::store::messages::MessageRecord;
 use crate::store::outbox::EventKind;
 use crate::store::suppression::{Reason, Suppression};
-use crate::store::{now_ms, OutboxEntry, Payload, Store, StoreError};
-use crate::tokens::Signer;
+use crate::store::{OutboxEntry, Payload, Store, StoreError};
+use crate::webhooks::Outbox;
 
 /// Who an unsubscribe token speaks for.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -171,7 +172,7 @@ pub fn event(
         "event": if subscribe { "Subscribe" } else { "Unsubscribe" },
         "senderId": s.sender,
         "correlationId": correlation_id.unwrap_or(""),
-        "ts": crate::events::timestamp(now_ms()),
+        "ts": crate::model::time::timestamp(now_ms()),
         "tid": s.tid,
     });
     Some(OutboxEntry::new(

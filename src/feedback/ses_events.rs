@@ -15,8 +15,8 @@
 //! notification reports: they are accepted and ignored.
 
 use crate::feedback::Report;
+use crate::model::types::DeliveryCode;
 use crate::store::suppression::Reason;
-use crate::types::DeliveryCode;
 use serde_json::Value;
 
 /// What one SES event says.

@@ -1,5 +1,5 @@
 use super::*;
-use crate::api::wire::SendRequest;
+use crate::model::wire::SendRequest;
 
 fn config() -> Config {
     Config::parse(

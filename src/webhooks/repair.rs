@@ -374,7 +374,7 @@ fn reads_as_written(
     probe.extend_from_slice(lines);
     probe.extend_from_slice(b"\r\n");
     probe.extend_from_slice(follow);
-    let Some(read) = crate::inbound::mo::parse(&probe) else {
+    let Some(read) = crate::webhooks::mo::parse(&probe) else {
         return lines.is_empty();
     };
     let Some(r) = read.parts.first() else {
@@ -460,7 +460,7 @@ mod tests {
     /// mail-parser finds exactly the parts the repair spelled out.
     fn same_structure(raw: &[u8]) {
         let Some(r) = repair(raw) else { return };
-        let parsed = crate::inbound::mo::parse(&r.bytes).expect("the copy parses");
+        let parsed = crate::webhooks::mo::parse(&r.bytes).expect("the copy parses");
         assert_eq!(
             parsed.parts.len(),
             r.parts,

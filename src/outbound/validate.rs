@@ -6,10 +6,11 @@
 //! text and html without building them, and builds them only when all fit.
 
 use super::substitute::normalise_keys;
-use super::wire::{AttachmentRef, Destination, SendRequest, Template};
 use crate::config::{Config, ServiceConfig};
-use crate::types::{check_address, DeliveryCode, Receipt, Receipts};
-use crate::urls::Policy;
+use crate::model::time::{parse_time, TimeError, LATEST_MS};
+use crate::model::types::{check_address, DeliveryCode, Receipt, Receipts};
+use crate::model::urls::Policy;
+use crate::model::wire::{AttachmentRef, Destination, SendRequest, Template};
 use std::collections::BTreeMap;
 
 pub const MAX_DESTINATIONS: usize = 1000;
@@ -441,53 +442,6 @@ fn no_crlf(field: &str, value: &str) -> Result<(), Invalid> {
         ))
     } else {
         Ok(())
-    }
-}
-
-/// The latest time a request may name: 9999-12-31T23:59:59.999Z, the last one RFC 3339 can
-/// write (events and the status page print every stored time that way).
-pub const LATEST_MS: u64 = 253_402_300_799_999;
-
-/// Why a time given by a client was refused.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-pub enum TimeError {
-    #[error("must be ISO 8601 with a time zone, or epoch seconds")]
-    Format,
-    #[error("is out of range (before 1970 or after 9999-12-31)")]
-    OutOfRange,
-}
-
-/// ISO 8601 with a zone, or epoch seconds (number or digit string), as epoch ms, between
-/// 1970 and [`LATEST_MS`].
-pub fn parse_time(v: &serde_json::Value) -> Result<u64, TimeError> {
-    let secs = |s: u64| {
-        s.checked_mul(1000)
-            .filter(|ms| *ms <= LATEST_MS)
-            .ok_or(TimeError::OutOfRange)
-    };
-    match v {
-        serde_json::Value::Number(n) => match n.as_u64() {
-            Some(s) => secs(s),
-            None if n.is_i64() || n.is_f64() && n.as_f64().is_some_and(|f| f < 0.0) => {
-                Err(TimeError::OutOfRange)
-            }
-            None => Err(TimeError::Format),
-        },
-        serde_json::Value::String(s) if !s.is_empty() && s.chars().all(|c| c.is_ascii_digit()) => {
-            // All digits: only too many of them fails to parse.
-            s.parse::<u64>()
-                .map_err(|_| TimeError::OutOfRange)
-                .and_then(secs)
-        }
-        serde_json::Value::String(s) => {
-            let t =
-                chrono::DateTime::parse_from_rfc3339(s.trim()).map_err(|_| TimeError::Format)?;
-            u64::try_from(t.timestamp_millis())
-                .ok()
-                .filter(|ms| *ms <= LATEST_MS)
-                .ok_or(TimeError::OutOfRange)
-        }
-        _ => Err(TimeError::Format),
     }
 }
 

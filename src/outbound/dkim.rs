@@ -379,7 +379,7 @@ pub fn load_or_create(
             })?;
             let tmp = dir.join(format!(".{domain}.{selector}.tmp"));
             let _ = std::fs::remove_file(&tmp);
-            crate::tokens::write_private(&tmp, pem.as_bytes()).map_err(io_error(&tmp))?;
+            crate::model::tokens::write_private(&tmp, pem.as_bytes()).map_err(io_error(&tmp))?;
             std::fs::rename(&tmp, &path).map_err(io_error(&path))?;
             tracing::info!(
                 domain,

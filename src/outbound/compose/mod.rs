@@ -4,9 +4,9 @@
 //! path. Header values were refused at the API if they held CR/LF.
 
 use crate::config::{Config, DkimAlgorithm};
-use crate::dkim::Keys;
+use crate::model::tokens::Signer;
+use crate::outbound::dkim::Keys;
 use crate::store::messages::MessageRecord;
-use crate::tokens::Signer;
 use futures::StreamExt;
 use mail_builder::headers::address::Address;
 use mail_builder::MessageBuilder;
@@ -114,15 +114,15 @@ pub async fn build(
     // message to several (multipleToRecipients) cannot tell who clicked, so its link names
     // nobody (the page asks for the address), it gets no one-click header, and its mailto
     // carries no token (mail to it acts on an aligned-DMARC From only).
-    let subject = crate::track::unsubscribe::subject_of(record);
-    let token = crate::track::unsubscribe::token(signer, &subject);
+    let subject = crate::outbound::track::unsubscribe::subject_of(record);
+    let token = crate::outbound::track::unsubscribe::token(signer, &subject);
     let unsubscribe_url = format!(
         "{}/u/{token}",
         config.server.public_url.trim_end_matches('/'),
     );
     let mail_token = (!subject.recipient.is_empty()).then_some(token.as_str());
     if let Some((value, one_click)) =
-        crate::track::unsubscribe::headers(config, record, &unsubscribe_url, mail_token)
+        crate::outbound::track::unsubscribe::headers(config, record, &unsubscribe_url, mail_token)
     {
         msg = msg.header(
             "List-Unsubscribe",
@@ -159,7 +159,7 @@ pub async fn build(
                 "{base}/t/o/{}",
                 signer.sign("open", &format!("{}|{tracked}", record.tid))
             );
-            html = crate::track::links::rewrite(
+            html = crate::outbound::track::links::rewrite(
                 &html,
                 record
                     .track_clicks
@@ -198,8 +198,8 @@ pub async fn build(
         .and_then(|a| a.route.as_ref())
         .map(|r| r.kind)
     {
-        Some(crate::config::RouteKind::Ses) => crate::dkim::Coverage::Ses,
-        _ => crate::dkim::Coverage::Full,
+        Some(crate::config::RouteKind::Ses) => crate::outbound::dkim::Coverage::Ses,
+        _ => crate::outbound::dkim::Coverage::Full,
     };
     let signature = key
         .sign_with(&body, coverage)

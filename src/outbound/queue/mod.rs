@@ -3,24 +3,25 @@
 //! and for each: expiry, build + sign, route, then one durable update with the events it
 //! produced. A restart reloads every active tid. A recipient the route took is marked
 //! `Submitted` in the same update that records 7501, so it is never submitted again.
-//! Nothing is handed to a route while [`crate::health::Health`] refuses work or an earlier
+//! Nothing is handed to a route while [`crate::model::health::Health`] refuses work or an earlier
 //! outcome is still unrecorded: an outcome whose update failed stays in memory (saved to
 //! `data_dir/queue-unrecorded.json` if the daemon must restart) and is recorded first.
 
 pub mod notify;
 
-use crate::compose::{self, BuildError};
-use crate::config::{Config, RouteConfig};
-use crate::dkim::Keys;
-use crate::events::Outbox;
-use crate::route::{Envelope, RcptOutcome, Route};
+use crate::config::{Config, RouteConfig, SharedConfig};
+use crate::model::time::now_ms;
+use crate::model::tokens::Signer;
+use crate::model::types::DeliveryCode;
+use crate::outbound::compose::{self, BuildError};
+use crate::outbound::dkim::Keys;
+use crate::outbound::route::{Envelope, RcptOutcome, Route};
 use crate::store::messages::{MessageRecord, QueueState, RecipientPhase};
-use crate::store::{now_ms, OutboxEntry, Store};
-use crate::tokens::Signer;
-use crate::types::DeliveryCode;
+use crate::store::{OutboxEntry, Store};
+use crate::webhooks::Outbox;
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 use tracing::Instrument;
@@ -55,7 +56,7 @@ pub fn retry_delay(base_secs: u64, attempts: u32, jitter: f64) -> Duration {
 
 pub struct QueueWorker {
     pub store: Store,
-    pub config: Arc<RwLock<Arc<Config>>>,
+    pub config: SharedConfig,
     pub outbox: Outbox,
     pub queue: Queue,
     pub keys: Arc<Keys>,
@@ -103,10 +104,7 @@ const RECHECK_MS: u64 = 2000;
 
 impl QueueWorker {
     fn config(&self) -> Arc<Config> {
-        self.config
-            .read()
-            .map(|c| c.clone())
-            .unwrap_or_else(|p| p.into_inner().clone())
+        self.config.get()
     }
 
     /// The route of an asset (kept, so its connections are reused).
@@ -540,7 +538,7 @@ impl QueueWorker {
                 match self.store.suppression(&record.asset_id, &addr, now) {
                     Ok(Some(entry)) => {
                         self.metrics.suppression_hit(entry.reason.label());
-                        Some(crate::suppression::refusal(&entry, &addr))
+                        Some(crate::outbound::suppression::refusal(&entry, &addr))
                     }
                     Ok(None) => None,
                     Err(e) => {

@@ -11,14 +11,20 @@
 //! `feedback.trusted_reporters` domain. Mail to the unsubscribe address acts for the
 //! recipient whose signed token it carries, else for a From that passes aligned DMARC.
 
-use super::{arf, classify_recipient, dsn, split_address, Destination};
+use super::{arf, dsn};
 use crate::config::Config;
+use crate::config::SharedConfig;
 use crate::feedback::{self, Report};
+use crate::heavy::Heavy;
+use crate::inbound::{classify_recipient, mailto_tag, split_address, Destination};
+use crate::model::time::now_ms;
+use crate::model::tokens::Signer;
+use crate::model::types::DeliveryCode;
 use crate::store::spool::AuthSummary;
 use crate::store::suppression::Reason;
-use crate::store::{now_ms, SpoolRecord, StoreError};
-use crate::types::DeliveryCode;
-use crate::Daemon;
+use crate::store::Store;
+use crate::store::{SpoolRecord, StoreError};
+use crate::webhooks::Outbox;
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -33,8 +39,24 @@ pub const CONCURRENCY: usize = 2;
 const SWEEP_EVERY: Duration = Duration::from_secs(30);
 const SWEEP_GRACE_MS: u64 = 60_000;
 
+/// What the feedback worker needs of the daemon.
+pub struct Reports {
+    pub store: Store,
+    pub outbox: Outbox,
+    pub signer: Signer,
+    pub config: SharedConfig,
+    /// The daemon's one bounded pool for heavy parsing.
+    pub heavy: Heavy,
+}
+
+impl Reports {
+    fn config(&self) -> Arc<Config> {
+        self.config.get()
+    }
+}
+
 /// Processes marked messages as they are sent, and sweeps left-over marks.
-pub async fn run(d: Arc<Daemon>, mut ids: mpsc::UnboundedReceiver<String>) {
+pub async fn run(d: Arc<Reports>, mut ids: mpsc::UnboundedReceiver<String>) {
     let permits = Arc::new(Semaphore::new(CONCURRENCY));
     let in_flight: Arc<Mutex<HashSet<String>>> = Arc::default();
     let store = d.store.clone();
@@ -116,21 +138,6 @@ fn parse(raw: &[u8], hostname: &str, want_dsn: bool) -> Parsed {
     }
 }
 
-/// Whether `rcpt` is the unsubscribe address `mailto`, or it with a tag
-/// (`local+tag@domain`); returns the tag.
-pub fn mailto_tag<'a>(mailto: &str, rcpt: &'a str) -> Option<Option<&'a str>> {
-    let (m_local, m_domain) = split_address(mailto)?;
-    let (local, domain) = split_address(rcpt)?;
-    if !domain.trim_end_matches('.').eq_ignore_ascii_case(m_domain) {
-        return None;
-    }
-    if local.eq_ignore_ascii_case(m_local) {
-        return Some(None);
-    }
-    let (base, tag) = local.split_once('+')?;
-    base.eq_ignore_ascii_case(m_local).then_some(Some(tag))
-}
-
 /// Whether the message's From passed aligned DMARC (mail-auth's DMARC pass is aligned by
 /// definition) from `trusted` or a subdomain of it.
 fn dmarc_from(auth: &AuthSummary, from: Option<&str>, trusted: &[String]) -> bool {
@@ -148,7 +155,7 @@ fn dmarc_from(auth: &AuthSummary, from: Option<&str>, trusted: &[String]) -> boo
 }
 
 /// Acts on the feedback message `id` carries, then releases it.
-pub async fn process(d: &Daemon, id: &str) -> Result<(), StoreError> {
+pub async fn process(d: &Reports, id: &str) -> Result<(), StoreError> {
     let Some(record) = d.store.spool_record(id)? else {
         return d.store.feedback_done(id).await;
     };
@@ -168,9 +175,7 @@ pub async fn process(d: &Daemon, id: &str) -> Result<(), StoreError> {
     // The daemon's one bounded pool for heavy parsing (shared with MO rendering and
     // DKIM body hashing), so reports of up to 40 MB never run on the async workers.
     let parsed = d
-        .inbound
-        .auth
-        .heavy()
+        .heavy
         .run(move || parse(&body, &hostname, want_dsn))
         .await
         .unwrap_or_else(|e| {
@@ -194,14 +199,14 @@ pub async fn process(d: &Daemon, id: &str) -> Result<(), StoreError> {
 }
 
 /// The tids of the signed VERP addresses the message was sent to.
-fn verp_tids(d: &Daemon, config: &Config, record: &SpoolRecord) -> Vec<String> {
+fn verp_tids(d: &Reports, config: &Config, record: &SpoolRecord) -> Vec<String> {
     record
         .rcpts
         .iter()
         .filter(|r| classify_recipient(config, r) == Ok(Destination::Bounce))
         .filter_map(|a| {
             let local = split_address(a).map(|(l, _)| l).unwrap_or("");
-            let tid = crate::compose::verp_tid(&d.signer, local);
+            let tid = crate::outbound::compose::verp_tid(&d.signer, local);
             if tid.is_none() {
                 tracing::info!(rcpt = %a, "mail to an unsigned or forged bounce address: no DSN taken from it");
             }
@@ -211,7 +216,7 @@ fn verp_tids(d: &Daemon, config: &Config, record: &SpoolRecord) -> Vec<String> {
 }
 
 async fn bounce_domain(
-    d: &Daemon,
+    d: &Reports,
     config: &Config,
     record: &SpoolRecord,
     parsed: &Parsed,
@@ -280,7 +285,7 @@ async fn bounce_domain(
 }
 
 async fn unsubscribe_by_mail(
-    d: &Daemon,
+    d: &Reports,
     config: &Config,
     record: &SpoolRecord,
     parsed: &Parsed,
@@ -301,18 +306,20 @@ async fn unsubscribe_by_mail(
             continue;
         };
         let words: Vec<&str> = tag.into_iter().chain([parsed.subject.as_str()]).collect();
-        let subject = match crate::track::unsubscribe::token_in_mail(&d.signer, &asset_id, &words) {
+        let subject = match crate::outbound::track::unsubscribe::token_in_mail(
+            &d.signer, &asset_id, &words,
+        ) {
             Some(s) => s,
             None => {
                 let from = parsed.from.clone().unwrap_or_default();
-                let aligned =
-                    record.auth.dmarc == "pass" && crate::types::check_address(&from).is_ok();
+                let aligned = record.auth.dmarc == "pass"
+                    && crate::model::types::check_address(&from).is_ok();
                 if !aligned {
                     tracing::info!(asset = %asset_id, from = %from, dmarc = %record.auth.dmarc,
                         "mail to the unsubscribe address without its token or an aligned-DMARC From: nothing changed");
                     continue;
                 }
-                crate::track::unsubscribe::Subject {
+                crate::outbound::track::unsubscribe::Subject {
                     asset_id: asset_id.clone(),
                     tid: uuid::Uuid::new_v4().to_string(),
                     recipient: from,
@@ -327,8 +334,10 @@ async fn unsubscribe_by_mail(
         )) {
             continue;
         }
-        crate::track::unsubscribe::apply(&d.store, &d.outbox, config, &subject, true, "mailto")
-            .await?;
+        crate::outbound::track::unsubscribe::apply(
+            &d.store, &d.outbox, config, &subject, true, "mailto",
+        )
+        .await?;
     }
     Ok(())
 }

@@ -1,0 +1,9 @@
+//! The model: the values every layer speaks, validated at the edge and typed from there on.
+//! Imports nothing else of the crate (checked by `scripts/layers.py`).
+
+pub mod health;
+pub mod time;
+pub mod tokens;
+pub mod types;
+pub mod urls;
+pub mod wire;
