@@ -166,51 +166,74 @@ pub async fn start(
     config_path: Option<PathBuf>,
     listeners: Listeners,
 ) -> Result<Handle, StartError> {
-    let data_dir = config.server.data_dir.clone();
-    std::fs::create_dir_all(&data_dir).map_err(|source| StartError::DataDir {
-        path: data_dir.clone(),
-        source,
-    })?;
-    let store = store::Store::open(&data_dir)?;
-    let signer =
-        crate::model::tokens::Signer::load_or_create(&data_dir).map_err(StartError::Key)?;
+    let (daemon, workers) = compose(config, config_path).await?;
+    let gc = daemon.clone();
+    if let Ok(Err(e)) =
+        tokio::task::spawn_blocking(move || gc.collect_garbage(model::time::now_ms())).await
+    {
+        tracing::warn!(error = %e, "garbage collection failed");
+    }
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let worker = tokio::spawn(workers.webhooks.run(workers.outbox_rx, shutdown_rx.clone()));
+    let queue_worker = daemon.queue_worker.clone();
+    let queue_task = tokio::spawn(queue_worker.run(workers.queue_rx, shutdown_rx.clone()));
+    let (mut tasks, smtp_addrs, http_addr) = serve(listeners, &daemon, &shutdown_rx)?;
+    tasks.extend(background(&daemon, workers.feedback_rx));
+
+    daemon.ready.store(true, Ordering::Release);
+    tracing::info!(smtp = ?smtp_addrs, http = %http_addr, "postern ready");
+    Ok(Handle {
+        daemon,
+        smtp_addrs,
+        http_addr,
+        shutdown: shutdown_tx,
+        tasks,
+        worker,
+        queue_task,
+    })
+}
+
+/// The workers [`compose`] built and [`start`] runs, with the channels that feed them.
+struct Workers {
+    webhooks: Arc<webhooks::Worker>,
+    outbox_rx: tokio::sync::mpsc::UnboundedReceiver<(u64, String)>,
+    queue_rx: tokio::sync::mpsc::UnboundedReceiver<(u64, String)>,
+    feedback_rx: tokio::sync::mpsc::UnboundedReceiver<String>,
+}
+
+/// Builds the daemon's parts from the configuration: the store and signing key in
+/// `data_dir`, the DKIM keys, the queue, inbound and webhook workers (not yet running).
+async fn compose(
+    config: Config,
+    config_path: Option<PathBuf>,
+) -> Result<(Arc<Daemon>, Workers), StartError> {
+    let (store, signer) = open_data_dir(&config.server.data_dir)?;
     // One bound on heavy parsing (MO rendering, authentication, reports) for the daemon.
     let heavy = heavy::Heavy::per_core();
     let verifier = inbound::auth::Verifier::new(&config.dns.resolver)?.with_heavy(heavy.clone());
     let tls = crate::inbound::tls::tls_from_config(&config).map_err(StartError::Tls)?;
     let metrics = Arc::new(metrics::Metrics::default());
     let (outbox, outbox_rx) = webhooks::Outbox::channel();
-    let client = webhooks::Worker::http_client(Duration::from_secs(config.webhooks.timeout.max(1)));
     let url_policy = crate::model::urls::Policy::new(&config.outbound.allow_private_targets)
         .map_err(StartError::Config)?;
-    let guarded_client = crate::model::urls::guarded_client(
-        &url_policy,
-        Duration::from_secs(config.webhooks.timeout.max(1)),
-    );
-    let fetcher = crate::model::urls::guarded_client(
-        &url_policy,
-        Duration::from_secs(config.queue.fetch_timeout.max(1)),
-    );
-    // Every asset domain's DKIM key exists before the first send, so first sends never race.
-    let keys = Arc::new(crate::outbound::dkim::Keys::default());
-    for asset in &config.assets {
-        if let Some(dk) = &asset.dkim {
-            for domain in &asset.domains {
-                let (dir, d, sel, alg) = (
-                    data_dir.clone(),
-                    domain.clone(),
-                    dk.selector.clone(),
-                    dk.algorithm,
-                );
-                let k = keys.clone();
-                tokio::task::spawn_blocking(move || k.get(&dir, &d, &sel, alg))
-                    .await
-                    .map_err(|e| StartError::Config(e.to_string()))??;
-            }
-        }
-    }
+    let keys = dkim_keys(&config).await?;
     let (queue, queue_rx) = crate::outbound::queue::Queue::channel();
+    let webhook_timeout = Duration::from_secs(config.webhooks.timeout.max(1));
+    let fetch_timeout = Duration::from_secs(config.queue.fetch_timeout.max(1));
+    let webhook_concurrency = config.webhooks.concurrency;
     let shared_config = SharedConfig::new(config);
+    let webhooks = Arc::new(webhooks::Worker {
+        store: store.clone(),
+        config: shared_config.clone(),
+        metrics: metrics.clone(),
+        signer: signer.clone(),
+        outbox: outbox.clone(),
+        client: webhooks::Worker::http_client(webhook_timeout),
+        guarded_client: crate::model::urls::guarded_client(&url_policy, webhook_timeout),
+        heavy,
+        large: webhooks::Worker::large_slots(webhook_concurrency),
+    });
+    let fetcher = crate::model::urls::guarded_client(&url_policy, fetch_timeout);
     let queue_worker = Arc::new(crate::outbound::queue::QueueWorker {
         store: store.clone(),
         config: shared_config.clone(),
@@ -224,7 +247,6 @@ pub async fn start(
         unrecorded: Default::default(),
         in_flight: Default::default(),
     });
-
     let (feedback_tx, feedback_rx) = tokio::sync::mpsc::unbounded_channel();
     let inbound = Arc::new(inbound::Inbound {
         store: store.clone(),
@@ -235,16 +257,16 @@ pub async fn start(
         feedback: feedback_tx,
     });
     let daemon = Arc::new(Daemon {
-        config: shared_config.clone(),
+        config: shared_config,
         config_path,
         store: store.clone(),
-        metrics: metrics.clone(),
+        metrics,
         inbound,
-        signer: signer.clone(),
-        outbox: outbox.clone(),
+        signer,
+        outbox,
         conns: Arc::new(crate::inbound::conns::ConnLimits::default()),
         queue,
-        queue_worker: queue_worker.clone(),
+        queue_worker,
         limiter: outbound::ratelimit::Limiter::default(),
         url_policy,
         keys,
@@ -253,84 +275,103 @@ pub async fn start(
         tls: RwLock::new(tls),
         ready: AtomicBool::new(false),
     });
+    let workers = Workers {
+        webhooks,
+        outbox_rx,
+        queue_rx,
+        feedback_rx,
+    };
+    Ok((daemon, workers))
+}
 
-    let gc = daemon.clone();
-    if let Ok(Err(e)) =
-        tokio::task::spawn_blocking(move || gc.collect_garbage(model::time::now_ms())).await
-    {
-        tracing::warn!(error = %e, "garbage collection failed");
+/// Creates `data_dir` if needed and opens the store and the link-signing key in it.
+fn open_data_dir(
+    data_dir: &std::path::Path,
+) -> Result<(store::Store, crate::model::tokens::Signer), StartError> {
+    std::fs::create_dir_all(data_dir).map_err(|source| StartError::DataDir {
+        path: data_dir.to_path_buf(),
+        source,
+    })?;
+    let store = store::Store::open(data_dir)?;
+    let signer = crate::model::tokens::Signer::load_or_create(data_dir).map_err(StartError::Key)?;
+    Ok((store, signer))
+}
+
+/// Every asset domain's DKIM key exists before the first send, so first sends never race.
+async fn dkim_keys(config: &Config) -> Result<Arc<crate::outbound::dkim::Keys>, StartError> {
+    let keys = Arc::new(crate::outbound::dkim::Keys::default());
+    for asset in &config.assets {
+        let Some(dk) = &asset.dkim else { continue };
+        for domain in &asset.domains {
+            let (dir, d, sel, alg) = (
+                config.server.data_dir.clone(),
+                domain.clone(),
+                dk.selector.clone(),
+                dk.algorithm,
+            );
+            let k = keys.clone();
+            tokio::task::spawn_blocking(move || k.get(&dir, &d, &sel, alg))
+                .await
+                .map_err(|e| StartError::Config(e.to_string()))??;
+        }
     }
+    Ok(keys)
+}
 
-    let (shutdown_tx, shutdown_rx) = watch::channel(false);
-    let webhook_concurrency = daemon.config().webhooks.concurrency;
-    let worker = Arc::new(webhooks::Worker {
-        store: store.clone(),
-        config: shared_config,
-        metrics,
-        signer,
-        outbox,
-        client,
-        guarded_client,
-        heavy,
-        large: webhooks::Worker::large_slots(webhook_concurrency),
-    });
-    let worker = tokio::spawn(worker.run(outbox_rx, shutdown_rx.clone()));
-    let queue_task = tokio::spawn(queue_worker.run(queue_rx, shutdown_rx.clone()));
-
+/// Starts the SMTP accept loops and the HTTP server on the bound listeners.
+#[allow(clippy::type_complexity)]
+fn serve(
+    listeners: Listeners,
+    daemon: &Arc<Daemon>,
+    shutdown: &watch::Receiver<bool>,
+) -> Result<(Vec<JoinHandle<()>>, Vec<SocketAddr>, SocketAddr), StartError> {
+    let local = |l: &TcpListener| {
+        l.local_addr().map_err(|source| StartError::DataDir {
+            path: daemon.config().server.data_dir.clone(),
+            source,
+        })
+    };
     let mut tasks = Vec::new();
     let mut smtp_addrs = Vec::new();
     for l in listeners.smtp {
-        smtp_addrs.push(l.local_addr().map_err(|source| StartError::DataDir {
-            path: data_dir.clone(),
-            source,
-        })?);
+        smtp_addrs.push(local(&l)?);
         tasks.push(tokio::spawn(smtp::accept_loop(
             l,
             daemon.clone(),
-            shutdown_rx.clone(),
+            shutdown.clone(),
         )));
     }
-    let http_addr = listeners
-        .http
-        .local_addr()
-        .map_err(|source| StartError::DataDir {
-            path: data_dir.clone(),
-            source,
-        })?;
+    let http_addr = local(&listeners.http)?;
     let app = http::router(daemon.clone());
     let http_config = daemon.config().http.clone();
-    let http_shutdown = shutdown_rx.clone();
+    let http_shutdown = shutdown.clone();
     tasks.push(tokio::spawn(async move {
         http::serve(listeners.http, app, &http_config, http_shutdown).await
     }));
-    tasks.push(tokio::spawn(daemon::gc_loop(daemon.clone())));
+    Ok((tasks, smtp_addrs, http_addr))
+}
+
+/// The periodic and background tasks: garbage collection, the feedback worker, the
+/// storage monitor.
+fn background(
+    daemon: &Arc<Daemon>,
+    feedback_rx: tokio::sync::mpsc::UnboundedReceiver<String>,
+) -> Vec<JoinHandle<()>> {
     let reports = feedback::reports::Reports {
-        store: store.clone(),
+        store: daemon.store.clone(),
         outbox: daemon.outbox.clone(),
         signer: daemon.signer.clone(),
         config: daemon.config.clone(),
         heavy: daemon.inbound.auth.heavy().clone(),
     };
-    tasks.push(tokio::spawn(feedback::reports::run(
-        Arc::new(reports),
-        feedback_rx,
-    )));
-    tasks.push(tokio::spawn(health::monitor(
-        daemon.health.clone(),
-        store.clone(),
-        daemon.config.clone(),
-        daemon.queue_worker.clone(),
-    )));
-
-    daemon.ready.store(true, Ordering::Release);
-    tracing::info!(smtp = ?smtp_addrs, http = %http_addr, "postern ready");
-    Ok(Handle {
-        daemon,
-        smtp_addrs,
-        http_addr,
-        shutdown: shutdown_tx,
-        tasks,
-        worker,
-        queue_task,
-    })
+    vec![
+        tokio::spawn(daemon::gc_loop(daemon.clone())),
+        tokio::spawn(feedback::reports::run(Arc::new(reports), feedback_rx)),
+        tokio::spawn(health::monitor(
+            daemon.health.clone(),
+            daemon.store.clone(),
+            daemon.config.clone(),
+            daemon.queue_worker.clone(),
+        )),
+    ]
 }
