@@ -2,6 +2,7 @@
 //! Imports nothing else of the crate (checked by `scripts/layers.py`).
 
 pub mod health;
+pub mod links;
 pub mod time;
 pub mod tokens;
 pub mod types;

@@ -12,6 +12,51 @@ use std::path::Path;
 
 type HmacSha256 = Hmac<Sha256>;
 
+/// What a token is for; part of what its MAC covers. The names are in tokens already sent,
+/// so they never change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenKind {
+    Click,
+    Open,
+    Unsubscribe,
+    InboundAttachment,
+    /// The MAC in a VERP return path (`b-<tid>-<mac>@bounce_domain`).
+    Verp,
+    /// The value of a domain's `postern-verification` TXT record.
+    DomainVerification,
+}
+
+/// TEMPORARY (issue 11 migration): lets call sites move from string kinds to
+/// [`TokenKind`] one by one; removed once none passes a string.
+pub trait KindName: Copy {
+    fn kind_name(self) -> &'static str;
+}
+
+impl KindName for TokenKind {
+    fn kind_name(self) -> &'static str {
+        self.as_str()
+    }
+}
+
+impl KindName for &'static str {
+    fn kind_name(self) -> &'static str {
+        self
+    }
+}
+
+impl TokenKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TokenKind::Click => "click",
+            TokenKind::Open => "open",
+            TokenKind::Unsubscribe => "unsub",
+            TokenKind::InboundAttachment => "inbound",
+            TokenKind::Verp => "verp",
+            TokenKind::DomainVerification => "domain-verification",
+        }
+    }
+}
+
 #[derive(Clone)]
 pub struct Signer {
     key: [u8; 32],
@@ -46,22 +91,22 @@ impl Signer {
         }
     }
 
-    fn mac(&self, kind: &str, payload: &[u8]) -> HmacSha256 {
+    fn mac(&self, kind: impl KindName, payload: &[u8]) -> HmacSha256 {
         let mut mac = HmacSha256::new_from_slice(&self.key).expect("HMAC takes any key length");
-        mac.update(kind.as_bytes());
+        mac.update(kind.kind_name().as_bytes());
         mac.update(&[0]);
         mac.update(payload);
         mac
     }
 
-    pub fn sign(&self, kind: &str, payload: &str) -> String {
+    pub fn sign(&self, kind: impl KindName, payload: &str) -> String {
         let tag = self.mac(kind, payload.as_bytes()).finalize().into_bytes();
         format!("{}.{}", B64.encode(payload), B64.encode(tag))
     }
 
     /// The payload of a token of `kind`, or `None` when it is altered, truncated or of
     /// another kind.
-    pub fn verify(&self, kind: &str, token: &str) -> Option<String> {
+    pub fn verify(&self, kind: impl KindName, token: &str) -> Option<String> {
         let (p, t) = token.split_once('.')?;
         let payload = B64.decode(p).ok()?;
         let tag = B64.decode(t).ok()?;
