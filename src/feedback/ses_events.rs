@@ -17,7 +17,8 @@
 use crate::feedback::Report;
 use crate::model::types::DeliveryCode;
 use crate::store::suppression::Reason;
-use serde_json::Value;
+use serde::de::{Deserializer, IgnoredAny};
+use serde::Deserialize;
 
 /// What one SES event says.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -52,137 +53,278 @@ pub fn bounce_description(bounce_type: &str, sub_type: &str) -> &'static str {
     }
 }
 
-fn text<'a>(v: &'a Value, key: &str) -> &'a str {
-    v.get(key).and_then(Value::as_str).unwrap_or_default()
+/// A field as SES writes it, or `T::default()` when a malformed event gives it another
+/// JSON type: a field of the wrong type reads as an absent one, so an odd event loses
+/// that field, not the whole event.
+#[derive(Debug, Default)]
+struct Lenient<T>(T);
+
+impl<'de, T: Deserialize<'de> + Default> Deserialize<'de> for Lenient<T> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Either<T> {
+            Typed(T),
+            Other(IgnoredAny),
+        }
+        Ok(Lenient(match Either::deserialize(d)? {
+            Either::Typed(t) => t,
+            Either::Other(IgnoredAny) => T::default(),
+        }))
+    }
+}
+
+/// An object field, read like [`Lenient`]; a JSON array reads as absent too (serde would
+/// otherwise take its items as the struct's fields in order).
+#[derive(Debug, Default)]
+struct Object<T>(T);
+
+impl<'de, T: Deserialize<'de> + Default> Deserialize<'de> for Object<T> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Either<T> {
+            // Matched for its shape only.
+            Array(#[allow(dead_code)] Vec<IgnoredAny>),
+            Typed(T),
+            Other(IgnoredAny),
+        }
+        Ok(Object(match Either::deserialize(d)? {
+            Either::Typed(t) => t,
+            Either::Array(_) | Either::Other(IgnoredAny) => T::default(),
+        }))
+    }
+}
+
+impl<T> std::ops::Deref for Lenient<T> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        &self.0
+    }
+}
+
+impl<T> std::ops::Deref for Object<T> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        &self.0
+    }
+}
+
+/// `Some` for a field that is there, whatever its value (`null` included): for the fields
+/// whose mere presence matters.
+fn present<'de, D: Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<Option<T>, D::Error> {
+    T::deserialize(d).map(Some)
+}
+
+/// A list of strings in which an entry of another type is `None`.
+type Strings = Lenient<Vec<Lenient<Option<String>>>>;
+
+/// The parts of an SES event read here; the rest (headers, tags, timestamps) is skipped.
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase", default)]
+struct Envelope {
+    /// The kind in configuration-set event publishing; when present (even `null`), it is
+    /// the only one read.
+    #[serde(deserialize_with = "present")]
+    event_type: Option<Lenient<Option<String>>>,
+    /// The kind in identity notifications.
+    notification_type: Lenient<Option<String>>,
+    #[serde(deserialize_with = "present")]
+    mail: Option<Object<Mail>>,
+    delivery: Object<Delivery>,
+    #[serde(deserialize_with = "present")]
+    bounce: Option<Object<Bounce>>,
+    complaint: Object<Complaint>,
+    open: Object<Open>,
+    click: Object<Click>,
+    reject: Object<Reject>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase", default)]
+struct Mail {
+    message_id: Lenient<String>,
+    destination: Strings,
+}
+
+impl Mail {
+    /// The first destination, if it is a string: opens and clicks name no recipient.
+    fn first_destination(&self) -> Option<String> {
+        self.destination.first().and_then(|d| d.0.clone())
+    }
+}
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase", default)]
+struct Delivery {
+    recipients: Strings,
+    smtp_response: Lenient<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase", default)]
+struct Bounce {
+    bounce_type: Lenient<String>,
+    bounce_sub_type: Lenient<String>,
+    bounced_recipients: Lenient<Vec<Object<Recipient>>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase", default)]
+struct Complaint {
+    complaint_feedback_type: Lenient<String>,
+    complained_recipients: Lenient<Vec<Object<Recipient>>>,
+}
+
+/// One of `bouncedRecipients` or `complainedRecipients` (a complaint names only the
+/// address); one without an address is skipped.
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase", default)]
+struct Recipient {
+    email_address: Lenient<Option<String>>,
+    status: Lenient<String>,
+    action: Lenient<String>,
+    diagnostic_code: Lenient<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase", default)]
+struct Open {
+    user_agent: Lenient<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase", default)]
+struct Click {
+    link: Lenient<String>,
+    ip_address: Lenient<String>,
+    user_agent: Lenient<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase", default)]
+struct Reject {
+    reason: Lenient<String>,
 }
 
 /// Reads an SES event.
 pub fn parse(message: &str) -> Result<SesEvent, SesEventError> {
-    let v: Value = serde_json::from_str(message).map_err(|e| SesEventError::Json(e.to_string()))?;
-    let kind = v
-        .get("eventType")
-        .or_else(|| v.get("notificationType"))
-        .and_then(Value::as_str)
-        .ok_or(SesEventError::Missing("eventType or notificationType"))?
-        .to_string();
-    let mail = v.get("mail").ok_or(SesEventError::Missing("mail"))?;
-    let message_id = text(mail, "messageId");
-    if message_id.is_empty() {
+    let Object(event): Object<Envelope> =
+        serde_json::from_str(message).map_err(|e| SesEventError::Json(e.to_string()))?;
+    let kind = match event.event_type {
+        Some(Lenient(kind)) => kind,
+        None => event.notification_type.0,
+    }
+    .ok_or(SesEventError::Missing("eventType or notificationType"))?;
+    let Object(mail) = event.mail.ok_or(SesEventError::Missing("mail"))?;
+    if mail.message_id.is_empty() {
         return Err(SesEventError::Missing("mail.messageId"));
     }
-    let first_destination = mail
-        .get("destination")
-        .and_then(Value::as_array)
-        .and_then(|d| d.first())
-        .and_then(Value::as_str)
-        .map(str::to_string);
-    let list = |object: &str, key: &str| -> Vec<Value> {
-        v.get(object)
-            .and_then(|o| o.get(key))
-            .and_then(Value::as_array)
-            .cloned()
-            .unwrap_or_default()
-    };
-    let empty = Value::Null;
     let reports = match kind.as_str() {
-        "Delivery" => {
-            let smtp = text(v.get("delivery").unwrap_or(&empty), "smtpResponse");
-            list("delivery", "recipients")
-                .iter()
-                .filter_map(Value::as_str)
-                .map(|r| {
-                    Report::new(Some(r.to_string()), DeliveryCode::Delivered, "Delivered")
-                        .additional(smtp)
-                })
-                .collect()
-        }
-        "Bounce" => {
-            let bounce = v.get("bounce").ok_or(SesEventError::Missing("bounce"))?;
-            let bounce_type = text(bounce, "bounceType");
-            let description = bounce_description(bounce_type, text(bounce, "bounceSubType"));
-            let permanent = bounce_type == "Permanent";
-            list("bounce", "bouncedRecipients")
-                .iter()
-                .filter_map(|r| {
-                    let addr = r.get("emailAddress")?.as_str()?;
-                    let status = match text(r, "status") {
-                        "" if permanent => "5.0.0",
-                        "" => "4.0.0",
-                        s => s,
-                    };
-                    let action = match text(r, "action") {
-                        "" => "failed",
-                        a => a,
-                    };
-                    let report =
-                        Report::new(Some(addr.to_string()), DeliveryCode::Bounce, description)
-                            .additional(&format!(
-                                "{status}|{action}|{}",
-                                text(r, "diagnosticCode")
-                            ));
-                    Some(if permanent {
-                        report.suppress(Reason::Bounced, format!("ses {description}"))
-                    } else {
-                        report
-                    })
-                })
-                .collect()
-        }
-        "Complaint" => {
-            let complaint = v.get("complaint").unwrap_or(&empty);
-            let feedback = match text(complaint, "complaintFeedbackType") {
-                "" => "other",
-                f => f,
-            };
-            list("complaint", "complainedRecipients")
-                .iter()
-                .filter_map(|r| r.get("emailAddress")?.as_str())
-                .map(|addr| {
-                    Report::new(Some(addr.to_string()), DeliveryCode::Complaint, feedback)
-                        .suppress(Reason::Complained, format!("ses complaint {feedback}"))
-                })
-                .collect()
-        }
+        "Delivery" => delivered(&event.delivery),
+        "Bounce" => bounced(&event.bounce.ok_or(SesEventError::Missing("bounce"))?.0),
+        "Complaint" => complained(&event.complaint),
         // Opens and clicks name no recipient: they are the message's, bound to its first
         // destination (as postern's own tracking binds a multi-recipient email's links).
-        "Open" => {
-            let open = v.get("open").unwrap_or(&empty);
-            vec![Report::new(first_destination, DeliveryCode::Read, "Read")
-                .additional(text(open, "userAgent"))]
-        }
-        "Click" => {
-            let click = v.get("click").unwrap_or(&empty);
-            vec![Report::new(
-                first_destination,
-                DeliveryCode::Clicked,
-                &format!("{}|{}", text(click, "link"), text(click, "ipAddress")),
-            )
-            .additional(text(click, "userAgent"))]
-        }
-        "Reject" => {
-            let reason = text(v.get("reject").unwrap_or(&empty), "reason");
-            mail.get("destination")
-                .and_then(Value::as_array)
-                .into_iter()
-                .flatten()
-                .filter_map(Value::as_str)
-                .map(|r| {
-                    Report::new(
-                        Some(r.to_string()),
-                        DeliveryCode::RouteRefused,
-                        "Rejected by SES",
-                    )
-                    .additional(reason)
-                })
-                .collect()
-        }
+        "Open" => vec![
+            Report::new(mail.first_destination(), DeliveryCode::Read, "Read")
+                .additional(&event.open.user_agent),
+        ],
+        "Click" => vec![clicked(mail.first_destination(), &event.click)],
+        "Reject" => rejected(&mail, &event.reject),
         _ => Vec::new(),
     };
     Ok(SesEvent {
         kind,
-        message_id: message_id.to_string(),
+        message_id: mail.message_id.0,
         reports,
     })
+}
+
+/// 7500 for each recipient, with SES's SMTP response.
+fn delivered(delivery: &Delivery) -> Vec<Report> {
+    delivery
+        .recipients
+        .iter()
+        .filter_map(|r| r.as_deref())
+        .map(|r| {
+            Report::new(Some(r.to_string()), DeliveryCode::Delivered, "Delivered")
+                .additional(&delivery.smtp_response)
+        })
+        .collect()
+}
+
+/// 7520 for each bounced recipient, `status|action|diagnosticCode` (the status defaulting
+/// to the bounce's class); a permanent bounce also suppresses.
+fn bounced(bounce: &Bounce) -> Vec<Report> {
+    let description = bounce_description(&bounce.bounce_type, &bounce.bounce_sub_type);
+    let permanent = bounce.bounce_type.as_str() == "Permanent";
+    bounce
+        .bounced_recipients
+        .iter()
+        .filter_map(|r| {
+            let addr = r.email_address.as_deref()?;
+            let status = match r.status.as_str() {
+                "" if permanent => "5.0.0",
+                "" => "4.0.0",
+                s => s,
+            };
+            let action = match r.action.as_str() {
+                "" => "failed",
+                a => a,
+            };
+            let report = Report::new(Some(addr.to_string()), DeliveryCode::Bounce, description)
+                .additional(&format!("{status}|{action}|{}", r.diagnostic_code.as_str()));
+            Some(if permanent {
+                report.suppress(Reason::Bounced, format!("ses {description}"))
+            } else {
+                report
+            })
+        })
+        .collect()
+}
+
+/// 7521 for each complained recipient, described by the feedback type; always suppresses.
+fn complained(complaint: &Complaint) -> Vec<Report> {
+    let feedback = match complaint.complaint_feedback_type.as_str() {
+        "" => "other",
+        f => f,
+    };
+    complaint
+        .complained_recipients
+        .iter()
+        .filter_map(|r| r.email_address.as_deref())
+        .map(|addr| {
+            Report::new(Some(addr.to_string()), DeliveryCode::Complaint, feedback)
+                .suppress(Reason::Complained, format!("ses complaint {feedback}"))
+        })
+        .collect()
+}
+
+/// 7528 `link|ip`, with the User-Agent.
+fn clicked(recipient: Option<String>, click: &Click) -> Report {
+    Report::new(
+        recipient,
+        DeliveryCode::Clicked,
+        &format!("{}|{}", click.link.as_str(), click.ip_address.as_str()),
+    )
+    .additional(&click.user_agent)
+}
+
+/// 7592 for each destination, with SES's reason.
+fn rejected(mail: &Mail, reject: &Reject) -> Vec<Report> {
+    mail.destination
+        .iter()
+        .filter_map(|r| r.as_deref())
+        .map(|r| {
+            Report::new(
+                Some(r.to_string()),
+                DeliveryCode::RouteRefused,
+                "Rejected by SES",
+            )
+            .additional(&reject.reason)
+        })
+        .collect()
 }
 
 #[cfg(test)]
