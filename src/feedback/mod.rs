@@ -18,7 +18,7 @@ pub mod sns;
 use crate::config::Config;
 use crate::model::time::now_ms;
 use crate::model::types::DeliveryCode;
-use crate::store::messages::{cut, MessageRecord, QueueState};
+use crate::store::messages::{cut, Hit, MessageRecord, QueueState};
 use crate::store::suppression::{Reason, Suppression};
 use crate::store::{OutboxEntry, Store, StoreError};
 use crate::webhooks::Outbox;
@@ -83,7 +83,7 @@ fn repeat_key(report: &Report) -> Option<String> {
 }
 
 /// What to do with one hit given its counter.
-fn hit_effect(code: DeliveryCode, hit: crate::store::messages::Hit) -> (bool, bool) {
+fn hit_effect(code: DeliveryCode, hit: Hit) -> (bool, bool) {
     let notify = match code {
         DeliveryCode::Read => hit.new_window,
         _ => true,
@@ -117,23 +117,7 @@ pub async fn record(
 ) -> Result<usize, StoreError> {
     let _guard = store.lock_tid(tid).await;
     let now = now_ms();
-    // Repeated hits of a counter that exists (its recipient was checked at the first hit)
-    // are settled here, before the transaction is even read.
-    let mut todo: Vec<(&Report, Option<crate::store::messages::Hit>)> = Vec::new();
-    let mut recorded = 0;
-    for report in reports {
-        if let (Some(key), Some(rcpt)) = (repeat_key(report), report.recipient.as_deref()) {
-            if let Some(hit) = store.track_hit(tid, rcpt, &key, now, OPEN_WINDOW_MS, false)? {
-                if hit_effect(report.code, hit) == (false, false) {
-                    recorded += 1;
-                    continue;
-                }
-                todo.push((report, Some(hit)));
-                continue;
-            }
-        }
-        todo.push((report, None));
-    }
+    let (mut recorded, todo) = settle_repeats(store, tid, reports, now)?;
     if todo.is_empty() {
         return Ok(recorded);
     }
@@ -144,10 +128,7 @@ pub async fn record(
         );
         return Ok(recorded);
     };
-    let retention_ms = config.bounce_retention_ms(&record.asset_id);
-    let mut events: Vec<OutboxEntry> = Vec::new();
-    let mut suppressions = Vec::new();
-    let mut changed = false;
+    let mut changes = Changes::default();
     for (report, hit) in todo {
         let Some(rcpt) = recipient_of(&record, report.recipient.as_deref()) else {
             tracing::info!(
@@ -158,47 +139,116 @@ pub async fn record(
             );
             continue;
         };
-        let (notify, append) = match (hit, repeat_key(report)) {
-            (Some(h), _) => hit_effect(report.code, h),
-            (None, Some(key)) => {
-                match store.track_hit(tid, &rcpt, &key, now, OPEN_WINDOW_MS, true)? {
-                    Some(h) => hit_effect(report.code, h),
-                    None => (true, true),
-                }
-            }
-            (None, None) => (true, true),
-        };
+        let effect = effect_of(store, tid, &rcpt, report, hit, now)?;
         recorded += 1;
+        changes.add(config, &mut record, &rcpt, report, effect, now);
+    }
+    changes.save(store, outbox, record).await?;
+    Ok(recorded)
+}
+
+/// Reports still to record, each with its counter's hit if a counter exists.
+type Todo<'a> = Vec<(&'a Report, Option<Hit>)>;
+
+/// Settles repeated hits of a counter that exists (its recipient was checked at the first
+/// hit) before the transaction is even read: the ones that only count are recorded here.
+/// Returns how many were, and the reports left to record, with their hit if counted.
+fn settle_repeats<'a>(
+    store: &Store,
+    tid: &str,
+    reports: &'a [Report],
+    now: u64,
+) -> Result<(usize, Todo<'a>), StoreError> {
+    let mut todo = Vec::new();
+    let mut recorded = 0;
+    for report in reports {
+        if let (Some(key), Some(rcpt)) = (repeat_key(report), report.recipient.as_deref()) {
+            if let Some(hit) = store.track_hit(tid, rcpt, &key, now, OPEN_WINDOW_MS, false)? {
+                if hit_effect(report.code, hit) == (false, false) {
+                    recorded += 1;
+                } else {
+                    todo.push((report, Some(hit)));
+                }
+                continue;
+            }
+        }
+        todo.push((report, None));
+    }
+    Ok((recorded, todo))
+}
+
+/// Whether a report about `rcpt` notifies and whether it is appended to the history:
+/// both, unless it repeats a counted hit (the counter is created by its first hit).
+fn effect_of(
+    store: &Store,
+    tid: &str,
+    rcpt: &str,
+    report: &Report,
+    hit: Option<Hit>,
+    now: u64,
+) -> Result<(bool, bool), StoreError> {
+    Ok(match (hit, repeat_key(report)) {
+        (Some(h), _) => hit_effect(report.code, h),
+        (None, Some(key)) => match store.track_hit(tid, rcpt, &key, now, OPEN_WINDOW_MS, true)? {
+            Some(h) => hit_effect(report.code, h),
+            None => (true, true),
+        },
+        (None, None) => (true, true),
+    })
+}
+
+/// What recording the reports of one transaction writes.
+#[derive(Default)]
+struct Changes {
+    events: Vec<OutboxEntry>,
+    suppressions: Vec<Suppression>,
+    /// The history gained an entry.
+    changed: bool,
+}
+
+impl Changes {
+    /// Adds one report about `rcpt` with its `(notify, append)` effect: the notification,
+    /// the history entry (kept only when appended), the suppression entry.
+    fn add(
+        &mut self,
+        config: &Config,
+        record: &mut MessageRecord,
+        rcpt: &str,
+        report: &Report,
+        (notify, append): (bool, bool),
+        now: u64,
+    ) {
         if !notify && !append {
-            continue;
+            return;
         }
         let additional = if repeat_key(report).is_some() {
             cut(&report.additional, USER_AGENT_MAX)
         } else {
             report.additional.as_str()
         };
-        tracing::info!(tid, rcpt = %rcpt, code = report.code.code(), description = %report.description, "feedback");
+        tracing::info!(tid = %record.tid, rcpt = %rcpt, code = report.code.code(), description = %report.description, "feedback");
         let before = record.history.len();
         let event = crate::outbound::queue::notify::notify(
             config,
-            &mut record,
-            &rcpt,
+            record,
+            rcpt,
             report.code,
             &report.description,
             additional,
             now,
         );
         if append {
-            changed = true;
+            self.changed = true;
         } else {
             // A later window's open: notified, but the history keeps only the first.
             record.history.truncate(before);
         }
         if notify {
-            events.extend(event);
+            self.events.extend(event);
         }
         if let Some((reason, source)) = &report.suppress {
-            suppressions.push(Suppression {
+            let retention_ms = config.bounce_retention_ms(&record.asset_id);
+            self.suppressions.push(Suppression {
                 asset_id: record.asset_id.clone(),
                 address: rcpt.to_ascii_lowercase(),
                 reason: *reason,
@@ -211,25 +261,33 @@ pub async fn record(
             });
         }
     }
-    if !suppressions.is_empty() {
-        store.suppress(&suppressions).await?;
+
+    /// Writes the suppression entries, then the history (a finished transaction keeps it;
+    /// an active one is the queue's to write, so only the events are stored), then
+    /// schedules the events.
+    async fn save(
+        self,
+        store: &Store,
+        outbox: &Outbox,
+        mut record: MessageRecord,
+    ) -> Result<(), StoreError> {
+        if !self.suppressions.is_empty() {
+            store.suppress(&self.suppressions).await?;
+        }
+        if record.state == QueueState::Done && self.changed {
+            record.bound_history();
+            store.update_message(&record, &self.events).await?;
+        } else if !self.events.is_empty() {
+            store.enqueue_events(&self.events).await?;
+        }
+        outbox.schedule(self.events);
+        Ok(())
     }
-    // A finished transaction keeps the history; an active one is the queue's to write, so
-    // only the events are stored.
-    if record.state == QueueState::Done && changed {
-        record.bound_history();
-        store.update_message(&record, &events).await?;
-    } else if !events.is_empty() {
-        store.enqueue_events(&events).await?;
-    }
-    outbox.schedule(events);
-    Ok(recorded)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::messages::Hit;
 
     #[test]
     fn opens_notify_per_window_and_clicks_always_but_append_once() {
