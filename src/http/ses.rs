@@ -11,6 +11,7 @@
 use super::{ApiError, AppState};
 use crate::config::Config;
 use crate::feedback::sns::{self, VerifyError};
+use crate::metrics::SnsResult;
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -30,7 +31,7 @@ pub fn routes() -> Router<AppState> {
 }
 
 fn refused(d: &crate::daemon::Daemon, status: StatusCode, description: String) -> Response {
-    d.metrics.sns_message("refused");
+    d.metrics.sns_message(SnsResult::Refused);
     tracing::warn!(
         status = status.as_u16(),
         "SNS message refused: {description}"
@@ -114,7 +115,7 @@ async fn confirm(d: &crate::daemon::Daemon, msg: &sns::Message, trusted: &[Strin
     }
     match d.sns.client().get(url).send().await {
         Ok(r) if r.status().is_success() => {
-            d.metrics.sns_message("confirmed");
+            d.metrics.sns_message(SnsResult::Confirmed);
             tracing::info!("SNS subscription confirmed");
             Json(json!({"status": "confirmed"})).into_response()
         }
@@ -138,7 +139,7 @@ async fn confirm(d: &crate::daemon::Daemon, msg: &sns::Message, trusted: &[Strin
 
 async fn notification(d: &crate::daemon::Daemon, msg: &sns::Message, config: &Config) -> Response {
     let ignored = |why: &str| {
-        d.metrics.sns_message("ignored");
+        d.metrics.sns_message(SnsResult::Ignored);
         tracing::info!("SNS notification ignored: {why}");
         Json(json!({"status": "ignored", "reason": why})).into_response()
     };
@@ -167,7 +168,7 @@ async fn notification(d: &crate::daemon::Daemon, msg: &sns::Message, config: &Co
         // Recorded already: a redelivery would notify twice, which at-least-once allows.
         tracing::warn!(error = %e, "SNS message id not remembered");
     }
-    d.metrics.sns_message("recorded");
+    d.metrics.sns_message(SnsResult::Recorded);
     tracing::info!(tid = %tid, event = %event.kind, recorded, "SES event");
     Json(json!({"status": "recorded", "transid": tid, "event": event.kind, "recorded": recorded}))
         .into_response()

@@ -10,7 +10,7 @@ pub mod repair;
 pub mod retry;
 
 use crate::config::{Config, SharedConfig};
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, WebhookResult};
 use crate::model::time::now_ms;
 use crate::model::tokens::Signer;
 use crate::store::{OutboxEntry, Payload, Store};
@@ -430,7 +430,7 @@ impl Worker {
         match outcome {
             Outcome::Delivered => {
                 tracing::info!(url = %entry.url, "webhook delivered");
-                self.metrics.webhook(kind, "delivered");
+                self.metrics.webhook(kind, WebhookResult::Delivered);
                 if let Err(e) = self.store.outbox_done(&entry.id) {
                     tracing::error!(error = %e, "could not remove a delivered event; it will be sent again");
                 }
@@ -452,7 +452,7 @@ impl Worker {
                 entry.next_ms = (now + delay.as_millis() as u64).min(deadline);
                 entry.last_error = reason.clone();
                 tracing::info!(reason = %reason, retry_in_ms = entry.next_ms - now, "webhook will be retried");
-                self.metrics.webhook(kind, "retried");
+                self.metrics.webhook(kind, WebhookResult::Retried);
                 if let Err(e) = self.store.outbox_update(&entry) {
                     tracing::error!(error = %e, "could not record the retry");
                 }
@@ -471,7 +471,7 @@ impl Worker {
         if let Err(e) = self.store.outbox_to_dead(entry, reason).await {
             tracing::error!(error = %e, "could not dead-letter an event; it stays in the outbox");
         }
-        self.metrics.webhook(kind, "dead");
+        self.metrics.webhook(kind, WebhookResult::Dead);
     }
 }
 

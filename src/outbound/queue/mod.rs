@@ -10,6 +10,7 @@
 pub mod notify;
 
 use crate::config::{Config, RouteConfig, SharedConfig};
+use crate::metrics::RouteResult;
 use crate::model::time::now_ms;
 use crate::model::tokens::Signer;
 use crate::model::types::DeliveryCode;
@@ -418,7 +419,7 @@ impl QueueWorker {
         let started = std::time::Instant::now();
         let sent = route.send(&envelope, &rcpts, &message).await;
         let elapsed = started.elapsed();
-        self.metrics.route_latency(route.label(), elapsed);
+        self.metrics.route_latency(route.kind(), elapsed);
         tracing::debug!(
             elapsed_ms = elapsed.as_millis() as u64,
             message_ids = ?sent.message_ids,
@@ -487,11 +488,11 @@ impl QueueWorker {
                 }
             }
             self.metrics.outbound(
-                route.label(),
+                route.kind(),
                 match code {
-                    DeliveryCode::Submitted => "submitted",
-                    DeliveryCode::Bounce => "bounced",
-                    _ => "failed",
+                    DeliveryCode::Submitted => RouteResult::Submitted,
+                    DeliveryCode::Bounce => RouteResult::Bounced,
+                    _ => RouteResult::Failed,
                 },
             );
             record.recipients[slot].phase = phase;
@@ -537,7 +538,7 @@ impl QueueWorker {
             } else {
                 match self.store.suppression(&record.asset_id, &addr, now) {
                     Ok(Some(entry)) => {
-                        self.metrics.suppression_hit(entry.reason.label());
+                        self.metrics.suppression_hit(entry.reason);
                         Some(crate::outbound::suppression::refusal(&entry, &addr))
                     }
                     Ok(None) => None,

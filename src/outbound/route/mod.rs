@@ -82,10 +82,10 @@ impl Route {
     }
 
     /// The `route` label of metrics.
-    pub fn label(&self) -> &'static str {
+    pub fn kind(&self) -> RouteKind {
         match self {
-            Route::Smtp(_) => "smtp",
-            Route::Ses(_) => "ses",
+            Route::Smtp(_) => RouteKind::Smtp,
+            Route::Ses(_) => RouteKind::Ses,
         }
     }
 
