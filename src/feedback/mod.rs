@@ -12,6 +12,7 @@
 pub mod arf;
 pub mod dsn;
 pub mod reports;
+pub mod ses;
 pub mod ses_events;
 pub mod sns;
 

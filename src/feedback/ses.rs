@@ -1,0 +1,174 @@
+//! SES events delivered by Amazon SNS (SPEC 7.3): what `POST /ses/events` does.
+//!
+//! Every message is verified first (topic in `ses.topic_arns`, certificate URL, Timestamp
+//! within the last hour, signature); one that is not believed changes nothing. A
+//! subscription is confirmed by fetching its SubscribeURL, only from an SNS host or a
+//! trusted prefix. A notification's SES event is matched to its transaction by SES's
+//! MessageId and recorded like any other feedback; SNS message ids already recorded are
+//! acknowledged without recording them twice.
+
+use crate::config::Config;
+use crate::feedback::ses_events;
+use crate::feedback::sns::{self, VerifyError};
+use crate::metrics::{Metrics, SnsResult};
+use crate::store::{Store, StoreError};
+use crate::webhooks::Outbox;
+use tracing::Instrument;
+
+/// What handling an SNS message needs of the daemon.
+pub struct Parts<'a> {
+    pub store: &'a Store,
+    pub outbox: &'a Outbox,
+    pub config: &'a Config,
+    pub sns: &'a sns::Verifier,
+    pub metrics: &'a Metrics,
+}
+
+/// What was done with a message that was believed.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Handled {
+    /// A SubscriptionConfirmation whose SubscribeURL answered 2xx.
+    Confirmed,
+    /// An UnsubscribeConfirmation: SES events stop arriving.
+    Noted,
+    /// A notification deliberately not recorded (retrying would not change it): why.
+    Ignored(String),
+    /// A notification's SES event, recorded for transaction `tid`.
+    Recorded {
+        tid: String,
+        event: String,
+        recorded: usize,
+    },
+}
+
+/// Why a message was not handled. The first four are refusals (the sender's doing: the
+/// message changed nothing); the others are postern's or the SubscribeURL's.
+#[derive(Debug, thiserror::Error)]
+pub enum SnsError {
+    #[error("body is not an SNS message: {0}")]
+    NotSns(String),
+    /// `note` says when the list is empty (then no topic is accepted).
+    #[error("TopicArn {arn} is not in ses.topic_arns{note}")]
+    Topic { arn: String, note: &'static str },
+    #[error(transparent)]
+    Unverified(VerifyError),
+    #[error("SubscribeURL {0} is not https on an SNS host nor under a trusted prefix")]
+    UntrustedSubscribeUrl(String),
+    /// Fetching the SubscribeURL failed or did not answer 2xx.
+    #[error("confirming the subscription: {0}")]
+    Confirm(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Handles one SNS message (the body of `POST /ses/events`): verifies it, then confirms
+/// the subscription, notes an unsubscription or records the notification's SES event.
+pub async fn handle_message(parts: &Parts<'_>, body: &[u8]) -> Result<Handled, SnsError> {
+    let msg = believed(parts, body)
+        .await
+        .inspect_err(|_| parts.metrics.sns_message(SnsResult::Refused))?;
+    let span = tracing::info_span!("sns", message_id = %msg.message_id, topic = %msg.topic_arn);
+    async {
+        match msg.kind.as_str() {
+            "SubscriptionConfirmation" => confirm(parts, &msg).await,
+            "UnsubscribeConfirmation" => {
+                tracing::warn!("SNS says this endpoint was unsubscribed from the topic: SES events stop arriving");
+                Ok(Handled::Noted)
+            }
+            _ => handle_notification(parts, &msg).await,
+        }
+    }
+    .instrument(span)
+    .await
+}
+
+/// The message, once it is an SNS message from an allowed topic whose signature verifies.
+async fn believed(parts: &Parts<'_>, body: &[u8]) -> Result<sns::Message, SnsError> {
+    let msg: sns::Message =
+        serde_json::from_slice(body).map_err(|e| SnsError::NotSns(e.to_string()))?;
+    let ses = &parts.config.ses;
+    // An empty list accepts nothing: confirming any topic's subscription would let anyone
+    // point their own topic here (check-config refuses that configuration anyway).
+    if !ses.topic_arns.contains(&msg.topic_arn) {
+        let note = if ses.topic_arns.is_empty() {
+            " (the list is empty: no topic is accepted)"
+        } else {
+            ""
+        };
+        return Err(SnsError::Topic {
+            arn: msg.topic_arn,
+            note,
+        });
+    }
+    parts
+        .sns
+        .verify(&msg, &ses.trust_url_prefixes)
+        .await
+        .map_err(SnsError::Unverified)?;
+    Ok(msg)
+}
+
+/// Confirms a subscription by fetching its SubscribeURL.
+async fn confirm(parts: &Parts<'_>, msg: &sns::Message) -> Result<Handled, SnsError> {
+    let url = msg.subscribe_url.as_deref().unwrap_or_default();
+    if !sns::trusted_url(url, &parts.config.ses.trust_url_prefixes) {
+        parts.metrics.sns_message(SnsResult::Refused);
+        return Err(SnsError::UntrustedSubscribeUrl(url.to_string()));
+    }
+    match parts.sns.client().get(url).send().await {
+        Ok(r) if r.status().is_success() => {
+            parts.metrics.sns_message(SnsResult::Confirmed);
+            tracing::info!("SNS subscription confirmed");
+            Ok(Handled::Confirmed)
+        }
+        Ok(r) => Err(SnsError::Confirm(format!(
+            "SubscribeURL answered {}",
+            r.status()
+        ))),
+        Err(e) => Err(SnsError::Confirm(e.to_string())),
+    }
+}
+
+/// Records a notification's SES event for the transaction SES's MessageId names, once
+/// per SNS message id.
+pub async fn handle_notification(
+    parts: &Parts<'_>,
+    msg: &sns::Message,
+) -> Result<Handled, SnsError> {
+    let ignored = |why: &str| {
+        parts.metrics.sns_message(SnsResult::Ignored);
+        tracing::info!("SNS notification ignored: {why}");
+        Ok(Handled::Ignored(why.to_string()))
+    };
+    if parts.store.sns_seen(&msg.message_id)? {
+        return ignored("already recorded");
+    }
+    let event = match ses_events::parse(&msg.message) {
+        Ok(e) => e,
+        // Validly signed but not an SES event (a test publish from the console):
+        // retrying would not change it.
+        Err(e) => return ignored(&e.to_string()),
+    };
+    let Some(tid) = parts.store.tid_for_route_id(&event.message_id)? else {
+        return ignored("no transaction has this SES MessageId");
+    };
+    let recorded = crate::feedback::record(
+        parts.store,
+        parts.outbox,
+        parts.config,
+        &tid,
+        &event.reports,
+    )
+    .await?;
+    if let Err(e) = parts.store.mark_sns_seen(&msg.message_id).await {
+        // Recorded already: a redelivery would notify twice, which at-least-once allows.
+        tracing::warn!(error = %e, "SNS message id not remembered");
+    }
+    parts.metrics.sns_message(SnsResult::Recorded);
+    tracing::info!(tid = %tid, event = %event.kind, recorded, "SES event");
+    Ok(Handled::Recorded {
+        tid,
+        event: event.kind,
+        recorded,
+    })
+}
