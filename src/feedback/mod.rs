@@ -1,5 +1,6 @@
 //! Feedback about mail a route already took: DSNs and ARF reports arriving as inbound
-//! mail, SES events arriving from SNS, opens and clicks on tracked links. Each becomes a
+//! mail (`reports`), SES events arriving from SNS (`ses`), opens and clicks on tracked
+//! links (`tracking`); subscription changes are `unsubscribe`'s. Each becomes a
 //! notification for one recipient of one transaction (SPEC 5) and, for hard bounces and
 //! complaints, an entry in the asset's suppression store (SPEC 8). One place does this so
 //! every source records the same way.
@@ -15,14 +16,27 @@ pub mod reports;
 pub mod ses;
 pub mod ses_events;
 pub mod sns;
+pub mod tracking;
+pub mod unsubscribe;
 
 use crate::config::Config;
 use crate::model::time::now_ms;
+use crate::model::tokens::Signer;
 use crate::model::types::DeliveryCode;
 use crate::store::messages::{cut, Hit, MessageRecord, QueueState};
 use crate::store::suppression::{Reason, Suppression};
 use crate::store::{OutboxEntry, Store, StoreError};
 use crate::webhooks::Outbox;
+
+/// What the public doors' feedback (tracked links, the unsubscribe page) needs of the
+/// daemon.
+pub struct Parts<'a> {
+    pub store: &'a Store,
+    pub outbox: &'a Outbox,
+    pub config: &'a Config,
+    /// Verifies the links' tokens.
+    pub signer: &'a Signer,
+}
 
 /// One piece of feedback about one recipient.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -334,10 +334,8 @@ async fn unsubscribe_by_mail(
         )) {
             continue;
         }
-        crate::outbound::track::unsubscribe::apply(
-            &d.store, &d.outbox, config, &subject, true, "mailto",
-        )
-        .await?;
+        crate::feedback::unsubscribe::apply(&d.store, &d.outbox, config, &subject, true, "mailto")
+            .await?;
     }
     Ok(())
 }

@@ -1,16 +1,21 @@
 //! Public routes reached from recipients' mail clients: the unsubscribe page and RFC 8058
-//! one-click endpoint, click redirects and the open pixel. Tokens are verified before
-//! anything is looked up; a bad one changes nothing and gets a 400 page. Hits are counted
-//! by `feedback::record` (bounded history, windowed opens), so a stranger replaying a link
-//! costs a counter update, not a growing record.
+//! one-click endpoint, click redirects and the open pixel. What they do is
+//! `feedback::unsubscribe`'s and `feedback::tracking`'s (tokens verified before anything
+//! is looked up; hits counted, not appended); this file turns requests into calls and
+//! outcomes into pages.
 
 use super::AppState;
-use crate::outbound::track::unsubscribe::{self, Subject};
-use axum::extract::{Path, State};
-use axum::http::{header, StatusCode};
+use crate::daemon::Daemon;
+use crate::feedback::tracking;
+use crate::feedback::unsubscribe::{self as unsubscribing, Form, Outcome};
+use crate::feedback::Parts;
+use crate::outbound::track::unsubscribe;
+use axum::extract::{ConnectInfo, Path, State};
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
+use std::net::SocketAddr;
 
 pub fn routes() -> Router<AppState> {
     Router::new()
@@ -26,81 +31,39 @@ const PIXEL: &[u8] = &[
     0x01, 0x00, 0x01, 0x00, 0x00, 0x02, 0x02, 0x44, 0x01, 0x00, 0x3b,
 ];
 
-/// Emits a tracking notification for `tid`/`recipient` (and records it in the history
-/// when the transaction is finished; an active one is the queue's to write).
-async fn track_event(
-    d: &crate::daemon::Daemon,
-    tid: &str,
-    recipient: &str,
-    code: crate::model::types::DeliveryCode,
-    description: &str,
-    additional: &str,
-) {
+/// Calls `f` with the parts of the daemon the public doors' feedback needs.
+async fn with_parts<T>(d: &Daemon, f: impl AsyncFnOnce(&Parts<'_>) -> T) -> T {
     let config = d.config();
-    let report = crate::feedback::Report::new(Some(recipient.to_string()), code, description)
-        .additional(additional);
-    if let Err(e) = crate::feedback::record(&d.store, &d.outbox, &config, tid, &[report]).await {
-        tracing::error!(error = %e, "tracking event not recorded");
-    }
+    let parts = Parts {
+        store: &d.store,
+        outbox: &d.outbox,
+        config: &config,
+        signer: &d.signer,
+    };
+    f(&parts).await
 }
 
 async fn click(
     State(d): State<AppState>,
     Path(token): Path<String>,
-    axum::extract::ConnectInfo(peer): axum::extract::ConnectInfo<std::net::SocketAddr>,
-    headers: axum::http::HeaderMap,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
 ) -> Response {
-    // Verified before anything else: a forged token never redirects (no open redirect).
-    let Some(payload) = d.signer.verify("click", &token) else {
-        return super::ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "7004",
-            "link token is altered or not a click link",
-        )
-        .into_response();
-    };
-    let mut f = payload.splitn(3, '|');
-    let (Some(tid), Some(rcpt), Some(url)) = (f.next(), f.next(), f.next()) else {
-        return super::ApiError::new(StatusCode::BAD_REQUEST, "7004", "link token is malformed")
-            .into_response();
-    };
-    // Cut to 512 octets on a character boundary; octets that are not UTF-8 (obs-text)
-    // become U+FFFD rather than losing the whole header.
-    let agent = headers
-        .get(header::USER_AGENT)
-        .map(|v| {
-            let raw = v.as_bytes();
-            let head = &raw[..raw.len().min(crate::feedback::USER_AGENT_MAX + 4)];
-            let text = String::from_utf8_lossy(head);
-            crate::store::messages::cut(&text, crate::feedback::USER_AGENT_MAX).to_string()
-        })
-        .unwrap_or_default();
-    track_event(
-        &d,
-        tid,
-        rcpt,
-        crate::model::types::DeliveryCode::Clicked,
-        &format!("{url}|{}", peer.ip()),
-        &agent,
-    )
+    let agent = headers.get(header::USER_AGENT).map(|v| v.as_bytes());
+    let clicked = with_parts(&d, async |p| {
+        tracking::click(p, &token, peer.ip(), agent).await
+    })
     .await;
-    (StatusCode::FOUND, [(header::LOCATION, url.to_string())]).into_response()
+    match clicked {
+        Ok(url) => (StatusCode::FOUND, [(header::LOCATION, url)]).into_response(),
+        Err(e) => {
+            super::ApiError::new(StatusCode::BAD_REQUEST, "7004", e.to_string()).into_response()
+        }
+    }
 }
 
 async fn open(State(d): State<AppState>, Path(token): Path<String>) -> Response {
-    if let Some(payload) = d.signer.verify("open", &token) {
-        if let Some((tid, rcpt)) = payload.split_once('|') {
-            track_event(
-                &d,
-                tid,
-                rcpt,
-                crate::model::types::DeliveryCode::Read,
-                "Read",
-                "",
-            )
-            .await;
-        }
-    }
+    with_parts(&d, async |p| tracking::open(p, &token).await).await;
     // The image is served either way: a mail client showing a broken image helps no one.
     (
         [
@@ -112,6 +75,84 @@ async fn open(State(d): State<AppState>, Path(token): Path<String>) -> Response 
         .into_response()
 }
 
+async fn show(State(d): State<AppState>, Path(token): Path<String>) -> Response {
+    page(with_parts(&d, async |p| unsubscribing::visit(p, &token)).await)
+}
+
+async fn act(State(d): State<AppState>, Path(token): Path<String>, body: String) -> Response {
+    let form = form(&body);
+    page(with_parts(&d, async |p| unsubscribing::answer(p, &token, &form).await).await)
+}
+
+/// The POST body's fields (the first of each counts).
+fn form(body: &str) -> Form {
+    let fields: Vec<(String, String)> = url::form_urlencoded::parse(body.as_bytes())
+        .into_owned()
+        .collect();
+    let field = |k: &str| fields.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
+    Form {
+        one_click: field("List-Unsubscribe") == Some("One-Click"),
+        resubscribe: field("action") == Some("resubscribe"),
+        address: field("address").unwrap_or("").to_string(),
+    }
+}
+
+/// The page (or the one-click answer) for an unsubscribe outcome.
+fn page(outcome: Outcome) -> Response {
+    match outcome {
+        Outcome::Invalid => html(
+            StatusCode::BAD_REQUEST,
+            "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>Link not valid</title></head>\
+<body><main><h1>This link is not valid</h1><p>It may be incomplete or altered. Nothing was changed.</p></main></body></html>\n"
+                .into(),
+        ),
+        Outcome::Unavailable => {
+            (StatusCode::SERVICE_UNAVAILABLE, "try again later\n").into_response()
+        }
+        Outcome::Expired => html(
+            StatusCode::GONE,
+            "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>Link expired</title></head>\
+<body><main><h1>This link has expired</h1><p>The message it came with is no longer on record, so the address cannot be checked. Nothing was changed.</p></main></body></html>\n"
+                .into(),
+        ),
+        Outcome::Ask {
+            asset_name,
+            refused: None,
+        } => html(StatusCode::OK, unsubscribe::ask_page(&asset_name, None)),
+        Outcome::Ask {
+            asset_name,
+            refused: Some(why),
+        } => html(
+            StatusCode::BAD_REQUEST,
+            unsubscribe::ask_page(&asset_name, Some(why.text())),
+        ),
+        Outcome::Confirm {
+            asset_name,
+            recipient,
+        } => html(
+            StatusCode::OK,
+            unsubscribe::page(&asset_name, &recipient, "confirm"),
+        ),
+        Outcome::OneClick => (StatusCode::OK, "unsubscribed\n").into_response(),
+        Outcome::Done {
+            asset_name,
+            recipient,
+            resubscribed,
+            several,
+        } => {
+            let state = if resubscribed {
+                "resubscribed"
+            } else {
+                "unsubscribed"
+            };
+            html(
+                StatusCode::OK,
+                unsubscribe::page_for(&asset_name, &recipient, state, several),
+            )
+        }
+    }
+}
+
 fn html(status: StatusCode, body: String) -> Response {
     (
         status,
@@ -119,150 +160,4 @@ fn html(status: StatusCode, body: String) -> Response {
         body,
     )
         .into_response()
-}
-
-fn invalid() -> Response {
-    html(
-        StatusCode::BAD_REQUEST,
-        "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>Link not valid</title></head>\
-<body><main><h1>This link is not valid</h1><p>It may be incomplete or altered. Nothing was changed.</p></main></body></html>\n"
-            .into(),
-    )
-}
-
-fn asset_name(d: &crate::daemon::Daemon, s: &Subject) -> String {
-    d.config()
-        .asset(&s.asset_id)
-        .map(|a| {
-            if a.name.is_empty() {
-                a.id.clone()
-            } else {
-                a.name.clone()
-            }
-        })
-        .unwrap_or_else(|| s.asset_id.clone())
-}
-
-/// The transaction's recipients when the token speaks for nobody in particular (a message
-/// to several recipients); `Ok(None)` for a token naming its recipient.
-fn listed_recipients(
-    d: &crate::daemon::Daemon,
-    s: &Subject,
-) -> Result<Option<Vec<String>>, Box<Response>> {
-    let record = match d.store.message(&s.tid) {
-        Ok(r) => r,
-        Err(e) => {
-            tracing::error!(error = %e, "unsubscribe: transaction not readable");
-            return Err(Box::new(
-                (StatusCode::SERVICE_UNAVAILABLE, "try again later\n").into_response(),
-            ));
-        }
-    };
-    match record {
-        // Tokens made before several-recipient links named nobody named the first
-        // recipient: the record says whether the message went to several.
-        Some(r) if r.recipients.len() > 1 || s.recipient.is_empty() => Ok(Some(
-            r.recipients.into_iter().map(|x| x.address).collect(),
-        )),
-        None if s.recipient.is_empty() => Err(Box::new(html(
-            StatusCode::GONE,
-            "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>Link expired</title></head>\
-<body><main><h1>This link has expired</h1><p>The message it came with is no longer on record, so the address cannot be checked. Nothing was changed.</p></main></body></html>\n"
-                .into(),
-        ))),
-        _ => Ok(None),
-    }
-}
-
-async fn show(State(d): State<AppState>, Path(token): Path<String>) -> Response {
-    let Some(s) = unsubscribe::verify(&d.signer, &token) else {
-        return invalid();
-    };
-    match listed_recipients(&d, &s) {
-        Err(r) => *r,
-        Ok(Some(_)) => html(
-            StatusCode::OK,
-            unsubscribe::ask_page(&asset_name(&d, &s), None),
-        ),
-        Ok(None) => html(
-            StatusCode::OK,
-            unsubscribe::page(&asset_name(&d, &s), &s.recipient, "confirm"),
-        ),
-    }
-}
-
-async fn act(State(d): State<AppState>, Path(token): Path<String>, body: String) -> Response {
-    let Some(mut s) = unsubscribe::verify(&d.signer, &token) else {
-        return invalid();
-    };
-    let form: Vec<(String, String)> = url::form_urlencoded::parse(body.as_bytes())
-        .into_owned()
-        .collect();
-    let field = |k: &str| form.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
-    let one_click = field("List-Unsubscribe") == Some("One-Click");
-    let resubscribe = !one_click && field("action") == Some("resubscribe");
-    let several = match listed_recipients(&d, &s) {
-        Err(r) => return *r,
-        Ok(list) => list,
-    };
-    if let Some(list) = &several {
-        // Any recipient could have clicked: the form names the address, and it must be
-        // one the message went to. One-click has no form (and no header was sent).
-        let name = asset_name(&d, &s);
-        if one_click {
-            return html(
-                StatusCode::BAD_REQUEST,
-                unsubscribe::ask_page(
-                    &name,
-                    Some("This email went to several people: one-click unsubscribe cannot tell which one. Nothing was changed."),
-                ),
-            );
-        }
-        let address = field("address").unwrap_or("").trim();
-        match list.iter().find(|a| a.eq_ignore_ascii_case(address)) {
-            Some(a) => s.recipient = a.clone(),
-            None => {
-                tracing::info!(tid = %s.tid, "unsubscribe page: address is not a recipient of the message; nothing changed");
-                return html(
-                    StatusCode::BAD_REQUEST,
-                    unsubscribe::ask_page(
-                        &name,
-                        Some(if address.is_empty() {
-                            "address: enter the address this email was sent to. Nothing was changed."
-                        } else {
-                            "address: this email was not sent to that address. Nothing was changed."
-                        }),
-                    ),
-                );
-            }
-        }
-    }
-    let config = d.config();
-    let changed = unsubscribe::apply(
-        &d.store,
-        &d.outbox,
-        &config,
-        &s,
-        !resubscribe,
-        "unsubscribe-link",
-    )
-    .await;
-    match changed {
-        Ok(_) if one_click => (StatusCode::OK, "unsubscribed\n").into_response(),
-        Ok(_) => {
-            let state = if resubscribe {
-                "resubscribed"
-            } else {
-                "unsubscribed"
-            };
-            html(
-                StatusCode::OK,
-                unsubscribe::page_for(&asset_name(&d, &s), &s.recipient, state, several.is_some()),
-            )
-        }
-        Err(e) => {
-            tracing::error!(error = %e, "unsubscribe could not be recorded");
-            (StatusCode::SERVICE_UNAVAILABLE, "try again later\n").into_response()
-        }
-    }
 }

@@ -8,17 +8,12 @@
 //! mailto token, and its page asks for the address (one of that message's recipients).
 //! `GET /u/` shows a page that asks for confirmation (link scanners fetch GETs, so a GET
 //! never unsubscribes); `POST /u/` with `List-Unsubscribe=One-Click` or the page's button
-//! unsubscribes; the page then offers to resubscribe. Each change emits the reference's
-//! Unsubscribe / Subscribe event to the asset's incoming webhook.
+//! unsubscribes; the page then offers to resubscribe. The changes themselves, and their
+//! Unsubscribe / Subscribe events, are `feedback::unsubscribe`'s.
 
 use crate::config::Config;
-use crate::model::time::now_ms;
 use crate::model::tokens::Signer;
 use crate::store::messages::MessageRecord;
-use crate::store::outbox::EventKind;
-use crate::store::suppression::{Reason, Suppression};
-use crate::store::{OutboxEntry, Payload, Store, StoreError};
-use crate::webhooks::Outbox;
 
 /// Who an unsubscribe token speaks for.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -119,79 +114,6 @@ pub fn headers(
         value.push_str(&format!(", <mailto:{m}?subject={encoded}>"));
     }
     Some((value, record.recipients.len() <= 1))
-}
-
-/// Records an (un)subscription and emits its event, once per actual change. Returns
-/// whether anything changed.
-pub async fn apply(
-    store: &Store,
-    outbox: &Outbox,
-    config: &Config,
-    s: &Subject,
-    unsubscribe: bool,
-    source: &str,
-) -> Result<bool, StoreError> {
-    let current = store.suppression(&s.asset_id, &s.recipient, now_ms())?;
-    let was_unsubscribed = current
-        .as_ref()
-        .is_some_and(|e| e.reason == Reason::Unsubscribed);
-    if unsubscribe == was_unsubscribed {
-        return Ok(false);
-    }
-    if unsubscribe {
-        store.suppress(&[suppression(s, source)]).await?;
-    } else {
-        store.unsuppress(&s.asset_id, &s.recipient).await?;
-    }
-    tracing::info!(asset = %s.asset_id, recipient = %s.recipient, unsubscribe, source, "subscription changed");
-    let correlation = store
-        .message(&s.tid)
-        .ok()
-        .flatten()
-        .and_then(|m| m.correlation_id);
-    if let Some(e) = event(config, s, !unsubscribe, correlation.as_deref()) {
-        store.enqueue_events(std::slice::from_ref(&e)).await?;
-        outbox.schedule([e]);
-    }
-    Ok(true)
-}
-
-/// The Unsubscribe / Subscribe event for the asset's incoming webhook, in the reference's
-/// format.
-pub fn event(
-    config: &Config,
-    s: &Subject,
-    subscribe: bool,
-    correlation_id: Option<&str>,
-) -> Option<OutboxEntry> {
-    let url = config.asset(&s.asset_id)?.incoming_webhook.clone()?;
-    let body = serde_json::json!({
-        "channel": "Email",
-        "from": s.recipient,
-        "appId": s.asset_id,
-        "event": if subscribe { "Subscribe" } else { "Unsubscribe" },
-        "senderId": s.sender,
-        "correlationId": correlation_id.unwrap_or(""),
-        "ts": crate::model::time::timestamp(now_ms()),
-        "tid": s.tid,
-    });
-    Some(OutboxEntry::new(
-        EventKind::Unsubscribe,
-        url,
-        s.asset_id.clone(),
-        Payload::Json(body.to_string()),
-    ))
-}
-
-pub fn suppression(s: &Subject, source: &str) -> Suppression {
-    Suppression {
-        asset_id: s.asset_id.clone(),
-        address: s.recipient.to_ascii_lowercase(),
-        reason: Reason::Unsubscribed,
-        since_ms: now_ms(),
-        expires_ms: None,
-        source: source.into(),
-    }
 }
 
 fn escape(s: &str) -> String {

@@ -1,0 +1,83 @@
+//! Opens and clicks on postern's own tracked links (SPEC 6.3), reached by `/t/o/` and
+//! `/t/c/`. The token is verified before anything is looked up: a forged click link never
+//! redirects (no open redirect), a forged open records nothing. Hits are recorded by
+//! [`record`](crate::feedback::record), which counts repeats instead of appending them.
+
+use crate::feedback::{Parts, Report, USER_AGENT_MAX};
+use crate::model::types::DeliveryCode;
+use crate::store::messages::cut;
+use std::net::IpAddr;
+
+/// Why a click link was refused (nothing was recorded).
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum LinkError {
+    #[error("link token is altered or not a click link")]
+    Forged,
+    #[error("link token is malformed")]
+    Malformed,
+}
+
+/// A click from `client`: records 7528 (`url|client-ip`, the User-Agent) and returns the
+/// URL to redirect to.
+pub async fn click(
+    parts: &Parts<'_>,
+    token: &str,
+    client: IpAddr,
+    user_agent: Option<&[u8]>,
+) -> Result<String, LinkError> {
+    let payload = parts
+        .signer
+        .verify("click", token)
+        .ok_or(LinkError::Forged)?;
+    let mut f = payload.splitn(3, '|');
+    let (Some(tid), Some(rcpt), Some(url)) = (f.next(), f.next(), f.next()) else {
+        return Err(LinkError::Malformed);
+    };
+    let agent = user_agent.map(user_agent_text).unwrap_or_default();
+    let description = format!("{url}|{client}");
+    hit(
+        parts,
+        tid,
+        rcpt,
+        DeliveryCode::Clicked,
+        &description,
+        &agent,
+    )
+    .await;
+    Ok(url.to_string())
+}
+
+/// An open (the pixel was fetched): records 7502 when the token verifies.
+pub async fn open(parts: &Parts<'_>, token: &str) {
+    if let Some(payload) = parts.signer.verify("open", token) {
+        if let Some((tid, rcpt)) = payload.split_once('|') {
+            hit(parts, tid, rcpt, DeliveryCode::Read, "Read", "").await;
+        }
+    }
+}
+
+/// The User-Agent as recorded: cut to [`USER_AGENT_MAX`] octets on a character boundary;
+/// octets that are not UTF-8 (obs-text) become U+FFFD rather than losing the whole header.
+fn user_agent_text(raw: &[u8]) -> String {
+    let head = &raw[..raw.len().min(USER_AGENT_MAX + 4)];
+    cut(&String::from_utf8_lossy(head), USER_AGENT_MAX).to_string()
+}
+
+/// Records one hit for `tid`/`recipient` (in the history when the transaction is
+/// finished; an active one is the queue's to write). A failure is logged: the visitor
+/// gets the redirect or the pixel either way.
+async fn hit(
+    parts: &Parts<'_>,
+    tid: &str,
+    recipient: &str,
+    code: DeliveryCode,
+    description: &str,
+    additional: &str,
+) {
+    let report = Report::new(Some(recipient.to_string()), code, description).additional(additional);
+    let recorded =
+        crate::feedback::record(parts.store, parts.outbox, parts.config, tid, &[report]).await;
+    if let Err(e) = recorded {
+        tracing::error!(error = %e, "tracking event not recorded");
+    }
+}
