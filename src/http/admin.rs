@@ -3,6 +3,7 @@
 
 use super::{admin, ApiError, AppState};
 use crate::model::time::now_ms;
+use crate::model::types::ApiCode;
 use crate::store::suppression::{Reason, Suppression};
 use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
@@ -44,7 +45,7 @@ fn known_group(d: &crate::daemon::Daemon, group: &str) -> Result<(), ApiError> {
         Some(_) => Ok(()),
         None => Err(ApiError::new(
             StatusCode::NOT_FOUND,
-            "7404",
+            ApiCode::NotFound,
             format!("no contact-policy group '{group}'"),
         )),
     }
@@ -73,7 +74,7 @@ async fn consent_grant(
     crate::model::types::check_address(&address).map_err(|_| {
         ApiError::new(
             StatusCode::BAD_REQUEST,
-            "7004",
+            ApiCode::InvalidValue,
             "address: is not a valid email address",
         )
     })?;
@@ -101,7 +102,7 @@ async fn consent_revoke(
     } else {
         Err(ApiError::new(
             StatusCode::NOT_FOUND,
-            "7404",
+            ApiCode::NotFound,
             format!("{address} has no consent in {group}"),
         ))
     }
@@ -155,27 +156,32 @@ async fn add(
     body: axum::body::Bytes,
 ) -> Result<Response, ApiError> {
     admin(&d, &headers)?;
-    let req: AddRequest = serde_json::from_slice(&body)
-        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "7004", format!("body: {e}")))?;
+    let req: AddRequest = serde_json::from_slice(&body).map_err(|e| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            ApiCode::InvalidValue,
+            format!("body: {e}"),
+        )
+    })?;
     let config = d.config();
     let asset = config.asset(&req.asset_id).ok_or_else(|| {
         ApiError::new(
             StatusCode::BAD_REQUEST,
-            "7004",
+            ApiCode::InvalidValue,
             format!("assetId: '{}' is not configured", req.asset_id),
         )
     })?;
     crate::model::types::check_address(&req.address).map_err(|_| {
         ApiError::new(
             StatusCode::BAD_REQUEST,
-            "7004",
+            ApiCode::InvalidValue,
             "address: is not a valid email address",
         )
     })?;
     let reason = Reason::parse(&req.reason).ok_or_else(|| {
         ApiError::new(
             StatusCode::BAD_REQUEST,
-            "7004",
+            ApiCode::InvalidValue,
             "reason: must be unsubscribed, bounced or complained",
         )
     })?;
@@ -212,7 +218,7 @@ async fn remove(
     } else {
         Err(ApiError::new(
             StatusCode::NOT_FOUND,
-            "7404",
+            ApiCode::NotFound,
             format!("{address} is not suppressed for {asset}"),
         ))
     }
@@ -240,8 +246,13 @@ async fn import(
     body: axum::body::Bytes,
 ) -> Result<Response, ApiError> {
     admin(&d, &headers)?;
-    let text = std::str::from_utf8(&body)
-        .map_err(|_| ApiError::new(StatusCode::BAD_REQUEST, "7000", "CSV is not UTF-8"))?;
+    let text = std::str::from_utf8(&body).map_err(|_| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            ApiCode::Malformed,
+            "CSV is not UTF-8",
+        )
+    })?;
     let config = d.config();
     let entries = crate::outbound::suppression::from_csv(
         text,
@@ -252,7 +263,7 @@ async fn import(
     .map_err(|e| {
         ApiError::new(
             StatusCode::BAD_REQUEST,
-            "7004",
+            ApiCode::InvalidValue,
             format!("{e}; nothing was imported"),
         )
     })?;

@@ -1,16 +1,15 @@
 //! The Messaging API v2 (SPEC 4): authentication, validation, rate limits and the routes.
 //! Wire types live in [`wire`] and nowhere else; the OpenAPI document is generated from
-//! them and the `#[utoipa::path]` annotations below.
+//! them and the `#[utoipa::path]` annotations below ([`ApiDoc`], merged in `http/mod.rs`).
+//! The handlers translate only: submitting is [`submit::submit`].
 
 use crate::daemon::Daemon;
 use crate::http::ApiError;
 use crate::model::time::now_ms;
+use crate::model::types::ApiCode;
 use crate::model::wire;
-use crate::outbound::queue::notify;
-use crate::outbound::{auth, validate};
-use crate::store::messages::{
-    Attachment, MessageRecord, QueueState, RecipientPhase, RecipientState,
-};
+use crate::outbound::{auth, submit, validate};
+use crate::store::messages::RecipientPhase;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{Path, State};
@@ -58,16 +57,6 @@ type AppState = Arc<Daemon>;
 )]
 pub struct ApiDoc;
 
-/// The OpenAPI document as served at `/openapi.json` and kept in the repository.
-pub fn openapi_json() -> String {
-    let mut doc = ApiDoc::openapi();
-    doc.merge(crate::http::admin::AdminDoc::openapi());
-    doc.merge(crate::http::domains::DomainDoc::openapi());
-    doc.merge(crate::http::ses::SesDoc::openapi());
-    doc.merge(crate::http::DeadLetterDoc::openapi());
-    doc.to_pretty_json().unwrap_or_default()
-}
-
 pub fn routes() -> Router<AppState> {
     Router::new()
         .route("/v2/messages", axum::routing::post(send_message))
@@ -76,10 +65,6 @@ pub fn routes() -> Router<AppState> {
         .route(
             "/v2/templates/{id}",
             get(template_get).put(template_put).delete(template_delete),
-        )
-        .route(
-            "/openapi.json",
-            get(|| async { ([(header::CONTENT_TYPE, "application/json")], openapi_json()) }),
         )
 }
 
@@ -97,14 +82,14 @@ fn service_of(d: &Daemon, headers: &HeaderMap) -> Result<crate::config::ServiceC
         Ok(s) => Ok(s.clone()),
         Err(auth::AuthError::Missing) => Err(ApiError::new(
             StatusCode::UNAUTHORIZED,
-            "7002",
+            ApiCode::KeyMissing,
             "Service key missing",
         )),
         Err(auth::AuthError::Failed(why)) => {
             tracing::info!(reason = why, "API authentication failed");
             Err(ApiError::new(
                 StatusCode::UNAUTHORIZED,
-                "7001",
+                ApiCode::AuthFailed,
                 "Authentication failed",
             ))
         }
@@ -136,7 +121,7 @@ fn json_value(
     {
         return Err(ApiError::new(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "7004",
+            ApiCode::InvalidValue,
             "Content-Type must be application/json",
         ));
     }
@@ -144,13 +129,13 @@ fn json_value(
         if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
             ApiError::new(
                 StatusCode::PAYLOAD_TOO_LARGE,
-                "7004",
+                ApiCode::InvalidValue,
                 "request body is larger than http.max_body_size",
             )
         } else {
             ApiError::new(
                 StatusCode::BAD_REQUEST,
-                "7000",
+                ApiCode::Malformed,
                 format!("request body could not be read: {e}"),
             )
         }
@@ -158,7 +143,7 @@ fn json_value(
     serde_json::from_slice(&body).map_err(|e| {
         ApiError::new(
             StatusCode::BAD_REQUEST,
-            "7000",
+            ApiCode::Malformed,
             format!("malformed JSON: {e}"),
         )
     })
@@ -180,21 +165,41 @@ fn typed<T: serde::de::DeserializeOwned>(value: serde_json::Value) -> Result<T, 
             };
             ApiError::new(
                 StatusCode::BAD_REQUEST,
-                "7003",
+                ApiCode::MissingField,
                 format!("missing mandatory field: {full}"),
             )
         } else {
-            ApiError::new(StatusCode::BAD_REQUEST, "7004", format!("{path}: {inner}"))
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                ApiCode::InvalidValue,
+                format!("{path}: {inner}"),
+            )
         }
     })
 }
 
-/// A request refused by validation: counted, and answered 400 with its code.
-fn rejected(d: &Daemon, e: validate::Invalid) -> ApiError {
-    d.metrics
-        .api_rejected
-        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    ApiError::new(StatusCode::BAD_REQUEST, e.code, e.description)
+/// The answer to a refused submission: 400 with the validation code, 429 with
+/// `Retry-After`, or 500.
+fn refusal(refused: submit::Refused) -> Response {
+    match refused {
+        submit::Refused::Invalid(e) => {
+            ApiError::new(StatusCode::BAD_REQUEST, e.code, e.description).into_response()
+        }
+        submit::Refused::TpsExceeded {
+            retry_after_secs, ..
+        } => {
+            let mut resp = ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                ApiCode::TpsExceeded,
+                refused.to_string(),
+            )
+            .into_response();
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, retry_after_secs.into());
+            resp
+        }
+        submit::Refused::Store(e) => ApiError::internal(e).into_response(),
+    }
 }
 
 #[utoipa::path(post, path = "/v2/messages", request_body = wire::SendRequest,
@@ -209,174 +214,30 @@ async fn send_message(
 ) -> Result<Response, ApiError> {
     let service = service_of(&d, &headers)?;
     let value = json_value(&headers, body)?;
-    // Another channel is refused before any field is looked at (SPEC 4.2): an SMS body has
-    // `to[].msisdn`, and "missing to[0].email" would not say what is wrong with it.
-    if let Some(refused) = value
-        .get("channel")
-        .and_then(|c| c.as_str())
-        .and_then(validate::channel_refusal)
-    {
-        return Err(rejected(&d, refused));
-    }
-    let req: wire::SendRequest = typed(value)?;
-    let template = match &req.template {
-        Some(t) => d
-            .store
-            .template_get(&service.id, &t.id)
-            .map_err(ApiError::internal)?,
-        None => None,
-    };
     let config = d.config();
-    let now = now_ms();
-    let checked = validate::check(req, &service, &config, template, &d.url_policy, now)
-        .map_err(|e| rejected(&d, e))?;
-    let from_domain = checked
-        .from()
-        .rsplit_once('@')
-        .map(|(_, dom)| dom.to_string())
-        .unwrap_or_default();
-    if config
-        .asset_for_domain(&from_domain)
-        .is_some_and(|a| a.require_verified_domain)
-        && !d
-            .store
-            .domain_verified(&from_domain)
-            .map_err(ApiError::internal)?
-    {
-        return Err(rejected(
-            &d,
-            validate::Invalid {
-                code: "7004",
-                description: format!(
-                    "from: domain '{from_domain}' is not verified; publish the records `postern domain records {from_domain}` prints, then run `postern domain verify {from_domain}`"
-                ),
-            },
-        ));
+    let parts = submit::Parts {
+        config: &config,
+        store: &d.store,
+        queue: &d.queue,
+        outbox: &d.outbox,
+        limiter: &d.limiter,
+        metrics: &d.metrics,
+        url_policy: &d.url_policy,
+    };
+    let channel = value.get("channel").and_then(|c| c.as_str());
+    if let Err(refused) = submit::check_channel(&parts, channel) {
+        return Ok(refusal(refused));
     }
-    // The bucket is charged before the expansion: a request it cannot cover costs nothing
-    // more than its parse, and one refused while expanding has spent its tokens.
-    let destinations = checked.destinations;
-    if let Err(wait) = d.limiter.take(
-        &service.id,
-        service.tps,
-        u32::try_from(destinations).unwrap_or(u32::MAX),
-        std::time::Instant::now(),
-    ) {
-        let secs = wait.as_secs_f64().ceil().max(1.0) as u64;
-        let mut resp = ApiError::new(
-            StatusCode::TOO_MANY_REQUESTS,
-            "7005",
-            format!("TPS of service {} exceeded; retry in {secs} s", service.id),
-        )
-        .into_response();
-        resp.headers_mut().insert(header::RETRY_AFTER, secs.into());
-        return Ok(resp);
-    }
-    let mut new_tid = || uuid::Uuid::new_v4().to_string();
-    let sub = validate::expand(checked, &mut new_tid).map_err(|e| rejected(&d, e))?;
-    let request_id = uuid::Uuid::new_v4().to_string();
-    let mut records = Vec::new();
-    let mut events = Vec::new();
-    let mut accepted = Vec::new();
-    for t in &sub.transactions {
-        accepted.push(wire::AcceptedMessage {
-            tid: t.tid.clone(),
-            to: t.recipients.clone(),
-            correlation_id: t.correlation_id.clone(),
-        });
-        let mut record = MessageRecord {
-            tid: t.tid.clone(),
-            request_id: request_id.clone(),
-            service_id: sub.service_id.clone(),
-            asset_id: sub.asset_id.clone(),
-            from: sub.from.clone(),
-            from_name: sub.from_name.clone(),
-            reply_to: sub.reply_to.clone(),
-            to: t.to.clone(),
-            cc: t.cc.clone(),
-            recipients: t
-                .recipients
-                .iter()
-                .map(|a| RecipientState {
-                    address: a.clone(),
-                    phase: RecipientPhase::Pending,
-                    code: None,
-                })
-                .collect(),
-            subject: t.subject.clone(),
-            text: t.text.clone(),
-            html: t.html.clone(),
-            attachments: sub
-                .attachments
-                .iter()
-                .map(|a| Attachment {
-                    mimetype: a.mimetype.clone(),
-                    name: a.name.clone(),
-                    media_url: a.media_url.clone(),
-                })
-                .collect(),
-            receipts: sub.receipts,
-            correlation_id: t.correlation_id.clone(),
-            callback_data: sub.callback_data.clone(),
-            notify_url: sub.notify_url.clone(),
-            send_at_ms: sub.send_at_ms,
-            expire_at_ms: sub.expire_at_ms,
-            track_clicks: sub.track_clicks,
-            track_opens: sub.track_opens,
-            list_unsubscribe_url: sub.list_unsubscribe_url.clone(),
-            unsubscribe_email: sub.unsubscribe_email.clone(),
-            unsubscribe_subject: sub.unsubscribe_subject.clone(),
-            contact_policy: sub.contact_policy.clone(),
-            state: if sub.send_at_ms > now {
-                QueueState::Scheduled
-            } else {
-                QueueState::Ready
-            },
-            attempts: 0,
-            next_ms: sub.send_at_ms,
-            created_ms: now,
-            last_error: String::new(),
-            history: Vec::new(),
-            route_ids: Vec::new(),
-        };
-        if let Some(code) = t.immediate {
-            for r in &mut record.recipients {
-                r.phase = RecipientPhase::Failed;
-                r.code = Some(code.code().to_string());
-            }
-            let addr = record.recipients[0].address.clone();
-            events.extend(notify::notify(
-                &config,
-                &mut record,
-                &addr,
-                code,
-                code.default_description(),
-                "",
-                now,
-            ));
-            record.state = QueueState::Done;
-        }
-        records.push(record);
-    }
-    d.store
-        .submit(&records, &events)
-        .await
-        .map_err(ApiError::internal)?;
-    d.metrics
-        .api_queued
-        .fetch_add(destinations as u64, std::sync::atomic::Ordering::Relaxed);
-    d.outbox.schedule(events);
-    for r in records.iter().filter(|r| r.state != QueueState::Done) {
-        d.metrics
-            .queue_move(None, crate::metrics::queue_slot(r.state));
-        d.queue.schedule(r.next_ms, r.tid.clone());
-    }
-    tracing::info!(request = %request_id, service = %service.id, transactions = records.len(), "request queued");
+    let request: wire::SendRequest = typed(value)?;
+    let accepted = match submit::submit(&parts, &service, request, now_ms()).await {
+        Ok(accepted) => accepted,
+        Err(refused) => return Ok(refusal(refused)),
+    };
     let body = wire::Accepted {
-        code: "1001",
+        code: ApiCode::Queued.as_str(),
         description: "Queued",
-        request_id,
-        messages: accepted,
+        request_id: accepted.request_id,
+        messages: accepted.messages,
     };
     Ok((StatusCode::ACCEPTED, Json(body)).into_response())
 }
@@ -392,7 +253,7 @@ async fn message_status(
     let not_found = || {
         ApiError::new(
             StatusCode::NOT_FOUND,
-            "7404",
+            ApiCode::NotFound,
             format!("no transaction {tid}"),
         )
     };
@@ -414,7 +275,7 @@ async fn message_status(
             .iter()
             .map(|x| wire::RecipientStatus {
                 address: x.address.clone(),
-                state: format!("{:?}", x.phase).to_ascii_lowercase(),
+                state: phase_wire_name(x.phase).to_string(),
                 code: x.code.clone(),
             })
             .collect(),
@@ -436,8 +297,23 @@ async fn message_status(
     }))
 }
 
+/// A recipient's phase as `recipients[].state` names it.
+fn phase_wire_name(phase: RecipientPhase) -> &'static str {
+    match phase {
+        RecipientPhase::Pending => "pending",
+        RecipientPhase::Submitted => "submitted",
+        RecipientPhase::Failed => "failed",
+    }
+}
+
 fn check_template(t: &wire::Template) -> Result<(), ApiError> {
-    let bad = |m: &str| ApiError::new(StatusCode::BAD_REQUEST, "7004", m.to_string());
+    let bad = |m: &str| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            ApiCode::InvalidValue,
+            m.to_string(),
+        )
+    };
     if t.id.is_empty()
         || t.id.len() > 128
         || !t
@@ -489,7 +365,7 @@ async fn template_create(
     {
         return Err(ApiError::new(
             StatusCode::CONFLICT,
-            "7004",
+            ApiCode::InvalidValue,
             format!("id: template '{}' exists; use PUT", t.id),
         ));
     }
@@ -511,7 +387,13 @@ async fn template_get(
         .template_get(&service.id, &id)
         .map_err(ApiError::internal)?
         .map(Json)
-        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "7404", format!("no template {id}")))
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                ApiCode::NotFound,
+                format!("no template {id}"),
+            )
+        })
 }
 
 #[utoipa::path(put, path = "/v2/templates/{id}", request_body = wire::Template, responses((status = 200, body = wire::Template)), params(("id" = String, Path)))]
@@ -550,7 +432,7 @@ async fn template_delete(
     } else {
         Err(ApiError::new(
             StatusCode::NOT_FOUND,
-            "7404",
+            ApiCode::NotFound,
             format!("no template {id}"),
         ))
     }

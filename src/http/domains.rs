@@ -5,6 +5,7 @@
 
 use super::{admin, ApiError, AppState};
 use crate::model::time::now_ms;
+use crate::model::types::ApiCode;
 use crate::store::domains::DomainState;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
@@ -57,7 +58,11 @@ async fn verify(
     let records = match crate::outbound::domains::records(&config, &domain) {
         Ok(r) => r,
         Err(e @ crate::outbound::domains::DomainError::Unknown(_)) => {
-            return Err(ApiError::new(StatusCode::NOT_FOUND, "7404", e.to_string()))
+            return Err(ApiError::new(
+                StatusCode::NOT_FOUND,
+                ApiCode::NotFound,
+                e.to_string(),
+            ))
         }
         Err(e) => return Err(ApiError::internal(e)),
     };
@@ -66,7 +71,7 @@ async fn verify(
     let Some(auth) = verifier.authenticator() else {
         return Err(ApiError::new(
             StatusCode::CONFLICT,
-            "7409",
+            ApiCode::Conflict,
             "dns.resolver is \"off\": domains cannot be verified",
         ));
     };

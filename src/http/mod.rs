@@ -1,7 +1,9 @@
 //! HTTP routes (axum): health and readiness, Prometheus metrics, the admin API for dead
 //! letters, and the signed inbound links of `mo_attachments = "url"`. Every error is a
 //! JSON `{"code","description"}` body, never a framework's plain-text default.
-//! [`serve`] is the accept loop (header timeout, connection cap).
+//! [`serve`] is the accept loop (header timeout, connection cap). [`router`] is the one
+//! place that merges every handler file's routes, and [`openapi_json`] their OpenAPI
+//! documents.
 
 pub mod admin;
 pub mod api;
@@ -14,6 +16,7 @@ pub use serve::serve;
 
 use crate::daemon::Daemon;
 use crate::model::time::now_ms;
+use crate::model::types::ApiCode;
 use crate::webhooks::mo;
 use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
@@ -34,6 +37,10 @@ pub fn router(daemon: Arc<Daemon>) -> Router {
         .merge(public::routes())
         .merge(ses::routes())
         .merge(domains::routes())
+        .route(
+            "/openapi.json",
+            get(|| async { ([(header::CONTENT_TYPE, "application/json")], openapi_json()) }),
+        )
         .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
@@ -42,16 +49,30 @@ pub fn router(daemon: Arc<Daemon>) -> Router {
         .route("/admin/dead-letters/{id}/replay", post(dead_replay_one))
         .route("/v2/inbound/{tid}/raw", get(inbound_raw))
         .route("/v2/inbound/{tid}/attachments/{n}", get(inbound_attachment))
-        .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "7404", "no such resource") })
+        .fallback(|| async {
+            ApiError::new(StatusCode::NOT_FOUND, ApiCode::NotFound, "no such resource")
+        })
         .method_not_allowed_fallback(|| async {
             ApiError::new(
                 StatusCode::METHOD_NOT_ALLOWED,
-                "7405",
+                ApiCode::MethodNotAllowed,
                 "method not allowed on this resource",
             )
         })
         .layer(axum::extract::DefaultBodyLimit::max(limit))
         .with_state(daemon)
+}
+
+/// The OpenAPI document as served at `/openapi.json` and kept in the repository: the
+/// Messaging API's, then every other handler file's paths.
+pub fn openapi_json() -> String {
+    use utoipa::OpenApi;
+    let mut doc = api::ApiDoc::openapi();
+    doc.merge(admin::AdminDoc::openapi());
+    doc.merge(domains::DomainDoc::openapi());
+    doc.merge(ses::SesDoc::openapi());
+    doc.merge(DeadLetterDoc::openapi());
+    doc.to_pretty_json().unwrap_or_default()
 }
 
 /// Dead-letter routes in the OpenAPI document.
@@ -68,10 +89,16 @@ pub struct ApiError {
 }
 
 impl ApiError {
-    pub fn new(status: StatusCode, code: &'static str, description: impl Into<String>) -> Self {
+    /// An error answered with `status` and `code` (an [`ApiCode`]; a literal is accepted
+    /// while every handler file has not moved to it).
+    pub fn new(
+        status: StatusCode,
+        code: impl Into<&'static str>,
+        description: impl Into<String>,
+    ) -> Self {
         ApiError {
             status,
-            code,
+            code: code.into(),
             description: description.into(),
         }
     }
@@ -80,7 +107,7 @@ impl ApiError {
         tracing::error!(error = %e, "internal error");
         ApiError::new(
             StatusCode::INTERNAL_SERVER_ERROR,
-            "7500",
+            ApiCode::Internal,
             "internal error; see the daemon log",
         )
     }
@@ -98,11 +125,21 @@ impl IntoResponse for ApiError {
 
 async fn readyz(State(d): State<AppState>) -> Response {
     if let Err(why) = d.health.check() {
-        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "7010", why.to_string()).into_response()
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            ApiCode::Unavailable,
+            why.to_string(),
+        )
+        .into_response()
     } else if d.is_ready() {
         Json(json!({"status": "ready"})).into_response()
     } else {
-        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "7503", "starting").into_response()
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            ApiCode::Starting,
+            "starting",
+        )
+        .into_response()
     }
 }
 
@@ -121,7 +158,7 @@ pub(crate) fn admin(d: &Daemon, headers: &HeaderMap) -> Result<(), ApiError> {
     let Some(value) = headers.get(header::AUTHORIZATION) else {
         return Err(ApiError::new(
             StatusCode::UNAUTHORIZED,
-            "7001",
+            ApiCode::AuthFailed,
             "Authentication failed: admin token required",
         ));
     };
@@ -133,7 +170,7 @@ pub(crate) fn admin(d: &Daemon, headers: &HeaderMap) -> Result<(), ApiError> {
     if want.is_empty() || !constant_time_eq(given.as_bytes(), want.as_bytes()) {
         return Err(ApiError::new(
             StatusCode::FORBIDDEN,
-            "7001",
+            ApiCode::AuthFailed,
             "Authentication failed",
         ));
     }
@@ -206,7 +243,7 @@ async fn dead_replay_one(
     {
         return Err(ApiError::new(
             StatusCode::NOT_FOUND,
-            "7404",
+            ApiCode::NotFound,
             format!("no dead letter with id {id}"),
         ));
     }
@@ -246,7 +283,7 @@ fn inbound_link(
     let refused = || {
         ApiError::new(
             StatusCode::FORBIDDEN,
-            "7001",
+            ApiCode::AuthFailed,
             "link token is missing, altered or expired",
         )
     };
@@ -264,7 +301,7 @@ fn inbound_link(
     let expired = || {
         ApiError::new(
             StatusCode::NOT_FOUND,
-            "7404",
+            ApiCode::NotFound,
             "the stored message has expired",
         )
     };
@@ -318,7 +355,7 @@ async fn inbound_attachment(
     let Some((name, content_type, bytes)) = found else {
         return Err(ApiError::new(
             StatusCode::NOT_FOUND,
-            "7404",
+            ApiCode::NotFound,
             format!("message has no attachment {n}"),
         ));
     };
@@ -358,7 +395,7 @@ impl axum::extract::FromRequestParts<Arc<Daemon>> for Writable {
                 let mut resp = (
                     axum::http::StatusCode::SERVICE_UNAVAILABLE,
                     axum::Json(serde_json::json!({
-                        "code": "7010",
+                        "code": ApiCode::Unavailable.as_str(),
                         "description": format!("{why}; try again later"),
                     })),
                 )

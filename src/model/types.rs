@@ -1,6 +1,7 @@
 //! Domain types shared by the outbound path: delivery codes (SPEC 5) and receipt filters.
 //! A `DeliveryCode` knows its number, status word, receipt and default description, so no
-//! string codes float around the core.
+//! string codes float around the core. `ApiCode` does the same for the codes the HTTP API
+//! answers with (SPEC 4).
 
 /// Every delivery notification code of SPEC 5.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
@@ -87,6 +88,74 @@ impl Receipts {
     }
     pub fn contains(self, r: Receipt) -> bool {
         self.0 & r.bit() != 0
+    }
+}
+
+/// Every code the HTTP API answers with in its `{"code","description"}` body (SPEC 4),
+/// besides the delivery codes of [`DeliveryCode`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ApiCode {
+    /// 1001: the request was accepted and its transactions queued.
+    Queued,
+    /// 7000: the body is not well-formed JSON (or could not be read).
+    Malformed,
+    /// 7001: authentication failed (bad key, token or signature).
+    AuthFailed,
+    /// 7002: no service key or token was given.
+    KeyMissing,
+    /// 7003: a mandatory field is missing.
+    MissingField,
+    /// 7004: a field has an invalid value (also 413 and 415 bodies).
+    InvalidValue,
+    /// 7005: the service's TPS is exceeded (429).
+    TpsExceeded,
+    /// 7009: the request has too many destinations.
+    TooManyDestinations,
+    /// 7010: the daemon takes no new work now (low space, failing store).
+    Unavailable,
+    /// 7404: no such resource.
+    NotFound,
+    /// 7405: the method is not allowed on this resource.
+    MethodNotAllowed,
+    /// 7409: the request conflicts with the resource's state.
+    Conflict,
+    /// 7500: an internal error; the daemon log says more.
+    Internal,
+    /// 7503: the daemon is still starting.
+    Starting,
+}
+
+impl ApiCode {
+    /// The code as it appears on the wire.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ApiCode::Queued => "1001",
+            ApiCode::Malformed => "7000",
+            ApiCode::AuthFailed => "7001",
+            ApiCode::KeyMissing => "7002",
+            ApiCode::MissingField => "7003",
+            ApiCode::InvalidValue => "7004",
+            ApiCode::TpsExceeded => "7005",
+            ApiCode::TooManyDestinations => "7009",
+            ApiCode::Unavailable => "7010",
+            ApiCode::NotFound => "7404",
+            ApiCode::MethodNotAllowed => "7405",
+            ApiCode::Conflict => "7409",
+            ApiCode::Internal => "7500",
+            ApiCode::Starting => "7503",
+        }
+    }
+}
+
+impl std::fmt::Display for ApiCode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl From<ApiCode> for &'static str {
+    fn from(code: ApiCode) -> &'static str {
+        code.as_str()
     }
 }
 
@@ -217,6 +286,30 @@ pub fn check_address(addr: &str) -> Result<(), DeliveryCode> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn api_codes_keep_their_wire_strings() {
+        let table = [
+            (ApiCode::Queued, "1001"),
+            (ApiCode::Malformed, "7000"),
+            (ApiCode::AuthFailed, "7001"),
+            (ApiCode::KeyMissing, "7002"),
+            (ApiCode::MissingField, "7003"),
+            (ApiCode::InvalidValue, "7004"),
+            (ApiCode::TpsExceeded, "7005"),
+            (ApiCode::TooManyDestinations, "7009"),
+            (ApiCode::Unavailable, "7010"),
+            (ApiCode::NotFound, "7404"),
+            (ApiCode::MethodNotAllowed, "7405"),
+            (ApiCode::Conflict, "7409"),
+            (ApiCode::Internal, "7500"),
+            (ApiCode::Starting, "7503"),
+        ];
+        for (code, wire) in table {
+            assert_eq!(code.as_str(), wire);
+            assert_eq!(code.to_string(), wire);
+        }
+    }
 
     #[test]
     fn addresses_are_checked_for_syntax_and_length() {

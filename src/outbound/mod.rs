@@ -9,6 +9,7 @@ pub mod domains;
 pub mod queue;
 pub mod ratelimit;
 pub mod route;
+pub mod submit;
 pub mod substitute;
 pub mod suppression;
 pub mod track;

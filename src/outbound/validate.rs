@@ -8,7 +8,7 @@
 use super::substitute::normalise_keys;
 use crate::config::{Config, ServiceConfig};
 use crate::model::time::{parse_time, TimeError, LATEST_MS};
-use crate::model::types::{check_address, DeliveryCode, Receipt, Receipts};
+use crate::model::types::{check_address, ApiCode, DeliveryCode, Receipt, Receipts};
 use crate::model::urls::Policy;
 use crate::model::wire::{AttachmentRef, Destination, SendRequest, Template};
 use std::collections::BTreeMap;
@@ -26,20 +26,20 @@ pub const DEFAULT_EXPIRY_MS: u64 = 72 * 3_600_000;
 /// A refusal: HTTP 400 with a code, or 7009 for too many destinations.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Invalid {
-    pub code: &'static str,
+    pub code: ApiCode,
     pub description: String,
 }
 
 fn invalid(field: &str, rule: impl std::fmt::Display) -> Invalid {
     Invalid {
-        code: "7004",
+        code: ApiCode::InvalidValue,
         description: format!("{field}: {rule}"),
     }
 }
 
 fn missing(field: &str) -> Invalid {
     Invalid {
-        code: "7003",
+        code: ApiCode::MissingField,
         description: format!("missing mandatory field: {field}"),
     }
 }
@@ -382,7 +382,7 @@ pub fn check(
     let cap = MAX_DESTINATIONS.min(service.tps as usize);
     if total > cap {
         return Err(Invalid {
-            code: "7009",
+            code: ApiCode::TooManyDestinations,
             description: format!(
                 "too many destinations: {total}; at most {cap} per request for this service"
             ),

@@ -16,85 +16,112 @@ pub fn expand(c: Checked, new_tid: &mut dyn FnMut() -> String) -> Result<Submiss
             .map(|d| normalise_keys(&d.substitutions))
             .collect();
     check_sizes(&c, &locals)?;
-    let global = &c.global;
-    let none = BTreeMap::new();
-    let render = |local: &BTreeMap<String, String>| {
-        let subs = Subs { global, local };
-        (
-            substitute(&c.subject, subs, true),
-            c.text.as_ref().map(|t| substitute(t, subs, false)),
-            c.html.as_ref().map(|h| substitute(h, subs, false)),
-        )
-    };
-    let (to, cc, bcc) = (&c.to, &c.cc, &c.bcc);
-    let valid = |a: &&String| check_address(a).is_ok();
-    let mut transactions = Vec::new();
-    let request_correlation = c.correlation.clone();
-    if c.multiple {
-        let to: Vec<&String> = to.iter().flat_map(|d| &d.email).collect();
-        // One email: global substitutions, then the first destination's.
-        let (s, t, h) = render(locals.first().unwrap_or(&none));
-        let correlation =
-            c.to.first()
-                .and_then(|d| d.correlation_id.clone())
-                .filter(|c| !c.is_empty())
-                .or(request_correlation);
-        let all = || to.iter().copied().chain(cc).chain(bcc);
-        for bad in all().filter(|a| !valid(a)) {
-            transactions.push(failed(new_tid(), bad, correlation.clone()));
-        }
-        let recipients: Vec<String> = all().filter(valid).cloned().collect();
-        if !recipients.is_empty() {
-            transactions.push(Transaction {
-                tid: new_tid(),
-                recipients,
-                to: to.iter().copied().filter(valid).cloned().collect(),
-                cc: cc.iter().filter(valid).cloned().collect(),
-                correlation_id: correlation,
-                subject: s,
-                text: t,
-                html: h,
-                immediate: None,
-            });
-        }
+    let transactions = if c.multiple {
+        one_for_all(&c, &locals, new_tid)
     } else {
-        let mut one =
-            |addr: &String, local: &BTreeMap<String, String>, correlation: Option<String>| {
-                let tid = new_tid();
-                if check_address(addr).is_err() {
-                    transactions.push(failed(tid, addr, correlation));
-                    return;
-                }
-                let (s, t, h) = render(local);
-                transactions.push(Transaction {
-                    tid,
-                    recipients: vec![addr.clone()],
-                    to: vec![addr.clone()],
-                    cc: Vec::new(),
-                    correlation_id: correlation,
-                    subject: s,
-                    text: t,
-                    html: h,
-                    immediate: None,
-                });
-            };
-        for (d, local) in to.iter().zip(&locals) {
-            let correlation = d
-                .correlation_id
-                .clone()
-                .filter(|c| !c.is_empty())
-                .or(request_correlation.clone());
-            for a in &d.email {
-                one(a, local, correlation.clone());
-            }
-        }
-        for a in cc.iter().chain(bcc) {
-            one(a, &none, request_correlation.clone());
-        }
-    }
+        one_per_address(&c, &locals, new_tid)
+    };
     let mut sub = c.base;
     sub.transactions = transactions;
     Ok(sub)
+}
+
+/// Subject, text and html for one destination: the global substitutions, then its own.
+fn render(
+    c: &Checked,
+    local: &BTreeMap<String, String>,
+) -> (String, Option<String>, Option<String>) {
+    let subs = Subs {
+        global: &c.global,
+        local,
+    };
+    (
+        substitute(&c.subject, subs, true),
+        c.text.as_ref().map(|t| substitute(t, subs, false)),
+        c.html.as_ref().map(|h| substitute(h, subs, false)),
+    )
+}
+
+/// `multipleToRecipients`: one email to every valid address under one tid (rendered with
+/// the first destination's substitutions), and a failed transaction per invalid address.
+fn one_for_all(
+    c: &Checked,
+    locals: &[BTreeMap<String, String>],
+    new_tid: &mut dyn FnMut() -> String,
+) -> Vec<Transaction> {
+    let none = BTreeMap::new();
+    let valid = |a: &&String| check_address(a).is_ok();
+    let to: Vec<&String> = c.to.iter().flat_map(|d| &d.email).collect();
+    let (s, t, h) = render(c, locals.first().unwrap_or(&none));
+    let correlation =
+        c.to.first()
+            .and_then(|d| d.correlation_id.clone())
+            .filter(|c| !c.is_empty())
+            .or(c.correlation.clone());
+    let all = || to.iter().copied().chain(&c.cc).chain(&c.bcc);
+    let mut transactions = Vec::new();
+    for bad in all().filter(|a| !valid(a)) {
+        transactions.push(failed(new_tid(), bad, correlation.clone()));
+    }
+    let recipients: Vec<String> = all().filter(valid).cloned().collect();
+    if !recipients.is_empty() {
+        transactions.push(Transaction {
+            tid: new_tid(),
+            recipients,
+            to: to.iter().copied().filter(valid).cloned().collect(),
+            cc: c.cc.iter().filter(valid).cloned().collect(),
+            correlation_id: correlation,
+            subject: s,
+            text: t,
+            html: h,
+            immediate: None,
+        });
+    }
+    transactions
+}
+
+/// One email and tid per address: to[] with its destination's substitutions and
+/// correlation id, cc and bcc with the global ones; an invalid address fails at once.
+fn one_per_address(
+    c: &Checked,
+    locals: &[BTreeMap<String, String>],
+    new_tid: &mut dyn FnMut() -> String,
+) -> Vec<Transaction> {
+    let none = BTreeMap::new();
+    let mut transactions = Vec::new();
+    let mut one = |addr: &String, local: &BTreeMap<String, String>, correlation| {
+        let tid = new_tid();
+        if check_address(addr).is_err() {
+            transactions.push(failed(tid, addr, correlation));
+            return;
+        }
+        let (s, t, h) = render(c, local);
+        transactions.push(Transaction {
+            tid,
+            recipients: vec![addr.clone()],
+            to: vec![addr.clone()],
+            cc: Vec::new(),
+            correlation_id: correlation,
+            subject: s,
+            text: t,
+            html: h,
+            immediate: None,
+        });
+    };
+    for (d, local) in c.to.iter().zip(locals) {
+        let correlation = d
+            .correlation_id
+            .clone()
+            .filter(|c| !c.is_empty())
+            .or(c.correlation.clone());
+        for a in &d.email {
+            one(a, local, correlation.clone());
+        }
+    }
+    for a in c.cc.iter().chain(&c.bcc) {
+        one(a, &none, c.correlation.clone());
+    }
+    transactions
 }
 
 /// Refuses the request when a destination's subject, text or html would be over its limit
