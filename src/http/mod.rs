@@ -89,13 +89,8 @@ pub struct ApiError {
 }
 
 impl ApiError {
-    /// An error answered with `status` and `code` (an [`ApiCode`]; a literal is accepted
-    /// while every handler file has not moved to it).
-    pub fn new(
-        status: StatusCode,
-        code: impl Into<&'static str>,
-        description: impl Into<String>,
-    ) -> Self {
+    /// An error answered with `status` and `code`.
+    pub fn new(status: StatusCode, code: ApiCode, description: impl Into<String>) -> Self {
         ApiError {
             status,
             code: code.into(),

@@ -56,9 +56,12 @@ async fn click(
     .await;
     match clicked {
         Ok(url) => (StatusCode::FOUND, [(header::LOCATION, url)]).into_response(),
-        Err(e) => {
-            super::ApiError::new(StatusCode::BAD_REQUEST, "7004", e.to_string()).into_response()
-        }
+        Err(e) => super::ApiError::new(
+            StatusCode::BAD_REQUEST,
+            crate::model::types::ApiCode::InvalidValue,
+            e.to_string(),
+        )
+        .into_response(),
     }
 }
 

@@ -81,10 +81,20 @@ fn error_response(e: SnsError) -> Response {
             | VerifyError::Stale(_) => StatusCode::FORBIDDEN,
         },
         SnsError::Confirm(_) => {
-            return ApiError::new(StatusCode::BAD_GATEWAY, "7500", e.to_string()).into_response()
+            return ApiError::new(
+                StatusCode::BAD_GATEWAY,
+                crate::model::types::ApiCode::Internal,
+                e.to_string(),
+            )
+            .into_response()
         }
         SnsError::Store(e) => return ApiError::internal(e).into_response(),
     };
     tracing::warn!(status = status.as_u16(), "SNS message refused: {e}");
-    ApiError::new(status, "7004", e.to_string()).into_response()
+    ApiError::new(
+        status,
+        crate::model::types::ApiCode::InvalidValue,
+        e.to_string(),
+    )
+    .into_response()
 }
