@@ -432,33 +432,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             Err(e) => return self.parse_error(e, line),
         };
         match request {
-            Request::Ehlo { host } => {
-                if self.helo.is_some() {
-                    self.junk_command()?;
-                }
-                self.helo = Some(host);
-                self.esmtp = true;
-                self.reset();
-                let mut r = EhloResponse::new(self.p.config.server.hostname.as_str());
-                r.capabilities = smtp_proto::EXT_PIPELINING
-                    | smtp_proto::EXT_SIZE
-                    | smtp_proto::EXT_8BIT_MIME
-                    | smtp_proto::EXT_SMTP_UTF8
-                    | smtp_proto::EXT_ENHANCED_STATUS_CODES
-                    | smtp_proto::EXT_CHUNKING;
-                if self.p.tls.is_some() && !self.tls_active {
-                    r.capabilities |= smtp_proto::EXT_START_TLS;
-                }
-                r.size = self.p.config.smtp.max_message_size;
-                r.write(&mut self.wbuf)?;
-            }
+            Request::Ehlo { host } => self.ehlo(host)?,
             Request::Helo { host } => {
-                if self.helo.is_some() {
-                    self.junk_command()?;
-                }
-                self.helo = Some(host);
-                self.esmtp = false;
-                self.reset();
+                self.greet(host, false)?;
                 let host = self.p.config.server.hostname.clone();
                 self.reply(250, "", &host);
             }
@@ -503,6 +479,34 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             }
             Request::StartTls => self.starttls().await?,
         }
+        Ok(())
+    }
+
+    /// Records a greeting (a repeated one is junk) and ends any transaction.
+    fn greet(&mut self, host: String, esmtp: bool) -> Result<(), Stop> {
+        if self.helo.is_some() {
+            self.junk_command()?;
+        }
+        self.helo = Some(host);
+        self.esmtp = esmtp;
+        self.reset();
+        Ok(())
+    }
+
+    fn ehlo(&mut self, host: String) -> Result<(), Stop> {
+        self.greet(host, true)?;
+        let mut r = EhloResponse::new(self.p.config.server.hostname.as_str());
+        r.capabilities = smtp_proto::EXT_PIPELINING
+            | smtp_proto::EXT_SIZE
+            | smtp_proto::EXT_8BIT_MIME
+            | smtp_proto::EXT_SMTP_UTF8
+            | smtp_proto::EXT_ENHANCED_STATUS_CODES
+            | smtp_proto::EXT_CHUNKING;
+        if self.p.tls.is_some() && !self.tls_active {
+            r.capabilities |= smtp_proto::EXT_START_TLS;
+        }
+        r.size = self.p.config.smtp.max_message_size;
+        r.write(&mut self.wbuf)?;
         Ok(())
     }
 
