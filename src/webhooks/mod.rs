@@ -11,6 +11,7 @@ pub mod retry;
 
 use crate::config::{Config, MoAttachments, SharedConfig};
 use crate::metrics::{Metrics, WebhookResult};
+use crate::model::links::Link;
 use crate::model::time::now_ms;
 use crate::model::tokens::Signer;
 use crate::store::{OutboxEntry, Payload, SpoolRecord, Store};
@@ -156,11 +157,12 @@ impl MoJob {
     /// message is retained.
     fn link(&self, n: Option<usize>) -> String {
         let (tid, public_url) = (&self.tid, &self.public_url);
-        let expires = self.record.received_ms + self.retention_ms;
-        let part = n.map(|n| n.to_string()).unwrap_or_else(|| "raw".into());
-        let token = self
-            .signer
-            .sign("inbound", &format!("{tid}|{part}|{expires}"));
+        let token = Link::InboundAttachment {
+            tid: tid.clone(),
+            part: n.map(|n| n.to_string()).unwrap_or_else(|| "raw".into()),
+            expires_ms: self.record.received_ms + self.retention_ms,
+        }
+        .token(&self.signer);
         match n {
             Some(n) => format!("{public_url}/v2/inbound/{tid}/attachments/{n}?token={token}"),
             None => format!("{public_url}/v2/inbound/{tid}/raw?token={token}"),
