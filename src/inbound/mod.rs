@@ -10,11 +10,12 @@ pub mod auth;
 pub mod conns;
 pub mod tls;
 
-use crate::config::{Config, MoAttachments};
+use crate::config::{AssetConfig, Config, MoAttachments};
 use crate::metrics::Metrics;
 use crate::model::time::now_ms;
-use crate::store::spool::{AuthSummary, FinishedBody};
-use crate::store::{OutboxEntry, Payload, SpoolRecord, Store, StoreError};
+use crate::store::outbox::EventKind;
+use crate::store::spool::{map_file, AuthSummary, Body, FinishedBody};
+use crate::store::{BodyLocation, OutboxEntry, Payload, SpoolRecord, Store, StoreError};
 use crate::webhooks::Outbox;
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -138,6 +139,20 @@ pub struct Inbound {
     pub feedback: tokio::sync::mpsc::UnboundedSender<String>,
 }
 
+/// What one accepted message becomes besides its record: one MO event per asset (with
+/// the tid that links back to the message), how long url-mode attachments keep it, and
+/// whether it carries feedback.
+#[derive(Default)]
+struct FanOut {
+    events: Vec<OutboxEntry>,
+    /// (tid, spool id) of every MO event.
+    tids: Vec<(String, String)>,
+    keep_until_ms: u64,
+    /// Mail to the bounce domain or to an unsubscribe address carries feedback, acted on
+    /// after the commit (reports::process), then deleted.
+    carries_feedback: bool,
+}
+
 impl Inbound {
     /// Verifies, stores and schedules events. Returns the spool id once durable.
     pub async fn accept(
@@ -146,78 +161,13 @@ impl Inbound {
         env: Envelope,
         mut body: FinishedBody,
     ) -> Result<String, AcceptError> {
-        let raw = match body.inline_bytes() {
-            Some(b) => crate::store::spool::Body::Bytes(b.into()),
-            None => match &body.location {
-                crate::store::BodyLocation::File(name) => {
-                    crate::store::spool::map_file(&self.store.spool_dir().join(name))?
-                }
-                crate::store::BodyLocation::Inline => {
-                    crate::store::spool::Body::Bytes(Default::default())
-                }
-            },
-        };
+        let raw = self.raw_body(&body)?;
         let (auth_header, summary) = self.auth.verify(&config.server.hostname, &env, &raw).await;
         let sender = header_from(&raw).unwrap_or_else(|| env.mail_from.to_ascii_lowercase());
         drop(raw);
 
-        let mut by_asset: BTreeMap<String, Vec<String>> = BTreeMap::new();
-        let mut bounce = false;
-        for (addr, dest) in &env.rcpts {
-            match dest.asset_id() {
-                Some(a) => by_asset
-                    .entry(a.to_string())
-                    .or_default()
-                    .push(addr.clone()),
-                None => bounce = true,
-            }
-        }
         let received_ms = now_ms();
-        let mut keep_until_ms = 0;
-        let mut events = Vec::new();
-        let mut tids = Vec::new();
-        // Mail to the bounce domain or to an unsubscribe address carries feedback, acted on
-        // after the commit (reports::process), then deleted.
-        let mut carries_feedback = bounce;
-        for (asset_id, mut recipients) in by_asset {
-            let Some(asset) = config.asset(&asset_id) else {
-                continue;
-            };
-            // Mail to the asset's unsubscribe mailto is an unsubscribe request; no MO event.
-            if let Some(mailto) = asset.unsubscribe.as_ref().and_then(|u| u.mailto.as_deref()) {
-                let before = recipients.len();
-                recipients.retain(|r| mailto_tag(mailto, r).is_none());
-                carries_feedback |= recipients.len() < before;
-                if recipients.is_empty() {
-                    continue;
-                }
-            }
-            if recipients.iter().all(|r| r.eq_ignore_ascii_case(&sender)) {
-                tracing::info!(asset = %asset_id, sender = %sender, id = %body.id,
-                    "sender equals recipient: logged, no MO event");
-                continue;
-            }
-            let Some(url) = asset.incoming_webhook.clone() else {
-                continue;
-            };
-            if asset.mo_attachments == MoAttachments::Url {
-                let keep = received_ms + u64::from(asset.inbound_retention_days) * 86_400_000;
-                keep_until_ms = keep_until_ms.max(keep);
-            }
-            let tid = uuid::Uuid::new_v4().to_string();
-            tids.push((tid.clone(), body.id.clone()));
-            events.push(OutboxEntry::new(
-                crate::store::outbox::EventKind::Mo,
-                url,
-                asset_id.clone(),
-                Payload::Mo {
-                    spool_id: body.id.clone(),
-                    tid,
-                    asset_id,
-                    recipients,
-                },
-            ));
-        }
+        let fan = fan_out(config, &env.rcpts, &sender, &body.id, received_ms);
         let record = SpoolRecord {
             id: body.id.clone(),
             received_ms,
@@ -229,40 +179,147 @@ impl Inbound {
             auth: summary,
             body: body.location.clone(),
             size: body.size,
-            keep_until_ms,
-            events: events.iter().map(|e| e.id.clone()).collect(),
+            keep_until_ms: fan.keep_until_ms,
+            events: fan.events.iter().map(|e| e.id.clone()).collect(),
             // Kept (never collected) until its feedback was acted on.
-            bounce: carries_feedback,
+            bounce: fan.carries_feedback,
         };
-        if carries_feedback {
-            self.store.mark_feedback_pending(&record.id, received_ms)?;
+        self.write(&record, &mut body, &fan).await?;
+        self.after_commit(&record.id, fan);
+        Ok(record.id)
+    }
+
+    /// The message as received, for verification and the From header.
+    fn raw_body(&self, body: &FinishedBody) -> Result<Body, StoreError> {
+        match (body.inline_bytes(), &body.location) {
+            (Some(b), _) => Ok(Body::Bytes(b.into())),
+            (None, BodyLocation::File(name)) => map_file(&self.store.spool_dir().join(name)),
+            (None, BodyLocation::Inline) => Ok(Body::Bytes(Default::default())),
+        }
+    }
+
+    /// The store write: the feedback mark, then record, body and events in one commit.
+    /// On failure nothing durable names the body any more (or, when the entries could not
+    /// be removed, the body is left to garbage collection).
+    async fn write(
+        &self,
+        record: &SpoolRecord,
+        body: &mut FinishedBody,
+        fan: &FanOut,
+    ) -> Result<(), AcceptError> {
+        if fan.carries_feedback {
+            self.store
+                .mark_feedback_pending(&record.id, record.received_ms)?;
         }
         if let Err(e) = self
             .store
-            .accept_message(&record, &body, &events, &tids)
+            .accept_message(record, body, &fan.events, &fan.tids)
             .await
         {
             // Nothing durable may name the body: forget the entries, then the .eml goes
             // with `body` (kept for garbage collection if the entries could not be removed).
             // A feedback mark left behind names no record: the sweep drops it.
-            if !self.store.forget_message(&record, &events, &tids) {
+            if !self.store.forget_message(record, &fan.events, &fan.tids) {
                 body.keep();
             }
             return Err(e.into());
         }
         body.keep();
-        let id = record.id;
-        if carries_feedback {
-            // After the commit: a refused commit never recorded feedback. A lost id is
-            // found again by the sweep of marks.
-            let _ = self.feedback.send(id.clone());
-        } else if events.is_empty() {
-            // Nothing refers to it (sender == recipient): keep no copy.
-            let _ = self.store.release_spool_if_done(&id);
-        }
-        self.outbox.schedule(events);
-        Ok(id)
+        Ok(())
     }
+
+    /// Once the message is durable: feedback is handed over (never before the commit, so
+    /// a refused commit never recorded feedback), a message nothing refers to is
+    /// released, and the MO events are scheduled.
+    fn after_commit(&self, id: &str, fan: FanOut) {
+        if fan.carries_feedback {
+            // A lost id is found again by the sweep of marks.
+            let _ = self.feedback.send(id.to_string());
+        } else if fan.events.is_empty() {
+            // Nothing refers to it (sender == recipient): keep no copy.
+            let _ = self.store.release_spool_if_done(id);
+        }
+        self.outbox.schedule(fan.events);
+    }
+}
+
+/// The recipients per asset (in asset order), and whether any is at the bounce domain.
+fn group_by_asset(rcpts: &[(String, Destination)]) -> (BTreeMap<String, Vec<String>>, bool) {
+    let mut by_asset: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    let mut bounce = false;
+    for (addr, dest) in rcpts {
+        match dest.asset_id() {
+            Some(a) => by_asset
+                .entry(a.to_string())
+                .or_default()
+                .push(addr.clone()),
+            None => bounce = true,
+        }
+    }
+    (by_asset, bounce)
+}
+
+/// Fans the recipients out to one MO event per asset that takes them: not for mail to
+/// the asset's unsubscribe address (feedback), not when the sender is the only recipient
+/// (logged), not without an `incoming_webhook`.
+fn fan_out(
+    config: &Config,
+    rcpts: &[(String, Destination)],
+    sender: &str,
+    spool_id: &str,
+    received_ms: u64,
+) -> FanOut {
+    let (by_asset, bounce) = group_by_asset(rcpts);
+    let mut fan = FanOut {
+        carries_feedback: bounce,
+        ..FanOut::default()
+    };
+    for (asset_id, mut recipients) in by_asset {
+        let Some(asset) = config.asset(&asset_id) else {
+            continue;
+        };
+        fan.carries_feedback |= take_unsubscribes(asset, &mut recipients);
+        if recipients.is_empty() {
+            continue;
+        }
+        if recipients.iter().all(|r| r.eq_ignore_ascii_case(sender)) {
+            tracing::info!(asset = %asset_id, sender = %sender, id = %spool_id,
+                "sender equals recipient: logged, no MO event");
+            continue;
+        }
+        let Some(url) = asset.incoming_webhook.clone() else {
+            continue;
+        };
+        if asset.mo_attachments == MoAttachments::Url {
+            let keep = received_ms + u64::from(asset.inbound_retention_days) * 86_400_000;
+            fan.keep_until_ms = fan.keep_until_ms.max(keep);
+        }
+        let tid = uuid::Uuid::new_v4().to_string();
+        fan.tids.push((tid.clone(), spool_id.to_string()));
+        fan.events.push(OutboxEntry::new(
+            EventKind::Mo,
+            url,
+            asset_id.clone(),
+            Payload::Mo {
+                spool_id: spool_id.to_string(),
+                tid,
+                asset_id,
+                recipients,
+            },
+        ));
+    }
+    fan
+}
+
+/// Removes the recipients that are the asset's unsubscribe mailto (an unsubscribe
+/// request, no MO event); true when there were any.
+fn take_unsubscribes(asset: &AssetConfig, recipients: &mut Vec<String>) -> bool {
+    let Some(mailto) = asset.unsubscribe.as_ref().and_then(|u| u.mailto.as_deref()) else {
+        return false;
+    };
+    let before = recipients.len();
+    recipients.retain(|r| mailto_tag(mailto, r).is_none());
+    recipients.len() < before
 }
 
 /// The header From address, lower-cased, read from the headers only.

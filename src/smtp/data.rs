@@ -71,89 +71,100 @@ impl DataScanner {
     pub fn feed(&mut self, input: &[u8], out: &mut Vec<u8>) -> Scanned {
         let mut i = 0;
         while i < input.len() {
-            match self.state {
-                State::Middle => {
-                    // Fast path: copy the run up to the next CR or LF in one go.
-                    let rest = &input[i..];
-                    let run = memchr::memchr2(b'\r', b'\n', rest).unwrap_or(rest.len());
-                    out.extend_from_slice(&rest[..run]);
-                    self.line_len += run;
-                    if self.line_len > MAX_LINE {
-                        self.flag(DataFault::LineTooLong);
-                    }
-                    i += run;
-                    if i < input.len() {
-                        let b = input[i];
-                        i += 1;
-                        if b == b'\r' {
-                            self.state = State::Cr;
-                        } else {
-                            self.flag(DataFault::BareLf);
-                            out.push(b'\n');
-                        }
-                    }
-                }
-                State::LineStart => {
-                    let b = input[i];
-                    i += 1;
-                    self.line_len = 0;
-                    match b {
-                        b'.' => self.state = State::Dot,
-                        _ => self.ordinary(b, out),
-                    }
-                }
-                State::Dot => {
-                    let b = input[i];
-                    i += 1;
-                    // A leading dot of a stuffed line is dropped; it still counts on the wire.
-                    self.line_len = 1;
-                    match b {
-                        b'\r' => self.state = State::DotCr,
-                        _ => self.ordinary(b, out),
-                    }
-                }
-                State::DotCr => {
-                    let b = input[i];
-                    i += 1;
-                    if b == b'\n' {
-                        self.state = State::LineStart;
-                        return Scanned {
-                            consumed: i,
-                            done: true,
-                        };
-                    }
-                    // `.` CR x: a bare CR on a stuffed line.
-                    self.flag(DataFault::BareCr);
-                    out.push(b'\r');
-                    self.state = State::Middle;
-                    self.ordinary(b, out);
-                }
-                State::Cr => {
-                    let b = input[i];
-                    i += 1;
-                    match b {
-                        b'\n' => {
-                            out.extend_from_slice(b"\r\n");
-                            self.state = State::LineStart;
-                        }
-                        b'\r' => {
-                            self.flag(DataFault::BareCr);
-                            out.push(b'\r');
-                        }
-                        _ => {
-                            self.flag(DataFault::BareCr);
-                            out.push(b'\r');
-                            self.state = State::Middle;
-                            self.ordinary(b, out);
-                        }
-                    }
-                }
+            if self.state == State::Middle {
+                i += self.copy_run(&input[i..], out);
+                continue;
+            }
+            let b = input[i];
+            i += 1;
+            if self.edge_byte(b, out) {
+                return Scanned {
+                    consumed: i,
+                    done: true,
+                };
             }
         }
         Scanned {
             consumed: input.len(),
             done: false,
         }
+    }
+
+    /// The fast path inside a line: copies the run up to the next CR or LF in one go, then
+    /// takes that CR or LF. Returns the bytes of `rest` consumed.
+    #[inline(always)]
+    fn copy_run(&mut self, rest: &[u8], out: &mut Vec<u8>) -> usize {
+        let run = memchr::memchr2(b'\r', b'\n', rest).unwrap_or(rest.len());
+        out.extend_from_slice(&rest[..run]);
+        self.line_len += run;
+        if self.line_len > MAX_LINE {
+            self.flag(DataFault::LineTooLong);
+        }
+        match rest.get(run) {
+            None => run,
+            Some(b'\r') => {
+                self.state = State::Cr;
+                run + 1
+            }
+            Some(_) => {
+                self.flag(DataFault::BareLf);
+                out.push(b'\n');
+                run + 1
+            }
+        }
+    }
+
+    /// One byte at a line's edges: its start, after a leading dot, after a CR. True once
+    /// it completed the end-of-data line.
+    #[inline(always)]
+    fn edge_byte(&mut self, b: u8, out: &mut Vec<u8>) -> bool {
+        match self.state {
+            // `feed` takes runs inside a line by `copy_run`; byte by byte is the same.
+            State::Middle => self.ordinary(b, out),
+            State::LineStart => {
+                self.line_len = 0;
+                match b {
+                    b'.' => self.state = State::Dot,
+                    _ => self.ordinary(b, out),
+                }
+            }
+            State::Dot => {
+                // A leading dot of a stuffed line is dropped; it still counts on the wire.
+                self.line_len = 1;
+                match b {
+                    b'\r' => self.state = State::DotCr,
+                    _ => self.ordinary(b, out),
+                }
+            }
+            State::DotCr => {
+                if b == b'\n' {
+                    self.state = State::LineStart;
+                    return true;
+                }
+                // `.` CR x: a bare CR on a stuffed line.
+                self.flag(DataFault::BareCr);
+                out.push(b'\r');
+                self.state = State::Middle;
+                self.ordinary(b, out);
+            }
+            State::Cr => match b {
+                b'\n' => {
+                    out.extend_from_slice(b"\r\n");
+                    self.state = State::LineStart;
+                }
+                b'\r' => {
+                    self.flag(DataFault::BareCr);
+                    out.push(b'\r');
+                }
+                _ => {
+                    self.flag(DataFault::BareCr);
+                    out.push(b'\r');
+                    self.state = State::Middle;
+                    self.ordinary(b, out);
+                }
+            },
+        }
+        false
     }
 
     /// One byte inside a line (not the fast path).

@@ -14,7 +14,8 @@ use super::data::{DataFault, DataScanner};
 use super::stream::MaybeTls;
 use crate::config::Config;
 use crate::inbound::{classify_recipient, size_limit, Destination, Envelope, Inbound, RcptRefusal};
-use crate::store::spool::BodyWriter;
+use crate::store::spool::{BodyWriter, FinishedBody};
+use crate::store::StoreError;
 use smtp_proto::{EhloResponse, Request};
 use std::future::Future;
 use std::net::IpAddr;
@@ -69,17 +70,61 @@ enum CommandLine {
     Nul,
 }
 
+/// Where the mail transaction stands (RFC 5321 3.3). Each variant holds what its commands
+/// need, so "RCPT without MAIL" or "DATA after BDAT" is a match arm, never a check
+/// followed by an unwrap.
+enum State {
+    /// No transaction open (before or after the greeting: `helo` tells which).
+    Idle,
+    /// MAIL accepted; the recipients accepted so far (maybe none yet).
+    Mail(Transaction),
+    /// BDAT chunks received, the last one still to come (only with recipients).
+    Bdat(Transaction, Box<Chunked>),
+}
+
 struct Transaction {
     mail_from: String,
     declared_size: usize,
     rcpts: Vec<(String, Destination)>,
-    /// Set once a BDAT chunk arrived.
-    bdat: Option<Chunked>,
 }
 
-struct Chunked {
+/// A message body as it arrives. Past the size limit or a write error, bytes are
+/// dropped (the reply comes at the end of the data, so the stream stays in step). The
+/// writer deletes a partial body when dropped unfinished: an abandoned DATA or BDAT
+/// (error, timeout, disconnect, shutdown) leaves no file behind.
+struct Incoming {
     body: BodyWriter,
+    limit: usize,
     oversize: bool,
+    write_error: Option<StoreError>,
+}
+
+impl Incoming {
+    fn new(body: BodyWriter, limit: usize) -> Self {
+        Incoming {
+            body,
+            limit,
+            oversize: false,
+            write_error: None,
+        }
+    }
+
+    fn append(&mut self, bytes: &[u8]) {
+        if self.oversize || self.write_error.is_some() {
+            return;
+        }
+        if self.body.len() as usize + bytes.len() > self.limit {
+            self.oversize = true;
+        } else if let Err(e) = self.body.write(bytes) {
+            self.write_error = Some(e);
+        }
+    }
+}
+
+/// The body of a BDAT transaction between its chunks.
+struct Chunked {
+    incoming: Incoming,
+    /// All chunks share one `data_timeout`, counted from the first.
     deadline: Instant,
 }
 
@@ -148,7 +193,7 @@ pub struct Session<S> {
     helo: Option<String>,
     esmtp: bool,
     tls_active: bool,
-    tx: Option<Transaction>,
+    state: State,
     /// Junk commands and error replies so far (SPEC 6.3 `junk_command_limit`).
     junk: u32,
     /// The last command completed a message (250 after DATA/BDAT LAST): the RSET that
@@ -176,7 +221,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             helo: None,
             esmtp: false,
             tls_active: false,
-            tx: None,
+            state: State::Idle,
             junk: 0,
             just_delivered: false,
             closing: false,
@@ -198,7 +243,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             Ok(()) => {}
         }
         // A partial BDAT body is deleted by its writer's drop.
-        self.tx = None;
+        self.state = State::Idle;
         // The last reply is a courtesy: bounded, and not waited for at all past the
         // shutdown grace or when the client already left its replies unread.
         let allowed = match (&end, self.stop.hard) {
@@ -373,7 +418,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 self.rpos = self.rbuf.len();
             }
             self.flush_by(deadline).await?;
-            let idle = self.tx.is_none();
+            let idle = matches!(self.state, State::Idle);
             self.fill(deadline, idle).await?;
         }
     }
@@ -387,33 +432,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             Err(e) => return self.parse_error(e, line),
         };
         match request {
-            Request::Ehlo { host } => {
-                if self.helo.is_some() {
-                    self.junk_command()?;
-                }
-                self.helo = Some(host);
-                self.esmtp = true;
-                self.reset();
-                let mut r = EhloResponse::new(self.p.config.server.hostname.as_str());
-                r.capabilities = smtp_proto::EXT_PIPELINING
-                    | smtp_proto::EXT_SIZE
-                    | smtp_proto::EXT_8BIT_MIME
-                    | smtp_proto::EXT_SMTP_UTF8
-                    | smtp_proto::EXT_ENHANCED_STATUS_CODES
-                    | smtp_proto::EXT_CHUNKING;
-                if self.p.tls.is_some() && !self.tls_active {
-                    r.capabilities |= smtp_proto::EXT_START_TLS;
-                }
-                r.size = self.p.config.smtp.max_message_size;
-                r.write(&mut self.wbuf)?;
-            }
+            Request::Ehlo { host } => self.ehlo(host)?,
             Request::Helo { host } => {
-                if self.helo.is_some() {
-                    self.junk_command()?;
-                }
-                self.helo = Some(host);
-                self.esmtp = false;
-                self.reset();
+                self.greet(host, false)?;
                 let host = self.p.config.server.hostname.clone();
                 self.reply(250, "", &host);
             }
@@ -461,6 +482,34 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         Ok(())
     }
 
+    /// Records a greeting (a repeated one is junk) and ends any transaction.
+    fn greet(&mut self, host: String, esmtp: bool) -> Result<(), Stop> {
+        if self.helo.is_some() {
+            self.junk_command()?;
+        }
+        self.helo = Some(host);
+        self.esmtp = esmtp;
+        self.reset();
+        Ok(())
+    }
+
+    fn ehlo(&mut self, host: String) -> Result<(), Stop> {
+        self.greet(host, true)?;
+        let mut r = EhloResponse::new(self.p.config.server.hostname.as_str());
+        r.capabilities = smtp_proto::EXT_PIPELINING
+            | smtp_proto::EXT_SIZE
+            | smtp_proto::EXT_8BIT_MIME
+            | smtp_proto::EXT_SMTP_UTF8
+            | smtp_proto::EXT_ENHANCED_STATUS_CODES
+            | smtp_proto::EXT_CHUNKING;
+        if self.p.tls.is_some() && !self.tls_active {
+            r.capabilities |= smtp_proto::EXT_START_TLS;
+        }
+        r.size = self.p.config.smtp.max_message_size;
+        r.write(&mut self.wbuf)?;
+        Ok(())
+    }
+
     fn parse_error(&mut self, e: smtp_proto::Error, line: &[u8]) -> Result<(), Stop> {
         use smtp_proto::Error as E;
         // smtp-proto refuses address literals as syntax; the SPEC wants them refused as relaying.
@@ -496,15 +545,18 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
 
     /// Ends the transaction; a partial BDAT body goes with its writer.
     fn reset(&mut self) {
-        self.tx = None;
+        self.state = State::Idle;
     }
 
     fn mail(&mut self, address: String, size: usize) -> Result<(), Stop> {
         if self.helo.is_none() {
             return self.fail(503, "5.5.1", "MAIL: send EHLO or HELO first");
         }
-        if self.tx.is_some() {
-            return self.fail(503, "5.5.1", "MAIL: nested MAIL command; RSET first");
+        match self.state {
+            State::Idle => {}
+            State::Mail(_) | State::Bdat(..) => {
+                return self.fail(503, "5.5.1", "MAIL: nested MAIL command; RSET first")
+            }
         }
         // SPEC 6.3: low space or a failing store refuses new transactions up front. Not
         // the client's error, so it does not count against the session's error limit.
@@ -520,11 +572,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 &format!("MAIL: SIZE {size} exceeds the limit of {max} bytes"),
             );
         }
-        self.tx = Some(Transaction {
+        self.state = State::Mail(Transaction {
             mail_from: address,
             declared_size: size,
             rcpts: Vec::new(),
-            bdat: None,
         });
         self.reply(250, "2.1.0", "sender OK");
         Ok(())
@@ -532,12 +583,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
 
     fn rcpt(&mut self, address: String) -> Result<(), Stop> {
         let max = self.p.config.smtp.max_recipients;
-        let Some(tx) = &self.tx else {
-            return self.fail(503, "5.5.1", "RCPT: need MAIL first");
+        let tx = match &mut self.state {
+            State::Mail(tx) => tx,
+            State::Idle => return self.fail(503, "5.5.1", "RCPT: need MAIL first"),
+            State::Bdat(..) => return self.fail(503, "5.5.1", "RCPT: not during BDAT"),
         };
-        if tx.bdat.is_some() {
-            return self.fail(503, "5.5.1", "RCPT: not during BDAT");
-        }
         if tx.rcpts.len() >= max {
             self.reply(
                 452,
@@ -547,72 +597,81 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             return Ok(());
         }
         let declared = tx.declared_size;
-        match classify_recipient(&self.p.config, &address) {
-            Ok(dest) => {
-                let limit = size_limit(
-                    &self.p.config,
-                    std::slice::from_ref(&(address.clone(), dest.clone())),
-                );
-                if declared > limit {
-                    return self.fail(552, "5.3.4", &format!("RCPT: message size {declared} exceeds this recipient's limit of {limit} bytes"));
-                }
-                let tx = self.tx.as_mut().expect("checked above");
-                if !tx
-                    .rcpts
-                    .iter()
-                    .any(|(a, _)| a.eq_ignore_ascii_case(&address))
-                {
-                    tx.rcpts.push((address, dest));
-                }
-                self.reply(250, "2.1.5", "recipient OK");
-                Ok(())
+        let dest = match classify_recipient(&self.p.config, &address) {
+            Ok(dest) => dest,
+            Err(RcptRefusal::RelayDenied) => return self.fail(550, "5.7.1", "relaying denied"),
+            Err(RcptRefusal::AddressLiteral) => {
+                return self.fail(
+                    550,
+                    "5.7.1",
+                    "relaying denied: address literals are not accepted",
+                )
             }
-            Err(RcptRefusal::RelayDenied) => self.fail(550, "5.7.1", "relaying denied"),
-            Err(RcptRefusal::AddressLiteral) => self.fail(
-                550,
-                "5.7.1",
-                "relaying denied: address literals are not accepted",
-            ),
             Err(RcptRefusal::BadSyntax) => {
-                self.fail(501, "5.1.3", "RCPT TO: bad recipient address syntax")
+                return self.fail(501, "5.1.3", "RCPT TO: bad recipient address syntax")
+            }
+        };
+        let limit = size_limit(
+            &self.p.config,
+            std::slice::from_ref(&(address.clone(), dest.clone())),
+        );
+        if declared > limit {
+            return self.fail(
+                552,
+                "5.3.4",
+                &format!(
+                    "RCPT: message size {declared} exceeds this recipient's limit of {limit} bytes"
+                ),
+            );
+        }
+        if !tx
+            .rcpts
+            .iter()
+            .any(|(a, _)| a.eq_ignore_ascii_case(&address))
+        {
+            tx.rcpts.push((address, dest));
+        }
+        self.reply(250, "2.1.5", "recipient OK");
+        Ok(())
+    }
+
+    /// The transaction DATA transfers, taken out of the state: once DATA is accepted the
+    /// transaction ends with it, whatever the outcome. Otherwise the state is kept and the
+    /// refusal (code, text) returned.
+    fn take_for_data(&mut self) -> Result<Transaction, (u16, &'static str)> {
+        match std::mem::replace(&mut self.state, State::Idle) {
+            State::Mail(tx) if !tx.rcpts.is_empty() => Ok(tx),
+            State::Idle => Err((503, "DATA: need MAIL first")),
+            kept @ State::Bdat(..) => {
+                self.state = kept;
+                Err((503, "DATA: not after BDAT"))
+            }
+            kept @ State::Mail(_) => {
+                self.state = kept;
+                Err((554, "DATA: no valid recipients"))
             }
         }
     }
 
     async fn data(&mut self) -> Result<(), Stop> {
-        match &self.tx {
-            None => return self.fail(503, "5.5.1", "DATA: need MAIL first"),
-            Some(tx) if tx.bdat.is_some() => {
-                return self.fail(503, "5.5.1", "DATA: not after BDAT")
-            }
-            Some(tx) if tx.rcpts.is_empty() => {
-                return self.fail(554, "5.5.1", "DATA: no valid recipients")
-            }
-            Some(_) => {}
-        }
+        let tx = match self.take_for_data() {
+            Ok(tx) => tx,
+            Err((code, text)) => return self.fail(code, "5.5.1", text),
+        };
         self.reply(354, "", "start mail input; end with <CRLF>.<CRLF>");
         self.flush_by(self.command_deadline()).await?;
 
-        let tx = self.tx.as_ref().expect("checked above");
         let limit = size_limit(&self.p.config, &tx.rcpts);
-        let mut body = self.p.inbound.store.body_writer();
+        let mut incoming = Incoming::new(self.p.inbound.store.body_writer(), limit);
         let mut scanner = DataScanner::default();
         let mut out = Vec::with_capacity(READ_CHUNK);
-        let mut oversize = false;
-        let mut write_error = None;
         let deadline = Instant::now() + Duration::from_secs(self.p.config.smtp.data_timeout);
         loop {
             if self.rpos < self.rbuf.len() {
                 out.clear();
                 let r = scanner.feed(&self.rbuf[self.rpos..], &mut out);
                 self.rpos += r.consumed;
-                if !oversize && write_error.is_none() {
-                    if body.len() as usize + out.len() > limit {
-                        oversize = true;
-                    } else if let Err(e) = body.write(&out) {
-                        write_error = Some(e);
-                    }
-                }
+                incoming.append(&out);
                 if r.done {
                     break;
                 }
@@ -620,54 +679,50 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             // On any error the partial body is deleted by the writer's drop.
             self.fill(deadline, false).await?;
         }
-        if let Some(e) = write_error {
-            tracing::error!(error = %e, "cannot spool message body");
-            body.discard();
-            self.tx = None;
-            self.reply(451, "4.3.0", "temporary storage failure, try again later");
-            return Ok(());
+        self.finish(tx, incoming, scanner.fault()).await
+    }
+
+    /// The transaction a BDAT chunk belongs to and its body (opened by the first chunk),
+    /// taken out of the state while the chunk is read; or, when there is none, the state
+    /// is kept and the refusal returned.
+    fn take_for_bdat(
+        &mut self,
+        data_timeout: Duration,
+    ) -> Result<(Transaction, Box<Chunked>), &'static str> {
+        match std::mem::replace(&mut self.state, State::Idle) {
+            State::Bdat(tx, chunked) => Ok((tx, chunked)),
+            State::Mail(tx) if !tx.rcpts.is_empty() => {
+                let limit = size_limit(&self.p.config, &tx.rcpts);
+                let chunked = Box::new(Chunked {
+                    incoming: Incoming::new(self.p.inbound.store.body_writer(), limit),
+                    deadline: Instant::now() + data_timeout,
+                });
+                Ok((tx, chunked))
+            }
+            State::Idle => Err("BDAT: need MAIL first"),
+            kept @ State::Mail(_) => {
+                self.state = kept;
+                Err("BDAT: no valid recipients")
+            }
         }
-        self.finish(body, scanner.fault(), oversize, limit).await
     }
 
     async fn bdat(&mut self, size: usize, last: bool) -> Result<(), Stop> {
-        let ready = matches!(&self.tx, Some(tx) if !tx.rcpts.is_empty());
         let data_timeout = Duration::from_secs(self.p.config.smtp.data_timeout);
-        let limit = self
-            .tx
-            .as_ref()
-            .map(|tx| size_limit(&self.p.config, &tx.rcpts))
-            .unwrap_or(0);
-        let mut chunk = if ready {
-            let store = self.p.inbound.store.clone();
-            let tx = self.tx.as_mut().expect("checked above");
-            Some(tx.bdat.take().unwrap_or_else(|| Chunked {
-                body: store.body_writer(),
-                oversize: false,
-                deadline: Instant::now() + data_timeout,
-            }))
-        } else {
-            None
-        };
+        let mut open = self.take_for_bdat(data_timeout);
         // The chunk's bytes are read (and dropped when refused) in every case, so the
         // command stream stays in step.
-        let deadline = chunk
-            .as_ref()
-            .map(|c| c.deadline)
-            .unwrap_or_else(|| Instant::now() + data_timeout);
+        let deadline = match &open {
+            Ok((_, chunked)) => chunked.deadline,
+            Err(_) => Instant::now() + data_timeout,
+        };
         let mut remaining = size;
-        let mut write_error = None;
         loop {
             let take = remaining.min(self.rbuf.len() - self.rpos);
-            if let Some(c) = chunk.as_mut() {
-                let bytes = &self.rbuf[self.rpos..self.rpos + take];
-                if !c.oversize && write_error.is_none() {
-                    if c.body.len() as usize + take > limit {
-                        c.oversize = true;
-                    } else if let Err(e) = c.body.write(bytes) {
-                        write_error = Some(e);
-                    }
-                }
+            if let Ok((_, chunked)) = &mut open {
+                chunked
+                    .incoming
+                    .append(&self.rbuf[self.rpos..self.rpos + take]);
             }
             self.rpos += take;
             remaining -= take;
@@ -677,69 +732,42 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             // On any error the partial body is deleted by the writer's drop.
             self.fill(deadline, false).await?;
         }
-        let Some(c) = chunk else {
-            let msg = if self.tx.is_none() {
-                "BDAT: need MAIL first"
-            } else {
-                "BDAT: no valid recipients"
-            };
-            return self.fail(503, "5.5.1", msg);
+        let (tx, chunked) = match open {
+            Ok(open) => open,
+            Err(why) => return self.fail(503, "5.5.1", why),
         };
-        if let Some(e) = write_error {
-            tracing::error!(error = %e, "cannot spool message body");
-            c.body.discard();
-            self.tx = None;
-            self.reply(451, "4.3.0", "temporary storage failure, try again later");
-            return Ok(());
-        }
-        if !last {
-            self.tx.as_mut().expect("checked above").bdat = Some(c);
+        if !last && chunked.incoming.write_error.is_none() {
+            self.state = State::Bdat(tx, chunked);
             self.reply(250, "2.0.0", &format!("{size} octets received"));
             return Ok(());
         }
-        self.finish(c.body, None, c.oversize, limit).await
+        self.finish(tx, chunked.incoming, None).await
     }
 
-    /// Ends a transaction after its data: rejects, or stores and answers 250.
+    /// Ends a transaction after its data (or after a chunk that could not be spooled):
+    /// 451 on a write error, a refusal for faulty or oversize data, else the store step.
+    /// A body that is not stored is deleted by its writer's drop.
     async fn finish(
         &mut self,
-        body: BodyWriter,
+        tx: Transaction,
+        incoming: Incoming,
         fault: Option<DataFault>,
-        oversize: bool,
-        limit: usize,
     ) -> Result<(), Stop> {
-        let tx = self.tx.take().expect("a transaction is open during data");
-        let metrics = self.p.inbound.metrics.clone();
-        let refusal = match (fault, oversize) {
-            (Some(DataFault::BareLf), _) => Some((
-                554,
-                "5.5.2",
-                "bare LF in message data is not allowed; lines end with CRLF".to_string(),
-            )),
-            (Some(DataFault::BareCr), _) => Some((
-                554,
-                "5.5.2",
-                "bare CR in message data is not allowed".to_string(),
-            )),
-            (Some(DataFault::LineTooLong), _) => Some((
-                554,
-                "5.5.2",
-                "message has a line over 998 octets (RFC 5322 2.1.1)".to_string(),
-            )),
-            (None, true) => Some((
-                552,
-                "5.3.4",
-                format!("message exceeds the limit of {limit} bytes"),
-            )),
-            (None, false) => None,
-        };
-        if let Some((code, status, text)) = refusal {
-            body.discard();
-            metrics.inbound_rejected.fetch_add(1, Relaxed);
+        if let Some(e) = incoming.write_error {
+            tracing::error!(error = %e, "cannot spool message body");
+            self.reply(451, "4.3.0", "temporary storage failure, try again later");
+            return Ok(());
+        }
+        if let Some((code, status, text)) = data_refusal(fault, incoming.oversize, incoming.limit) {
+            self.p
+                .inbound
+                .metrics
+                .inbound_rejected
+                .fetch_add(1, Relaxed);
             tracing::info!(code, reason = %text, "message refused");
             return self.fail(code, status, &text);
         }
-        let finished = match body.finish() {
+        let finished = match incoming.body.finish() {
             Ok(f) => f,
             Err(e) => {
                 tracing::error!(error = %e, "cannot make the message body durable");
@@ -747,6 +775,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 return Ok(());
             }
         };
+        self.store(tx, finished).await;
+        Ok(())
+    }
+
+    /// Hands a complete message to [`Inbound::accept`] and answers 250 once it is durable,
+    /// 451 when it is not.
+    async fn store(&mut self, tx: Transaction, body: FinishedBody) {
         let env = Envelope {
             peer: self.peer,
             helo: self.helo.clone().unwrap_or_default(),
@@ -754,9 +789,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             rcpts: tx.rcpts,
         };
         let config = self.p.config.clone();
-        match self.p.inbound.accept(&config, env, finished).await {
+        match self.p.inbound.accept(&config, env, body).await {
             Ok(id) => {
-                metrics.inbound_accepted.fetch_add(1, Relaxed);
+                self.p
+                    .inbound
+                    .metrics
+                    .inbound_accepted
+                    .fetch_add(1, Relaxed);
                 tracing::info!(id = %id, "message accepted");
                 self.reply(250, "2.0.0", &format!("OK queued as {id}"));
                 self.just_delivered = true;
@@ -766,7 +805,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 self.reply(451, "4.3.0", "temporary storage failure, try again later");
             }
         }
-        Ok(())
     }
 
     async fn starttls(&mut self) -> Result<(), Stop> {
@@ -834,4 +872,36 @@ fn check_line(line: Vec<u8>) -> CommandLine {
         return CommandLine::Nul;
     }
     CommandLine::Ok(line)
+}
+
+/// The reply refusing data that ended with a fault or ran past `limit`; `None` when the
+/// message may be stored.
+fn data_refusal(
+    fault: Option<DataFault>,
+    oversize: bool,
+    limit: usize,
+) -> Option<(u16, &'static str, String)> {
+    match (fault, oversize) {
+        (Some(DataFault::BareLf), _) => Some((
+            554,
+            "5.5.2",
+            "bare LF in message data is not allowed; lines end with CRLF".to_string(),
+        )),
+        (Some(DataFault::BareCr), _) => Some((
+            554,
+            "5.5.2",
+            "bare CR in message data is not allowed".to_string(),
+        )),
+        (Some(DataFault::LineTooLong), _) => Some((
+            554,
+            "5.5.2",
+            "message has a line over 998 octets (RFC 5322 2.1.1)".to_string(),
+        )),
+        (None, true) => Some((
+            552,
+            "5.3.4",
+            format!("message exceeds the limit of {limit} bytes"),
+        )),
+        (None, false) => None,
+    }
 }

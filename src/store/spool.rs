@@ -144,10 +144,6 @@ impl BodyWriter {
             }
         }
     }
-
-    /// Throws the partial body away (rejected or aborted transaction). Dropping the writer
-    /// does the same; this names the intent.
-    pub fn discard(self) {}
 }
 
 impl Drop for BodyWriter {

@@ -9,15 +9,17 @@ pub mod mo;
 pub mod repair;
 pub mod retry;
 
-use crate::config::{Config, SharedConfig};
+use crate::config::{Config, MoAttachments, SharedConfig};
 use crate::metrics::{Metrics, WebhookResult};
+use crate::model::links::Link;
 use crate::model::time::now_ms;
 use crate::model::tokens::Signer;
-use crate::store::{OutboxEntry, Payload, Store};
+use crate::store::{OutboxEntry, Payload, SpoolRecord, Store};
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{mpsc, watch};
@@ -94,6 +96,109 @@ pub struct Rendered {
 enum RenderedBody {
     Memory(Vec<u8>),
     File { path: std::path::PathBuf, len: u64 },
+}
+
+impl Rendered {
+    /// A body built in memory, signed when the asset has a secret.
+    fn memory(bytes: Vec<u8>, secret: Option<String>, unix: u64) -> Self {
+        let signature = secret.map(|k| signature(&k, unix, &bytes));
+        Rendered {
+            body: RenderedBody::Memory(bytes),
+            signature,
+        }
+    }
+}
+
+/// Everything one MO render needs, owned, so it can move to the heavy pool.
+struct MoJob {
+    store: Store,
+    signer: Signer,
+    record: SpoolRecord,
+    tid: String,
+    recipients: Vec<String>,
+    mode: MoAttachments,
+    /// How long url-mode links stay valid after the message was received.
+    retention_ms: u64,
+    public_url: String,
+    secret: Option<String>,
+    unix: u64,
+    /// Where a body over [`RENDER_IN_MEMORY`] is rendered; `None`: in memory.
+    file: Option<PathBuf>,
+}
+
+impl MoJob {
+    /// Loads the stored message and renders its MO JSON (blocking work).
+    fn render(self) -> Result<Rendered, String> {
+        let raw = self
+            .store
+            .load_body(&self.record)
+            .map_err(|e| e.to_string())?;
+        let link = |n: Option<usize>| self.link(n);
+        let ctx = mo::MoContext {
+            tid: &self.tid,
+            received_ms: self.record.received_ms,
+            mail_from: &self.record.mail_from,
+            recipients: &self.recipients,
+            auth: &self.record.auth,
+            attachments: self.mode,
+            link: &link,
+        };
+        match &self.file {
+            None => {
+                let mut out = Vec::with_capacity(self.record.size as usize * 4 / 3 + 1024);
+                mo::render(&raw, &ctx, &mut out).map_err(|e| e.to_string())?;
+                Ok(Rendered::memory(out, self.secret.clone(), self.unix))
+            }
+            Some(path) => self.render_to_file(&raw, &ctx, path),
+        }
+    }
+
+    /// The signed link of attachment `n` (`None`: the raw message), valid as long as the
+    /// message is retained.
+    fn link(&self, n: Option<usize>) -> String {
+        let (tid, public_url) = (&self.tid, &self.public_url);
+        let token = Link::InboundAttachment {
+            tid: tid.clone(),
+            part: n.map(|n| n.to_string()).unwrap_or_else(|| "raw".into()),
+            expires_ms: self.record.received_ms + self.retention_ms,
+        }
+        .token(&self.signer);
+        match n {
+            Some(n) => format!("{public_url}/v2/inbound/{tid}/attachments/{n}?token={token}"),
+            None => format!("{public_url}/v2/inbound/{tid}/raw?token={token}"),
+        }
+    }
+
+    /// Renders into `path`, signing as it writes; the file is removed if rendering fails.
+    fn render_to_file(
+        &self,
+        raw: &[u8],
+        ctx: &mo::MoContext<'_>,
+        path: &Path,
+    ) -> Result<Rendered, String> {
+        let f = std::fs::File::create(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let mut w = MacWriter::new(
+            std::io::BufWriter::with_capacity(256 * 1024, f),
+            self.secret.as_deref(),
+            self.unix,
+        );
+        let written = mo::render(raw, ctx, &mut w)
+            .map_err(|e| e.to_string())
+            .and_then(|_| w.finish().map_err(|e| e.to_string()));
+        match written {
+            Ok((len, signature)) => Ok(Rendered {
+                body: RenderedBody::File {
+                    path: path.to_path_buf(),
+                    len,
+                },
+                signature,
+            }),
+            Err(e) => {
+                let _ = std::fs::remove_file(path);
+                Err(e)
+            }
+        }
+    }
 }
 
 /// Counts and (with a secret) MACs everything written through it, so a file-rendered body
@@ -271,99 +376,51 @@ impl Worker {
             .and_then(|a| a.webhook_secret.as_ref())
             .map(|s| s.expose().to_string());
         let unix = now_ms() / 1000;
-        let (spool_id, tid, asset_id, recipients) = match &entry.payload {
+        let job = match &entry.payload {
             Payload::Json(s) => {
-                let bytes = s.clone().into_bytes();
-                let signature = secret.map(|k| signature(&k, unix, &bytes));
-                return Ok(Rendered {
-                    body: RenderedBody::Memory(bytes),
-                    signature,
-                });
+                return Ok(Rendered::memory(s.clone().into_bytes(), secret, unix));
             }
             Payload::Mo {
                 spool_id,
                 tid,
                 asset_id,
                 recipients,
-            } => (spool_id, tid.clone(), asset_id, recipients.clone()),
-        };
-        let record = self
-            .store
-            .spool_record(spool_id)
-            .map_err(|e| e.to_string())?
-            .ok_or_else(|| format!("stored message {spool_id} is missing"))?;
-        let asset = config.asset(asset_id);
-        let mode = asset.map(|a| a.mo_attachments).unwrap_or_default();
-        let retention_ms = asset
-            .map(|a| u64::from(a.inbound_retention_days) * 86_400_000)
-            .unwrap_or(0);
-        let store = self.store.clone();
-        let signer = self.signer.clone();
-        let public_url = config.server.public_url.trim_end_matches('/').to_string();
-        let file = (record.size > RENDER_IN_MEMORY)
-            .then(|| store.spool_dir().join(format!("render-{}.json", entry.id)));
-        let small = record.size <= RENDER_INLINE;
-        let render = move || {
-            let raw = store.load_body(&record).map_err(|e| e.to_string())?;
-            let expires = record.received_ms + retention_ms;
-            let link = |n: Option<usize>| {
-                let part = n.map(|n| n.to_string()).unwrap_or_else(|| "raw".into());
-                let token = signer.sign("inbound", &format!("{tid}|{part}|{expires}"));
-                match n {
-                    Some(n) => {
-                        format!("{public_url}/v2/inbound/{tid}/attachments/{n}?token={token}")
-                    }
-                    None => format!("{public_url}/v2/inbound/{tid}/raw?token={token}"),
-                }
-            };
-            let ctx = mo::MoContext {
-                tid: &tid,
-                received_ms: record.received_ms,
-                mail_from: &record.mail_from,
-                recipients: &recipients,
-                auth: &record.auth,
-                attachments: mode,
-                link: &link,
-            };
-            match file {
-                None => {
-                    let mut out = Vec::with_capacity(record.size as usize * 4 / 3 + 1024);
-                    mo::render(&raw, &ctx, &mut out).map_err(|e| e.to_string())?;
-                    let signature = secret.map(|k| signature(&k, unix, &out));
-                    Ok(Rendered {
-                        body: RenderedBody::Memory(out),
-                        signature,
-                    })
-                }
-                Some(path) => {
-                    let f = std::fs::File::create(&path)
-                        .map_err(|e| format!("{}: {e}", path.display()))?;
-                    let mut w = MacWriter::new(
-                        std::io::BufWriter::with_capacity(256 * 1024, f),
-                        secret.as_deref(),
-                        unix,
-                    );
-                    let written = mo::render(&raw, &ctx, &mut w)
-                        .map_err(|e| e.to_string())
-                        .and_then(|_| w.finish().map_err(|e| e.to_string()));
-                    match written {
-                        Ok((len, signature)) => Ok(Rendered {
-                            body: RenderedBody::File { path, len },
-                            signature,
-                        }),
-                        Err(e) => {
-                            let _ = std::fs::remove_file(&path);
-                            Err(e)
-                        }
-                    }
+            } => {
+                let record = self
+                    .store
+                    .spool_record(spool_id)
+                    .map_err(|e| e.to_string())?
+                    .ok_or_else(|| format!("stored message {spool_id} is missing"))?;
+                let asset = config.asset(asset_id);
+                MoJob {
+                    store: self.store.clone(),
+                    signer: self.signer.clone(),
+                    public_url: config.server.public_url.trim_end_matches('/').to_string(),
+                    file: (record.size > RENDER_IN_MEMORY).then(|| {
+                        self.store
+                            .spool_dir()
+                            .join(format!("render-{}.json", entry.id))
+                    }),
+                    record,
+                    tid: tid.clone(),
+                    recipients: recipients.clone(),
+                    mode: asset.map(|a| a.mo_attachments).unwrap_or_default(),
+                    retention_ms: asset
+                        .map(|a| u64::from(a.inbound_retention_days) * 86_400_000)
+                        .unwrap_or(0),
+                    secret,
+                    unix,
                 }
             }
         };
-        if small {
+        if job.record.size <= RENDER_INLINE {
             // Microseconds of work: cheaper than a hop to the blocking pool.
-            render()
+            job.render()
         } else {
-            self.heavy.run(render).await.map_err(|e| e.to_string())?
+            self.heavy
+                .run(move || job.render())
+                .await
+                .map_err(|e| e.to_string())?
         }
     }
 

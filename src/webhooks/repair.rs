@@ -110,6 +110,17 @@ fn index(raw: &[u8]) -> HashMap<&[u8], Lines> {
     lines
 }
 
+/// The body of a part between `body_start` and its end. The line break before a
+/// boundary line belongs to the boundary; at the end of an unclosed multipart, the last
+/// one is dropped likewise.
+fn part_body(body: &[u8], child: bool) -> &[u8] {
+    if !child {
+        return body;
+    }
+    let body = body.strip_suffix(b"\n").unwrap_or(body);
+    body.strip_suffix(b"\r").unwrap_or(body)
+}
+
 /// A boundary prefix that does not occur in `raw`: 128 random bits, checked.
 fn fresh_token(raw: &[u8]) -> String {
     loop {
@@ -166,35 +177,11 @@ impl<'a> Walk<'a> {
             return None;
         }
         let header = parsed.as_ref().and_then(|m| m.parts.first());
-        let mut kind = self.kind(header, body_start, limit, depth, in_digest);
+        let kind = self.kind(header, body_start, limit, depth, in_digest);
         self.parts += 1;
         let token = format!("{}{}.", self.token, self.multiparts);
-        let mut body = &raw[body_start.min(limit)..limit];
-        if child {
-            // The line break before a boundary line belongs to the boundary; at the end of
-            // an unclosed multipart, the last one is dropped likewise.
-            body = body.strip_suffix(b"\n").unwrap_or(body);
-            body = body.strip_suffix(b"\r").unwrap_or(body);
-        }
-        let delimiter = format!("--{token}\r\n");
-        let follow = match kind {
-            Kind::Multipart { .. } => delimiter.as_bytes(),
-            _ => &body[..body.len().min(64)],
-        };
-        let headers = header.map(|h| h.headers.as_slice()).unwrap_or_default();
-        let block = &raw[start..headers_end];
-        let own = header.and_then(|h| h.content_type());
-        let (mut written, count) = header_lines(block, headers, &kind, &token);
-        if !reads_as_written(&written, count, follow, &kind, &token, own) {
-            // A malformed header read beyond its line in the new context (mail-parser's
-            // date parser does): keep only the lines of our own making.
-            if let Kind::Leaf = kind {
-                kind = self.opaque(header, None);
-            }
-            written = header_lines(block, &[], &kind, &token).0;
-        }
-        self.out.extend_from_slice(&written);
-        self.out.extend_from_slice(b"\r\n");
+        let body = part_body(&raw[body_start.min(limit)..limit], child);
+        let kind = self.write_header(&raw[start..headers_end], header, kind, &token, body);
         match kind {
             Kind::Leaf | Kind::Opaque { .. } => {
                 self.out.extend_from_slice(body);
@@ -205,31 +192,77 @@ impl<'a> Walk<'a> {
                 first,
                 boundary,
                 ..
-            } => {
-                self.multiparts += 1;
-                self.out.extend_from_slice(delimiter.as_bytes());
-                let mut at = first.next;
-                loop {
-                    let next = self.next_line(&boundary, at);
-                    let part_end = next.map_or(raw.len(), |l| l.start);
-                    let resume = self.entity(at, part_end, depth + 1, digest, true)?;
-                    let next = if resume == part_end {
-                        next
-                    } else {
-                        self.next_line(&boundary, resume)
-                    };
-                    match next {
-                        Some(l) if !l.closing => {
-                            self.out
-                                .extend_from_slice(format!("\r\n--{token}\r\n").as_bytes());
-                            at = l.next;
-                        }
-                        end => {
-                            self.out
-                                .extend_from_slice(format!("\r\n--{token}--").as_bytes());
-                            return Some(end.map_or(raw.len(), |l| l.next));
-                        }
-                    }
+            } => self.children(&token, &boundary, first, depth, digest),
+        }
+    }
+
+    /// Writes the header block of an entity of `kind` (and the blank line after it) as
+    /// mail-parser will read it in the copy. Returns the kind, which turns opaque when a
+    /// leaf's own header lines would not read back as written.
+    fn write_header(
+        &mut self,
+        block: &[u8],
+        header: Option<&MessagePart<'_>>,
+        mut kind: Kind,
+        token: &str,
+        body: &[u8],
+    ) -> Kind {
+        let delimiter = format!("--{token}\r\n");
+        let follow = match kind {
+            Kind::Multipart { .. } => delimiter.as_bytes(),
+            Kind::Leaf | Kind::Opaque { .. } => &body[..body.len().min(64)],
+        };
+        let headers = header.map(|h| h.headers.as_slice()).unwrap_or_default();
+        let own = header.and_then(|h| h.content_type());
+        let (mut written, count) = header_lines(block, headers, &kind, token);
+        if !reads_as_written(&written, count, follow, &kind, token, own) {
+            // A malformed header read beyond its line in the new context (mail-parser's
+            // date parser does): keep only the lines of our own making.
+            if let Kind::Leaf = kind {
+                kind = self.opaque(header, None);
+            }
+            written = header_lines(block, &[], &kind, token).0;
+        }
+        self.out.extend_from_slice(&written);
+        self.out.extend_from_slice(b"\r\n");
+        kind
+    }
+
+    /// Emits the parts of a multipart whose first delimiter line is `first`, each between
+    /// fresh `token` delimiters, and the closing delimiter. Returns where the parent
+    /// resumes: after the multipart's closing line, or the end of the message.
+    fn children(
+        &mut self,
+        token: &str,
+        boundary: &[u8],
+        first: Line,
+        depth: usize,
+        digest: bool,
+    ) -> Option<usize> {
+        let end_of_message = self.raw.len();
+        self.multiparts += 1;
+        self.out
+            .extend_from_slice(format!("--{token}\r\n").as_bytes());
+        let mut at = first.next;
+        loop {
+            let next = self.next_line(boundary, at);
+            let part_end = next.map_or(end_of_message, |l| l.start);
+            let resume = self.entity(at, part_end, depth + 1, digest, true)?;
+            let next = if resume == part_end {
+                next
+            } else {
+                self.next_line(boundary, resume)
+            };
+            match next {
+                Some(l) if !l.closing => {
+                    self.out
+                        .extend_from_slice(format!("\r\n--{token}\r\n").as_bytes());
+                    at = l.next;
+                }
+                end => {
+                    self.out
+                        .extend_from_slice(format!("\r\n--{token}--").as_bytes());
+                    return Some(end.map_or(end_of_message, |l| l.next));
                 }
             }
         }
