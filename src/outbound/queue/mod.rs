@@ -11,6 +11,7 @@ pub mod notify;
 
 use crate::config::{Config, RouteConfig, SharedConfig};
 use crate::metrics::RouteResult;
+use crate::model::backoff::Backoff;
 use crate::model::time::now_ms;
 use crate::model::tokens::Signer;
 use crate::model::types::DeliveryCode;
@@ -44,15 +45,13 @@ impl Queue {
     }
 }
 
-/// Delay before the next attempt after `attempts` deferrals: base * 2^(n-1), at most an
-/// hour, with jitter in [0.5, 1] of that.
-pub fn retry_delay(base_secs: u64, attempts: u32, jitter: f64) -> Duration {
-    let exp = base_secs
-        .saturating_mul(1000)
-        .saturating_mul(1u64 << attempts.saturating_sub(1).min(20))
-        .min(3_600_000);
-    let half = exp / 2;
-    Duration::from_millis(half + (half as f64 * jitter.clamp(0.0, 1.0)) as u64)
+/// The queue's backoff after deferrals: from `queue.retry_base` seconds, doubling, at
+/// most an hour (before jitter).
+pub fn backoff(retry_base_secs: u64) -> Backoff {
+    Backoff {
+        base: Duration::from_secs(retry_base_secs),
+        cap: Duration::from_secs(3600),
+    }
 }
 
 pub struct QueueWorker {
@@ -341,7 +340,7 @@ impl QueueWorker {
             record.state = QueueState::Done;
         } else {
             record.attempts += 1;
-            let delay = retry_delay(config.queue.retry_base, record.attempts, rand::random());
+            let delay = backoff(config.queue.retry_base).delay(record.attempts, rand::random());
             record.next_ms = (now_ms() + delay.as_millis() as u64).min(record.expire_at_ms);
             record.state = QueueState::Retry;
             tracing::info!(tid, pending, retry_in_ms = record.next_ms.saturating_sub(now_ms()), reason = %record.last_error, "deferred");
@@ -639,6 +638,7 @@ mod tests {
 
     #[test]
     fn retry_delays_grow_and_are_capped() {
+        let retry_delay = |base, attempts, jitter| backoff(base).delay(attempts, jitter);
         assert!(retry_delay(30, 1, 0.0) >= Duration::from_secs(15));
         assert!(retry_delay(30, 1, 1.0) <= Duration::from_secs(30));
         assert!(retry_delay(30, 3, 0.0) >= Duration::from_secs(60));
