@@ -441,6 +441,20 @@ pub struct AssetConfig {
     pub bounces: Option<BouncesConfig>,
 }
 
+/// The DKIM key of a domain whose asset configures none.
+pub const DEFAULT_DKIM_KEY: (&str, DkimAlgorithm) = ("postern1", DkimAlgorithm::RsaSha256);
+
+impl AssetConfig {
+    /// The (selector, algorithm) configured for the asset's domains: `[asset.dkim]`, else
+    /// [`DEFAULT_DKIM_KEY`]. A rotation (`data_dir/dkim/<domain>.json`) overrides it.
+    pub fn dkim_key(&self) -> (&str, DkimAlgorithm) {
+        self.dkim
+            .as_ref()
+            .map(|d| (d.selector.as_str(), d.algorithm))
+            .unwrap_or(DEFAULT_DKIM_KEY)
+    }
+}
+
 fn default_max_inbound() -> usize {
     41_943_040
 }
