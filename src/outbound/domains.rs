@@ -4,7 +4,7 @@
 //! absent). `verify` looks them up and judges each ok / missing / wrong; a domain is
 //! verified when its verification TXT and its signing key's record are both right.
 
-use crate::config::{Config, DkimAlgorithm, RouteConfig, RouteKind};
+use crate::config::{Config, DkimAlgorithm, RouteConfig};
 use crate::outbound::dkim::{Phase, Rotation};
 use hickory_resolver::TokioResolver;
 use serde::{Deserialize, Serialize};
@@ -134,13 +134,17 @@ fn dkim_purpose(phase: Phase) -> &'static str {
 /// name, else the domain's MX hosts.
 fn spf(route: Option<&RouteConfig>) -> String {
     match route {
-        Some(r) if r.kind == RouteKind::Ses => "v=spf1 include:amazonses.com ~all".to_string(),
-        Some(r) => match r.host.as_deref() {
-            Some(h) if h.parse::<std::net::Ipv4Addr>().is_ok() => format!("v=spf1 ip4:{h} ~all"),
-            Some(h) if h.parse::<std::net::Ipv6Addr>().is_ok() => format!("v=spf1 ip6:{h} ~all"),
-            Some(h) => format!("v=spf1 a:{h} ~all"),
-            None => "v=spf1 mx ~all".to_string(),
-        },
+        Some(RouteConfig::Ses(_)) => "v=spf1 include:amazonses.com ~all".to_string(),
+        Some(RouteConfig::Smtp(smtp)) => {
+            let h = &smtp.host;
+            if h.parse::<std::net::Ipv4Addr>().is_ok() {
+                format!("v=spf1 ip4:{h} ~all")
+            } else if h.parse::<std::net::Ipv6Addr>().is_ok() {
+                format!("v=spf1 ip6:{h} ~all")
+            } else {
+                format!("v=spf1 a:{h} ~all")
+            }
+        }
         None => "v=spf1 mx ~all".to_string(),
     }
 }

@@ -3,9 +3,9 @@
 //! asset domain's DKIM key after every other header is final, and makes the VERP return
 //! path. Header values were refused at the API if they held CR/LF.
 
-use crate::config::{AssetConfig, Config, DEFAULT_DKIM_KEY};
+use crate::config::{AssetConfig, Config, RouteConfig, DEFAULT_DKIM_KEY};
 use crate::model::tokens::Signer;
-use crate::outbound::dkim::Keys;
+use crate::outbound::dkim::{Coverage, Keys};
 use crate::store::messages::MessageRecord;
 use futures::StreamExt;
 use mail_builder::headers::address::Address;
@@ -256,10 +256,9 @@ fn sign(
     let coverage = match config
         .asset(&record.asset_id)
         .and_then(|a| a.route.as_ref())
-        .map(|r| r.kind)
     {
-        Some(crate::config::RouteKind::Ses) => crate::outbound::dkim::Coverage::Ses,
-        _ => crate::outbound::dkim::Coverage::Full,
+        Some(RouteConfig::Ses(_)) => Coverage::Ses,
+        Some(RouteConfig::Smtp(_)) | None => Coverage::Full,
     };
     let signature = key
         .sign_with(&body, coverage)

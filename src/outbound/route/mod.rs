@@ -4,7 +4,7 @@
 pub mod ses;
 pub mod smtp;
 
-use crate::config::{RouteConfig, RouteKind};
+use crate::config::RouteConfig;
 use std::sync::Arc;
 
 /// What happened to one recipient in one attempt.
@@ -71,13 +71,11 @@ impl Route {
     }
 
     fn make(config: &RouteConfig, hostname: &str, tokens: Option<smtp::TokenStore>) -> Arc<Route> {
-        Arc::new(match config.kind {
-            RouteKind::Smtp => Route::Smtp(smtp::SmtpRoute::new(
-                config.clone(),
-                hostname.into(),
-                tokens,
-            )),
-            RouteKind::Ses => Route::Ses(ses::SesRoute::new(config)),
+        Arc::new(match config {
+            RouteConfig::Smtp(smtp) => {
+                Route::Smtp(smtp::SmtpRoute::new(smtp.clone(), hostname.into(), tokens))
+            }
+            RouteConfig::Ses(ses) => Route::Ses(ses::SesRoute::new(ses)),
         })
     }
 
