@@ -563,7 +563,7 @@ fn default_inbound_retention() -> u32 {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
-enum RouteKind {
+pub enum RouteKind {
     Smtp,
     Ses,
 }

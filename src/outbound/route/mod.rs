@@ -4,7 +4,7 @@
 pub mod ses;
 pub mod smtp;
 
-use crate::config::RouteConfig;
+use crate::config::{RouteConfig, RouteKind};
 use std::sync::Arc;
 
 /// What happened to one recipient in one attempt.
