@@ -435,10 +435,123 @@ pub struct AssetConfig {
     /// Sends from a domain that `postern domain verify` has not found verified get 7004.
     #[serde(default)]
     pub require_verified_domain: bool,
+    /// `[asset.route]` as written; [`Config::parse`] checks it, then types it into `route`.
+    #[serde(rename = "route")]
+    route_written: Option<RouteToml>,
+    /// How the asset's outbound mail leaves (typed from `[asset.route]` once valid).
+    #[serde(skip)]
     pub route: Option<RouteConfig>,
     pub dkim: Option<DkimConfig>,
     pub unsubscribe: Option<UnsubscribeConfig>,
     pub bounces: Option<BouncesConfig>,
+}
+
+/// The DKIM key of a domain whose asset configures none.
+pub const DEFAULT_DKIM_KEY: (&str, DkimAlgorithm) = ("postern1", DkimAlgorithm::RsaSha256);
+
+impl AssetConfig {
+    /// The (selector, algorithm) configured for the asset's domains: `[asset.dkim]`, else
+    /// [`DEFAULT_DKIM_KEY`]. A rotation (`data_dir/dkim/<domain>.json`) overrides it.
+    pub fn dkim_key(&self) -> (&str, DkimAlgorithm) {
+        self.dkim
+            .as_ref()
+            .map(|d| (d.selector.as_str(), d.algorithm))
+            .unwrap_or(DEFAULT_DKIM_KEY)
+    }
+}
+
+impl AssetConfig {
+    /// Its id (well formed, not used before) and domains (well formed; one already
+    /// claimed by another asset goes to `twice`).
+    fn identity_problems(
+        &self,
+        ids: &mut HashSet<String>,
+        domains: &mut HashSet<String>,
+        twice: &mut Vec<String>,
+        p: &mut Problems,
+    ) {
+        let needle = format!("\"{}\"", self.id);
+        if self.id.is_empty()
+            || !self
+                .id
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+        {
+            p.push(
+                &needle,
+                format!(
+                    "asset id \"{}\" must be letters, digits, '_' or '-'",
+                    self.id
+                ),
+            );
+        }
+        if !ids.insert(self.id.clone()) {
+            p.push(&needle, format!("asset id \"{}\" is used twice", self.id));
+        }
+        for d in &self.domains {
+            if !is_domain(d) {
+                p.push(
+                    d,
+                    format!("asset {}: \"{d}\" is not a domain name", self.id),
+                );
+            } else if !domains.insert(d.clone()) {
+                twice.push(d.clone());
+            }
+        }
+    }
+
+    /// Its webhooks, inbound size (at most `max_message_size`), unsubscribe mailto and
+    /// route.
+    fn setting_problems(&self, max_message_size: usize, p: &mut Problems) {
+        for (key, url) in [
+            ("incoming_webhook", &self.incoming_webhook),
+            ("delivery_webhook", &self.delivery_webhook),
+        ] {
+            if let Some(url) = url {
+                if reqwest::Url::parse(url)
+                    .map(|u| !matches!(u.scheme(), "http" | "https"))
+                    .unwrap_or(true)
+                {
+                    p.push(
+                        url,
+                        format!("asset {}: {key} \"{url}\" is not an http(s) URL", self.id),
+                    );
+                }
+            }
+        }
+        if self.max_inbound_size == 0 || self.max_inbound_size > max_message_size {
+            p.push(
+                "max_inbound_size",
+                format!(
+                    "asset {}: max_inbound_size must be between 1 and smtp.max_message_size ({})",
+                    self.id, max_message_size
+                ),
+            );
+        }
+        if let Some(m) = self.unsubscribe.as_ref().and_then(|u| u.mailto.as_deref()) {
+            let domain = m
+                .rsplit_once('@')
+                .map(|(_, d)| d.to_ascii_lowercase())
+                .unwrap_or_default();
+            if !self.domains.contains(&domain) {
+                p.push(m, format!("asset {}: unsubscribe.mailto \"{m}\" must be an address at one of the asset's domains", self.id));
+            }
+        }
+        if let Some(Err(problems)) = self.route_written.as_ref().map(RouteToml::typed) {
+            for msg in problems {
+                p.push("kind", format!("asset {}: route: {msg}", self.id));
+            }
+        }
+        if self.inbound && self.incoming_webhook.is_none() {
+            p.push(
+                &format!("\"{}\"", self.id),
+                format!(
+                    "asset {}: inbound = true needs an incoming_webhook",
+                    self.id
+                ),
+            );
+        }
+    }
 }
 
 fn default_max_inbound() -> usize {
@@ -473,73 +586,159 @@ pub enum RouteAuth {
     Oauth2,
 }
 
+/// How an asset's outbound mail leaves (`[asset.route]`, chosen by `kind`).
 #[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RouteConfig {
-    pub kind: RouteKind,
-    pub host: Option<String>,
+#[serde(try_from = "RouteToml")]
+pub enum RouteConfig {
+    /// `kind = "smtp"`: a smarthost.
+    Smtp(SmtpRouteConfig),
+    /// `kind = "ses"`: Amazon SES v2 `SendEmail`.
+    Ses(SesRouteConfig),
+}
+
+/// A smarthost route.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SmtpRouteConfig {
+    pub host: String,
+    /// Default: 465 for `ssl`, 587 for `starttls`, 25 without TLS.
     pub port: Option<u16>,
-    #[serde(default)]
     pub security: Security,
-    #[serde(default)]
     pub auth: RouteAuth,
+    /// `auth = "password"` and `"oauth2"`: the account (empty when not set).
     pub username: Option<String>,
+    /// `auth = "password"`.
     pub password: Option<Secret>,
+    /// `auth = "oauth2"`: the client, its token endpoint and the refresh token to start from.
     pub client_id: Option<String>,
     pub client_secret: Option<Secret>,
     pub token_url: Option<String>,
     pub refresh_token: Option<Secret>,
     pub scope: Option<String>,
-    pub region: Option<String>,
-    pub access_key_id: Option<Secret>,
-    pub secret_access_key: Option<Secret>,
-    /// SES: the session token of temporary (STS) credentials.
+}
+
+/// An Amazon SES route.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SesRouteConfig {
+    pub region: String,
+    pub access_key_id: Secret,
+    pub secret_access_key: Secret,
+    /// The session token of temporary (STS) credentials.
     pub session_token: Option<Secret>,
+    /// Another API base than `https://email.<region>.amazonaws.com` (tests).
     pub endpoint: Option<String>,
     /// SES configuration set (`ConfigurationSetName`): where SES publishes events.
     pub configuration_set: Option<String>,
-    /// SES: recipients per second to stay under (the account's maximum send rate), so
-    /// a burst is paced instead of throttled. None: no pacing (throttling is retried).
+    /// Recipients per second to stay under (the account's maximum send rate), so a burst
+    /// is paced instead of throttled. None: no pacing (throttling is retried).
     pub max_send_rate: Option<f64>,
 }
 
-impl RouteConfig {
-    /// What a route of its kind lacks or has wrong.
-    fn problems(&self) -> Vec<String> {
-        let mut out = Vec::new();
+/// `[asset.route]` as written: the keys of every kind, so that what a route lacks is
+/// reported with its line among the other problems (not as the first serde error), and
+/// a key of the other kind is accepted and ignored. [`RouteToml::typed`] makes it a
+/// [`RouteConfig`].
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RouteToml {
+    kind: RouteKind,
+    host: Option<String>,
+    port: Option<u16>,
+    #[serde(default)]
+    security: Security,
+    #[serde(default)]
+    auth: RouteAuth,
+    username: Option<String>,
+    password: Option<Secret>,
+    client_id: Option<String>,
+    client_secret: Option<Secret>,
+    token_url: Option<String>,
+    refresh_token: Option<Secret>,
+    scope: Option<String>,
+    region: Option<String>,
+    access_key_id: Option<Secret>,
+    secret_access_key: Option<Secret>,
+    session_token: Option<Secret>,
+    endpoint: Option<String>,
+    configuration_set: Option<String>,
+    max_send_rate: Option<f64>,
+}
+
+impl TryFrom<RouteToml> for RouteConfig {
+    type Error = String;
+
+    fn try_from(written: RouteToml) -> Result<RouteConfig, String> {
+        written.typed().map_err(|problems| problems.join("; "))
+    }
+}
+
+impl RouteToml {
+    /// The route of its kind, or everything it lacks or has wrong.
+    fn typed(&self) -> Result<RouteConfig, Vec<String>> {
         match self.kind {
-            RouteKind::Smtp => {
-                if self.host.as_deref().is_none_or(str::is_empty) {
-                    out.push("kind = \"smtp\" needs host".to_string());
-                }
-            }
-            RouteKind::Ses => {
-                for (key, missing) in [
-                    ("region", self.region.as_deref().is_none_or(str::is_empty)),
-                    ("access_key_id", self.access_key_id.is_none()),
-                    ("secret_access_key", self.secret_access_key.is_none()),
-                ] {
-                    if missing {
-                        out.push(format!("kind = \"ses\" needs {key}"));
-                    }
-                }
-                if self
-                    .max_send_rate
-                    .is_some_and(|r| !r.is_finite() || r <= 0.0)
-                {
-                    out.push("max_send_rate must be a positive number".to_string());
-                }
-                if let Some(e) = &self.endpoint {
-                    if reqwest::Url::parse(e)
-                        .map(|u| !matches!(u.scheme(), "http" | "https"))
-                        .unwrap_or(true)
-                    {
-                        out.push(format!("endpoint \"{e}\" is not an http(s) URL"));
-                    }
-                }
+            RouteKind::Smtp => self.smtp().map(RouteConfig::Smtp),
+            RouteKind::Ses => self.ses().map(RouteConfig::Ses),
+        }
+    }
+
+    fn smtp(&self) -> Result<SmtpRouteConfig, Vec<String>> {
+        let Some(host) = self.host.clone().filter(|h| !h.is_empty()) else {
+            return Err(vec!["kind = \"smtp\" needs host".to_string()]);
+        };
+        Ok(SmtpRouteConfig {
+            host,
+            port: self.port,
+            security: self.security,
+            auth: self.auth,
+            username: self.username.clone(),
+            password: self.password.clone(),
+            client_id: self.client_id.clone(),
+            client_secret: self.client_secret.clone(),
+            token_url: self.token_url.clone(),
+            refresh_token: self.refresh_token.clone(),
+            scope: self.scope.clone(),
+        })
+    }
+
+    fn ses(&self) -> Result<SesRouteConfig, Vec<String>> {
+        let region = self.region.clone().filter(|r| !r.is_empty());
+        let mut out = Vec::new();
+        for (key, missing) in [
+            ("region", region.is_none()),
+            ("access_key_id", self.access_key_id.is_none()),
+            ("secret_access_key", self.secret_access_key.is_none()),
+        ] {
+            if missing {
+                out.push(format!("kind = \"ses\" needs {key}"));
             }
         }
-        out
+        if self
+            .max_send_rate
+            .is_some_and(|r| !r.is_finite() || r <= 0.0)
+        {
+            out.push("max_send_rate must be a positive number".to_string());
+        }
+        if let Some(e) = &self.endpoint {
+            if reqwest::Url::parse(e)
+                .map(|u| !matches!(u.scheme(), "http" | "https"))
+                .unwrap_or(true)
+            {
+                out.push(format!("endpoint \"{e}\" is not an http(s) URL"));
+            }
+        }
+        match (region, &self.access_key_id, &self.secret_access_key) {
+            (Some(region), Some(access_key_id), Some(secret_access_key)) if out.is_empty() => {
+                Ok(SesRouteConfig {
+                    region,
+                    access_key_id: access_key_id.clone(),
+                    secret_access_key: secret_access_key.clone(),
+                    session_token: self.session_token.clone(),
+                    endpoint: self.endpoint.clone(),
+                    configuration_set: self.configuration_set.clone(),
+                    max_send_rate: self.max_send_rate,
+                })
+            }
+            _ => Err(out),
+        }
     }
 }
 
@@ -611,6 +810,7 @@ impl Config {
         config.normalise();
         let problems = config.problems();
         if problems.is_empty() {
+            config.type_routes();
             Ok(config)
         } else {
             let lines: Vec<String> = problems
@@ -631,20 +831,35 @@ impl Config {
         }
     }
 
+    /// Types each asset's route, which `problems` found valid.
+    fn type_routes(&mut self) {
+        for asset in &mut self.assets {
+            asset.route = asset.route_written.as_ref().and_then(|r| r.typed().ok());
+        }
+    }
+
     /// Every semantic problem as (where it stands in the file, message).
     fn problems(&self) -> Vec<(Locate, String)> {
-        let mut out = Vec::new();
-        let mut push =
-            |needle: &str, msg: String| out.push((Locate::First(needle.to_string()), msg));
+        let mut p = Problems::default();
+        self.server_problems(&mut p);
+        self.limit_problems(&mut p);
+        let ids = self.asset_problems(&mut p);
+        self.ses_problems(&mut p);
+        self.service_problems(&ids, &mut p);
+        p.into_located()
+    }
+
+    /// `[server]`: host name, public URL, inbound and bounce domains.
+    fn server_problems(&self, p: &mut Problems) {
         if self.server.hostname.is_empty() || self.server.hostname.contains(char::is_whitespace) {
-            push(
+            p.push(
                 "hostname",
                 "server.hostname must be a host name without spaces".into(),
             );
         }
         for (key, url) in [("public_url", &self.server.public_url)] {
             if !(url.starts_with("http://") || url.starts_with("https://")) {
-                push(
+                p.push(
                     key,
                     format!("server.{key} must be an http:// or https:// URL, not \"{url}\""),
                 );
@@ -655,176 +870,113 @@ impl Config {
             ("bounce_domain", &self.server.bounce_domain),
         ] {
             if !is_domain(dom) {
-                push(key, format!("server.{key} \"{dom}\" is not a domain name"));
+                p.push(key, format!("server.{key} \"{dom}\" is not a domain name"));
             }
         }
-        if self.smtp.listen.is_empty() {
-            push(
+    }
+
+    /// Listeners, caps, timeouts and workers: `[smtp]`, `[http]`, `[webhooks]`,
+    /// `[feedback]`, `[queue]`, `[outbound]`.
+    fn limit_problems(&self, p: &mut Problems) {
+        let (smtp, http, webhooks) = (&self.smtp, &self.http, &self.webhooks);
+        p.check([
+            (
+                smtp.listen.is_empty(),
                 "[smtp]",
-                "smtp.listen must name at least one address".into(),
-            );
-        }
-        if self.smtp.max_message_size < 1024 {
-            push(
+                "smtp.listen must name at least one address",
+            ),
+            (
+                smtp.max_message_size < 1024,
                 "max_message_size",
-                "smtp.max_message_size must be at least 1024 bytes".into(),
-            );
-        }
-        if self.smtp.max_recipients == 0 {
-            push(
+                "smtp.max_message_size must be at least 1024 bytes",
+            ),
+            (
+                smtp.max_recipients == 0,
                 "max_recipients",
-                "smtp.max_recipients must be at least 1".into(),
-            );
-        }
-        if self.smtp.max_connections == 0 || self.smtp.max_connections_per_ip == 0 {
-            push(
+                "smtp.max_recipients must be at least 1",
+            ),
+            (
+                smtp.max_connections == 0 || smtp.max_connections_per_ip == 0,
                 "max_connections",
-                "smtp connection caps must be at least 1".into(),
-            );
-        }
-        if self.smtp.junk_command_limit == 0 {
-            push(
+                "smtp connection caps must be at least 1",
+            ),
+            (
+                smtp.junk_command_limit == 0,
                 "junk_command_limit",
-                "smtp.junk_command_limit must be at least 1".into(),
-            );
-        }
-        if self.http.header_timeout == 0 || self.http.max_connections == 0 {
-            push(
+                "smtp.junk_command_limit must be at least 1",
+            ),
+            (
+                http.header_timeout == 0 || http.max_connections == 0,
                 "[http]",
-                "http.header_timeout and http.max_connections must be at least 1".into(),
-            );
-        }
-        if self.webhooks.dead_letter_days == 0 {
-            push(
+                "http.header_timeout and http.max_connections must be at least 1",
+            ),
+            (
+                webhooks.dead_letter_days == 0,
                 "dead_letter_days",
-                "webhooks.dead_letter_days must be at least 1".into(),
-            );
-        }
+                "webhooks.dead_letter_days must be at least 1",
+            ),
+        ]);
         for r in &self.feedback.trusted_reporters {
             if !is_domain(r) {
-                push(
+                p.push(
                     r,
                     format!("feedback.trusted_reporters: \"{r}\" is not a domain name"),
                 );
             }
         }
-        if self.smtp.command_timeout == 0 || self.smtp.data_timeout == 0 {
-            push("timeout", "smtp timeouts must be at least 1 second".into());
-        }
-        if self.smtp.tls_cert.is_some() != self.smtp.tls_key.is_some() {
-            push(
+        p.check([
+            (
+                smtp.command_timeout == 0 || smtp.data_timeout == 0,
+                "timeout",
+                "smtp timeouts must be at least 1 second",
+            ),
+            (
+                smtp.tls_cert.is_some() != smtp.tls_key.is_some(),
                 "tls_",
-                "smtp.tls_cert and smtp.tls_key go together: set both or neither".into(),
-            );
-        }
-        if self.queue.concurrency == 0 || self.queue.retry_base == 0 {
-            push(
+                "smtp.tls_cert and smtp.tls_key go together: set both or neither",
+            ),
+            (
+                self.queue.concurrency == 0 || self.queue.retry_base == 0,
                 "[queue]",
-                "queue.concurrency and queue.retry_base must be at least 1".into(),
-            );
-        }
+                "queue.concurrency and queue.retry_base must be at least 1",
+            ),
+        ]);
         if let Err(e) = crate::model::urls::Policy::new(&self.outbound.allow_private_targets) {
-            push("allow_private_targets", e);
+            p.push("allow_private_targets", e);
         }
-        if self.webhooks.concurrency == 0 {
-            push(
-                "concurrency",
-                "webhooks.concurrency must be at least 1".into(),
-            );
-        }
+        p.check([(
+            webhooks.concurrency == 0,
+            "concurrency",
+            "webhooks.concurrency must be at least 1",
+        )]);
+    }
+
+    /// Every `[[asset]]`, then domains claimed twice; returns the asset ids.
+    fn asset_problems(&self, p: &mut Problems) -> HashSet<String> {
         let mut ids = HashSet::new();
         let mut domains = HashSet::new();
-        let mut out_dup = Vec::new();
+        let mut twice = Vec::new();
         for asset in &self.assets {
-            let needle = format!("\"{}\"", asset.id);
-            if asset.id.is_empty()
-                || !asset
-                    .id
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
-            {
-                push(
-                    &needle,
-                    format!(
-                        "asset id \"{}\" must be letters, digits, '_' or '-'",
-                        asset.id
-                    ),
-                );
-            }
-            if !ids.insert(asset.id.clone()) {
-                push(&needle, format!("asset id \"{}\" is used twice", asset.id));
-            }
-            for d in &asset.domains {
-                if !is_domain(d) {
-                    push(
-                        d,
-                        format!("asset {}: \"{d}\" is not a domain name", asset.id),
-                    );
-                } else if !domains.insert(d.clone()) {
-                    out_dup.push(d.clone());
-                }
-            }
-            for (key, url) in [
-                ("incoming_webhook", &asset.incoming_webhook),
-                ("delivery_webhook", &asset.delivery_webhook),
-            ] {
-                if let Some(url) = url {
-                    if reqwest::Url::parse(url)
-                        .map(|u| !matches!(u.scheme(), "http" | "https"))
-                        .unwrap_or(true)
-                    {
-                        push(
-                            url,
-                            format!("asset {}: {key} \"{url}\" is not an http(s) URL", asset.id),
-                        );
-                    }
-                }
-            }
-            if asset.max_inbound_size == 0 || asset.max_inbound_size > self.smtp.max_message_size {
-                push(
-                    "max_inbound_size",
-                    format!(
-                        "asset {}: max_inbound_size must be between 1 and smtp.max_message_size ({})",
-                        asset.id, self.smtp.max_message_size
-                    ),
-                );
-            }
-            if let Some(m) = asset.unsubscribe.as_ref().and_then(|u| u.mailto.as_deref()) {
-                let domain = m
-                    .rsplit_once('@')
-                    .map(|(_, d)| d.to_ascii_lowercase())
-                    .unwrap_or_default();
-                if !asset.domains.contains(&domain) {
-                    push(m, format!("asset {}: unsubscribe.mailto \"{m}\" must be an address at one of the asset's domains", asset.id));
-                }
-            }
-            if let Some(route) = &asset.route {
-                for msg in route.problems() {
-                    push("kind", format!("asset {}: route: {msg}", asset.id));
-                }
-            }
-            if asset.inbound && asset.incoming_webhook.is_none() {
-                push(
-                    &needle,
-                    format!(
-                        "asset {}: inbound = true needs an incoming_webhook",
-                        asset.id
-                    ),
-                );
-            }
+            asset.identity_problems(&mut ids, &mut domains, &mut twice, p);
+            asset.setting_problems(self.smtp.max_message_size, p);
         }
-        for d in out_dup {
-            push(
+        for d in twice {
+            p.push(
                 &format!("\u{0}{d}"),
                 format!("domain \"{d}\" belongs to two assets; a domain has one asset"),
             );
         }
+        ids
+    }
+
+    /// `[ses]`: trusted URL prefixes, and the topics required once an asset routes by SES.
+    fn ses_problems(&self, p: &mut Problems) {
         for prefix in &self.ses.trust_url_prefixes {
             if reqwest::Url::parse(prefix)
                 .map(|u| !matches!(u.scheme(), "http" | "https") || !prefix.ends_with('/'))
                 .unwrap_or(true)
             {
-                push(
+                p.push(
                     prefix,
                     format!(
                         "ses.trust_url_prefixes: \"{prefix}\" must be an http(s) URL ending in '/'"
@@ -832,16 +984,21 @@ impl Config {
                 );
             }
         }
-        let has_ses = self
-            .assets
-            .iter()
-            .any(|a| a.route.as_ref().is_some_and(|r| r.kind == RouteKind::Ses));
+        let has_ses = self.assets.iter().any(|a| {
+            a.route_written
+                .as_ref()
+                .is_some_and(|r| r.kind == RouteKind::Ses)
+        });
         if has_ses && self.ses.topic_arns.is_empty() {
-            push(
+            p.push(
                 "kind",
                 "ses.topic_arns must list the SNS topics of your SES events when an asset has kind = \"ses\" (otherwise anyone could subscribe /ses/events to a topic of theirs)".into(),
             );
         }
+    }
+
+    /// Every `[[service]]`: id, key (unique), assets among `asset_ids`, tps.
+    fn service_problems(&self, asset_ids: &HashSet<String>, p: &mut Problems) {
         let mut service_ids = HashSet::new();
         let mut service_keys = HashSet::new();
         for service in &self.services {
@@ -852,7 +1009,7 @@ impl Config {
                     .chars()
                     .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-' || c == '.')
             {
-                push(
+                p.push(
                     &needle,
                     format!(
                         "service id \"{}\" must be letters, digits, '_', '-' or '.'",
@@ -861,19 +1018,19 @@ impl Config {
                 );
             }
             if !service_ids.insert(service.id.clone()) {
-                push(
+                p.push(
                     &service.id,
                     format!("service id \"{}\" is used twice", service.id),
                 );
             }
             let key = service.key.expose();
             if key.trim().is_empty() {
-                push(
+                p.push(
                     &needle,
                     format!("service {}: key must not be empty", service.id),
                 );
             } else if !service_keys.insert(key.to_string()) {
-                push(
+                p.push(
                     &needle,
                     format!(
                         "service {}: key is the same as another service's; each service needs its own key",
@@ -882,29 +1039,20 @@ impl Config {
                 );
             }
             for a in &service.assets {
-                if !ids.contains(a) {
-                    push(
+                if !asset_ids.contains(a) {
+                    p.push(
                         a,
                         format!("service {}: asset \"{a}\" is not defined", service.id),
                     );
                 }
             }
             if service.tps == 0 {
-                push(
+                p.push(
                     "tps",
                     format!("service {}: tps must be at least 1", service.id),
                 );
             }
         }
-        out.into_iter()
-            .map(|(at, msg)| match at {
-                // A leading NUL marks "the second mention": the duplicate, not the original.
-                Locate::First(n) if n.starts_with('\u{0}') => {
-                    (Locate::Last(format!("\"{}\"", &n[1..])), msg)
-                }
-                other => (other, msg),
-            })
-            .collect()
     }
 
     pub fn contact_policy(&self, group: &str) -> Option<&ContactPolicyConfig> {
@@ -948,6 +1096,38 @@ fn is_domain(s: &str) -> bool {
 
 fn line_of_offset(text: &str, offset: usize) -> usize {
     text[..offset.min(text.len())].matches('\n').count() + 1
+}
+
+/// Problems found so far, each with the text that locates it in the file.
+#[derive(Default)]
+struct Problems(Vec<(String, String)>);
+
+impl Problems {
+    /// A problem found on the first line mentioning `needle`; a leading NUL means the
+    /// last line mentioning it in quotes (the second mention: the duplicate, not the
+    /// original).
+    fn push(&mut self, needle: &str, msg: String) {
+        self.0.push((needle.to_string(), msg));
+    }
+
+    /// Each `(is wrong, needle, message)` that is wrong, in order.
+    fn check<const N: usize>(&mut self, rules: [(bool, &str, &str); N]) {
+        for (wrong, needle, msg) in rules {
+            if wrong {
+                self.push(needle, msg.to_string());
+            }
+        }
+    }
+
+    fn into_located(self) -> Vec<(Locate, String)> {
+        self.0
+            .into_iter()
+            .map(|(needle, msg)| match needle.strip_prefix('\u{0}') {
+                Some(n) => (Locate::Last(format!("\"{n}\"")), msg),
+                None => (Locate::First(needle), msg),
+            })
+            .collect()
+    }
 }
 
 /// Where a problem stands: the first or the last line mentioning some text
@@ -1059,6 +1239,31 @@ bounce_domain = "bounces.example.test"
         let err = Config::parse(&trust, "t").unwrap_err().to_string();
         assert!(
             err.contains("must be an http(s) URL ending in '/'"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn routes_are_typed_by_kind_and_keys_of_the_other_kind_are_ignored() {
+        let text = format!(
+            "{MINIMAL}\n[[asset]]\nid = \"a1\"\n[asset.route]\nkind = \"ses\"\nregion = \"eu-west-1\"\naccess_key_id = \"k\"\nsecret_access_key = \"s\"\nhost = \"ignored\"\n\n[ses]\ntopic_arns = [\"arn:aws:sns:eu-west-1:1:t\"]\n"
+        );
+        let config = Config::parse(&text, "t").unwrap();
+        match &config.assets[0].route {
+            Some(RouteConfig::Ses(ses)) => {
+                assert_eq!(ses.region, "eu-west-1");
+                assert_eq!(ses.access_key_id.expose(), "k");
+            }
+            other => panic!("{other:?}"),
+        }
+        let smtp: RouteConfig =
+            toml::from_str("kind = \"smtp\"\nhost = \"relay.example.test\"").unwrap();
+        assert!(matches!(smtp, RouteConfig::Smtp(s) if s.host == "relay.example.test"));
+        let err = toml::from_str::<RouteConfig>("kind = \"ses\"")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("needs region; kind = \"ses\" needs access_key_id"),
             "{err}"
         );
     }

@@ -150,146 +150,141 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let path = cli.config;
     match cli.command {
-        Command::Serve => return serve(path),
-        Command::CheckConfig => return check_config(&path),
-        _ => {}
-    }
-    // The other commands need a valid configuration and never start the daemon.
-    let config = match Config::load(&path) {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("{e}");
-            return ExitCode::from(1);
-        }
-    };
-    match cli.command {
-        Command::Serve | Command::CheckConfig => unreachable!("handled above"),
-        Command::Domain {
-            action: DomainAction::Records { domain, format },
-        } => match postern::outbound::domains::records(&config, &domain) {
-            Ok(records) if format == "json" => {
-                println!(
-                    "{}",
-                    serde_json::to_string_pretty(&records).unwrap_or_default()
-                );
-                ExitCode::SUCCESS
-            }
-            Ok(records) => {
-                print!("{}", postern::outbound::domains::table(&records));
-                ExitCode::SUCCESS
-            }
-            Err(e) => {
-                eprintln!("postern: {e}");
-                ExitCode::from(1)
-            }
-        },
-        Command::Domain {
-            action: DomainAction::Verify { domain, format },
-        } => {
-            let url = format!("{}/admin/domains/{domain}/verify", admin_base(&config));
-            let Some((status, body)) = admin_call(&config, |c| c.post(&url)) else {
-                return ExitCode::from(1);
-            };
-            let parsed: Option<postern::outbound::domains::Verification> =
-                serde_json::from_str(&body).ok();
-            match parsed {
-                Some(v) if status.is_success() => {
-                    if format == "json" {
-                        println!("{body}");
-                    } else {
-                        print!("{}", postern::outbound::domains::report(&v));
-                    }
-                    if v.verified {
-                        ExitCode::SUCCESS
-                    } else {
-                        ExitCode::from(1)
-                    }
-                }
-                _ => {
-                    eprintln!("postern: the daemon answered {status}: {body}");
-                    ExitCode::from(1)
-                }
-            }
-        }
-        Command::Domain {
-            action:
-                DomainAction::RotateDkim {
-                    domain,
-                    grace,
-                    selector,
-                },
-        } => {
-            let domain = domain.trim().trim_end_matches('.').to_ascii_lowercase();
-            let Some(asset) = config.asset_for_domain(&domain) else {
-                eprintln!("postern: domain {domain} belongs to no asset in the configuration");
-                return ExitCode::from(1);
-            };
-            let (sel, alg) = asset
-                .dkim
-                .as_ref()
-                .map(|d| (d.selector.clone(), d.algorithm))
-                .unwrap_or_else(|| ("postern1".into(), Default::default()));
-            match postern::outbound::dkim::rotate(
-                &config.server.data_dir,
-                &domain,
-                (&sel, alg),
-                selector.as_deref(),
-                alg,
-                grace,
-            ) {
-                Ok(state) => {
-                    let new = state.selectors.last().cloned();
-                    if let Some(s) = new {
-                        println!(
-                            "{domain}: new selector {} signs from {} (after {}s); publish its record now:",
-                            s.selector,
-                            postern::model::time::timestamp(s.signing_from * 1000),
-                            grace.as_secs()
-                        );
-                    }
-                    match postern::outbound::domains::records(&config, &domain) {
-                        Ok(records) => {
-                            let dkim: Vec<_> = records
-                                .into_iter()
-                                .filter(|r| r.purpose.starts_with("dkim"))
-                                .collect();
-                            print!("{}", postern::outbound::domains::table(&dkim));
-                            ExitCode::SUCCESS
-                        }
-                        Err(e) => {
-                            eprintln!("postern: {e}");
-                            ExitCode::from(1)
-                        }
-                    }
-                }
-                Err(e) => {
-                    eprintln!("postern: {e}");
-                    ExitCode::from(1)
-                }
-            }
-        }
-        Command::Suppression { action } => suppression(&config, action),
+        Command::Serve => serve(path),
+        Command::CheckConfig => check_config(&path),
+        Command::Domain { action } => with_config(&path, |config| domain(config, action)),
+        Command::Suppression { action } => with_config(&path, |config| suppression(config, action)),
         Command::Route {
             action: RouteAction::Test { asset },
-        } => {
-            let Some(route) = config.asset(&asset).and_then(|a| a.route.clone()) else {
-                eprintln!("postern: asset {asset} has no route in the configuration");
-                return ExitCode::from(1);
-            };
-            let Some(runtime) = runtime() else {
-                return ExitCode::from(1);
-            };
-            let route = postern::outbound::route::Route::new(&route, &config.server.hostname);
-            match runtime.block_on(route.test()) {
-                Ok(report) => {
-                    println!("{report}");
-                    ExitCode::SUCCESS
-                }
-                Err(e) => {
-                    eprintln!("postern: route test failed: {e}");
-                    ExitCode::from(1)
-                }
+        } => with_config(&path, |config| route_test(config, &asset)),
+    }
+}
+
+/// Runs a command that needs a valid configuration (and never starts the daemon).
+fn with_config(path: &std::path::Path, command: impl FnOnce(&Config) -> ExitCode) -> ExitCode {
+    match Config::load(path) {
+        Ok(config) => command(&config),
+        Err(e) => {
+            eprintln!("{e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// The result of a command that prints its output itself: 0, or 1 after printing the error.
+fn exit(result: Result<(), impl std::fmt::Display>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("postern: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// `postern domain ...`.
+fn domain(config: &Config, action: DomainAction) -> ExitCode {
+    match action {
+        DomainAction::Records { domain, format } => exit(domain_records(config, &domain, &format)),
+        DomainAction::Verify { domain, format } => domain_verify(config, &domain, &format),
+        DomainAction::RotateDkim {
+            domain,
+            grace,
+            selector,
+        } => exit(rotate_dkim(config, &domain, grace, selector.as_deref())),
+    }
+}
+
+/// `postern domain records`: the records to publish, as a table or JSON.
+fn domain_records(
+    config: &Config,
+    domain: &str,
+    format: &str,
+) -> Result<(), postern::outbound::domains::DomainError> {
+    let records = postern::outbound::domains::records(config, domain)?;
+    if format == "json" {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&records).unwrap_or_default()
+        );
+    } else {
+        print!("{}", postern::outbound::domains::table(&records));
+    }
+    Ok(())
+}
+
+/// `postern domain verify`: the running daemon looks the records up; exit 0 only when
+/// the domain is verified.
+fn domain_verify(config: &Config, domain: &str, format: &str) -> ExitCode {
+    let url = format!("{}/admin/domains/{domain}/verify", admin_base(config));
+    let Some((status, body)) = admin_call(config, |c| c.post(&url)) else {
+        return ExitCode::from(1);
+    };
+    let parsed: Option<postern::outbound::domains::Verification> = serde_json::from_str(&body).ok();
+    match parsed {
+        Some(v) if status.is_success() => {
+            if format == "json" {
+                println!("{body}");
+            } else {
+                print!("{}", postern::outbound::domains::report(&v));
             }
+            if v.verified {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            }
+        }
+        _ => {
+            eprintln!("postern: the daemon answered {status}: {body}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// `postern domain rotate-dkim`: starts the rotation, then prints the new selector and
+/// the DKIM records to publish now.
+fn rotate_dkim(
+    config: &Config,
+    domain: &str,
+    grace: Duration,
+    selector: Option<&str>,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let started = postern::outbound::dkim::rotate_domain(config, domain, selector, grace)?;
+    if let Some(s) = started.rotation.selectors.last() {
+        println!(
+            "{}: new selector {} signs from {} (after {}s); publish its record now:",
+            started.domain,
+            s.selector,
+            postern::model::time::timestamp(s.signing_from * 1000),
+            grace.as_secs()
+        );
+    }
+    let dkim: Vec<_> = postern::outbound::domains::records(config, &started.domain)?
+        .into_iter()
+        .filter(|r| r.purpose.starts_with("dkim"))
+        .collect();
+    print!("{}", postern::outbound::domains::table(&dkim));
+    Ok(())
+}
+
+/// `postern route test`: connects and authenticates to the asset's route, sends nothing.
+fn route_test(config: &Config, asset: &str) -> ExitCode {
+    let Some(route) = config.asset(asset).and_then(|a| a.route.clone()) else {
+        eprintln!("postern: asset {asset} has no route in the configuration");
+        return ExitCode::from(1);
+    };
+    let Some(runtime) = runtime() else {
+        return ExitCode::from(1);
+    };
+    let route = postern::outbound::route::Route::new(&route, &config.server.hostname);
+    match runtime.block_on(route.test()) {
+        Ok(report) => {
+            println!("{report}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("postern: route test failed: {e}");
+            ExitCode::from(1)
         }
     }
 }

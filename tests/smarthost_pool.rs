@@ -114,6 +114,9 @@ fn route(server: &Scripted) -> SmtpRoute {
         server.addr.port()
     ))
     .unwrap();
+    let RouteConfig::Smtp(config) = config else {
+        unreachable!("an smtp route")
+    };
     SmtpRoute::new(config, "mx.example.test".into(), None).with_timeout(TIMEOUT)
 }
 

@@ -9,7 +9,7 @@
 //! same period after that (mail in flight is verified against it), then is retired. Without
 //! that file, the asset's configured selector is the domain's only key.
 
-use crate::config::DkimAlgorithm;
+use crate::config::{Config, DkimAlgorithm};
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
 use mail_auth::common::crypto::{Ed25519Key, RsaKey, Sha256};
@@ -72,6 +72,8 @@ pub enum DkimError {
     SelectorInUse(String),
     #[error("selector \"{0}\" must be letters, digits and '-', at most 63 characters")]
     BadSelector(String),
+    #[error("domain {0} belongs to no asset in the configuration")]
+    UnknownDomain(String),
 }
 
 enum Signer {
@@ -238,6 +240,87 @@ impl Rotation {
     }
 }
 
+impl Rotation {
+    /// A domain never rotated: its configured key alone, signing since ever.
+    fn configured((selector, algorithm): (&str, DkimAlgorithm)) -> Rotation {
+        Rotation {
+            selectors: vec![SelectorState {
+                selector: selector.to_string(),
+                algorithm,
+                signing_from: 0,
+                retire_at: None,
+            }],
+        }
+    }
+
+    /// Forgets retired keys, and a key still waiting to sign (a rotation started before
+    /// this one): it never signed, nothing needs it. Their files stay.
+    fn forget_unused(&mut self, now: u64) {
+        self.selectors
+            .retain(|s| s.signing_from <= now && s.retire_at.is_none_or(|r| r > now));
+    }
+
+    /// The next numbered selector, past any number whose key file exists (a forgotten
+    /// pending key keeps its file).
+    fn free_selector(&self, dir: &Path, domain: &str) -> String {
+        let mut taken: Vec<String> = self.selectors.iter().map(|s| s.selector.clone()).collect();
+        loop {
+            let refs: Vec<&str> = taken.iter().map(String::as_str).collect();
+            let next = next_selector(&refs);
+            if !key_path(dir, domain, &next).exists() {
+                return next;
+            }
+            taken.push(next);
+        }
+    }
+
+    /// Refuses a selector DNS cannot carry, or one in use or with a key file already.
+    fn check_new(&self, dir: &Path, domain: &str, selector: &str) -> Result<(), DkimError> {
+        if selector.is_empty()
+            || selector.len() > 63
+            || !selector
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-')
+        {
+            return Err(DkimError::BadSelector(selector.to_string()));
+        }
+        if self.selectors.iter().any(|s| s.selector == selector)
+            || key_path(dir, domain, selector).exists()
+        {
+            return Err(DkimError::SelectorInUse(selector.to_string()));
+        }
+        Ok(())
+    }
+
+    /// Adds the new key, signing `grace` seconds from `now`, and schedules the current
+    /// keys' retirement `grace` (at least `MIN_RETIRING`) after that. Returns when the new
+    /// key signs.
+    fn start(&mut self, selector: &str, algorithm: DkimAlgorithm, now: u64, grace: u64) -> u64 {
+        let switch = now + grace;
+        for s in &mut self.selectors {
+            if s.retire_at.is_none() {
+                s.retire_at = Some(switch + grace.max(MIN_RETIRING));
+            }
+        }
+        self.selectors.push(SelectorState {
+            selector: selector.to_string(),
+            algorithm,
+            signing_from: switch,
+            retire_at: None,
+        });
+        switch
+    }
+
+    /// Writes the state to `<domain>.json` (a temporary file renamed over it).
+    fn save(&self, dir: &Path, data_dir: &Path, domain: &str) -> Result<(), DkimError> {
+        let path = rotation_path(data_dir, domain);
+        let tmp = dir.join(format!(".{domain}.json.tmp"));
+        let json = serde_json::to_vec_pretty(self).unwrap_or_default();
+        std::fs::write(&tmp, json).map_err(io_error(&tmp))?;
+        std::fs::rename(&tmp, &path).map_err(io_error(&path))
+    }
+}
+
 /// The (selector, algorithm) that signs for `domain` now: the rotation's, else the
 /// configured one.
 pub fn current_selector(
@@ -286,71 +369,19 @@ pub fn rotate(
     let dir = key_dir(data_dir)?;
     let lock = lock_keys(&dir)?;
     let now = unix_now();
-    let mut state = Rotation::load(data_dir, domain)?.unwrap_or_else(|| Rotation {
-        selectors: vec![SelectorState {
-            selector: configured.0.to_string(),
-            algorithm: configured.1,
-            signing_from: 0,
-            retire_at: None,
-        }],
-    });
-    // Retired keys are forgotten, and so is a key still waiting to sign (a rotation
-    // started before this one): it never signed, nothing needs it. Files stay.
-    state
-        .selectors
-        .retain(|s| s.signing_from <= now && s.retire_at.is_none_or(|r| r > now));
-    let used: Vec<&str> = state
-        .selectors
-        .iter()
-        .map(|s| s.selector.as_str())
-        .collect();
+    let mut state =
+        Rotation::load(data_dir, domain)?.unwrap_or_else(|| Rotation::configured(configured));
+    state.forget_unused(now);
     let selector = match selector {
         Some(s) => s.to_string(),
-        None => {
-            // Past any number whose key file exists (a dropped pending key keeps its file).
-            let mut taken: Vec<String> = used.iter().map(|s| s.to_string()).collect();
-            loop {
-                let refs: Vec<&str> = taken.iter().map(String::as_str).collect();
-                let next = next_selector(&refs);
-                if !key_path(&dir, domain, &next).exists() {
-                    break next;
-                }
-                taken.push(next);
-            }
-        }
+        None => state.free_selector(&dir, domain),
     };
-    if selector.is_empty()
-        || selector.len() > 63
-        || !selector
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '-')
-    {
-        return Err(DkimError::BadSelector(selector));
-    }
-    if used.contains(&selector.as_str()) || key_path(&dir, domain, &selector).exists() {
-        return Err(DkimError::SelectorInUse(selector));
-    }
-    let grace = grace.as_secs();
-    let switch = now + grace;
-    for s in &mut state.selectors {
-        if s.retire_at.is_none() {
-            s.retire_at = Some(switch + grace.max(MIN_RETIRING));
-        }
-    }
-    state.selectors.push(SelectorState {
-        selector: selector.clone(),
-        algorithm,
-        signing_from: switch,
-        retire_at: None,
-    });
+    state.check_new(&dir, domain, &selector)?;
+    let switch = state.start(&selector, algorithm, now, grace.as_secs());
     drop(lock);
     // The key is made (under the lock again) before the state names it.
     load_or_create(data_dir, domain, &selector, algorithm)?;
-    let path = rotation_path(data_dir, domain);
-    let tmp = dir.join(format!(".{domain}.json.tmp"));
-    let json = serde_json::to_vec_pretty(&state).unwrap_or_default();
-    std::fs::write(&tmp, json).map_err(io_error(&tmp))?;
-    std::fs::rename(&tmp, &path).map_err(io_error(&path))?;
+    state.save(&dir, data_dir, domain)?;
     tracing::info!(
         domain,
         selector,
@@ -358,6 +389,39 @@ pub fn rotate(
         "DKIM rotation started"
     );
     Ok(state)
+}
+
+/// A rotation started for a domain of the configuration (`postern domain rotate-dkim`).
+pub struct Started {
+    /// The domain as the configuration spells it (lower case, no trailing dot).
+    pub domain: String,
+    /// Its rotation, the new key last.
+    pub rotation: Rotation,
+}
+
+/// Starts a rotation of `domain` (any case, a trailing dot allowed), which an asset of
+/// `config` must own, from that asset's configured key: the new key has the same
+/// algorithm. See [`rotate`].
+pub fn rotate_domain(
+    config: &Config,
+    domain: &str,
+    selector: Option<&str>,
+    grace: Duration,
+) -> Result<Started, DkimError> {
+    let domain = domain.trim().trim_end_matches('.').to_ascii_lowercase();
+    let asset = config
+        .asset_for_domain(&domain)
+        .ok_or_else(|| DkimError::UnknownDomain(domain.clone()))?;
+    let (configured, algorithm) = asset.dkim_key();
+    let rotation = rotate(
+        &config.server.data_dir,
+        &domain,
+        (configured, algorithm),
+        selector,
+        algorithm,
+        grace,
+    )?;
+    Ok(Started { domain, rotation })
 }
 
 /// Loads the key of `domain`/`selector`, generating it (under a lock) when absent.

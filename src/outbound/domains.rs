@@ -4,10 +4,11 @@
 //! absent). `verify` looks them up and judges each ok / missing / wrong; a domain is
 //! verified when its verification TXT and its signing key's record are both right.
 
-use crate::config::{Config, DkimAlgorithm, RouteKind};
+use crate::config::{Config, DkimAlgorithm, RouteConfig};
 use crate::outbound::dkim::{Phase, Rotation};
 use hickory_resolver::TokioResolver;
 use serde::{Deserialize, Serialize};
+use std::path::Path;
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Record {
@@ -29,6 +30,17 @@ pub enum DomainError {
     Key(std::io::Error),
 }
 
+impl Record {
+    fn new(purpose: &str, name: String, kind: &str, value: String) -> Record {
+        Record {
+            purpose: purpose.into(),
+            name,
+            kind: kind.into(),
+            value,
+        }
+    }
+}
+
 /// Every record to publish for `domain`.
 pub fn records(config: &Config, domain: &str) -> Result<Vec<Record>, DomainError> {
     let domain = domain.trim().trim_end_matches('.').to_ascii_lowercase();
@@ -36,100 +48,105 @@ pub fn records(config: &Config, domain: &str) -> Result<Vec<Record>, DomainError
         .asset_for_domain(&domain)
         .ok_or_else(|| DomainError::Unknown(domain.clone()))?;
     let data_dir = &config.server.data_dir;
+    let token = verification_token(data_dir, &domain)?;
+    let mut out = vec![Record::new(
+        "verification",
+        format!("_postern.{domain}"),
+        "TXT",
+        format!("postern-verification={token}"),
+    )];
+    out.extend(dkim_records(data_dir, &domain, asset.dkim_key())?);
+    out.extend([
+        Record::new("spf", domain.clone(), "TXT", spf(asset.route.as_ref())),
+        Record::new(
+            "dmarc",
+            format!("_dmarc.{domain}"),
+            "TXT",
+            format!("v=DMARC1; p=none; rua=mailto:dmarc-reports@{domain}"),
+        ),
+    ]);
+    if asset.inbound {
+        out.push(Record::new(
+            "mx",
+            domain.clone(),
+            "MX",
+            format!("10 {}.", config.server.hostname),
+        ));
+    }
+    Ok(out)
+}
+
+/// The domain's verification token: 32 characters of its signature with the daemon's
+/// signing key (made when absent), so nobody without the key can compute it.
+fn verification_token(data_dir: &Path, domain: &str) -> Result<String, DomainError> {
     let signer =
         crate::model::tokens::Signer::load_or_create(data_dir).map_err(DomainError::Key)?;
-    let verification = signer.sign("domain-verification", &domain);
-    let token: String = verification
+    let verification = signer.sign("domain-verification", domain);
+    Ok(verification
         .rsplit('.')
         .next()
         .unwrap_or_default()
         .chars()
         .take(32)
-        .collect();
-    let (selector, algorithm) = asset
-        .dkim
-        .as_ref()
-        .map(|d| (d.selector.clone(), d.algorithm))
-        .unwrap_or_else(|| ("postern1".into(), DkimAlgorithm::RsaSha256));
+        .collect())
+}
+
+/// The DKIM TXT records: every key the rotation publishes now, with its phase, or the
+/// configured key alone when the domain was never rotated. Keys are made when absent.
+fn dkim_records(
+    data_dir: &Path,
+    domain: &str,
+    configured: (&str, DkimAlgorithm),
+) -> Result<Vec<Record>, DomainError> {
+    let record = |purpose: &str, selector: &str, algorithm| {
+        let key = crate::outbound::dkim::load_or_create(data_dir, domain, selector, algorithm)?;
+        Ok::<_, DomainError>(Record::new(
+            purpose,
+            key.record_name(),
+            "TXT",
+            key.txt_record(),
+        ))
+    };
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap_or_default()
         .as_secs();
-    let rotation = Rotation::load(data_dir, &domain)?;
-    let mut dkim = Vec::new();
+    let rotation = Rotation::load(data_dir, domain)?;
     match rotation.as_ref().map(|r| r.published(now)) {
-        Some(published) if !published.is_empty() => {
-            for (s, phase) in published {
-                let key = crate::outbound::dkim::load_or_create(
-                    data_dir,
-                    &domain,
-                    &s.selector,
-                    s.algorithm,
-                )?;
-                let purpose = match phase {
-                    Phase::Signing => "dkim",
-                    Phase::Next => "dkim-next",
-                    Phase::Retiring => "dkim-retiring",
-                };
-                dkim.push(Record {
-                    purpose: purpose.into(),
-                    name: key.record_name(),
-                    kind: "TXT".into(),
-                    value: key.txt_record(),
-                });
+        Some(published) if !published.is_empty() => published
+            .into_iter()
+            .map(|(s, phase)| record(dkim_purpose(phase), &s.selector, s.algorithm))
+            .collect(),
+        _ => Ok(vec![record("dkim", configured.0, configured.1)?]),
+    }
+}
+
+/// The purpose a DKIM record is listed under, by its key's phase.
+fn dkim_purpose(phase: Phase) -> &'static str {
+    match phase {
+        Phase::Signing => "dkim",
+        Phase::Next => "dkim-next",
+        Phase::Retiring => "dkim-retiring",
+    }
+}
+
+/// The SPF suggestion for the asset's route: SES's include, the smarthost's address or
+/// name, else the domain's MX hosts.
+fn spf(route: Option<&RouteConfig>) -> String {
+    match route {
+        Some(RouteConfig::Ses(_)) => "v=spf1 include:amazonses.com ~all".to_string(),
+        Some(RouteConfig::Smtp(smtp)) => {
+            let h = &smtp.host;
+            if h.parse::<std::net::Ipv4Addr>().is_ok() {
+                format!("v=spf1 ip4:{h} ~all")
+            } else if h.parse::<std::net::Ipv6Addr>().is_ok() {
+                format!("v=spf1 ip6:{h} ~all")
+            } else {
+                format!("v=spf1 a:{h} ~all")
             }
         }
-        _ => {
-            let key =
-                crate::outbound::dkim::load_or_create(data_dir, &domain, &selector, algorithm)?;
-            dkim.push(Record {
-                purpose: "dkim".into(),
-                name: key.record_name(),
-                kind: "TXT".into(),
-                value: key.txt_record(),
-            });
-        }
-    }
-    let spf = match asset.route.as_ref() {
-        Some(r) if r.kind == RouteKind::Ses => "v=spf1 include:amazonses.com ~all".to_string(),
-        Some(r) => match r.host.as_deref() {
-            Some(h) if h.parse::<std::net::Ipv4Addr>().is_ok() => format!("v=spf1 ip4:{h} ~all"),
-            Some(h) if h.parse::<std::net::Ipv6Addr>().is_ok() => format!("v=spf1 ip6:{h} ~all"),
-            Some(h) => format!("v=spf1 a:{h} ~all"),
-            None => "v=spf1 mx ~all".to_string(),
-        },
         None => "v=spf1 mx ~all".to_string(),
-    };
-    let mut out = vec![Record {
-        purpose: "verification".into(),
-        name: format!("_postern.{domain}"),
-        kind: "TXT".into(),
-        value: format!("postern-verification={token}"),
-    }];
-    out.extend(dkim);
-    out.extend([
-        Record {
-            purpose: "spf".into(),
-            name: domain.clone(),
-            kind: "TXT".into(),
-            value: spf,
-        },
-        Record {
-            purpose: "dmarc".into(),
-            name: format!("_dmarc.{domain}"),
-            kind: "TXT".into(),
-            value: format!("v=DMARC1; p=none; rua=mailto:dmarc-reports@{domain}"),
-        },
-    ]);
-    if asset.inbound {
-        out.push(Record {
-            purpose: "mx".into(),
-            name: domain.clone(),
-            kind: "MX".into(),
-            value: format!("10 {}.", config.server.hostname),
-        });
     }
-    Ok(out)
 }
 
 /// A plain table for people.

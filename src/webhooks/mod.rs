@@ -504,7 +504,8 @@ impl Worker {
                     self.to_dead(entry, why).await;
                     return;
                 }
-                let delay = retry::delay(entry.attempts, rand::random::<f64>())
+                let delay = retry::BACKOFF
+                    .delay(entry.attempts, rand::random::<f64>())
                     .max(after.unwrap_or_default());
                 entry.next_ms = (now + delay.as_millis() as u64).min(deadline);
                 entry.last_error = reason.clone();

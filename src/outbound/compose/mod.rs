@@ -3,9 +3,9 @@
 //! asset domain's DKIM key after every other header is final, and makes the VERP return
 //! path. Header values were refused at the API if they held CR/LF.
 
-use crate::config::{Config, DkimAlgorithm};
+use crate::config::{AssetConfig, Config, RouteConfig, DEFAULT_DKIM_KEY};
 use crate::model::tokens::Signer;
-use crate::outbound::dkim::Keys;
+use crate::outbound::dkim::{Coverage, Keys};
 use crate::store::messages::MessageRecord;
 use futures::StreamExt;
 use mail_builder::headers::address::Address;
@@ -73,6 +73,27 @@ pub async fn build(
     signer: &Signer,
     data_dir: &Path,
 ) -> Result<Vec<u8>, BuildError> {
+    let files = fetch_attachments(record, fetcher).await?;
+    let msg = headers(record, config);
+    let (msg, unsubscribe_url) = unsubscribe(msg, record, config, signer);
+    let mut msg = bodies(msg, record, config, signer, &unsubscribe_url)?;
+    for (a, bytes) in record.attachments.iter().zip(files) {
+        msg = msg.attachment(a.mimetype.clone(), a.name.clone(), bytes);
+    }
+    let body = msg
+        .write_to_vec()
+        .map_err(|e| BuildError::Dkim(e.to_string()))?;
+    if body.len() > MAX_MESSAGE {
+        return Err(BuildError::TooLarge(body.len()));
+    }
+    sign(body, record, config, keys, data_dir)
+}
+
+/// Every attachment's content, in order, within the 10 MB budget of the message.
+async fn fetch_attachments(
+    record: &MessageRecord,
+    fetcher: &reqwest::Client,
+) -> Result<Vec<Vec<u8>>, BuildError> {
     let mut files = Vec::new();
     let mut budget = MAX_MESSAGE;
     for a in &record.attachments {
@@ -85,45 +106,59 @@ pub async fn build(
         budget = budget.saturating_sub(bytes.len());
         files.push(bytes);
     }
+    Ok(files)
+}
+
+/// An address list header value.
+fn address_list(addresses: &[String]) -> Address<'static> {
+    Address::new_list(
+        addresses
+            .iter()
+            .map(|a| Address::new_address(None::<String>, a.clone()))
+            .collect(),
+    )
+}
+
+/// From, To, Cc, Reply-To, Subject, Message-ID and Date.
+fn headers(record: &MessageRecord, config: &Config) -> MessageBuilder<'static> {
     let from = Address::new_address(record.from_name.clone(), record.from.clone());
     let mut msg = MessageBuilder::new()
         .from(from)
-        .to(Address::new_list(
-            record
-                .to
-                .iter()
-                .map(|a| Address::new_address(None::<String>, a.clone()))
-                .collect(),
-        ))
+        .to(address_list(&record.to))
         .subject(record.subject.clone())
         .message_id(format!("{}@{}", record.tid, config.server.hostname))
         .date(mail_builder::headers::date::Date::now());
     if !record.cc.is_empty() {
-        msg = msg.cc(Address::new_list(
-            record
-                .cc
-                .iter()
-                .map(|a| Address::new_address(None::<String>, a.clone()))
-                .collect(),
-        ));
+        msg = msg.cc(address_list(&record.cc));
     }
     if let Some(r) = &record.reply_to {
         msg = msg.reply_to(r.clone());
     }
-    // Unsubscribe: one link per message. It speaks for the message's only recipient; a
-    // message to several (multipleToRecipients) cannot tell who clicked, so its link names
-    // nobody (the page asks for the address), it gets no one-click header, and its mailto
-    // carries no token (mail to it acts on an aligned-DMARC From only).
-    let subject = crate::outbound::track::unsubscribe::subject_of(record);
-    let token = crate::outbound::track::unsubscribe::token(signer, &subject);
-    let unsubscribe_url = format!(
+    msg
+}
+
+/// Adds the List-Unsubscribe headers the asset wants; returns the message and its
+/// unsubscribe link (what `$(unsubscribe)` in a body becomes).
+///
+/// One link per message. It speaks for the message's only recipient; a message to several
+/// (multipleToRecipients) cannot tell who clicked, so its link names nobody (the page asks
+/// for the address), it gets no one-click header, and its mailto carries no token (mail to
+/// it acts on an aligned-DMARC From only).
+fn unsubscribe(
+    mut msg: MessageBuilder<'static>,
+    record: &MessageRecord,
+    config: &Config,
+    signer: &Signer,
+) -> (MessageBuilder<'static>, String) {
+    use crate::outbound::track::unsubscribe as unsub;
+    let subject = unsub::subject_of(record);
+    let token = unsub::token(signer, &subject);
+    let url = format!(
         "{}/u/{token}",
         config.server.public_url.trim_end_matches('/'),
     );
     let mail_token = (!subject.recipient.is_empty()).then_some(token.as_str());
-    if let Some((value, one_click)) =
-        crate::outbound::track::unsubscribe::headers(config, record, &unsubscribe_url, mail_token)
-    {
+    if let Some((value, one_click)) = unsub::headers(config, record, &url, mail_token) {
         msg = msg.header(
             "List-Unsubscribe",
             mail_builder::headers::raw::Raw::new(value),
@@ -135,71 +170,95 @@ pub async fn build(
             );
         }
     }
-    // Opens and clicks of a message to several recipients are bound to its first.
-    let tracked = record
-        .recipients
-        .first()
-        .map(|r| r.address.clone())
-        .unwrap_or_default();
-    let with_link = |body: &str| body.replace("$(unsubscribe)", &unsubscribe_url);
+    (msg, url)
+}
+
+/// The text and HTML bodies with `$(unsubscribe)` replaced; the HTML with click and open
+/// tracking when the request asked for them.
+fn bodies(
+    mut msg: MessageBuilder<'static>,
+    record: &MessageRecord,
+    config: &Config,
+    signer: &Signer,
+    unsubscribe_url: &str,
+) -> Result<MessageBuilder<'static>, BuildError> {
+    let with_link = |body: &str| body.replace("$(unsubscribe)", unsubscribe_url);
     if let Some(t) = &record.text {
         msg = msg.text_body(with_link(t));
     }
     if let Some(h) = &record.html {
         let mut html = with_link(h);
         if record.track_clicks || record.track_opens {
-            let base = config.server.public_url.trim_end_matches('/');
-            let click = |url: &str| {
-                format!(
-                    "{base}/t/c/{}",
-                    signer.sign("click", &format!("{}|{tracked}|{url}", record.tid))
-                )
-            };
-            let pixel = format!(
-                "{base}/t/o/{}",
-                signer.sign("open", &format!("{}|{tracked}", record.tid))
-            );
-            html = crate::outbound::track::links::rewrite(
-                &html,
-                record
-                    .track_clicks
-                    .then_some(&click as &dyn Fn(&str) -> String),
-                record.track_opens.then_some(pixel.as_str()),
-            )
-            .map_err(BuildError::Html)?;
+            html = tracked(&html, record, config, signer)?;
         }
         msg = msg.html_body(html);
     }
-    for (a, bytes) in record.attachments.iter().zip(files) {
-        msg = msg.attachment(a.mimetype.clone(), a.name.clone(), bytes);
-    }
-    let body = msg
-        .write_to_vec()
-        .map_err(|e| BuildError::Dkim(e.to_string()))?;
-    if body.len() > MAX_MESSAGE {
-        return Err(BuildError::TooLarge(body.len()));
-    }
+    Ok(msg)
+}
+
+/// The HTML with its links through `/t/c/` and an open pixel from `/t/o/`, as the
+/// request asked. Opens and clicks of a message to several recipients are bound to its
+/// first.
+fn tracked(
+    html: &str,
+    record: &MessageRecord,
+    config: &Config,
+    signer: &Signer,
+) -> Result<String, BuildError> {
+    let tracked = record
+        .recipients
+        .first()
+        .map(|r| r.address.clone())
+        .unwrap_or_default();
+    let base = config.server.public_url.trim_end_matches('/');
+    let click = |url: &str| {
+        format!(
+            "{base}/t/c/{}",
+            signer.sign("click", &format!("{}|{tracked}|{url}", record.tid))
+        )
+    };
+    let pixel = format!(
+        "{base}/t/o/{}",
+        signer.sign("open", &format!("{}|{tracked}", record.tid))
+    );
+    crate::outbound::track::links::rewrite(
+        html,
+        record
+            .track_clicks
+            .then_some(&click as &dyn Fn(&str) -> String),
+        record.track_opens.then_some(pixel.as_str()),
+    )
+    .map_err(BuildError::Html)
+}
+
+/// The message with its DKIM-Signature header first, signed with the key the From
+/// domain's rotation (or the asset's configuration) names.
+fn sign(
+    body: Vec<u8>,
+    record: &MessageRecord,
+    config: &Config,
+    keys: &Keys,
+    data_dir: &Path,
+) -> Result<Vec<u8>, BuildError> {
     let domain = record
         .from
         .rsplit_once('@')
         .map(|(_, d)| d.to_ascii_lowercase())
         .unwrap_or_default();
-    let (selector, algorithm) = config
+    let configured = config
         .asset(&record.asset_id)
-        .and_then(|a| a.dkim.as_ref())
-        .map(|d| (d.selector.clone(), d.algorithm))
-        .unwrap_or_else(|| ("postern1".into(), DkimAlgorithm::RsaSha256));
+        .map(AssetConfig::dkim_key)
+        .unwrap_or(DEFAULT_DKIM_KEY);
     let key = keys
-        .signing_key(data_dir, &domain, (&selector, algorithm))
+        .signing_key(data_dir, &domain, configured)
         .map_err(|e| BuildError::Dkim(e.to_string()))?;
     // SES replaces Message-ID and Date: a signature over them would not survive it.
     let coverage = match config
         .asset(&record.asset_id)
         .and_then(|a| a.route.as_ref())
-        .map(|r| r.kind)
     {
-        Some(crate::config::RouteKind::Ses) => crate::outbound::dkim::Coverage::Ses,
-        _ => crate::outbound::dkim::Coverage::Full,
+        Some(RouteConfig::Ses(_)) => Coverage::Ses,
+        Some(RouteConfig::Smtp(_)) | None => Coverage::Full,
     };
     let signature = key
         .sign_with(&body, coverage)

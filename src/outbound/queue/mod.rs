@@ -9,14 +9,15 @@
 
 pub mod notify;
 
-use crate::config::{Config, RouteConfig, SharedConfig};
+use crate::config::{Config, RouteConfig, RouteKind, SharedConfig};
 use crate::metrics::RouteResult;
+use crate::model::backoff::Backoff;
 use crate::model::time::now_ms;
 use crate::model::tokens::Signer;
 use crate::model::types::DeliveryCode;
 use crate::outbound::compose::{self, BuildError};
 use crate::outbound::dkim::Keys;
-use crate::outbound::route::{Envelope, RcptOutcome, Route};
+use crate::outbound::route::{Envelope, RcptOutcome, Route, Sent};
 use crate::store::messages::{MessageRecord, QueueState, RecipientPhase};
 use crate::store::{OutboxEntry, Store};
 use crate::webhooks::Outbox;
@@ -44,15 +45,13 @@ impl Queue {
     }
 }
 
-/// Delay before the next attempt after `attempts` deferrals: base * 2^(n-1), at most an
-/// hour, with jitter in [0.5, 1] of that.
-pub fn retry_delay(base_secs: u64, attempts: u32, jitter: f64) -> Duration {
-    let exp = base_secs
-        .saturating_mul(1000)
-        .saturating_mul(1u64 << attempts.saturating_sub(1).min(20))
-        .min(3_600_000);
-    let half = exp / 2;
-    Duration::from_millis(half + (half as f64 * jitter.clamp(0.0, 1.0)) as u64)
+/// The queue's backoff after deferrals: from `queue.retry_base` seconds, doubling, at
+/// most an hour (before jitter).
+pub fn backoff(retry_base_secs: u64) -> Backoff {
+    Backoff {
+        base: Duration::from_secs(retry_base_secs),
+        cap: Duration::from_secs(3600),
+    }
 }
 
 pub struct QueueWorker {
@@ -272,30 +271,55 @@ impl QueueWorker {
         }
     }
 
-    /// One attempt at one transaction.
+    /// One attempt at one transaction: expiry or a send, then one durable update.
     async fn process(&self, tid: &str) {
-        if !self
-            .in_flight
+        let Some(_in_flight) = self.claim(tid) else {
+            // The attempt in progress reschedules it if it needs another.
+            return;
+        };
+        if !self.may_send(tid).await {
+            self.queue.schedule(now_ms() + RECHECK_MS, tid.to_string());
+            return;
+        }
+        let Some(mut record) = self.due_record(tid) else {
+            return;
+        };
+        let config = self.config();
+        let was = crate::metrics::queue_slot(record.state);
+        let mut events = Vec::new();
+        let handed = self.advance(&config, &mut record, &mut events).await;
+        schedule_next(&config, &mut record);
+        self.record_attempt(record, events, was, handed).await;
+    }
+
+    /// Marks `tid` in flight until the guard drops; `None` when an attempt at it is
+    /// already running.
+    fn claim(&self, tid: &str) -> Option<InFlight<'_>> {
+        self.in_flight
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .insert(tid.to_string())
-        {
-            // The attempt in progress reschedules it if it needs another.
-            return;
-        }
-        let _in_flight = InFlight(&self.in_flight, tid.to_string());
-        // A send whose outcome could not be recorded is not attempted, and an outcome
-        // already in memory is recorded before anything else is sent.
+            .then(|| InFlight(&self.in_flight, tid.to_string()))
+    }
+
+    /// Whether anything may be handed to a route now: a send whose outcome could not be
+    /// recorded is not attempted, and an outcome already in memory is recorded before
+    /// anything else is sent.
+    async fn may_send(&self, tid: &str) -> bool {
         if !self.record_unrecorded().await {
-            self.queue.schedule(now_ms() + RECHECK_MS, tid.to_string());
-            return;
+            return false;
         }
         if let Err(why) = self.store.health().check() {
             tracing::debug!(tid, reason = %why, "queue paused");
-            self.queue.schedule(now_ms() + RECHECK_MS, tid.to_string());
-            return;
+            return false;
         }
-        let mut record = match self.store.message(tid) {
+        true
+    }
+
+    /// The transaction, when it is still active and due; one scheduled before its time
+    /// is put back for it.
+    fn due_record(&self, tid: &str) -> Option<MessageRecord> {
+        let record = match self.store.message(tid) {
             Ok(Some(r))
                 if matches!(
                     r.state,
@@ -304,48 +328,55 @@ impl QueueWorker {
             {
                 r
             }
-            Ok(_) => return,
+            Ok(_) => return None,
             Err(e) => {
                 tracing::error!(tid, error = %e, "queue entry unreadable");
-                return;
+                return None;
             }
         };
         if record.next_ms > now_ms() {
             // Scheduled twice (e.g. a retry raced a restart): wait for its time.
             self.queue.schedule(record.next_ms, record.tid.clone());
-            return;
+            return None;
         }
-        let config = self.config();
-        let mut events = Vec::new();
-        let now = now_ms();
-        let was = crate::metrics::queue_slot(record.state);
-        let mut handed = false;
-        if now >= record.expire_at_ms {
+        Some(record)
+    }
+
+    /// Expires the transaction (7590), or ends the recipients policy refuses and hands
+    /// the rest to the route; true when the route was called.
+    async fn advance(
+        &self,
+        config: &Config,
+        record: &mut MessageRecord,
+        events: &mut Vec<OutboxEntry>,
+    ) -> bool {
+        if now_ms() >= record.expire_at_ms {
             let last = record.last_error.clone();
             self.fail_pending(
-                &config,
-                &mut record,
+                config,
+                record,
                 DeliveryCode::Expired,
                 "Expired before it could be submitted",
                 &last,
-                &mut events,
+                events,
             );
-        } else {
-            self.drop_suppressed(&config, &mut record, &mut events);
-            if record.pending().next().is_some() {
-                handed = self.attempt(&config, &mut record, &mut events).await;
-            }
+            return false;
         }
-        let pending = record.pending().count();
-        if pending == 0 {
-            record.state = QueueState::Done;
-        } else {
-            record.attempts += 1;
-            let delay = retry_delay(config.queue.retry_base, record.attempts, rand::random());
-            record.next_ms = (now_ms() + delay.as_millis() as u64).min(record.expire_at_ms);
-            record.state = QueueState::Retry;
-            tracing::info!(tid, pending, retry_in_ms = record.next_ms.saturating_sub(now_ms()), reason = %record.last_error, "deferred");
-        }
+        self.drop_suppressed(config, record, events);
+        record.pending().next().is_some() && self.attempt(config, record, events).await
+    }
+
+    /// Makes the attempt durable with its events. A route answer that cannot be recorded
+    /// is kept in memory (nothing is sent until it is); an attempt that reached no route
+    /// is simply tried again.
+    async fn record_attempt(
+        &self,
+        record: MessageRecord,
+        events: Vec<OutboxEntry>,
+        was: Option<usize>,
+        handed: bool,
+    ) {
+        let tid = record.tid.clone();
         match self.store.update_message(&record, &events).await {
             Ok(()) => self.recorded(&record, events, was),
             Err(e) if handed => {
@@ -354,13 +385,12 @@ impl QueueWorker {
                     .map
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
-                    .insert(record.tid.clone(), (record.clone(), events, was));
-                self.queue
-                    .schedule(now_ms() + RECHECK_MS, record.tid.clone());
+                    .insert(tid.clone(), (record, events, was));
+                self.queue.schedule(now_ms() + RECHECK_MS, tid);
             }
             Err(e) => {
                 tracing::error!(tid, error = %e, "cannot record the attempt; it will be retried");
-                self.queue.schedule(now_ms() + 5000, record.tid.clone());
+                self.queue.schedule(now_ms() + 5000, tid);
             }
         }
     }
@@ -372,7 +402,28 @@ impl QueueWorker {
         record: &mut MessageRecord,
         events: &mut Vec<OutboxEntry>,
     ) -> bool {
-        let message = match compose::build(
+        let Some(message) = self.build(config, record, events).await else {
+            return false;
+        };
+        let Some(route) = self.ready_route(config, record) else {
+            return false;
+        };
+        let rcpts: Vec<String> = record.pending().map(|r| r.address.clone()).collect();
+        let sent = self.send(config, &route, record, &rcpts, &message).await;
+        self.keep_route_ids(record, &sent.message_ids);
+        self.apply_outcomes(config, route.kind(), record, &rcpts, sent.outcomes, events);
+        true
+    }
+
+    /// The signed message, or `None` after ending the pending recipients (7591: it can
+    /// never be built) or noting why it waits (its DKIM key is unavailable).
+    async fn build(
+        &self,
+        config: &Config,
+        record: &mut MessageRecord,
+        events: &mut Vec<OutboxEntry>,
+    ) -> Option<Vec<u8>> {
+        let built = compose::build(
             record,
             config,
             &self.fetcher,
@@ -380,9 +431,9 @@ impl QueueWorker {
             &self.signer,
             &config.server.data_dir,
         )
-        .await
-        {
-            Ok(m) => m,
+        .await;
+        match built {
+            Ok(message) => Some(message),
             Err(
                 e @ (BuildError::Attachment { .. } | BuildError::TooLarge(_) | BuildError::Html(_)),
             ) => {
@@ -394,30 +445,45 @@ impl QueueWorker {
                     "",
                     events,
                 );
-                return false;
+                None
             }
             Err(e @ BuildError::Dkim(_)) => {
                 record.last_error = e.to_string();
-                return false;
+                None
             }
-        };
+        }
+    }
+
+    /// The asset's route, when it has one and the store can record its answer now.
+    fn ready_route(&self, config: &Config, record: &mut MessageRecord) -> Option<Arc<Route>> {
         let Some(route) = self.route(config, &record.asset_id) else {
             record.last_error = format!("asset {} has no route", record.asset_id);
-            return false;
+            return None;
         };
         // Building can take a while (attachments): look again just before the send.
         if self.store.health().check().is_err() {
             record.last_error = "the store cannot record an outcome right now".into();
-            return false;
+            return None;
         }
+        Some(route)
+    }
+
+    /// One route call for `rcpts` from the transaction's signed VERP return path, timed.
+    async fn send(
+        &self,
+        config: &Config,
+        route: &Route,
+        record: &MessageRecord,
+        rcpts: &[String],
+        message: &[u8],
+    ) -> Sent {
         let return_path = compose::verp(&self.signer, &record.tid, &config.server.bounce_domain);
         let envelope = Envelope {
             return_path: &return_path,
             from: &record.from,
         };
-        let rcpts: Vec<String> = record.pending().map(|r| r.address.clone()).collect();
         let started = std::time::Instant::now();
-        let sent = route.send(&envelope, &rcpts, &message).await;
+        let sent = route.send(&envelope, rcpts, message).await;
         let elapsed = started.elapsed();
         self.metrics.route_latency(route.kind(), elapsed);
         tracing::debug!(
@@ -425,7 +491,12 @@ impl QueueWorker {
             message_ids = ?sent.message_ids,
             "route call"
         );
-        for id in &sent.message_ids {
+        sent
+    }
+
+    /// Maps the provider's message ids to the transaction, so its later events find it.
+    fn keep_route_ids(&self, record: &mut MessageRecord, ids: &[String]) {
+        for id in ids {
             // Written before the update that records 7501 commits both: an SES event
             // arriving right after the answer finds its transaction.
             if let Err(e) = self.store.map_route_id(id, &record.tid) {
@@ -433,82 +504,72 @@ impl QueueWorker {
             }
             record.route_ids.push(id.clone());
         }
+    }
+
+    /// The route's answer per recipient: a final outcome ends the recipient with its
+    /// code and notification, a deferral keeps it pending with the reason.
+    fn apply_outcomes(
+        &self,
+        config: &Config,
+        route: RouteKind,
+        record: &mut MessageRecord,
+        rcpts: &[String],
+        outcomes: Vec<RcptOutcome>,
+        events: &mut Vec<OutboxEntry>,
+    ) {
         let now = now_ms();
-        for (addr, outcome) in rcpts.iter().zip(sent.outcomes) {
+        for (addr, outcome) in rcpts.iter().zip(outcomes) {
             let Some(slot) = record.recipients.iter().position(|r| &r.address == addr) else {
                 continue;
             };
-            let (phase, code, description, additional) = match outcome {
-                RcptOutcome::Submitted => (
-                    RecipientPhase::Submitted,
-                    DeliveryCode::Submitted,
-                    "Submitted".to_string(),
-                    String::new(),
-                ),
-                RcptOutcome::Bounced(reply) => {
-                    let status = notify::enhanced_status(&reply)
-                        .unwrap_or("5.0.0")
-                        .to_string();
-                    (
-                        RecipientPhase::Failed,
-                        DeliveryCode::Bounce,
-                        notify::bounce_description(&reply).to_string(),
-                        format!("{status}|failed|smtp; {reply}"),
-                    )
-                }
-                RcptOutcome::Refused(reply) => (
-                    RecipientPhase::Failed,
-                    DeliveryCode::RouteRefused,
-                    "Refused by the route".to_string(),
-                    reply,
-                ),
+            let ending = match outcome {
+                RcptOutcome::Submitted => Ending::submitted(),
+                RcptOutcome::Bounced(reply) => Ending::bounced(&reply),
+                RcptOutcome::Refused(reply) => Ending::refused(reply),
                 RcptOutcome::Deferred(reason) => {
                     record.last_error = reason;
                     continue;
                 }
             };
-            if phase == RecipientPhase::Submitted {
-                if let Some(cp) = record
-                    .contact_policy
-                    .as_ref()
-                    .filter(|c| c.apply_frequency_cap)
-                {
-                    let window = config
-                        .contact_policy(&cp.group)
-                        .map(|g| g.window)
-                        .unwrap_or(86_400);
-                    if let Err(e) = self.store.record_send(
-                        &cp.group,
-                        addr,
-                        now,
-                        now.saturating_sub(window * 1000),
-                    ) {
-                        tracing::warn!(error = %e, "frequency counter not updated");
-                    }
-                }
+            if ending.phase == RecipientPhase::Submitted {
+                self.count_send(config, record, addr, now);
             }
-            self.metrics.outbound(
-                route.kind(),
-                match code {
-                    DeliveryCode::Submitted => RouteResult::Submitted,
-                    DeliveryCode::Bounce => RouteResult::Bounced,
-                    _ => RouteResult::Failed,
-                },
-            );
-            record.recipients[slot].phase = phase;
-            record.recipients[slot].code = Some(code.code().to_string());
-            tracing::info!(tid = %record.tid, rcpt = %addr, code = code.code(), "{}", description);
+            self.metrics.outbound(route, ending.result);
+            record.recipients[slot].phase = ending.phase;
+            record.recipients[slot].code = Some(ending.code.code().to_string());
+            tracing::info!(tid = %record.tid, rcpt = %addr, code = ending.code.code(), "{}", ending.description);
             events.extend(notify::notify(
                 config,
                 record,
                 addr,
-                code,
-                &description,
-                &additional,
+                ending.code,
+                &ending.description,
+                &ending.additional,
                 now,
             ));
         }
-        true
+    }
+
+    /// Counts a submitted send against the frequency cap of the request's contact
+    /// policy, when it applies one.
+    fn count_send(&self, config: &Config, record: &MessageRecord, addr: &str, now: u64) {
+        let Some(cp) = record
+            .contact_policy
+            .as_ref()
+            .filter(|c| c.apply_frequency_cap)
+        else {
+            return;
+        };
+        let window = config
+            .contact_policy(&cp.group)
+            .map(|g| g.window)
+            .unwrap_or(86_400);
+        if let Err(e) =
+            self.store
+                .record_send(&cp.group, addr, now, now.saturating_sub(window * 1000))
+        {
+            tracing::warn!(error = %e, "frequency counter not updated");
+        }
     }
 
     /// Ends recipients a sandboxed asset may not mail (7522) and those on the asset's
@@ -633,12 +694,75 @@ fn end_recipient(
     ));
 }
 
+/// After an attempt: done when no recipient is pending, else a retry after the queue's
+/// backoff (never later than the expiry, which then ends it).
+fn schedule_next(config: &Config, record: &mut MessageRecord) {
+    let pending = record.pending().count();
+    if pending == 0 {
+        record.state = QueueState::Done;
+        return;
+    }
+    record.attempts += 1;
+    let delay = backoff(config.queue.retry_base).delay(record.attempts, rand::random());
+    record.next_ms = (now_ms() + delay.as_millis() as u64).min(record.expire_at_ms);
+    record.state = QueueState::Retry;
+    tracing::info!(tid = %record.tid, pending, retry_in_ms = record.next_ms.saturating_sub(now_ms()), reason = %record.last_error, "deferred");
+}
+
+/// What a final route outcome records for its recipient.
+struct Ending {
+    phase: RecipientPhase,
+    code: DeliveryCode,
+    description: String,
+    additional: String,
+    /// The `result` label of the outbound metric.
+    result: RouteResult,
+}
+
+impl Ending {
+    /// 7501: the route took it.
+    fn submitted() -> Ending {
+        Ending {
+            phase: RecipientPhase::Submitted,
+            code: DeliveryCode::Submitted,
+            description: "Submitted".to_string(),
+            additional: String::new(),
+            result: RouteResult::Submitted,
+        }
+    }
+
+    /// 7520: refused at RCPT; the description and `status|failed|smtp; reply` come from
+    /// the reply.
+    fn bounced(reply: &str) -> Ending {
+        let status = notify::enhanced_status(reply).unwrap_or("5.0.0");
+        Ending {
+            phase: RecipientPhase::Failed,
+            code: DeliveryCode::Bounce,
+            description: notify::bounce_description(reply).to_string(),
+            additional: format!("{status}|failed|smtp; {reply}"),
+            result: RouteResult::Bounced,
+        }
+    }
+
+    /// 7592: the route refused the message.
+    fn refused(reply: String) -> Ending {
+        Ending {
+            phase: RecipientPhase::Failed,
+            code: DeliveryCode::RouteRefused,
+            description: "Refused by the route".to_string(),
+            additional: reply,
+            result: RouteResult::Failed,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn retry_delays_grow_and_are_capped() {
+        let retry_delay = |base, attempts, jitter| backoff(base).delay(attempts, jitter);
         assert!(retry_delay(30, 1, 0.0) >= Duration::from_secs(15));
         assert!(retry_delay(30, 1, 1.0) <= Duration::from_secs(30));
         assert!(retry_delay(30, 3, 0.0) >= Duration::from_secs(60));

@@ -71,13 +71,11 @@ impl Route {
     }
 
     fn make(config: &RouteConfig, hostname: &str, tokens: Option<smtp::TokenStore>) -> Arc<Route> {
-        Arc::new(match config.kind {
-            RouteKind::Smtp => Route::Smtp(smtp::SmtpRoute::new(
-                config.clone(),
-                hostname.into(),
-                tokens,
-            )),
-            RouteKind::Ses => Route::Ses(ses::SesRoute::new(config)),
+        Arc::new(match config {
+            RouteConfig::Smtp(smtp) => {
+                Route::Smtp(smtp::SmtpRoute::new(smtp.clone(), hostname.into(), tokens))
+            }
+            RouteConfig::Ses(ses) => Route::Ses(ses::SesRoute::new(ses)),
         })
     }
 

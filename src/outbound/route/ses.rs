@@ -7,7 +7,7 @@
 //! MessageRejected and other 4xx -> Refused with SES's message (7592).
 
 use super::RcptOutcome;
-use crate::config::RouteConfig;
+use crate::config::SesRouteConfig;
 use aws_credential_types::Credentials;
 use aws_sigv4::http_request::{sign, SignableBody, SignableRequest, SigningSettings};
 use aws_sigv4::sign::v4;
@@ -131,8 +131,8 @@ impl SesError {
 }
 
 impl SesRoute {
-    pub fn new(config: &RouteConfig) -> SesRoute {
-        let region = config.region.clone().unwrap_or_default();
+    pub fn new(config: &SesRouteConfig) -> SesRoute {
+        let region = config.region.clone();
         let base = config
             .endpoint
             .clone()
@@ -143,16 +143,8 @@ impl SesRoute {
             pacer: config.max_send_rate.map(Pacer::new),
             region,
             base,
-            access_key_id: config
-                .access_key_id
-                .as_ref()
-                .map(|s| s.expose().to_string())
-                .unwrap_or_default(),
-            secret_access_key: config
-                .secret_access_key
-                .as_ref()
-                .map(|s| s.expose().to_string())
-                .unwrap_or_default(),
+            access_key_id: config.access_key_id.expose().to_string(),
+            secret_access_key: config.secret_access_key.expose().to_string(),
             session_token: config
                 .session_token
                 .as_ref()

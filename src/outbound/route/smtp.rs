@@ -7,7 +7,7 @@
 //! at DATA, or a failed RSET it is closed.
 
 use super::RcptOutcome;
-use crate::config::{RouteAuth, RouteConfig, Security};
+use crate::config::{RouteAuth, Security, SmtpRouteConfig};
 use crate::store::tokens::RouteToken;
 use crate::store::Store;
 use mail_send::smtp::message::Parameters;
@@ -65,7 +65,7 @@ pub struct TokenStore {
 }
 
 pub struct SmtpRoute {
-    config: RouteConfig,
+    config: SmtpRouteConfig,
     hostname: String,
     idle: Mutex<Vec<(Conn, Instant)>>,
     oauth: tokio::sync::Mutex<OAuth>,
@@ -123,7 +123,7 @@ fn fingerprint(configured: &str) -> String {
 impl SmtpRoute {
     /// A route; with `tokens`, rotated refresh tokens are kept in the store across restarts
     /// (without, as for `postern route test`, the configured token is used).
-    pub fn new(config: RouteConfig, hostname: String, tokens: Option<TokenStore>) -> SmtpRoute {
+    pub fn new(config: SmtpRouteConfig, hostname: String, tokens: Option<TokenStore>) -> SmtpRoute {
         SmtpRoute {
             config,
             hostname,
@@ -172,7 +172,7 @@ impl SmtpRoute {
             Security::Starttls => 587,
             Security::None => 25,
         });
-        (self.config.host.as_deref().unwrap_or("127.0.0.1"), port)
+        (self.config.host.as_str(), port)
     }
 
     /// The refresh token to start from: the stored rotation when it descends from the
