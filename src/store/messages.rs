@@ -314,8 +314,9 @@ pub trait Messages: Send + Sync {
     /// An active or finished transaction.
     fn get(&self, tid: &str) -> Result<Option<MessageRecord>, StoreError>;
 
-    /// Every active transaction (for the scheduler at start). Undecodable ones are
-    /// quarantined, never deleted silently.
+    /// Every active transaction (for the scheduler at start): this node's queue, which
+    /// stays on the node in cluster mode. Undecodable ones are quarantined, never deleted
+    /// silently.
     fn active(&self) -> Result<Vec<MessageRecord>, StoreError>;
 
     /// Finished transactions created before `cutoff_ms` (for the garbage collector).
@@ -345,7 +346,8 @@ pub trait Messages: Send + Sync {
     fn track_count(&self, tid: &str, recipient: &str, key: &str) -> Result<u64, StoreError>;
 
     /// Held while a transaction's record is read, changed and written back by feedback
-    /// (SES events, DSNs, opens), so two at once do not lose each other's history.
+    /// (SES events, DSNs, opens), so two at once do not lose each other's history. On sled
+    /// an in-process lock; an implementation shared by several nodes must lock across them.
     fn lock_tid<'a>(&'a self, tid: &'a str) -> futures::future::BoxFuture<'a, TidLock<'a>>;
 }
 
