@@ -24,7 +24,6 @@
 //! cost of everything else in accepting a message.
 
 mod codec;
-mod compat;
 pub mod domains;
 pub mod messages;
 pub mod outbox;
@@ -310,7 +309,7 @@ impl Store {
     }
 
     /// Suppression entries (SPEC 8).
-    pub fn suppressions_store(&self) -> &dyn Suppressions {
+    pub fn suppressions(&self) -> &dyn Suppressions {
         &*self.inner.shared.suppressions
     }
 

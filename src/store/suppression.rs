@@ -170,7 +170,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
         let day = 86_400_000;
-        let suppressions = store.suppressions_store();
+        let suppressions = store.suppressions();
         suppressions
             .add(&[Suppression {
                 asset_id: "a".into(),
