@@ -281,7 +281,14 @@ async fn substitution_bomb_is_refused_at_once_and_costs_little() {
     let grown_mb = peak.saturating_sub(rss_before) / 1024;
     assert!(grown_mb < 50, "peak RSS grew by {grown_mb} MB");
     // Nothing was queued or stored.
-    assert!(d.handle.daemon.store.active_messages().unwrap().is_empty());
+    assert!(d
+        .handle
+        .daemon
+        .store
+        .messages()
+        .active()
+        .unwrap()
+        .is_empty());
     d.handle.daemon.store.flush_now().unwrap();
     // Background work (start-up garbage collection, sled's own log) may write a few
     // hundred bytes; the refused request itself would have stored megabytes.

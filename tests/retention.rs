@@ -366,7 +366,13 @@ async fn frequency_counters_of_an_ended_window_are_pruned() {
     hooks.wait_for_count(1, WAIT).await;
     let store = started.handle.daemon.store.clone();
     let sent_at = now_ms();
-    assert_eq!(store.sends_since("promo", "fan@example.org", 0).unwrap(), 1);
+    assert_eq!(
+        store
+            .policy()
+            .sends_since("promo", "fan@example.org", 0)
+            .unwrap(),
+        1
+    );
 
     let daemon = started.handle.daemon.clone();
     let gc = move |at: u64| {
@@ -380,11 +386,23 @@ async fn frequency_counters_of_an_ended_window_are_pruned() {
     };
     // Inside the window the counter is the cap's memory: kept.
     assert_eq!(gc(sent_at + 1_800_000).await.counters, 0);
-    assert_eq!(store.sends_since("promo", "fan@example.org", 0).unwrap(), 1);
+    assert_eq!(
+        store
+            .policy()
+            .sends_since("promo", "fan@example.org", 0)
+            .unwrap(),
+        1
+    );
     // Once the window has ended it counts nothing: deleted.
     assert_eq!(gc(sent_at + 3_600_000 + 60_000).await.counters, 1);
-    assert_eq!(store.sends_since("promo", "fan@example.org", 0).unwrap(), 0);
-    assert_eq!(store.frequency_len(), 0);
+    assert_eq!(
+        store
+            .policy()
+            .sends_since("promo", "fan@example.org", 0)
+            .unwrap(),
+        0
+    );
+    assert_eq!(store.policy().frequency_len(), 0);
     started.handle.shutdown().await;
 }
 

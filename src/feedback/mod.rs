@@ -130,13 +130,13 @@ pub async fn record(
     tid: &str,
     reports: &[Report],
 ) -> Result<usize, StoreError> {
-    let _guard = store.lock_tid(tid).await;
+    let _guard = store.messages().lock_tid(tid).await;
     let now = now_ms();
     let (mut recorded, todo) = settle_repeats(store, tid, reports, now)?;
     if todo.is_empty() {
         return Ok(recorded);
     }
-    let Some(mut record) = store.message(tid)? else {
+    let Some(mut record) = store.messages().get(tid)? else {
         tracing::info!(
             tid,
             "feedback for an unknown or expired transaction: ignored"
@@ -178,7 +178,11 @@ fn settle_repeats<'a>(
     let mut recorded = 0;
     for report in reports {
         if let (Some(key), Some(rcpt)) = (repeat_key(report), report.recipient.as_deref()) {
-            if let Some(hit) = store.track_hit(tid, rcpt, &key, now, OPEN_WINDOW_MS, false)? {
+            if let Some(hit) =
+                store
+                    .messages()
+                    .track_hit(tid, rcpt, &key, now, OPEN_WINDOW_MS, false)?
+            {
                 if hit_effect(report.code, hit) == (false, false) {
                     recorded += 1;
                 } else {
@@ -204,10 +208,15 @@ fn effect_of(
 ) -> Result<(bool, bool), StoreError> {
     Ok(match (hit, repeat_key(report)) {
         (Some(h), _) => hit_effect(report.code, h),
-        (None, Some(key)) => match store.track_hit(tid, rcpt, &key, now, OPEN_WINDOW_MS, true)? {
-            Some(h) => hit_effect(report.code, h),
-            None => (true, true),
-        },
+        (None, Some(key)) => {
+            match store
+                .messages()
+                .track_hit(tid, rcpt, &key, now, OPEN_WINDOW_MS, true)?
+            {
+                Some(h) => hit_effect(report.code, h),
+                None => (true, true),
+            }
+        }
         (None, None) => (true, true),
     })
 }
@@ -287,11 +296,11 @@ impl Changes {
         mut record: MessageRecord,
     ) -> Result<(), StoreError> {
         if !self.suppressions.is_empty() {
-            store.suppress(&self.suppressions).await?;
+            store.suppressions().add(&self.suppressions).await?;
         }
         if record.state == QueueState::Done && self.changed {
             record.bound_history();
-            store.update_message(&record, &self.events).await?;
+            store.messages().update(&record, &self.events).await?;
         } else if !self.events.is_empty() {
             store.enqueue_events(&self.events).await?;
         }

@@ -140,7 +140,7 @@ pub async fn handle_notification(
         tracing::info!("SNS notification ignored: {why}");
         Ok(Handled::Ignored(why.to_string()))
     };
-    if parts.store.sns_seen(&msg.message_id)? {
+    if parts.store.routes().sns_seen(&msg.message_id)? {
         return ignored("already recorded");
     }
     let event = match ses_events::parse(&msg.message) {
@@ -149,7 +149,7 @@ pub async fn handle_notification(
         // retrying would not change it.
         Err(e) => return ignored(&e.to_string()),
     };
-    let Some(tid) = parts.store.tid_for_route_id(&event.message_id)? else {
+    let Some(tid) = parts.store.routes().tid_for_route_id(&event.message_id)? else {
         return ignored("no transaction has this SES MessageId");
     };
     let recorded = crate::feedback::record(
@@ -160,7 +160,7 @@ pub async fn handle_notification(
         &event.reports,
     )
     .await?;
-    if let Err(e) = parts.store.mark_sns_seen(&msg.message_id).await {
+    if let Err(e) = parts.store.routes().mark_sns_seen(&msg.message_id).await {
         // Recorded already: a redelivery would notify twice, which at-least-once allows.
         tracing::warn!(error = %e, "SNS message id not remembered");
     }

@@ -184,7 +184,7 @@ fn asset_name(config: &Config, s: &Subject) -> String {
 /// The transaction's recipients when the token speaks for nobody in particular (a message
 /// to several recipients); `Ok(None)` for a token naming its recipient.
 fn listed_recipients(store: &Store, s: &Subject) -> Result<Option<Vec<String>>, Outcome> {
-    let record = match store.message(&s.tid) {
+    let record = match store.messages().get(&s.tid) {
         Ok(r) => r,
         Err(e) => {
             tracing::error!(error = %e, "unsubscribe: transaction not readable");
@@ -212,7 +212,9 @@ pub async fn apply(
     unsubscribe: bool,
     source: &str,
 ) -> Result<bool, StoreError> {
-    let current = store.suppression(&s.asset_id, &s.recipient, now_ms())?;
+    let current = store
+        .suppressions()
+        .get(&s.asset_id, &s.recipient, now_ms())?;
     let was_unsubscribed = current
         .as_ref()
         .is_some_and(|e| e.reason == Reason::Unsubscribed);
@@ -220,13 +222,17 @@ pub async fn apply(
         return Ok(false);
     }
     if unsubscribe {
-        store.suppress(&[suppression(s, source)]).await?;
+        store.suppressions().add(&[suppression(s, source)]).await?;
     } else {
-        store.unsuppress(&s.asset_id, &s.recipient).await?;
+        store
+            .suppressions()
+            .remove(&s.asset_id, &s.recipient)
+            .await?;
     }
     tracing::info!(asset = %s.asset_id, recipient = %s.recipient, unsubscribe, source, "subscription changed");
     let correlation = store
-        .message(&s.tid)
+        .messages()
+        .get(&s.tid)
         .ok()
         .flatten()
         .and_then(|m| m.correlation_id);

@@ -59,7 +59,11 @@ async fn consent_list(
 ) -> Result<Response, ApiError> {
     admin(&d, &headers)?;
     known_group(&d, &group)?;
-    let list = d.store.consents(&group).map_err(ApiError::internal)?;
+    let list = d
+        .store
+        .policy()
+        .consents(&group)
+        .map_err(ApiError::internal)?;
     Ok(Json(json!({"group": group, "consents": list})).into_response())
 }
 
@@ -79,6 +83,7 @@ async fn consent_grant(
         )
     })?;
     d.store
+        .policy()
         .set_consent(&group, &address, true)
         .await
         .map_err(ApiError::internal)?;
@@ -94,6 +99,7 @@ async fn consent_revoke(
     admin(&d, &headers)?;
     known_group(&d, &group)?;
     if d.store
+        .policy()
         .set_consent(&group, &address, false)
         .await
         .map_err(ApiError::internal)?
@@ -133,7 +139,8 @@ async fn list(
     admin(&d, &headers)?;
     let entries = d
         .store
-        .suppressions(q.asset.as_deref(), now_ms())
+        .suppressions()
+        .list(q.asset.as_deref(), now_ms())
         .map_err(ApiError::internal)?;
     let items: Vec<_> = entries.iter().map(entry_json).collect();
     Ok(Json(json!({"suppressions": items, "count": items.len()})).into_response())
@@ -196,7 +203,8 @@ async fn add(
         source: "admin".into(),
     };
     d.store
-        .suppress(std::slice::from_ref(&entry))
+        .suppressions()
+        .add(std::slice::from_ref(&entry))
         .await
         .map_err(ApiError::internal)?;
     Ok((StatusCode::CREATED, Json(entry_json(&entry))).into_response())
@@ -210,7 +218,8 @@ async fn remove(
 ) -> Result<Response, ApiError> {
     admin(&d, &headers)?;
     if d.store
-        .unsuppress(&asset, &address)
+        .suppressions()
+        .remove(&asset, &address)
         .await
         .map_err(ApiError::internal)?
     {
@@ -233,7 +242,8 @@ async fn export(
     admin(&d, &headers)?;
     let entries = d
         .store
-        .suppressions(q.asset.as_deref(), now_ms())
+        .suppressions()
+        .list(q.asset.as_deref(), now_ms())
         .map_err(ApiError::internal)?;
     let text = crate::outbound::suppression::to_csv(&entries).map_err(ApiError::internal)?;
     Ok(([(header::CONTENT_TYPE, "text/csv; charset=utf-8")], text).into_response())
@@ -268,7 +278,8 @@ async fn import(
         )
     })?;
     d.store
-        .suppress(&entries)
+        .suppressions()
+        .add(&entries)
         .await
         .map_err(ApiError::internal)?;
     Ok(Json(json!({"imported": entries.len()})).into_response())

@@ -259,7 +259,8 @@ async fn message_status(
     };
     let r = d
         .store
-        .message(&tid)
+        .messages()
+        .get(&tid)
         .map_err(ApiError::internal)?
         .ok_or_else(not_found)?;
     if r.service_id != service.id {
@@ -343,7 +344,8 @@ async fn template_list(
     let service = service_of(&d, &headers)?;
     Ok(Json(
         d.store
-            .template_list(&service.id)
+            .templates()
+            .list(&service.id)
             .map_err(ApiError::internal)?,
     ))
 }
@@ -359,7 +361,8 @@ async fn template_create(
     let t: wire::Template = json_body(&headers, body)?;
     check_template(&t)?;
     if d.store
-        .template_get(&service.id, &t.id)
+        .templates()
+        .get(&service.id, &t.id)
         .map_err(ApiError::internal)?
         .is_some()
     {
@@ -370,7 +373,8 @@ async fn template_create(
         ));
     }
     d.store
-        .template_put(&service.id, &t)
+        .templates()
+        .put(&service.id, &t)
         .await
         .map_err(ApiError::internal)?;
     Ok((StatusCode::CREATED, Json(t)).into_response())
@@ -384,7 +388,8 @@ async fn template_get(
 ) -> Result<Json<wire::Template>, ApiError> {
     let service = service_of(&d, &headers)?;
     d.store
-        .template_get(&service.id, &id)
+        .templates()
+        .get(&service.id, &id)
         .map_err(ApiError::internal)?
         .map(Json)
         .ok_or_else(|| {
@@ -409,7 +414,8 @@ async fn template_put(
     t.id = id;
     check_template(&t)?;
     d.store
-        .template_put(&service.id, &t)
+        .templates()
+        .put(&service.id, &t)
         .await
         .map_err(ApiError::internal)?;
     Ok(Json(t))
@@ -424,7 +430,8 @@ async fn template_delete(
 ) -> Result<StatusCode, ApiError> {
     let service = service_of(&d, &headers)?;
     if d.store
-        .template_delete(&service.id, &id)
+        .templates()
+        .delete(&service.id, &id)
         .await
         .map_err(ApiError::internal)?
     {

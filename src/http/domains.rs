@@ -33,7 +33,11 @@ async fn list(State(d): State<AppState>, headers: HeaderMap) -> Result<Response,
     let mut out = Vec::new();
     for asset in &config.assets {
         for domain in &asset.domains {
-            let state = d.store.domain_state(domain).map_err(ApiError::internal)?;
+            let state = d
+                .store
+                .domains()
+                .state(domain)
+                .map_err(ApiError::internal)?;
             out.push(json!({
                 "domain": domain,
                 "assetId": asset.id,
@@ -78,7 +82,8 @@ async fn verify(
     let domain = domain.trim().trim_end_matches('.').to_ascii_lowercase();
     let result = crate::outbound::domains::verify(auth.resolver(), &domain, records).await;
     d.store
-        .set_domain_state(
+        .domains()
+        .set_state(
             &domain,
             &DomainState {
                 verified: result.verified,

@@ -81,7 +81,7 @@ pub async fn submit(
     let sub = validate::expand(checked, &mut new_tid).map_err(|e| rejected(parts, e))?;
     let request_id = uuid::Uuid::new_v4().to_string();
     let (records, events) = build_records(parts.config, &sub, &request_id, now);
-    parts.store.submit(&records, &events).await?;
+    parts.store.messages().submit(&records, &events).await?;
     parts
         .metrics
         .api_queued
@@ -102,7 +102,7 @@ fn check(
     now: u64,
 ) -> Result<Checked, Refused> {
     let template = match &request.template {
-        Some(t) => parts.store.template_get(&service.id, &t.id)?,
+        Some(t) => parts.store.templates().get(&service.id, &t.id)?,
         None => None,
     };
     validate::check(
@@ -127,7 +127,7 @@ fn check_verified_domain(parts: &Parts, from: &str) -> Result<(), Refused> {
         .config
         .asset_for_domain(&from_domain)
         .is_some_and(|a| a.require_verified_domain);
-    if required && !parts.store.domain_verified(&from_domain)? {
+    if required && !parts.store.domains().verified(&from_domain)? {
         return Err(rejected(
             parts,
             Invalid {

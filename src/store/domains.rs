@@ -1,7 +1,9 @@
 //! Domain verification state (`domains`, key the lower-case domain): the outcome of the
 //! last `postern domain verify`, which `require_verified_domain` consults at submit.
+//! (DKIM keys and their rotation state are files under `data_dir/dkim/`, kept by
+//! `outbound::dkim`, not here.)
 
-use super::{codec, Store, StoreError};
+use super::{codec, Durable, StoreError, StoreFuture};
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -10,10 +12,33 @@ pub struct DomainState {
     pub checked_ms: u64,
 }
 
-impl Store {
-    pub fn domain_state(&self, domain: &str) -> Result<Option<DomainState>, StoreError> {
+/// Domain verification verdicts, keyed by the lower-cased domain. Shared by every node in
+/// cluster mode.
+///
+/// Reads are synchronous today; a database-backed implementation may make them async.
+pub trait Domains: Send + Sync {
+    /// The last verdict for `domain`, if it was ever verified.
+    fn state(&self, domain: &str) -> Result<Option<DomainState>, StoreError>;
+
+    /// Records a verdict; durable when the future finishes.
+    fn set_state<'a>(&'a self, domain: &'a str, state: &'a DomainState) -> StoreFuture<'a, ()>;
+
+    /// Whether the last verdict for `domain` was a pass.
+    fn verified(&self, domain: &str) -> Result<bool, StoreError> {
+        Ok(self.state(domain)?.is_some_and(|s| s.verified))
+    }
+}
+
+/// [`Domains`] on sled: the `domains` tree.
+pub(super) struct SledDomains {
+    pub(super) tree: sled::Tree,
+    pub(super) durable: Durable,
+}
+
+impl Domains for SledDomains {
+    fn state(&self, domain: &str) -> Result<Option<DomainState>, StoreError> {
         let key = domain.to_ascii_lowercase();
-        match self.inner.domains.get(key.as_bytes())? {
+        match self.tree.get(key.as_bytes())? {
             Some(v) => codec::decode(&v)
                 .map(Some)
                 .map_err(|reason| StoreError::Corrupt {
@@ -25,18 +50,11 @@ impl Store {
         }
     }
 
-    pub fn domain_verified(&self, domain: &str) -> Result<bool, StoreError> {
-        Ok(self.domain_state(domain)?.is_some_and(|s| s.verified))
-    }
-
-    pub async fn set_domain_state(
-        &self,
-        domain: &str,
-        state: &DomainState,
-    ) -> Result<(), StoreError> {
-        self.inner
-            .domains
-            .insert(domain.to_ascii_lowercase().as_bytes(), codec::encode(state))?;
-        self.commit().await
+    fn set_state<'a>(&'a self, domain: &'a str, state: &'a DomainState) -> StoreFuture<'a, ()> {
+        Box::pin(async move {
+            self.tree
+                .insert(domain.to_ascii_lowercase().as_bytes(), codec::encode(state))?;
+            self.durable.commit().await
+        })
     }
 }

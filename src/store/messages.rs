@@ -1,12 +1,11 @@
 //! Outbound transactions. `messages` holds every tid still to be worked on; when a tid is
 //! finished it moves to `finished` (kept for `GET /v2/messages/{tid}`, then collected).
-//! Templates live in `templates`, keyed `service/id`. A transaction's history is bounded
+//! A transaction's history is bounded
 //! whatever strangers do with its public links (SPEC 6.3): at most
 //! [`HISTORY_PER_RECIPIENT`] entries per recipient and [`HISTORY_BUDGET`] octets of JSON;
 //! repeated opens and clicks are counters in the `track` tree, not history entries.
 
-use super::{codec, OutboxEntry, Store, StoreError};
-use crate::model::time::now_ms;
+use super::{codec, Durable, OutboxEntry, Quarantine, StoreError, StoreFuture};
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -251,7 +250,7 @@ fn cut_in_place(s: &mut String, max: usize) {
     s.truncate(n);
 }
 
-/// What one open or click did to its counter (see [`Store::track_hit`]).
+/// What one open or click did to its counter (see [`Messages::track_hit`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Hit {
     /// The first hit of this kind for this recipient: worth a history entry.
@@ -281,66 +280,193 @@ struct HitCount {
 /// How long finished transactions stay queryable.
 pub const FINISHED_RETENTION_MS: u64 = 7 * 86_400_000;
 
-impl Store {
-    /// Queues transactions and their immediate notifications, then waits for the commit:
-    /// the 202 may be written when this returns.
-    pub async fn submit(
+/// Held while a transaction's record is read, changed and written back (see
+/// [`Messages::lock_tid`]); dropping it lets the next writer in.
+pub struct TidLock<'a> {
+    _guard: Box<dyn Send + Sync + 'a>,
+}
+
+/// Outbound transactions: every tid's record (status, recipients, history, per-request
+/// data) and the open and click counters of its recipients. Shared by every node in
+/// cluster mode, so `GET /v2/messages/{tid}` and feedback work on any node.
+///
+/// The writing methods also take the events (webhook notifications) their change produced:
+/// those go to this node's outbox, durable with the record. Every implementation bounds
+/// a record's history on write ([`MessageRecord::bound_history`]). Reads are synchronous
+/// today; a database-backed implementation may make them async.
+pub trait Messages: Send + Sync {
+    /// Queues transactions and their immediate notifications: the 202 may be written when
+    /// the future finishes.
+    fn submit<'a>(
+        &'a self,
+        records: &'a [MessageRecord],
+        events: &'a [OutboxEntry],
+    ) -> StoreFuture<'a, ()>;
+
+    /// Records a transaction's new state with the events it produced; a finished one
+    /// leaves the active set. Durable when the future finishes.
+    fn update<'a>(
+        &'a self,
+        record: &'a MessageRecord,
+        events: &'a [OutboxEntry],
+    ) -> StoreFuture<'a, ()>;
+
+    /// An active or finished transaction.
+    fn get(&self, tid: &str) -> Result<Option<MessageRecord>, StoreError>;
+
+    /// Every active transaction (for the scheduler at start): this node's queue, which
+    /// stays on the node in cluster mode. Undecodable ones are quarantined, never deleted
+    /// silently.
+    fn active(&self) -> Result<Vec<MessageRecord>, StoreError>;
+
+    /// Finished transactions created before `cutoff_ms` (for the garbage collector).
+    fn finished_before(&self, cutoff_ms: u64) -> Result<Vec<MessageRecord>, StoreError>;
+
+    /// Removes a finished transaction and its open and click counters.
+    fn forget_finished(&self, tid: &str) -> Result<(), StoreError>;
+
+    /// Counts an open or click (`key`: "open", or the clicked URL) of `tid` by
+    /// `recipient`, in a small counter instead of rewriting the transaction on every hit.
+    /// A window is `window_ms` long and starts at the first hit after the previous window
+    /// ended. With `create` false, a missing counter is left missing (`None`): the caller
+    /// has not yet checked that the recipient belongs to the tid. Not made durable here: a
+    /// count lost in a crash is harmless, and a caller that emits a notification commits
+    /// with it.
+    fn track_hit(
         &self,
-        records: &[MessageRecord],
-        events: &[OutboxEntry],
-    ) -> Result<(), StoreError> {
-        let i = &self.inner;
-        for r in records {
-            let tree = if matches!(r.state, QueueState::Done) {
-                &i.finished
+        tid: &str,
+        recipient: &str,
+        key: &str,
+        now: u64,
+        window_ms: u64,
+        create: bool,
+    ) -> Result<Option<Hit>, StoreError>;
+
+    /// How many opens or clicks (`key`) of `tid` by `recipient` were counted.
+    fn track_count(&self, tid: &str, recipient: &str, key: &str) -> Result<u64, StoreError>;
+
+    /// Held while a transaction's record is read, changed and written back by feedback
+    /// (SES events, DSNs, opens), so two at once do not lose each other's history. On sled
+    /// an in-process lock; an implementation shared by several nodes must lock across them.
+    fn lock_tid<'a>(&'a self, tid: &'a str) -> futures::future::BoxFuture<'a, TidLock<'a>>;
+}
+
+/// [`Messages`] on sled: `messages` (active), `finished`, and `track` (counters, keyed
+/// under their tid); events go to the `outbox` tree.
+pub(super) struct SledMessages {
+    pub(super) db: sled::Db,
+    pub(super) messages: sled::Tree,
+    pub(super) finished: sled::Tree,
+    pub(super) outbox: sled::Tree,
+    /// Serialise read-modify-write of one transaction's record (striped by tid).
+    pub(super) tid_locks: Vec<tokio::sync::Mutex<()>>,
+    pub(super) quarantine: Quarantine,
+    pub(super) durable: Durable,
+}
+
+impl Messages for SledMessages {
+    fn submit<'a>(
+        &'a self,
+        records: &'a [MessageRecord],
+        events: &'a [OutboxEntry],
+    ) -> StoreFuture<'a, ()> {
+        Box::pin(async move {
+            for r in records {
+                let tree = if matches!(r.state, QueueState::Done) {
+                    &self.finished
+                } else {
+                    &self.messages
+                };
+                tree.insert(r.tid.as_bytes(), codec::encode(r))?;
+            }
+            for e in events {
+                self.outbox.insert(e.id.as_bytes(), codec::encode(e))?;
+            }
+            self.durable.commit().await
+        })
+    }
+
+    fn update<'a>(
+        &'a self,
+        record: &'a MessageRecord,
+        events: &'a [OutboxEntry],
+    ) -> StoreFuture<'a, ()> {
+        Box::pin(async move {
+            for e in events {
+                self.outbox.insert(e.id.as_bytes(), codec::encode(e))?;
+            }
+            let key = record.tid.as_bytes();
+            // Every writer's history goes through this bound (queue attempts, feedback).
+            let value = if record.history_bounded() {
+                codec::encode(record)
             } else {
-                &i.messages
+                let mut bounded = record.clone();
+                bounded.bound_history();
+                codec::encode(&bounded)
             };
-            tree.insert(r.tid.as_bytes(), codec::encode(r))?;
-        }
-        for e in events {
-            i.outbox.insert(e.id.as_bytes(), codec::encode(e))?;
-        }
-        self.commit().await
+            if matches!(record.state, QueueState::Done | QueueState::Cancelled) {
+                self.finished.insert(key, value)?;
+                self.messages.remove(key)?;
+            } else {
+                self.messages.insert(key, value)?;
+            }
+            self.durable.commit().await
+        })
     }
 
-    /// Records a transaction's new state with the events it produced; a finished one moves
-    /// to `finished`. Durable when this returns.
-    pub async fn update_message(
-        &self,
-        record: &MessageRecord,
-        events: &[OutboxEntry],
-    ) -> Result<(), StoreError> {
-        let i = &self.inner;
-        for e in events {
-            i.outbox.insert(e.id.as_bytes(), codec::encode(e))?;
+    fn get(&self, tid: &str) -> Result<Option<MessageRecord>, StoreError> {
+        for (name, tree) in [("messages", &self.messages), ("finished", &self.finished)] {
+            if let Some(v) = tree.get(tid.as_bytes())? {
+                return codec::decode(&v)
+                    .map(Some)
+                    .map_err(|reason| StoreError::Corrupt {
+                        tree: name,
+                        key: tid.into(),
+                        reason,
+                    });
+            }
         }
-        let key = record.tid.as_bytes();
-        // Every writer's history goes through this bound (queue attempts, feedback).
-        let value = if record.history_bounded() {
-            codec::encode(record)
-        } else {
-            let mut bounded = record.clone();
-            bounded.bound_history();
-            codec::encode(&bounded)
-        };
-        if matches!(record.state, QueueState::Done | QueueState::Cancelled) {
-            i.finished.insert(key, value)?;
-            i.messages.remove(key)?;
-        } else {
-            i.messages.insert(key, value)?;
-        }
-        self.commit().await
+        Ok(None)
     }
 
-    /// Opens and clicks are counted here, in a small record per (tid, recipient, kind),
-    /// instead of rewriting the transaction on every hit. `key` names the kind ("open", or
-    /// the clicked URL). A window is `window_ms` long and starts at the first hit after the
-    /// previous window ended. With `create` false, a missing counter is left missing
-    /// (`None`): the caller has not yet checked that the recipient belongs to the tid.
-    /// Not committed: a count lost in a crash is harmless, and a caller that emits a
-    /// notification commits with it.
-    pub fn track_hit(
+    fn active(&self) -> Result<Vec<MessageRecord>, StoreError> {
+        let mut out = Vec::new();
+        for item in self.messages.iter() {
+            let (k, v) = item?;
+            match codec::decode::<MessageRecord>(&v) {
+                Ok(r) => out.push(r),
+                Err(reason) => {
+                    self.quarantine.put("messages", &k, &v, &reason);
+                    self.messages.remove(&k)?;
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    fn finished_before(&self, cutoff_ms: u64) -> Result<Vec<MessageRecord>, StoreError> {
+        let mut out = Vec::new();
+        for item in self.finished.iter() {
+            let (_, v) = item?;
+            if let Ok(r) = codec::decode::<MessageRecord>(&v) {
+                if r.created_ms < cutoff_ms {
+                    out.push(r);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    fn forget_finished(&self, tid: &str) -> Result<(), StoreError> {
+        let track = self.db.open_tree("track")?;
+        for item in track.scan_prefix(format!("{tid}\0").as_bytes()) {
+            track.remove(item?.0)?;
+        }
+        self.finished.remove(tid.as_bytes())?;
+        Ok(())
+    }
+
+    fn track_hit(
         &self,
         tid: &str,
         recipient: &str,
@@ -349,7 +475,7 @@ impl Store {
         window_ms: u64,
         create: bool,
     ) -> Result<Option<Hit>, StoreError> {
-        let tree = self.inner.db.open_tree("track")?;
+        let tree = self.db.open_tree("track")?;
         let k = track_key(tid, recipient, key);
         let (hit, value) = match tree.get(&k)? {
             Some(v) => {
@@ -388,9 +514,8 @@ impl Store {
         Ok(Some(hit))
     }
 
-    /// How many opens or clicks (`key`) of `tid` by `recipient` were counted.
-    pub fn track_count(&self, tid: &str, recipient: &str, key: &str) -> Result<u64, StoreError> {
-        let tree = self.inner.db.open_tree("track")?;
+    fn track_count(&self, tid: &str, recipient: &str, key: &str) -> Result<u64, StoreError> {
+        let tree = self.db.open_tree("track")?;
         let k = track_key(tid, recipient, key);
         Ok(tree
             .get(&k)?
@@ -399,172 +524,16 @@ impl Store {
             .unwrap_or(0))
     }
 
-    /// Held while a transaction's record is read, changed and written back by feedback
-    /// (SES events, DSNs, opens), so two at once do not lose each other's history.
-    pub async fn lock_tid(&self, tid: &str) -> tokio::sync::MutexGuard<'_, ()> {
+    fn lock_tid<'a>(&'a self, tid: &'a str) -> futures::future::BoxFuture<'a, TidLock<'a>> {
         use std::hash::{Hash, Hasher};
         let mut h = std::collections::hash_map::DefaultHasher::new();
         tid.hash(&mut h);
-        let locks = &self.inner.tid_locks;
-        locks[(h.finish() as usize) % locks.len()].lock().await
-    }
-
-    /// Maps a route's message id (SES MessageId) to its tid. Not committed here: the
-    /// caller's next commit (the update recording 7501) makes it durable with the rest.
-    pub fn map_route_id(&self, id: &str, tid: &str) -> Result<(), StoreError> {
-        self.inner.route_ids.insert(id.as_bytes(), tid.as_bytes())?;
-        Ok(())
-    }
-
-    /// The tid a route's message id belongs to.
-    pub fn tid_for_route_id(&self, id: &str) -> Result<Option<String>, StoreError> {
-        Ok(self
-            .inner
-            .route_ids
-            .get(id.as_bytes())?
-            .map(|v| String::from_utf8_lossy(&v).into_owned()))
-    }
-
-    /// Whether the SNS message `id` was already recorded (SNS delivers at least once).
-    pub fn sns_seen(&self, id: &str) -> Result<bool, StoreError> {
-        Ok(self.inner.sns_seen.contains_key(id.as_bytes())?)
-    }
-
-    /// Remembers SNS message `id` as recorded, until `collect_finished` forgets it with
-    /// the transactions it could refer to.
-    pub async fn mark_sns_seen(&self, id: &str) -> Result<(), StoreError> {
-        self.inner
-            .sns_seen
-            .insert(id.as_bytes(), &now_ms().to_be_bytes())?;
-        self.commit().await
-    }
-
-    /// An active or finished transaction.
-    pub fn message(&self, tid: &str) -> Result<Option<MessageRecord>, StoreError> {
-        for (name, tree) in [
-            ("messages", &self.inner.messages),
-            ("finished", &self.inner.finished),
-        ] {
-            if let Some(v) = tree.get(tid.as_bytes())? {
-                return codec::decode(&v)
-                    .map(Some)
-                    .map_err(|reason| StoreError::Corrupt {
-                        tree: name,
-                        key: tid.into(),
-                        reason,
-                    });
+        let lock = &self.tid_locks[(h.finish() as usize) % self.tid_locks.len()];
+        Box::pin(async move {
+            TidLock {
+                _guard: Box::new(lock.lock().await),
             }
-        }
-        Ok(None)
-    }
-
-    /// Every active transaction (for the scheduler at start). Undecodable ones are
-    /// quarantined, never deleted silently.
-    pub fn active_messages(&self) -> Result<Vec<MessageRecord>, StoreError> {
-        let mut out = Vec::new();
-        for item in self.inner.messages.iter() {
-            let (k, v) = item?;
-            match codec::decode::<MessageRecord>(&v) {
-                Ok(r) => out.push(r),
-                Err(reason) => {
-                    self.quarantine("messages", &k, &v, &reason);
-                    self.inner.messages.remove(&k)?;
-                }
-            }
-        }
-        Ok(out)
-    }
-
-    /// Removes finished transactions older than the retention.
-    pub fn collect_finished(&self) -> Result<usize, StoreError> {
-        let cutoff = now_ms().saturating_sub(FINISHED_RETENTION_MS);
-        let mut n = 0;
-        for item in self.inner.sns_seen.iter() {
-            let (k, v) = item?;
-            let at = v
-                .as_ref()
-                .try_into()
-                .map(u64::from_be_bytes)
-                .unwrap_or_default();
-            if at < cutoff {
-                self.inner.sns_seen.remove(&k)?;
-            }
-        }
-        for item in self.inner.finished.iter() {
-            let (k, v) = item?;
-            if let Ok(r) = codec::decode::<MessageRecord>(&v) {
-                if r.created_ms < cutoff {
-                    for id in &r.route_ids {
-                        self.inner.route_ids.remove(id.as_bytes())?;
-                    }
-                    let track = self.inner.db.open_tree("track")?;
-                    for item in track.scan_prefix(format!("{}\0", r.tid).as_bytes()) {
-                        track.remove(item?.0)?;
-                    }
-                    self.inner.finished.remove(&k)?;
-                    n += 1;
-                }
-            }
-        }
-        Ok(n)
-    }
-
-    pub fn template_get(
-        &self,
-        service: &str,
-        id: &str,
-    ) -> Result<Option<crate::model::wire::Template>, StoreError> {
-        match self
-            .inner
-            .templates
-            .get(format!("{service}/{id}").as_bytes())?
-        {
-            None => Ok(None),
-            Some(v) => codec::decode(&v)
-                .map(Some)
-                .map_err(|reason| StoreError::Corrupt {
-                    tree: "templates",
-                    key: id.into(),
-                    reason,
-                }),
-        }
-    }
-
-    pub fn template_list(
-        &self,
-        service: &str,
-    ) -> Result<Vec<crate::model::wire::Template>, StoreError> {
-        let prefix = format!("{service}/");
-        let mut out = Vec::new();
-        for item in self.inner.templates.scan_prefix(prefix.as_bytes()) {
-            let (_, v) = item?;
-            if let Ok(t) = codec::decode(&v) {
-                out.push(t);
-            }
-        }
-        Ok(out)
-    }
-
-    pub async fn template_put(
-        &self,
-        service: &str,
-        t: &crate::model::wire::Template,
-    ) -> Result<(), StoreError> {
-        self.inner
-            .templates
-            .insert(format!("{service}/{}", t.id).as_bytes(), codec::encode(t))?;
-        self.commit().await
-    }
-
-    /// Returns whether it existed.
-    pub async fn template_delete(&self, service: &str, id: &str) -> Result<bool, StoreError> {
-        let existed = self
-            .inner
-            .templates
-            .remove(format!("{service}/{id}").as_bytes())?
-            .is_some();
-        self.commit().await?;
-        Ok(existed)
+        })
     }
 }
 

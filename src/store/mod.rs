@@ -1,11 +1,17 @@
-//! The only module that touches sled or the spool directory. One tree per concern:
-//! `spool` (accepted inbound messages' envelopes), `bodies` (small message bodies; large
-//! ones are files under `data_dir/spool/`), `outbox` (webhook events waiting for delivery),
-//! `dead` (events that exhausted their retries), `inbound_tids` (MO tid -> spool id, for
-//! signed attachment links), `messages` / `finished` (outbound transactions), `templates`,
-//! `suppression`, `consent` and `frequency` (contact policy), `quarantine` (records that no longer decode: kept, never
-//! deleted). Records carry a version byte; anything this build cannot decode is moved to
-//! `quarantine` and logged instead of stopping the daemon or being lost.
+//! The only module that touches sled or the spool directory.
+//!
+//! Two kinds of state. Node-local, always sled and reached through [`Store`]'s own
+//! methods: `spool` (accepted inbound messages' envelopes), `bodies` (small message
+//! bodies; large ones are files under `data_dir/spool/`), `outbox` (webhook events waiting
+//! for delivery), `dead` (events that exhausted their retries), `inbound_tids` (MO tid ->
+//! spool id, for signed attachment links), `feedback_pending` (`pending.rs`). Shared by
+//! every node in cluster mode (SPEC 13), each concern behind its own interface, sled
+//! today: [`Suppressions`] (`suppression`), [`Templates`] (`templates`), [`Policy`]
+//! (`consent`, `frequency`), [`Domains`] (`domains`), [`Messages`] (`messages` /
+//! `finished`, `track`), [`RouteState`] (`route_ids`, `sns_seen`, `route_tokens`).
+//! `quarantine` holds records that no longer decode: kept, never deleted. Records carry a
+//! version byte; anything this build cannot decode is moved to `quarantine` and logged
+//! instead of stopping the daemon or being lost.
 //!
 //! Durability: [`Store::commit`] returns once everything written before it is on disk. Many
 //! callers share one flush (group commit), so a burst of SMTP sessions costs one fsync.
@@ -23,8 +29,10 @@ pub mod messages;
 pub mod outbox;
 pub mod pending;
 pub mod policy;
+pub mod routes;
 pub mod spool;
 pub mod suppression;
+pub mod templates;
 pub mod tokens;
 
 use crate::model::health::Health;
@@ -35,8 +43,19 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use tokio::sync::oneshot;
 
+pub use domains::Domains;
+pub use messages::{Messages, TidLock};
 pub use outbox::{DeadLetter, OutboxEntry, Payload};
+pub use policy::Policy;
+pub use routes::RouteState;
 pub use spool::{BodyLocation, SpoolRecord};
+pub use suppression::Suppressions;
+pub use templates::Templates;
+
+/// What the interfaces' writing methods return: they finish once the write is durable.
+/// A boxed future keeps the traits object-safe (`dyn Suppressions`), which `async fn` in
+/// a trait is not.
+pub type StoreFuture<'a, T> = futures::future::BoxFuture<'a, Result<T, StoreError>>;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -66,7 +85,14 @@ impl From<sled::transaction::TransactionError<StoreError>> for StoreError {
     }
 }
 
-/// Handle to the database; cheap to clone.
+/// Handle to the store; cheap to clone.
+///
+/// It holds the node-local state itself (spool, outbox and dead letters, pending feedback:
+/// always sled, always this node's) and reaches the state that several nodes will share
+/// (SPEC 13) through one interface per concern: [`Store::suppressions`],
+/// [`Store::templates`], [`Store::policy`], [`Store::domains`], [`Store::messages`],
+/// [`Store::routes`]. [`Store::open`] puts the sled implementations behind them; a
+/// cluster build puts PostgreSQL ones there, and nothing above the store changes.
 #[derive(Clone)]
 pub struct Store {
     inner: Arc<Inner>,
@@ -79,23 +105,69 @@ struct Inner {
     outbox: sled::Tree,
     dead: sled::Tree,
     inbound_tids: sled::Tree,
-    messages: sled::Tree,
-    finished: sled::Tree,
-    route_ids: sled::Tree,
-    sns_seen: sled::Tree,
-    domains: sled::Tree,
-    templates: sled::Tree,
-    suppression: sled::Tree,
-    consent: sled::Tree,
-    frequency: sled::Tree,
-    quarantine: sled::Tree,
+    quarantine: Quarantine,
     spool_dir: PathBuf,
-    flush_tx: std::sync::mpsc::Sender<FlushRequest>,
-    /// Serialise read-modify-write of one transaction's record (striped by tid).
-    tid_locks: Vec<tokio::sync::Mutex<()>>,
-    health: Arc<Health>,
+    durable: Durable,
     /// When the flush in progress started (ms since the epoch), 0 when none is.
     flushing_since: Arc<AtomicU64>,
+    shared: Shared,
+}
+
+/// The state several nodes will share, one interface per concern.
+struct Shared {
+    suppressions: Box<dyn Suppressions>,
+    templates: Box<dyn Templates>,
+    policy: Box<dyn Policy>,
+    domains: Box<dyn Domains>,
+    messages: Box<dyn Messages>,
+    routes: Box<dyn RouteState>,
+}
+
+impl Shared {
+    /// Every concern on this node's sled database.
+    fn sled(
+        db: &sled::Db,
+        outbox: &sled::Tree,
+        durable: &Durable,
+        q: &Quarantine,
+    ) -> sled::Result<Shared> {
+        Ok(Shared {
+            suppressions: Box::new(suppression::SledSuppressions {
+                tree: db.open_tree("suppression")?,
+                quarantine: q.clone(),
+                durable: durable.clone(),
+            }),
+            templates: Box::new(templates::SledTemplates {
+                tree: db.open_tree("templates")?,
+                durable: durable.clone(),
+            }),
+            policy: Box::new(policy::SledPolicy {
+                consent: db.open_tree("consent")?,
+                frequency: db.open_tree("frequency")?,
+                quarantine: q.clone(),
+                durable: durable.clone(),
+            }),
+            domains: Box::new(domains::SledDomains {
+                tree: db.open_tree("domains")?,
+                durable: durable.clone(),
+            }),
+            messages: Box::new(messages::SledMessages {
+                db: db.clone(),
+                messages: db.open_tree("messages")?,
+                finished: db.open_tree("finished")?,
+                outbox: outbox.clone(),
+                tid_locks: (0..64).map(|_| tokio::sync::Mutex::new(())).collect(),
+                quarantine: q.clone(),
+                durable: durable.clone(),
+            }),
+            routes: Box::new(routes::SledRouteState {
+                db: db.clone(),
+                route_ids: db.open_tree("route_ids")?,
+                sns_seen: db.open_tree("sns_seen")?,
+                durable: durable.clone(),
+            }),
+        })
+    }
 }
 
 /// A commit not answered within this is treated as a failed write: sled 0.34's flush can
@@ -110,6 +182,70 @@ type FlushRequest = (
     Vec<Arc<std::fs::File>>,
     oneshot::Sender<Result<(), String>>,
 );
+
+/// The way to the group-commit thread, held by every sled concern so each can make its
+/// own writes durable.
+#[derive(Clone)]
+struct Durable {
+    db: sled::Db,
+    flush_tx: std::sync::mpsc::Sender<FlushRequest>,
+    health: Arc<Health>,
+}
+
+impl Durable {
+    /// See [`Store::commit`].
+    async fn commit(&self) -> Result<(), StoreError> {
+        self.commit_with(Vec::new()).await
+    }
+
+    /// See [`Store::commit_with`].
+    async fn commit_with(&self, files: Vec<Arc<std::fs::File>>) -> Result<(), StoreError> {
+        let (tx, rx) = oneshot::channel();
+        self.flush_tx
+            .send((self.db.clone(), files, tx))
+            .map_err(|_| StoreError::Closed)?;
+        match tokio::time::timeout(COMMIT_TIMEOUT, rx).await {
+            Ok(Ok(Ok(()))) => Ok(()),
+            Ok(Ok(Err(e))) => Err(StoreError::Db(sled::Error::Io(std::io::Error::other(e)))),
+            Ok(Err(_)) => Err(StoreError::Closed),
+            Err(_) => {
+                // Not known to be durable: the caller answers as for a failed write.
+                self.health.store_failed();
+                Err(StoreError::Db(sled::Error::Io(std::io::Error::other(
+                    "the store did not flush within 10 s",
+                ))))
+            }
+        }
+    }
+}
+
+/// The `quarantine` tree: records that no longer decode, kept under `tree/key`, never
+/// deleted.
+#[derive(Clone)]
+struct Quarantine {
+    tree: sled::Tree,
+}
+
+impl Quarantine {
+    /// Keeps `value` aside and logs why; the caller then removes the original.
+    fn put(&self, tree: &'static str, key: &[u8], value: &[u8], reason: &str) {
+        let mut qkey = tree.as_bytes().to_vec();
+        qkey.push(b'/');
+        qkey.extend_from_slice(key);
+        tracing::error!(tree, key = %String::from_utf8_lossy(key), reason, "record quarantined");
+        if let Err(e) = self.tree.insert(qkey, value) {
+            tracing::error!(error = %e, "could not write the quarantine record; the original is kept");
+        }
+    }
+
+    /// Whether `key` of `tree` was quarantined.
+    fn holds(&self, tree: &'static str, key: &[u8]) -> Result<bool, StoreError> {
+        let mut qkey = tree.as_bytes().to_vec();
+        qkey.push(b'/');
+        qkey.extend_from_slice(key);
+        Ok(self.tree.contains_key(qkey)?)
+    }
+}
 
 impl Store {
     /// Opens (creating) the database under `data_dir` and starts the group-commit thread.
@@ -127,36 +263,36 @@ impl Store {
         let (flush_tx, flush_rx) = std::sync::mpsc::channel();
         let health = Arc::new(Health::default());
         let flushing_since = Arc::new(AtomicU64::new(0));
-        let durable = DbFiles::open(&data_dir.join("db")).map_err(|source| StoreError::File {
-            path: data_dir.join("db"),
-            source,
-        })?;
+        let durable_files =
+            DbFiles::open(&data_dir.join("db")).map_err(|source| StoreError::File {
+                path: data_dir.join("db"),
+                source,
+            })?;
+        let durable = Durable {
+            db: db.clone(),
+            flush_tx,
+            health: health.clone(),
+        };
+        let quarantine = Quarantine {
+            tree: db.open_tree("quarantine")?,
+        };
+        let outbox = db.open_tree("outbox")?;
         let inner = Inner {
             spool: db.open_tree("spool")?,
             bodies: db.open_tree("bodies")?,
-            outbox: db.open_tree("outbox")?,
             dead: db.open_tree("dead")?,
             inbound_tids: db.open_tree("inbound_tids")?,
-            messages: db.open_tree("messages")?,
-            finished: db.open_tree("finished")?,
-            route_ids: db.open_tree("route_ids")?,
-            sns_seen: db.open_tree("sns_seen")?,
-            domains: db.open_tree("domains")?,
-            templates: db.open_tree("templates")?,
-            suppression: db.open_tree("suppression")?,
-            consent: db.open_tree("consent")?,
-            frequency: db.open_tree("frequency")?,
-            quarantine: db.open_tree("quarantine")?,
-            db: db.clone(),
+            shared: Shared::sled(&db, &outbox, &durable, &quarantine)?,
+            outbox,
+            quarantine,
+            db,
             spool_dir: spool_dir.clone(),
-            flush_tx,
-            tid_locks: (0..64).map(|_| tokio::sync::Mutex::new(())).collect(),
-            health: health.clone(),
+            durable,
             flushing_since: flushing_since.clone(),
         };
         let committer = Committer {
             spool_dir: spool_dir.clone(),
-            files: durable,
+            files: durable_files,
             health,
             flushing_since,
         };
@@ -172,36 +308,51 @@ impl Store {
         })
     }
 
+    /// Suppression entries (SPEC 8).
+    pub fn suppressions(&self) -> &dyn Suppressions {
+        &*self.inner.shared.suppressions
+    }
+
+    /// Templates of every service.
+    pub fn templates(&self) -> &dyn Templates {
+        &*self.inner.shared.templates
+    }
+
+    /// Consent lists and frequency counters (contact policy).
+    pub fn policy(&self) -> &dyn Policy {
+        &*self.inner.shared.policy
+    }
+
+    /// Domain verification verdicts.
+    pub fn domains(&self) -> &dyn Domains {
+        &*self.inner.shared.domains
+    }
+
+    /// Outbound transactions: status, history, open and click counters.
+    pub fn messages(&self) -> &dyn Messages {
+        &*self.inner.shared.messages
+    }
+
+    /// What routes and their feedback need kept: route message ids, SNS de-duplication,
+    /// rotated refresh tokens.
+    pub fn routes(&self) -> &dyn RouteState {
+        &*self.inner.shared.routes
+    }
+
     /// Waits until every write made before this call is durable. Concurrent callers are
     /// served by one `fsync`.
     pub async fn commit(&self) -> Result<(), StoreError> {
-        self.commit_with(Vec::new()).await
+        self.inner.durable.commit().await
     }
 
     /// [`Store::commit`], also making `files` (new spool files) and their directory durable.
     pub async fn commit_with(&self, files: Vec<Arc<std::fs::File>>) -> Result<(), StoreError> {
-        let (tx, rx) = oneshot::channel();
-        self.inner
-            .flush_tx
-            .send((self.inner.db.clone(), files, tx))
-            .map_err(|_| StoreError::Closed)?;
-        match tokio::time::timeout(COMMIT_TIMEOUT, rx).await {
-            Ok(Ok(Ok(()))) => Ok(()),
-            Ok(Ok(Err(e))) => Err(StoreError::Db(sled::Error::Io(std::io::Error::other(e)))),
-            Ok(Err(_)) => Err(StoreError::Closed),
-            Err(_) => {
-                // Not known to be durable: the caller answers as for a failed write.
-                self.inner.health.store_failed();
-                Err(StoreError::Db(sled::Error::Io(std::io::Error::other(
-                    "the store did not flush within 10 s",
-                ))))
-            }
-        }
+        self.inner.durable.commit_with(files).await
     }
 
     /// The store's health flags (free space, failed writes), shared with the daemon.
     pub fn health(&self) -> Arc<Health> {
-        self.inner.health.clone()
+        self.inner.durable.health.clone()
     }
 
     /// True while a flush has been running for longer than `limit`.
@@ -231,13 +382,22 @@ impl Store {
     }
 
     fn quarantine(&self, tree: &'static str, key: &[u8], value: &[u8], reason: &str) {
-        let mut qkey = tree.as_bytes().to_vec();
-        qkey.push(b'/');
-        qkey.extend_from_slice(key);
-        tracing::error!(tree, key = %String::from_utf8_lossy(key), reason, "record quarantined");
-        if let Err(e) = self.inner.quarantine.insert(qkey, value) {
-            tracing::error!(error = %e, "could not write the quarantine record; the original is kept");
+        self.inner.quarantine.put(tree, key, value, reason)
+    }
+
+    /// Removes finished transactions older than their retention, with what refers to them
+    /// (route ids, open and click counters) and the SNS de-duplication entries of the same
+    /// age. Returns how many transactions went.
+    pub fn collect_finished(&self) -> Result<usize, StoreError> {
+        let cutoff = now_ms().saturating_sub(messages::FINISHED_RETENTION_MS);
+        self.routes().forget_sns_seen_before(cutoff)?;
+        let mut n = 0;
+        for record in self.messages().finished_before(cutoff)? {
+            self.routes().forget_route_ids(&record.route_ids)?;
+            self.messages().forget_finished(&record.tid)?;
+            n += 1;
         }
+        Ok(n)
     }
 
     /// Drops this handle once it is the last one (waiting at most `within` for the others
@@ -257,7 +417,7 @@ impl Store {
 
     /// Number of records moved aside because they did not decode.
     pub fn quarantined(&self) -> usize {
-        self.inner.quarantine.len()
+        self.inner.quarantine.tree.len()
     }
 }
 

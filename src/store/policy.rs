@@ -3,7 +3,7 @@
 //! group's window whenever they are written and by the garbage collector, which deletes a
 //! recipient's counter once its window has ended.
 
-use super::{codec, Store, StoreError};
+use super::{codec, Durable, Quarantine, StoreError, StoreFuture};
 
 fn key(group: &str, address: &str) -> Vec<u8> {
     let mut k = group.as_bytes().to_vec();
@@ -12,32 +12,89 @@ fn key(group: &str, address: &str) -> Vec<u8> {
     k
 }
 
-impl Store {
-    pub fn has_consent(&self, group: &str, address: &str) -> Result<bool, StoreError> {
-        Ok(self.inner.consent.contains_key(key(group, address))?)
-    }
+/// Contact-policy state: consent lists and per-recipient send times of each group. Shared
+/// by every node in cluster mode, so a consent change or a send made through one node
+/// counts on all.
+///
+/// Reads and counter writes are synchronous today; a database-backed implementation may
+/// make them async.
+pub trait Policy: Send + Sync {
+    fn has_consent(&self, group: &str, address: &str) -> Result<bool, StoreError>;
 
-    pub async fn set_consent(
+    /// Grants or withdraws consent; returns whether that changed anything. Durable when
+    /// the future finishes.
+    fn set_consent<'a>(
+        &'a self,
+        group: &'a str,
+        address: &'a str,
+        granted: bool,
+    ) -> StoreFuture<'a, bool>;
+
+    /// The addresses that consented to `group`.
+    fn consents(&self, group: &str) -> Result<Vec<String>, StoreError>;
+
+    /// Sends to `address` in `group` since `since_ms`.
+    fn sends_since(&self, group: &str, address: &str, since_ms: u64) -> Result<usize, StoreError>;
+
+    /// Records a send at `at_ms`, dropping times older than `since_ms`. Not made durable on
+    /// its own: it rides the commit of the queue update that follows.
+    fn record_send(
         &self,
         group: &str,
         address: &str,
-        granted: bool,
-    ) -> Result<bool, StoreError> {
-        let k = key(group, address);
-        let changed = if granted {
-            self.inner.consent.insert(k, &[])?.is_none()
-        } else {
-            self.inner.consent.remove(k)?.is_some()
-        };
-        self.commit().await?;
-        Ok(changed)
+        at_ms: u64,
+        since_ms: u64,
+    ) -> Result<(), StoreError>;
+
+    /// Counters held (one per group and recipient).
+    fn frequency_len(&self) -> usize;
+
+    /// Drops send times older than their group's window (`window_ms(group)`) as seen at
+    /// `now_ms`, deleting counters left empty. Returns how many counters were deleted. A
+    /// send recorded meanwhile is never lost.
+    fn prune_frequency(
+        &self,
+        now_ms: u64,
+        window_ms: &dyn Fn(&str) -> u64,
+    ) -> Result<usize, StoreError>;
+}
+
+/// [`Policy`] on sled: the `consent` and `frequency` trees.
+pub(super) struct SledPolicy {
+    pub(super) consent: sled::Tree,
+    pub(super) frequency: sled::Tree,
+    pub(super) quarantine: Quarantine,
+    pub(super) durable: Durable,
+}
+
+impl Policy for SledPolicy {
+    fn has_consent(&self, group: &str, address: &str) -> Result<bool, StoreError> {
+        Ok(self.consent.contains_key(key(group, address))?)
     }
 
-    pub fn consents(&self, group: &str) -> Result<Vec<String>, StoreError> {
+    fn set_consent<'a>(
+        &'a self,
+        group: &'a str,
+        address: &'a str,
+        granted: bool,
+    ) -> StoreFuture<'a, bool> {
+        Box::pin(async move {
+            let k = key(group, address);
+            let changed = if granted {
+                self.consent.insert(k, &[])?.is_none()
+            } else {
+                self.consent.remove(k)?.is_some()
+            };
+            self.durable.commit().await?;
+            Ok(changed)
+        })
+    }
+
+    fn consents(&self, group: &str) -> Result<Vec<String>, StoreError> {
         let mut p = group.as_bytes().to_vec();
         p.push(0);
         let mut out = Vec::new();
-        for item in self.inner.consent.scan_prefix(&p) {
+        for item in self.consent.scan_prefix(&p) {
             let (k, _) = item?;
             out.push(String::from_utf8_lossy(&k[p.len()..]).into_owned());
         }
@@ -45,13 +102,8 @@ impl Store {
     }
 
     /// Sends to `address` in `group` since `since_ms`.
-    pub fn sends_since(
-        &self,
-        group: &str,
-        address: &str,
-        since_ms: u64,
-    ) -> Result<usize, StoreError> {
-        let times: Vec<u64> = match self.inner.frequency.get(key(group, address))? {
+    fn sends_since(&self, group: &str, address: &str, since_ms: u64) -> Result<usize, StoreError> {
+        let times: Vec<u64> = match self.frequency.get(key(group, address))? {
             Some(v) => codec::decode(&v).unwrap_or_default(),
             None => Vec::new(),
         };
@@ -60,7 +112,7 @@ impl Store {
 
     /// Records a send at `at_ms`, dropping times older than `since_ms`. Not flushed on its
     /// own: it rides the commit of the queue update that follows.
-    pub fn record_send(
+    fn record_send(
         &self,
         group: &str,
         address: &str,
@@ -68,32 +120,32 @@ impl Store {
         since_ms: u64,
     ) -> Result<(), StoreError> {
         let k = key(group, address);
-        let mut times: Vec<u64> = match self.inner.frequency.get(&k)? {
+        let mut times: Vec<u64> = match self.frequency.get(&k)? {
             Some(v) => codec::decode(&v).unwrap_or_default(),
             None => Vec::new(),
         };
         times.retain(|t| *t >= since_ms);
         times.push(at_ms);
-        self.inner.frequency.insert(k, codec::encode(&times))?;
+        self.frequency.insert(k, codec::encode(&times))?;
         Ok(())
     }
 
     /// Counters held (one per group and recipient).
-    pub fn frequency_len(&self) -> usize {
-        self.inner.frequency.len()
+    fn frequency_len(&self) -> usize {
+        self.frequency.len()
     }
 
     /// Drops send times older than their group's window (`window_ms(group)`) as seen at
     /// `now_ms`, deleting counters left empty. Returns how many counters were deleted.
     /// Each write is a compare-and-swap against the value read, so a send recorded
     /// meanwhile is never lost (that counter is simply looked at again next time).
-    pub fn prune_frequency(
+    fn prune_frequency(
         &self,
         now_ms: u64,
         window_ms: &dyn Fn(&str) -> u64,
     ) -> Result<usize, StoreError> {
         let mut deleted = 0;
-        for item in self.inner.frequency.iter() {
+        for item in self.frequency.iter() {
             let (k, v) = item?;
             let group = k.split(|b| *b == 0).next().unwrap_or_default();
             let since = now_ms.saturating_sub(window_ms(&String::from_utf8_lossy(group)));
@@ -102,12 +154,10 @@ impl Store {
                 Err(reason) => {
                     // A counter only ever caps sends: losing one is harmless, keeping an
                     // unreadable one for ever is not.
-                    self.quarantine("frequency", &k, &v, &reason);
-                    let _ = self.inner.frequency.compare_and_swap(
-                        &k,
-                        Some(&v),
-                        None as Option<&[u8]>,
-                    )?;
+                    self.quarantine.put("frequency", &k, &v, &reason);
+                    let _ = self
+                        .frequency
+                        .compare_and_swap(&k, Some(&v), None as Option<&[u8]>)?;
                     continue;
                 }
             };
@@ -117,7 +167,6 @@ impl Store {
             }
             let new = (!kept.is_empty()).then(|| codec::encode(&kept));
             let swapped = self
-                .inner
                 .frequency
                 .compare_and_swap(&k, Some(&v), new.as_deref())?;
             if swapped.is_ok() && kept.is_empty() {
@@ -130,29 +179,54 @@ impl Store {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use crate::store::Store;
 
     #[tokio::test]
     async fn counters_are_trimmed_to_their_window_and_deleted_when_it_ended() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
         let hour = 3_600_000;
-        store.record_send("promo", "a@x.org", 10 * hour, 0).unwrap();
-        store.record_send("promo", "a@x.org", 11 * hour, 0).unwrap();
-        store.record_send("promo", "b@x.org", 10 * hour, 0).unwrap();
-        store.record_send("daily", "a@x.org", 10 * hour, 0).unwrap();
+        store
+            .policy()
+            .record_send("promo", "a@x.org", 10 * hour, 0)
+            .unwrap();
+        store
+            .policy()
+            .record_send("promo", "a@x.org", 11 * hour, 0)
+            .unwrap();
+        store
+            .policy()
+            .record_send("promo", "b@x.org", 10 * hour, 0)
+            .unwrap();
+        store
+            .policy()
+            .record_send("daily", "a@x.org", 10 * hour, 0)
+            .unwrap();
         let window = |g: &str| if g == "daily" { 24 * hour } else { hour };
         // At 11:30 the promo window (1 h) holds only the 11:00 send of a@.
         assert_eq!(
             store
+                .policy()
                 .prune_frequency(11 * hour + hour / 2, &window)
                 .unwrap(),
             1
         );
-        assert_eq!(store.sends_since("promo", "a@x.org", 0).unwrap(), 1);
-        assert_eq!(store.sends_since("promo", "b@x.org", 0).unwrap(), 0);
-        assert_eq!(store.sends_since("daily", "a@x.org", 0).unwrap(), 1);
-        assert_eq!(store.prune_frequency(35 * hour, &window).unwrap(), 2);
-        assert_eq!(store.frequency_len(), 0);
+        assert_eq!(
+            store.policy().sends_since("promo", "a@x.org", 0).unwrap(),
+            1
+        );
+        assert_eq!(
+            store.policy().sends_since("promo", "b@x.org", 0).unwrap(),
+            0
+        );
+        assert_eq!(
+            store.policy().sends_since("daily", "a@x.org", 0).unwrap(),
+            1
+        );
+        assert_eq!(
+            store.policy().prune_frequency(35 * hour, &window).unwrap(),
+            2
+        );
+        assert_eq!(store.policy().frequency_len(), 0);
     }
 }

@@ -496,9 +496,7 @@ impl Store {
     }
 
     fn spool_quarantined(&self, id: &[u8]) -> Result<bool, StoreError> {
-        let mut key = b"spool/".to_vec();
-        key.extend_from_slice(id);
-        Ok(self.inner.quarantine.contains_key(key)?)
+        self.inner.quarantine.holds("spool", id)
     }
 
     pub fn spool_len(&self) -> usize {

@@ -3,7 +3,7 @@
 //! lower-cased), so one address has one entry per asset; a later reason replaces an
 //! earlier one.
 
-use super::{codec, Store, StoreError};
+use super::{codec, Durable, Quarantine, StoreError, StoreFuture};
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -61,70 +61,91 @@ fn key(asset: &str, address: &str) -> Vec<u8> {
     k
 }
 
-impl Store {
+/// The suppression list (SPEC 8). Shared by every node in cluster mode.
+///
+/// Addresses are compared lower-cased and trimmed. Methods are synchronous reads and
+/// durable writes today; a database-backed implementation may make the reads async too.
+pub trait Suppressions: Send + Sync {
     /// The active entry for an address, if any. Expired entries are removed on sight.
-    pub fn suppression(
+    fn get(
+        &self,
+        asset: &str,
+        address: &str,
+        now_ms: u64,
+    ) -> Result<Option<Suppression>, StoreError>;
+
+    /// Adds or replaces entries; durable when the future finishes.
+    fn add<'a>(&'a self, entries: &'a [Suppression]) -> StoreFuture<'a, ()>;
+
+    /// Removes an entry; returns whether there was one. Durable when the future finishes.
+    fn remove<'a>(&'a self, asset: &'a str, address: &'a str) -> StoreFuture<'a, bool>;
+
+    /// Active entries of one asset (or all), in (asset, address) order.
+    fn list(&self, asset: Option<&str>, now_ms: u64) -> Result<Vec<Suppression>, StoreError>;
+}
+
+/// [`Suppressions`] on sled: the `suppression` tree.
+pub(super) struct SledSuppressions {
+    pub(super) tree: sled::Tree,
+    pub(super) quarantine: Quarantine,
+    pub(super) durable: Durable,
+}
+
+impl Suppressions for SledSuppressions {
+    fn get(
         &self,
         asset: &str,
         address: &str,
         now_ms: u64,
     ) -> Result<Option<Suppression>, StoreError> {
         let k = key(asset, address);
-        let Some(v) = self.inner.suppression.get(&k)? else {
+        let Some(v) = self.tree.get(&k)? else {
             return Ok(None);
         };
         let entry: Suppression = match codec::decode(&v) {
             Ok(e) => e,
             Err(reason) => {
-                self.quarantine("suppression", &k, &v, &reason);
-                self.inner.suppression.remove(&k)?;
+                self.quarantine.put("suppression", &k, &v, &reason);
+                self.tree.remove(&k)?;
                 return Ok(None);
             }
         };
         if entry.active(now_ms) {
             Ok(Some(entry))
         } else {
-            self.inner.suppression.remove(&k)?;
+            self.tree.remove(&k)?;
             Ok(None)
         }
     }
 
-    /// Adds or replaces entries, then commits.
-    pub async fn suppress(&self, entries: &[Suppression]) -> Result<(), StoreError> {
-        for e in entries {
-            let mut e = e.clone();
-            e.address = e.address.trim().to_ascii_lowercase();
-            self.inner
-                .suppression
-                .insert(key(&e.asset_id, &e.address), codec::encode(&e))?;
-        }
-        self.commit().await
+    fn add<'a>(&'a self, entries: &'a [Suppression]) -> StoreFuture<'a, ()> {
+        Box::pin(async move {
+            for e in entries {
+                let mut e = e.clone();
+                e.address = e.address.trim().to_ascii_lowercase();
+                self.tree
+                    .insert(key(&e.asset_id, &e.address), codec::encode(&e))?;
+            }
+            self.durable.commit().await
+        })
     }
 
-    /// Removes an entry; returns whether there was one.
-    pub async fn unsuppress(&self, asset: &str, address: &str) -> Result<bool, StoreError> {
-        let existed = self
-            .inner
-            .suppression
-            .remove(key(asset, address))?
-            .is_some();
-        self.commit().await?;
-        Ok(existed)
+    fn remove<'a>(&'a self, asset: &'a str, address: &'a str) -> StoreFuture<'a, bool> {
+        Box::pin(async move {
+            let existed = self.tree.remove(key(asset, address))?.is_some();
+            self.durable.commit().await?;
+            Ok(existed)
+        })
     }
 
-    /// Active entries of one asset (or all), in key order.
-    pub fn suppressions(
-        &self,
-        asset: Option<&str>,
-        now_ms: u64,
-    ) -> Result<Vec<Suppression>, StoreError> {
+    fn list(&self, asset: Option<&str>, now_ms: u64) -> Result<Vec<Suppression>, StoreError> {
         let iter = match asset {
             Some(a) => {
                 let mut p = a.as_bytes().to_vec();
                 p.push(0);
-                self.inner.suppression.scan_prefix(p)
+                self.tree.scan_prefix(p)
             }
-            None => self.inner.suppression.scan_prefix(b""),
+            None => self.tree.scan_prefix(b""),
         };
         let mut out = Vec::new();
         for item in iter {
@@ -142,14 +163,16 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::Store;
 
     #[tokio::test]
     async fn bounce_entries_expire_with_the_clock_passed_in() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
         let day = 86_400_000;
-        store
-            .suppress(&[Suppression {
+        let suppressions = store.suppressions();
+        suppressions
+            .add(&[Suppression {
                 asset_id: "a".into(),
                 address: "X@Example.org".into(),
                 reason: Reason::Bounced,
@@ -160,28 +183,25 @@ mod tests {
             .await
             .unwrap();
         assert!(
-            store
-                .suppression("a", "x@example.org", 7 * day - 1)
+            suppressions
+                .get("a", "x@example.org", 7 * day - 1)
                 .unwrap()
                 .is_some(),
             "case-insensitive, still active"
         );
         assert!(
-            store
-                .suppression("b", "x@example.org", 0)
-                .unwrap()
-                .is_none(),
+            suppressions.get("b", "x@example.org", 0).unwrap().is_none(),
             "per asset"
         );
         assert!(
-            store
-                .suppression("a", "x@example.org", 7 * day)
+            suppressions
+                .get("a", "x@example.org", 7 * day)
                 .unwrap()
                 .is_none(),
             "expired after retention"
         );
         assert!(
-            store.suppressions(Some("a"), 0).unwrap().is_empty(),
+            suppressions.list(Some("a"), 0).unwrap().is_empty(),
             "and removed when seen expired"
         );
     }

@@ -129,7 +129,7 @@ impl QueueWorker {
     ) {
         self.apply_saved(&self.config().server.data_dir).await;
         let mut due: BinaryHeap<Reverse<(u64, String)>> = BinaryHeap::new();
-        match self.store.active_messages() {
+        match self.store.messages().active() {
             Ok(all) => {
                 tracing::info!(active = all.len(), "outbound queue loaded");
                 for m in &all {
@@ -172,7 +172,7 @@ impl QueueWorker {
             map.values().cloned().collect()
         };
         for (record, events, was) in pending {
-            if let Err(e) = self.store.update_message(&record, &events).await {
+            if let Err(e) = self.store.messages().update(&record, &events).await {
                 tracing::warn!(tid = %record.tid, error = %e, "outcome still not recorded; sending nothing until it is");
                 return false;
             }
@@ -256,7 +256,7 @@ impl QueueWorker {
             }
         };
         for (record, events) in &items {
-            if let Err(e) = self.store.update_message(record, events).await {
+            if let Err(e) = self.store.messages().update(record, events).await {
                 tracing::error!(error = %e, "cannot record saved outcomes; file kept for the next start");
                 return;
             }
@@ -319,7 +319,7 @@ impl QueueWorker {
     /// The transaction, when it is still active and due; one scheduled before its time
     /// is put back for it.
     fn due_record(&self, tid: &str) -> Option<MessageRecord> {
-        let record = match self.store.message(tid) {
+        let record = match self.store.messages().get(tid) {
             Ok(Some(r))
                 if matches!(
                     r.state,
@@ -377,7 +377,7 @@ impl QueueWorker {
         handed: bool,
     ) {
         let tid = record.tid.clone();
-        match self.store.update_message(&record, &events).await {
+        match self.store.messages().update(&record, &events).await {
             Ok(()) => self.recorded(&record, events, was),
             Err(e) if handed => {
                 tracing::error!(tid, error = %e, "cannot record the route's answer; kept in memory, nothing is sent until it is recorded");
@@ -499,7 +499,7 @@ impl QueueWorker {
         for id in ids {
             // Written before the update that records 7501 commits both: an SES event
             // arriving right after the answer finds its transaction.
-            if let Err(e) = self.store.map_route_id(id, &record.tid) {
+            if let Err(e) = self.store.routes().map_route_id(id, &record.tid) {
                 tracing::error!(error = %e, message_id = %id, "route message id not recorded; its events will be ignored");
             }
             record.route_ids.push(id.clone());
@@ -566,6 +566,7 @@ impl QueueWorker {
             .unwrap_or(86_400);
         if let Err(e) =
             self.store
+                .policy()
                 .record_send(&cp.group, addr, now, now.saturating_sub(window * 1000))
         {
             tracing::warn!(error = %e, "frequency counter not updated");
@@ -597,7 +598,7 @@ impl QueueWorker {
             } else if let Some(code) = self.contact_policy_refusal(config, record, &addr, now) {
                 Some((code, code.default_description().to_string()))
             } else {
-                match self.store.suppression(&record.asset_id, &addr, now) {
+                match self.store.suppressions().get(&record.asset_id, &addr, now) {
                     Ok(Some(entry)) => {
                         self.metrics.suppression_hit(entry.reason);
                         Some(crate::outbound::suppression::refusal(&entry, &addr))
@@ -626,12 +627,22 @@ impl QueueWorker {
     ) -> Option<DeliveryCode> {
         let cp = record.contact_policy.as_ref()?;
         let group = config.contact_policy(&cp.group)?;
-        if cp.check_consent && !self.store.has_consent(&cp.group, addr).unwrap_or(false) {
+        if cp.check_consent
+            && !self
+                .store
+                .policy()
+                .has_consent(&cp.group, addr)
+                .unwrap_or(false)
+        {
             return Some(DeliveryCode::NoConsent);
         }
         if cp.apply_frequency_cap && group.frequency_cap > 0 {
             let since = now.saturating_sub(group.window * 1000);
-            if self.store.sends_since(&cp.group, addr, since).unwrap_or(0)
+            if self
+                .store
+                .policy()
+                .sends_since(&cp.group, addr, since)
+                .unwrap_or(0)
                 >= group.frequency_cap as usize
             {
                 return Some(DeliveryCode::FrequencyCap);

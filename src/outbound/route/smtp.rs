@@ -181,7 +181,7 @@ impl SmtpRoute {
         let Some(t) = &self.tokens else {
             return configured.to_string();
         };
-        match t.store.route_token(&t.asset_id) {
+        match t.store.routes().route_token(&t.asset_id) {
             Ok(Some(kept)) if kept.configured_sha256 == fingerprint(configured) => {
                 tracing::info!(asset = %t.asset_id, "using the refresh token the endpoint last rotated to");
                 kept.refresh_token
@@ -283,7 +283,7 @@ impl SmtpRoute {
             configured_sha256: fingerprint(configured),
             updated_ms: crate::model::time::now_ms(),
         };
-        match t.store.put_route_token(&t.asset_id, &record).await {
+        match t.store.routes().put_route_token(&t.asset_id, &record).await {
             Ok(()) => tracing::info!(asset = %t.asset_id, "refresh token rotated and stored"),
             Err(e) => tracing::error!(
                 asset = %t.asset_id,
