@@ -2,6 +2,9 @@
 //! a real HTTP webhook receiver, and a `wait_for` that polls a condition with a deadline.
 #![allow(dead_code)]
 
+mod config;
+pub use config::*;
+
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::routing::post;
@@ -187,9 +190,6 @@ delivery_webhook = "{hook}/dlr"
         data = data_dir.display()
     )
 }
-
-/// The service secret of `outbound_config`'s services (base64; the JWT key is its bytes).
-pub const SERVICE_SECRET: &str = "c2VjcmV0LXNlY3JldC1zZWNyZXQ=";
 
 /// What varies between the sending tests' configurations.
 pub struct Outbound<'a> {
