@@ -35,8 +35,7 @@ async fn spf_dkim_dmarc_pass_and_a_tampered_body_fails_dkim() {
     let dns = dns::serve(zone).await;
 
     let rx = Receiver::start().await;
-    let top = "";
-    let d = TestDaemon::start_with(&rx.url(""), "", top, &format!("resolver = [\"{dns}\"]")).await;
+    let d = TestDaemon::start(ConfigBuilder::inbound(&rx.url("")).dns(dns)).await;
 
     let body = "From: Alice <alice@example.org>\r\nTo: support@example.test\r\nSubject: signed\r\n\r\nHello, signed world.\r\n";
     let sig = DkimSigner::from_key(Ed25519Key::from_pkcs8_der(&pkcs8).unwrap())
@@ -97,7 +96,7 @@ async fn spf_fail_is_reported_not_rejected() {
     );
     let dns = dns::serve(zone).await;
     let rx = Receiver::start().await;
-    let d = TestDaemon::start_with(&rx.url(""), "", "", &format!("resolver = [\"{dns}\"]")).await;
+    let d = TestDaemon::start(ConfigBuilder::inbound(&rx.url("")).dns(dns)).await;
     let (mut raw, _) = Raw::connect(d.smtp).await;
     raw.cmd("EHLO mail.example.org").await;
     raw.cmd("MAIL FROM:<alice@example.org>").await;

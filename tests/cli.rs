@@ -105,14 +105,9 @@ async fn serve_notifies_systemd_reloads_on_sighup_and_exits_cleanly_on_sigterm()
 
     let first = Receiver::start().await;
     let second = Receiver::start().await;
-    let (smtp, http) = (free_port(), free_port());
-    let config = dir.path().join("postern.toml");
-    let data = dir.path().join("data");
-    std::fs::write(
-        &config,
-        config_text(&data, smtp, http, &first.url(""), "", ""),
-    )
-    .unwrap();
+    let daemon = ConfigBuilder::inbound(&first.url("")).on_free_ports();
+    let smtp = daemon.smtp_addr();
+    let config = daemon.write_in(dir.path());
     // 'static so the blocking closures below can all show it on failure.
     let log: &'static std::path::Path = Box::leak(dir.path().join("log").into_boxed_path());
     let mut child = postern()
@@ -145,11 +140,9 @@ async fn serve_notifies_systemd_reloads_on_sighup_and_exits_cleanly_on_sigterm()
     .await
     .unwrap();
     // Now a good one pointing the webhook elsewhere.
-    std::fs::write(
-        &config,
-        config_text(&data, smtp, http, &second.url(""), "", ""),
-    )
-    .unwrap();
+    daemon
+        .asset(|a| a.webhooks(&second.url("")))
+        .write_in(dir.path());
     assert!(Command::new("kill")
         .args(["-HUP", &pid])
         .status()

@@ -39,48 +39,20 @@ struct Domains {
 }
 
 impl Domains {
-    /// A daemon whose config is also on disk for the command line.
-    async fn start(dns: &str, relay_port: u16, asset_extra: &str) -> Domains {
+    /// A daemon on asset `a_demo` sending through the relay at `relay_port` as service
+    /// `key-a`, changed by `edit`, whose config is also on disk for the command line.
+    async fn start(relay_port: u16, edit: impl FnOnce(ConfigBuilder) -> ConfigBuilder) -> Domains {
         let dir = tempfile::tempdir().unwrap();
-        let services = r#"
-[queue]
-retry_base = 1
-[[service]]
-id = "svc_a"
-key = "key-a"
-secret = "c2VjcmV0LXNlY3JldC1zZWNyZXQ="
-tps = 50
-assets = ["a_demo"]
-"#;
-        let asset = format!(
-            r#"{asset_extra}
-[asset.route]
-kind = "smtp"
-host = "127.0.0.1"
-port = {relay_port}
-[asset.dkim]
-selector = "sel1"
-algorithm = "ed25519-sha256"
-"#
-        );
-        let data = dir.path().join("data");
+        let config = ConfigBuilder::inbound("http://127.0.0.1:9")
+            .retry_base(1)
+            .service(Service::new("svc_a", "key-a", "a_demo"))
+            .asset(|a| a.route(Route::smtp(relay_port)).dkim_ed25519("sel1"));
         let Started {
             handle,
             http,
             config_path: config,
             ..
-        } = start_in_process(dir.path(), |smtp, http| {
-            config_text_dns(
-                &data,
-                smtp,
-                http,
-                "http://127.0.0.1:9",
-                &asset,
-                services,
-                dns,
-            )
-        })
-        .await;
+        } = start_in_process(dir.path(), edit(config)).await;
         Domains {
             handle: Some(handle),
             api: format!("http://{http}"),
@@ -144,11 +116,9 @@ fn status_of(v: &Value, purpose: &str) -> (String, Value) {
 async fn verify_reports_each_record_and_gates_sending() {
     let zone: dns::Zone = Default::default();
     let dns_addr = dns::serve_zone(zone.clone()).await;
-    let d = Domains::start(
-        &format!("resolver = [\"{dns_addr}\"]"),
-        9,
-        "require_verified_domain = true",
-    )
+    let d = Domains::start(9, |c| {
+        c.dns(dns_addr).asset(|a| a.require_verified_domain())
+    })
     .await;
 
     let (status, body) = d.send().await;
@@ -267,7 +237,7 @@ async fn verify_reports_each_record_and_gates_sending() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rotate_dkim_publishes_both_keys_then_switches_the_running_signer() {
     let relay = smarthost::Smarthost::start(smarthost::Script::default()).await;
-    let d = Domains::start("resolver = \"off\"", relay.addr.port(), "").await;
+    let d = Domains::start(relay.addr.port(), |c| c).await;
     let selector_of = |data: &[u8]| {
         let text = String::from_utf8_lossy(data);
         let sig = text

@@ -22,9 +22,6 @@ const WAIT: Duration = Duration::from_secs(30);
 /// SPEC 6.3: bounce-domain mail is deleted within 2 minutes of its processing.
 const BOUNCE_DEADLINE: Duration = Duration::from_secs(120);
 
-const UNSUBSCRIBE: &str =
-    "[asset.unsubscribe]\nenabled = true\nheaders = true\nmailto = \"unsub@example.test\"";
-
 struct Env {
     handle: Option<postern::Handle>,
     api: String,
@@ -41,26 +38,14 @@ async fn start(dns: Option<SocketAddr>) -> Env {
     let relay = Smarthost::start(Script::default()).await;
     let hooks = Receiver::start().await;
     let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
-    let o = Outbound {
-        route: format!(
-            "kind = \"smtp\"\nhost = \"127.0.0.1\"\nport = {}",
-            relay.addr.port()
-        ),
-        top: "[feedback]\ntrusted_reporters = [\"fbl.example.net\"]",
-        asset_keys: "inbound = true",
-        asset_extra: UNSUBSCRIBE,
-        tps: 50,
+    let config = ConfigBuilder::outbound(&hooks.url(""), Route::smtp(relay.addr.port()))
+        .trusted_reporters(&["fbl.example.net"])
+        .asset(|a| a.inbound().unsubscribe("unsub@example.test", &[]));
+    let config = match dns {
+        Some(server) => config.dns(server),
+        None => config,
     };
-    let hook = hooks.url("");
-    let started = start_in_process(dir.path(), |smtp, http| {
-        let text = outbound_config(&data, smtp, http, &hook, &o);
-        match dns {
-            Some(d) => text.replace("resolver = \"off\"", &format!("resolver = [\"{d}\"]")),
-            None => text,
-        }
-    })
-    .await;
+    let started = start_in_process(dir.path(), config).await;
     Env {
         api: format!("http://{}", started.http),
         smtp: started.smtp,

@@ -50,7 +50,7 @@ fn subjects(rx: &Receiver) -> Vec<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn eight_megabyte_hostile_mime_arrives_and_does_not_hold_up_other_mail() {
     let rx = Receiver::start().await;
-    let d = TestDaemon::start(&rx.url(""), "", "").await;
+    let d = TestDaemon::start(ConfigBuilder::inbound(&rx.url(""))).await;
 
     let hostile = nested_unclosed(8 * 1024 * 1024);
     let size = hostile.len();
@@ -105,7 +105,7 @@ async fn eight_megabyte_hostile_mime_arrives_and_does_not_hold_up_other_mail() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_burst_of_large_messages_leaves_webhook_slots_for_small_ones() {
     let rx = Receiver::start().await;
-    let d = TestDaemon::start(&rx.url(""), "", "\n[webhooks]\nconcurrency = 2\n").await;
+    let d = TestDaemon::start(ConfigBuilder::inbound(&rx.url("")).webhook_concurrency(2)).await;
     for _ in 0..3 {
         send(
             d.smtp,

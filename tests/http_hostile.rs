@@ -15,24 +15,14 @@ use tokio::net::TcpStream;
 
 const HEADER_TIMEOUT: u64 = 2;
 
-/// A sending daemon (services `key-a`, TPS `tps`) with `http_extra` added to `[http]`.
-async fn daemon(dir: &std::path::Path, hooks: &Receiver, tps: u32, http_extra: &str) -> Started {
-    let data = dir.join("data");
-    let hook = hooks.url("");
-    let outbound = Outbound {
-        route: "kind = \"smtp\"\nhost = \"127.0.0.1\"\nport = 9".into(),
-        top: "",
-        asset_keys: "",
-        asset_extra: "",
-        tps,
-    };
-    start_in_process(dir, |smtp, http| {
-        outbound_config(&data, smtp, http, &hook, &outbound).replace(
-            "max_body_size = 200000\n",
-            &format!("max_body_size = 200000\n{http_extra}\n"),
-        )
-    })
-    .await
+/// A sending daemon (services `key-a`, TPS 50) changed by `edit`.
+async fn daemon(
+    dir: &std::path::Path,
+    hooks: &Receiver,
+    edit: impl FnOnce(ConfigBuilder) -> ConfigBuilder,
+) -> Started {
+    let config = ConfigBuilder::outbound(&hooks.url(""), Route::smtp(9));
+    start_in_process(dir, edit(config)).await
 }
 
 /// Sends a GET on `sock` and reads until the end of the health answer (or EOF).
@@ -69,12 +59,9 @@ async fn until_closed(sock: &mut tokio::net::tcp::OwnedReadHalf) {
 async fn slow_headers_are_cut_at_header_timeout_while_others_are_served() {
     let dir = tempfile::tempdir().unwrap();
     let hooks = Receiver::start().await;
-    let d = daemon(
-        dir.path(),
-        &hooks,
-        50,
-        &format!("header_timeout = {HEADER_TIMEOUT}"),
-    )
+    let d = daemon(dir.path(), &hooks, |c| {
+        c.http_header_timeout(HEADER_TIMEOUT)
+    })
     .await;
     const SLOW: usize = 50;
     // How long each slow connection lasted, once the server closed it.
@@ -131,12 +118,9 @@ async fn slow_headers_are_cut_at_header_timeout_while_others_are_served() {
 async fn idle_keep_alive_connections_are_closed_and_silent_ones_too() {
     let dir = tempfile::tempdir().unwrap();
     let hooks = Receiver::start().await;
-    let d = daemon(
-        dir.path(),
-        &hooks,
-        50,
-        &format!("header_timeout = {HEADER_TIMEOUT}"),
-    )
+    let d = daemon(dir.path(), &hooks, |c| {
+        c.http_header_timeout(HEADER_TIMEOUT)
+    })
     .await;
     // One connection answered once then left idle, one that never says anything.
     let mut idle = TcpStream::connect(d.http).await.unwrap();
@@ -163,12 +147,9 @@ async fn connections_over_the_cap_wait_until_one_closes() {
     let dir = tempfile::tempdir().unwrap();
     let hooks = Receiver::start().await;
     const CAP: usize = 8;
-    let d = daemon(
-        dir.path(),
-        &hooks,
-        50,
-        &format!("header_timeout = 60\nmax_connections = {CAP}"),
-    )
+    let d = daemon(dir.path(), &hooks, |c| {
+        c.http_header_timeout(60).http_max_connections(CAP as u64)
+    })
     .await;
     // CAP keep-alive connections, each served once and kept open.
     let mut held = Vec::new();
@@ -251,7 +232,7 @@ async fn post(http: SocketAddr, body: &Value) -> (u16, Value) {
 async fn substitution_bomb_is_refused_at_once_and_costs_little() {
     let dir = tempfile::tempdir().unwrap();
     let hooks = Receiver::start().await;
-    let d = daemon(dir.path(), &hooks, 50, "").await;
+    let d = daemon(dir.path(), &hooks, |c| c).await;
     let data = dir.path().join("data");
     // 40 KB of html and a 1 KB value: 10 MB per destination, 200 MB for 20 if built.
     let to: Vec<String> = (0..20).map(|i| format!("u{i}@example.org")).collect();
@@ -306,7 +287,7 @@ async fn substitution_bomb_is_refused_at_once_and_costs_little() {
 async fn other_channels_are_refused_naming_the_channel_whatever_the_body() {
     let dir = tempfile::tempdir().unwrap();
     let hooks = Receiver::start().await;
-    let d = daemon(dir.path(), &hooks, 50, "").await;
+    let d = daemon(dir.path(), &hooks, |c| c).await;
     let sms = json!({
         "channel": "sms",
         "from": "Shop",

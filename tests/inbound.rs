@@ -18,7 +18,7 @@ fn b64(s: &str) -> Vec<u8> {
 #[tokio::test]
 async fn mail_send_message_with_attachments_becomes_one_mo_event() {
     let rx = Receiver::start().await;
-    let d = TestDaemon::start(&rx.url(""), "", "").await;
+    let d = TestDaemon::start(ConfigBuilder::inbound(&rx.url(""))).await;
     let pdf: Vec<u8> = (0..=255u8).cycle().take(70_000).collect();
     let message = MessageBuilder::new()
         .from(("Alice", "alice@example.org"))
@@ -87,12 +87,7 @@ async fn starttls_with_mail_send_then_message_arrives() {
     let (c, k) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
     std::fs::write(&c, cert.cert.pem()).unwrap();
     std::fs::write(&k, cert.key_pair.serialize_pem()).unwrap();
-    let tls = format!(
-        "tls_cert = \"{}\"\ntls_key = \"{}\"",
-        c.display(),
-        k.display()
-    );
-    let d = TestDaemon::start(&rx.url(""), "", &tls).await;
+    let d = TestDaemon::start(ConfigBuilder::inbound(&rx.url("")).smtp_tls(&c, &k)).await;
 
     let (mut raw, _) = Raw::connect(d.smtp).await;
     assert!(raw.cmd("EHLO x").await.contains("STARTTLS"));
@@ -121,7 +116,7 @@ async fn starttls_with_mail_send_then_message_arrives() {
 #[tokio::test]
 async fn pipelined_transaction_gets_every_reply_in_order() {
     let rx = Receiver::start().await;
-    let d = TestDaemon::start(&rx.url(""), "", "").await;
+    let d = TestDaemon::start(ConfigBuilder::inbound(&rx.url(""))).await;
     let (mut raw, banner) = Raw::connect(d.smtp).await;
     assert!(banner.starts_with("220 mx.example.test"));
     raw.cmd("EHLO client.example.org").await;
@@ -143,7 +138,7 @@ async fn pipelined_transaction_gets_every_reply_in_order() {
 #[tokio::test]
 async fn forwarding_address_and_bounce_domain_are_ours_and_nothing_else_is() {
     let rx = Receiver::start().await;
-    let d = TestDaemon::start(&rx.url(""), "", "").await;
+    let d = TestDaemon::start(ConfigBuilder::inbound(&rx.url(""))).await;
     let (mut raw, _) = Raw::connect(d.smtp).await;
     raw.cmd("EHLO c").await;
     raw.cmd("MAIL FROM:<a@example.org>").await;
@@ -164,7 +159,7 @@ async fn forwarding_address_and_bounce_domain_are_ours_and_nothing_else_is() {
 #[tokio::test]
 async fn smuggling_sequences_do_not_end_data_and_are_refused() {
     let rx = Receiver::start().await;
-    let d = TestDaemon::start(&rx.url(""), "", "").await;
+    let d = TestDaemon::start(ConfigBuilder::inbound(&rx.url(""))).await;
     let (mut raw, _) = Raw::connect(d.smtp).await;
     raw.cmd("EHLO c").await;
     raw.cmd("MAIL FROM:<a@example.org>").await;
@@ -188,7 +183,10 @@ async fn smuggling_sequences_do_not_end_data_and_are_refused() {
 async fn receiver_down_then_up_gets_the_event_and_404_goes_to_dead_letters() {
     let rx = Receiver::start().await;
     rx.status.store(503, std::sync::atomic::Ordering::SeqCst);
-    let d = TestDaemon::start(&rx.url(""), "webhook_secret = \"s3cret\"", "").await;
+    let d = TestDaemon::start(
+        ConfigBuilder::inbound(&rx.url("")).asset(|a| a.webhook_secret("s3cret")),
+    )
+    .await;
     send_simple(d.smtp, "first").await;
     // First attempt fails with 503; the retry comes within 10 s and succeeds.
     rx.wait_for_count(1, WAIT).await;
@@ -286,14 +284,16 @@ async fn send_simple(addr: std::net::SocketAddr, subject: &str) {
 async fn pending_event_survives_a_clean_restart() {
     let rx = Receiver::start().await;
     rx.status.store(500, std::sync::atomic::Ordering::SeqCst);
-    let d = TestDaemon::start(&rx.url(""), "", "").await;
+    let d = TestDaemon::start(ConfigBuilder::inbound(&rx.url(""))).await;
     send_simple(d.smtp, "survivor").await;
     rx.wait_for_count(1, WAIT).await;
     let dir = d.stop().await;
     rx.status.store(200, std::sync::atomic::Ordering::SeqCst);
 
     // Same data_dir, new ports.
-    let h = restart_on(&dir, &rx.url("")).await;
+    let h = start_in_process(dir.path(), ConfigBuilder::inbound(&rx.url("")))
+        .await
+        .handle;
     let hooks = rx.wait_for_count(2, WAIT).await;
     assert_eq!(hooks[1].json()["subject"], "survivor");
     h.shutdown().await;
@@ -304,21 +304,9 @@ async fn kill_dash_nine_right_after_250_loses_nothing() {
     let dir = tempfile::tempdir().unwrap();
     // Nobody listens on the webhook port yet: the event must wait in the outbox.
     let hook_addr = free_port();
-    let (smtp, http) = (free_port(), free_port());
-    let config = dir.path().join("postern.toml");
-    std::fs::write(
-        &config,
-        config_text(
-            &dir.path().join("data"),
-            smtp,
-            http,
-            &format!("http://{hook_addr}"),
-            "",
-            "",
-        ),
-    )
-    .unwrap();
-    let child = ChildDaemon::spawn(&config, smtp, http, &dir.path().join("run1.log")).await;
+    let config = ConfigBuilder::inbound(&format!("http://{hook_addr}")).on_free_ports();
+    let smtp = config.smtp_addr();
+    let child = ChildDaemon::spawn(dir.path(), &config, &dir.path().join("run1.log")).await;
     let big: Vec<u8> = (0..600_000u32).map(|i| (i % 251) as u8).collect();
     SmtpClientBuilder::new("127.0.0.1", smtp.port())
         .unwrap()
@@ -339,7 +327,7 @@ async fn kill_dash_nine_right_after_250_loses_nothing() {
     child.kill9();
 
     let rx = Receiver::start_on(hook_addr).await;
-    let _child = ChildDaemon::spawn(&config, smtp, http, &dir.path().join("run2.log")).await;
+    let _child = ChildDaemon::spawn(dir.path(), &config, &dir.path().join("run2.log")).await;
     let hooks = rx.wait_for_count(1, WAIT).await;
     let ev = hooks[0].json();
     assert_eq!(ev["subject"], "crash");
@@ -349,7 +337,9 @@ async fn kill_dash_nine_right_after_250_loses_nothing() {
 #[tokio::test]
 async fn url_mode_serves_signed_links_and_refuses_altered_ones() {
     let rx = Receiver::start().await;
-    let d = TestDaemon::start(&rx.url(""), "mo_attachments = \"url\"", "").await;
+    let d =
+        TestDaemon::start(ConfigBuilder::inbound(&rx.url("")).asset(|a| a.mo_attachments_url()))
+            .await;
     let png = vec![0x89, b'P', b'N', b'G', 0, 1, 2, 3];
     SmtpClientBuilder::new("127.0.0.1", d.smtp.port())
         .unwrap()
@@ -397,7 +387,7 @@ async fn url_mode_serves_signed_links_and_refuses_altered_ones() {
 #[tokio::test]
 async fn graceful_shutdown_finishes_the_transaction_in_flight() {
     let rx = Receiver::start().await;
-    let d = TestDaemon::start(&rx.url(""), "", "").await;
+    let d = TestDaemon::start(ConfigBuilder::inbound(&rx.url(""))).await;
     let (mut raw, _) = Raw::connect(d.smtp).await;
     raw.cmd("EHLO c").await;
     raw.cmd("MAIL FROM:<a@example.org>").await;
@@ -413,7 +403,9 @@ async fn graceful_shutdown_finishes_the_transaction_in_flight() {
     assert!(r.starts_with("421 4.3.2"), "{r}");
     let dir = stopping.await.unwrap();
     // The event of the message accepted during the drain is durable: the next start sends it.
-    let h = restart_on(&dir, &rx.url("")).await;
+    let h = start_in_process(dir.path(), ConfigBuilder::inbound(&rx.url("")))
+        .await
+        .handle;
     let hooks = rx.wait_for_count(1, WAIT).await;
     assert_eq!(hooks[0].json()["subject"], "in flight");
     h.shutdown().await;
@@ -422,7 +414,10 @@ async fn graceful_shutdown_finishes_the_transaction_in_flight() {
 #[tokio::test]
 async fn large_message_is_streamed_to_the_webhook_signed_and_intact() {
     let rx = Receiver::start().await;
-    let d = TestDaemon::start(&rx.url(""), "webhook_secret = \"big-secret\"", "").await;
+    let d = TestDaemon::start(
+        ConfigBuilder::inbound(&rx.url("")).asset(|a| a.webhook_secret("big-secret")),
+    )
+    .await;
     let blob: Vec<u8> = (0..3_000_000u32)
         .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
         .collect();
@@ -469,29 +464,4 @@ async fn large_message_is_streamed_to_the_webhook_signed_and_intact() {
     })
     .await;
     d.stop().await;
-}
-
-/// Starts a daemon on an existing data directory (after a stop), on fresh ports.
-async fn restart_on(dir: &tempfile::TempDir, hook_base: &str) -> postern::Handle {
-    let smtp_l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let http_l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let text = config_text(
-        &dir.path().join("data"),
-        smtp_l.local_addr().unwrap(),
-        http_l.local_addr().unwrap(),
-        hook_base,
-        "",
-        "",
-    );
-    let config = postern::config::Config::parse(&text, "t").unwrap();
-    postern::start(
-        config,
-        None,
-        postern::Listeners {
-            smtp: vec![smtp_l],
-            http: http_l,
-        },
-    )
-    .await
-    .unwrap_or_else(|e| panic!("restart on the same data directory: {e}"))
 }

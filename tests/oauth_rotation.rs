@@ -169,22 +169,8 @@ async fn start(
     idp: SocketAddr,
     refresh: &str,
 ) -> Daemon {
-    let route = format!(
-        "kind = \"smtp\"\nhost = \"127.0.0.1\"\nport = {}\nauth = \"oauth2\"\nusername = \"me@example.test\"\nclient_id = \"cid\"\nclient_secret = \"cs\"\nrefresh_token = \"{refresh}\"\ntoken_url = \"http://{idp}/token\"",
-        relay.port()
-    );
-    let started = start_outbound(
-        dir,
-        &hooks.url(""),
-        &Outbound {
-            route,
-            top: "",
-            asset_keys: "",
-            asset_extra: "",
-            tps: 50,
-        },
-    )
-    .await;
+    let route = Route::smtp(relay.port()).oauth2(&format!("http://{idp}/token"), refresh);
+    let started = start_in_process(dir, ConfigBuilder::outbound(&hooks.url(""), route)).await;
     Daemon {
         handle: started.handle,
         api: format!("http://{}", started.http),

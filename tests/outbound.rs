@@ -26,49 +26,38 @@ struct Out {
 }
 
 impl Out {
-    async fn start(relay: SocketAddr, route_extra: &str, top: &str) -> Out {
+    /// A daemon sending through the smarthost at `relay`.
+    async fn start(relay: SocketAddr) -> Out {
+        Self::start_with(relay, |c| c).await
+    }
+
+    /// A daemon sending through `relay`, its configuration changed by `edit`.
+    async fn start_with(
+        relay: SocketAddr,
+        edit: impl FnOnce(ConfigBuilder) -> ConfigBuilder,
+    ) -> Out {
         let hooks = Receiver::start().await;
         let dir = tempfile::tempdir().unwrap();
-        Self::start_in(dir, hooks, relay, route_extra, top).await
+        Self::start_in(dir, hooks, relay, edit).await
+    }
+
+    /// The daemon again on what a stopped one left: its directory and receiver.
+    async fn restart(dir: tempfile::TempDir, hooks: Receiver, relay: SocketAddr) -> Out {
+        Self::start_in(dir, hooks, relay, |c| c).await
     }
 
     async fn start_in(
         dir: tempfile::TempDir,
         hooks: Receiver,
         relay: SocketAddr,
-        route_extra: &str,
-        top: &str,
+        edit: impl FnOnce(ConfigBuilder) -> ConfigBuilder,
     ) -> Out {
-        Self::start_full(dir, hooks, relay, route_extra, top, "").await
-    }
-
-    async fn start_full(
-        dir: tempfile::TempDir,
-        hooks: Receiver,
-        relay: SocketAddr,
-        route_extra: &str,
-        top: &str,
-        asset_extra: &str,
-    ) -> Out {
+        let config = ConfigBuilder::outbound(&hooks.url(""), Route::smtp(relay.port()));
         let Started {
             handle: daemon,
             http,
             ..
-        } = start_outbound(
-            dir.path(),
-            &hooks.url(""),
-            &Outbound {
-                route: format!(
-                    "kind = \"smtp\"\nhost = \"127.0.0.1\"\nport = {}\n{route_extra}",
-                    relay.port()
-                ),
-                top,
-                asset_keys: "",
-                asset_extra,
-                tps: 50,
-            },
-        )
-        .await;
+        } = start_in_process(dir.path(), edit(config)).await;
         Out {
             daemon: Some(daemon),
             api: format!("http://{http}"),
@@ -137,7 +126,7 @@ async fn wait_messages(relay: &Smarthost, n: usize) -> Vec<smarthost::Received> 
 #[tokio::test]
 async fn text_message_is_signed_relayed_with_verp_and_notified() {
     let relay = Smarthost::start(Script::default()).await;
-    let out = Out::start(relay.addr, "", "").await;
+    let out = Out::start(relay.addr).await;
     let (status, body) = out.post(email(&["ann@example.org"])).await;
     assert_eq!(status, 202, "{body}");
     assert_eq!(body["code"], "1001");
@@ -199,7 +188,7 @@ async fn text_message_is_signed_relayed_with_verp_and_notified() {
 #[tokio::test]
 async fn authentication_and_validation_errors_have_their_codes() {
     let relay = Smarthost::start(Script::default()).await;
-    let out = Out::start(relay.addr, "", "").await;
+    let out = Out::start(relay.addr).await;
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
@@ -290,7 +279,7 @@ async fn authentication_and_validation_errors_have_their_codes() {
 #[tokio::test]
 async fn tps_bucket_refuses_with_retry_after_and_queues_nothing() {
     let relay = Smarthost::start(Script::default()).await;
-    let out = Out::start(relay.addr, "", "").await;
+    let out = Out::start(relay.addr).await;
     let forty: Vec<String> = (0..40).map(|i| format!("u{i}@example.org")).collect();
     let refs: Vec<&str> = forty.iter().map(String::as_str).collect();
     // Twenty requests of 40 destinations at once against a bucket of 50 refilled at 50 a
@@ -331,7 +320,7 @@ async fn tps_bucket_refuses_with_retry_after_and_queues_nothing() {
 #[tokio::test]
 async fn expansion_modes_and_invalid_addresses() {
     let relay = Smarthost::start(Script::default()).await;
-    let out = Out::start(relay.addr, "", "").await;
+    let out = Out::start(relay.addr).await;
     let mut multi = email(&["a@example.org", "b@example.org"]);
     multi["multipleToRecipients"] = true.into();
     multi["cc"] = json!(["c@example.org"]);
@@ -375,7 +364,7 @@ async fn rcpt_550_is_7520_data_554_is_7592_and_4xx_is_retried_once() {
         ..Default::default()
     })
     .await;
-    let out = Out::start(relay.addr, "", "").await;
+    let out = Out::start(relay.addr).await;
     out.post(email(&["reject-me@example.org"])).await;
     out.post(email(&["tempfail@example.org"])).await;
     let mut bad = email(&["ok@example.org"]);
@@ -422,7 +411,7 @@ async fn expiry_fails_with_7590() {
         ..Default::default()
     })
     .await;
-    let out = Out::start(relay.addr, "", "").await;
+    let out = Out::start(relay.addr).await;
     let mut b = email(&["tempfail@example.org"]);
     b["validity"] = 2.into();
     out.post(b).await;
@@ -435,7 +424,7 @@ async fn expiry_fails_with_7590() {
 #[tokio::test]
 async fn send_at_is_not_delivered_early_and_survives_a_restart() {
     let relay = Smarthost::start(Script::default()).await;
-    let out = Out::start(relay.addr, "", "").await;
+    let out = Out::start(relay.addr).await;
     let send_at = std::time::SystemTime::now() + Duration::from_secs(3);
     let iso = chrono::DateTime::<chrono::Utc>::from(send_at).to_rfc3339();
     let mut b = email(&["later@example.org"]);
@@ -445,7 +434,7 @@ async fn send_at_is_not_delivered_early_and_survives_a_restart() {
     let tid = body["messages"][0]["tid"].as_str().unwrap().to_string();
     // Restart before it is due: the scheduled entry must come back and go out once.
     let (dir, hooks) = out.stop().await;
-    let out = Out::start_in(dir, hooks, relay.addr, "", "").await;
+    let out = Out::restart(dir, hooks, relay.addr).await;
     let status: Value = out
         .client
         .get(format!("{}/v2/messages/{tid}", out.api))
@@ -467,11 +456,11 @@ async fn send_at_is_not_delivered_early_and_survives_a_restart() {
 #[tokio::test]
 async fn queued_mail_waits_for_a_dead_smarthost_across_a_restart_and_goes_once() {
     let port = free_port();
-    let out = Out::start(port, "", "").await;
+    let out = Out::start(port).await;
     out.post(email(&["queued@example.org"])).await;
     let (dir, hooks) = out.stop().await;
     let relay = Smarthost::start_on(port, Script::default()).await;
-    let out = Out::start_in(dir, hooks, relay.addr, "", "").await;
+    let out = Out::restart(dir, hooks, relay.addr).await;
     let msgs = wait_messages(&relay, 1).await;
     assert_eq!(msgs[0].rcpts, ["queued@example.org"]);
     let notes = out.wait_notes(1).await;
@@ -499,7 +488,7 @@ async fn attachments_are_fetched_and_oversize_or_missing_ones_are_7591() {
     tokio::spawn(async move { axum::serve(l, app).await.unwrap() });
 
     let relay = Smarthost::start(Script::default()).await;
-    let out = Out::start(relay.addr, "", "").await;
+    let out = Out::start(relay.addr).await;
     let with = |url: String, to: &str| {
         let mut b = email(&[to]);
         b["content"]["attachments"] =
@@ -536,7 +525,7 @@ async fn attachments_are_fetched_and_oversize_or_missing_ones_are_7591() {
 #[tokio::test]
 async fn template_send_uses_the_stored_template() {
     let relay = Smarthost::start(Script::default()).await;
-    let out = Out::start(relay.addr, "", "").await;
+    let out = Out::start(relay.addr).await;
     let t = json!({"id": "welcome", "name": "Welcome", "subject": "Welcome $(name)", "text": "Hi $(name)", "html": "<b>Hi $(name)</b>"});
     let r = out
         .client
@@ -620,10 +609,9 @@ async fn xoauth2_refreshes_the_token_at_the_token_endpoint() {
         ..Default::default()
     })
     .await;
-    let route = format!(
-        "auth = \"oauth2\"\nusername = \"me@example.test\"\nclient_id = \"cid\"\nclient_secret = \"cs\"\nrefresh_token = \"r-123\"\ntoken_url = \"http://{token_addr}/token\""
-    );
-    let out = Out::start(relay.addr, &route, "").await;
+    let route =
+        Route::smtp(relay.addr.port()).oauth2(&format!("http://{token_addr}/token"), "r-123");
+    let out = Out::start_with(relay.addr, |c| c.asset(|a| a.route(route))).await;
     out.post(email(&["oauth@example.org"])).await;
     let msgs = wait_messages(&relay, 1).await;
     let auth = msgs[0].auth.clone().unwrap();
@@ -637,7 +625,7 @@ async fn xoauth2_refreshes_the_token_at_the_token_endpoint() {
 #[tokio::test]
 async fn openapi_document_is_served_and_matches_the_repository() {
     let relay = Smarthost::start(Script::default()).await;
-    let out = Out::start(relay.addr, "", "").await;
+    let out = Out::start(relay.addr).await;
     let served = out
         .client
         .get(format!("{}/openapi.json", out.api))
@@ -665,7 +653,7 @@ async fn openapi_document_is_served_and_matches_the_repository() {
 #[tokio::test]
 async fn suppressed_recipients_end_with_7240_or_7241_and_are_never_relayed() {
     let relay = Smarthost::start(Script::default()).await;
-    let out = Out::start(relay.addr, "", "").await;
+    let out = Out::start(relay.addr).await;
     let admin = |req: reqwest::RequestBuilder| req.bearer_auth("admin-secret");
     for (address, reason) in [
         ("gone@example.org", "unsubscribed"),
@@ -723,7 +711,7 @@ async fn suppressed_recipients_end_with_7240_or_7241_and_are_never_relayed() {
 #[tokio::test]
 async fn suppression_csv_import_is_all_or_nothing_and_round_trips_through_the_cli() {
     let relay = Smarthost::start(Script::default()).await;
-    let out = Out::start(relay.addr, "", "").await;
+    let out = Out::start(relay.addr).await;
     let import = |body: &'static str| {
         out.client
             .post(format!("{}/admin/suppressions/import", out.api))
@@ -828,8 +816,6 @@ async fn suppression_csv_import_is_all_or_nothing_and_round_trips_through_the_cl
     out.stop().await;
 }
 
-const UNSUBSCRIBE: &str = "[asset.unsubscribe]\nenabled = true\nheaders = true\nskip_sender_ids = [\"otp@example.test\"]\nmailto = \"unsub@example.test\"";
-
 fn header_of(data: &[u8], name: &str) -> Option<String> {
     let parsed = mail_parser::MessageParser::default().parse(data)?;
     parsed
@@ -840,14 +826,9 @@ fn header_of(data: &[u8], name: &str) -> Option<String> {
 #[tokio::test]
 async fn unsubscribe_headers_one_click_events_and_resubscribe() {
     let relay = Smarthost::start(Script::default()).await;
-    let out = Out::start_full(
-        tempfile::tempdir().unwrap(),
-        Receiver::start().await,
-        relay.addr,
-        "",
-        "",
-        UNSUBSCRIBE,
-    )
+    let out = Out::start_with(relay.addr, |c| {
+        c.asset(|a| a.unsubscribe("unsub@example.test", &["otp@example.test"]))
+    })
     .await;
     let mut b = email(&["ann@example.org"]);
     b["content"]["text"] = "Bye: $(unsubscribe)".into();
@@ -1014,7 +995,7 @@ async fn unsubscribe_headers_one_click_events_and_resubscribe() {
 #[tokio::test]
 async fn click_and_open_tracking_rewrites_html_redirects_and_notifies() {
     let relay = Smarthost::start(Script::default()).await;
-    let out = Out::start(relay.addr, "", "").await;
+    let out = Out::start(relay.addr).await;
     let mut b = email(&["ann@example.org"]);
     b["options"] = json!({"trackClicks": true, "trackOpens": true});
     b["content"] = json!({
@@ -1112,19 +1093,10 @@ async fn sandbox_assets_only_mail_verified_recipients() {
     let hooks = Receiver::start().await;
     let Started {
         handle: h, http, ..
-    } = start_outbound(
+    } = start_in_process(
         dir.path(),
-        &hooks.url(""),
-        &Outbound {
-            route: format!(
-                "kind = \"smtp\"\nhost = \"127.0.0.1\"\nport = {}",
-                relay.addr.port()
-            ),
-            top: "",
-            asset_keys: "sandbox = true\nverified_recipients = [\"QA@example.org\"]",
-            asset_extra: "",
-            tps: 50,
-        },
+        ConfigBuilder::outbound(&hooks.url(""), Route::smtp(relay.addr.port()))
+            .asset(|a| a.sandbox(&["QA@example.org"])),
     )
     .await;
     let resp = reqwest::Client::new()
@@ -1156,7 +1128,7 @@ async fn sandbox_assets_only_mail_verified_recipients() {
 #[tokio::test]
 async fn dsn_to_the_verp_address_is_a_7520_and_hard_bounces_are_suppressed() {
     let relay = Smarthost::start(Script::default()).await;
-    let out = Out::start(relay.addr, "", "").await;
+    let out = Out::start(relay.addr).await;
     out.post(email(&["nobody@example.org"])).await;
     let msgs = wait_messages(&relay, 1).await;
     let verp = msgs[0].mail_from.clone();
@@ -1203,7 +1175,7 @@ async fn dsn_to_the_verp_address_is_a_7520_and_hard_bounces_are_suppressed() {
 #[tokio::test]
 async fn arf_complaint_is_a_7521_and_suppresses_the_recipient() {
     let relay = Smarthost::start(Script::default()).await;
-    let out = Out::start(relay.addr, "", "").await;
+    let out = Out::start(relay.addr).await;
     let (_, body) = out.post(email(&["ann@example.org"])).await;
     let tid = body["messages"][0]["tid"].as_str().unwrap().to_string();
     wait_messages(&relay, 1).await;
@@ -1235,8 +1207,7 @@ async fn arf_complaint_is_a_7521_and_suppresses_the_recipient() {
 #[tokio::test]
 async fn contact_policy_consent_and_frequency_cap() {
     let relay = Smarthost::start(Script::default()).await;
-    let policy = "[[contact_policy]]\ngroup = \"promo\"\nfrequency_cap = 1\nwindow = 3600";
-    let out = Out::start(relay.addr, "", policy).await;
+    let out = Out::start_with(relay.addr, |c| c.contact_policy("promo", 1, 3600)).await;
     let granted = out
         .client
         .put(format!("{}/admin/consent/promo/yes@example.org", out.api))

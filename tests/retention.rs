@@ -180,7 +180,7 @@ async fn gc(d: &TestDaemon, now_ms: u64) -> postern::daemon::Collected {
 #[tokio::test]
 async fn dead_letter_refused_with_413_and_its_body_go_after_dead_letter_days() {
     let rx = LimitedReceiver::start().await;
-    let d = TestDaemon::start(&rx.url(), "", "\n[webhooks]\ndead_letter_days = 7").await;
+    let d = TestDaemon::start(ConfigBuilder::inbound(&rx.url()).dead_letter_days(7)).await;
     let data = d.dir.path().join("data");
     let spool = data.join("spool");
     let before = du(&data);
@@ -250,7 +250,7 @@ async fn dead_letter_refused_with_413_and_its_body_go_after_dead_letter_days() {
 #[tokio::test]
 async fn unreferenced_spool_file_is_collected_and_a_referenced_one_stays() {
     let rx = LimitedReceiver::start().await;
-    let d = TestDaemon::start(&rx.url(), "", "").await;
+    let d = TestDaemon::start(ConfigBuilder::inbound(&rx.url())).await;
     let spool = d.dir.path().join("data").join("spool");
 
     // A referenced body: dead-lettered, so its record and file are kept.
@@ -298,9 +298,8 @@ async fn unreferenced_spool_file_is_collected_and_a_referenced_one_stays() {
 async fn url_mode_inbound_is_kept_inbound_retention_days_then_collected() {
     let rx = LimitedReceiver::start().await;
     let d = TestDaemon::start(
-        &rx.url(),
-        "mo_attachments = \"url\"\ninbound_retention_days = 3",
-        "",
+        ConfigBuilder::inbound(&rx.url())
+            .asset(|a| a.mo_attachments_url().inbound_retention_days(3)),
     )
     .await;
     let data = d.dir.path().join("data");
@@ -333,19 +332,10 @@ async fn frequency_counters_of_an_ended_window_are_pruned() {
     let relay = Smarthost::start(Script::default()).await;
     let hooks = Receiver::start().await;
     let dir = tempfile::tempdir().unwrap();
-    let started = start_outbound(
+    let started = start_in_process(
         dir.path(),
-        &hooks.url(""),
-        &Outbound {
-            route: format!(
-                "kind = \"smtp\"\nhost = \"127.0.0.1\"\nport = {}",
-                relay.addr.port()
-            ),
-            top: "[[contact_policy]]\ngroup = \"promo\"\nfrequency_cap = 1\nwindow = 3600",
-            asset_keys: "",
-            asset_extra: "",
-            tps: 50,
-        },
+        ConfigBuilder::outbound(&hooks.url(""), Route::smtp(relay.addr.port()))
+            .contact_policy("promo", 1, 3600),
     )
     .await;
     let body = serde_json::json!({
@@ -440,7 +430,7 @@ async fn measure_du_of_sled_when_inline_bodies_are_deleted() {
     const N: usize = 400;
     let rx = Receiver::start().await;
     rx.status.store(404, std::sync::atomic::Ordering::SeqCst);
-    let d = TestDaemon::start(&rx.url(""), "", "").await;
+    let d = TestDaemon::start(ConfigBuilder::inbound(&rx.url(""))).await;
     let db = d.dir.path().join("data").join("db");
     let start = du(&db);
     send_inline_batch(d.smtp, "first", N).await;
@@ -451,10 +441,7 @@ async fn measure_du_of_sled_when_inline_bodies_are_deleted() {
     let dir = d.stop().await;
     let stopped = du(&db);
 
-    let again = start_in_process(dir.path(), |smtp, http| {
-        config_text(&dir.path().join("data"), smtp, http, &rx.url(""), "", "")
-    })
-    .await;
+    let again = start_in_process(dir.path(), ConfigBuilder::inbound(&rx.url(""))).await;
     let restarted = du(&db);
     send_inline_batch(again.smtp, "second", N).await;
     wait_dead(again.http, N as u64).await;

@@ -185,25 +185,15 @@ impl Ses {
             handle: daemon,
             http,
             ..
-        } = start_outbound(
+        } = start_in_process(
             dir.path(),
-            &hooks.url(""),
-            &Outbound {
-                route: format!(
-                    r#"kind = "ses"
-region = "us-east-1"
-access_key_id = "AKIDTEST"
-secret_access_key = "test-secret"
-endpoint = "http://{ses}"
-configuration_set = "postern-events""#
-                ),
-                top: &format!(
-                    "[ses]\ntopic_arns = [\"{TOPIC}\"]\ntrust_url_prefixes = [\"{trust}\"]"
-                ),
-                asset_keys: "",
-                asset_extra: "",
-                tps: 200,
-            },
+            ConfigBuilder::outbound(
+                &hooks.url(""),
+                Route::ses("us-east-1", ses, "test-secret").configuration_set("postern-events"),
+            )
+            .ses_topic(TOPIC)
+            .ses_trust_url_prefix(trust)
+            .services_tps(200),
         )
         .await;
         Ses {
@@ -630,28 +620,14 @@ async fn route_test_calls_get_account_and_reports_refusals() {
         "The request signature we calculated does not match the signature you provided.",
     )])
     .await;
-    let text = format!(
-        r#"
-[server]
-hostname = "mx.example.test"
-data_dir = "./unused"
-public_url = "http://127.0.0.1:8080"
-inbound_domain = "inbound.example.test"
-bounce_domain = "bounces.example.test"
-[ses]
-topic_arns = ["arn:aws:sns:eu-west-1:123456789012:postern"]
-[[asset]]
-id = "a_ses"
-domains = ["example.test"]
-[asset.route]
-kind = "ses"
-region = "eu-west-1"
-access_key_id = "AKIDTEST"
-secret_access_key = "wrong"
-session_token = "sts-session-token"
-endpoint = "http://{addr}"
-"#
-    );
+    let text = ConfigBuilder::new()
+        .data_dir(std::path::Path::new("./unused"))
+        .ses_topic("arn:aws:sns:eu-west-1:123456789012:postern")
+        .add_asset(
+            Asset::new("a_ses", "example.test")
+                .route(Route::ses("eu-west-1", addr, "wrong").session_token("sts-session-token")),
+        )
+        .toml();
     let c = postern::config::Config::parse(&text, "t").unwrap();
     let route = postern::outbound::route::Route::new(c.assets[0].route.as_ref().unwrap(), "mx");
     let err = route.test().await.unwrap_err();

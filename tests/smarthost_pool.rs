@@ -3,6 +3,9 @@
 //! (and then answers everything on that connection with 451); the next message must get its
 //! own outcome, on a new connection.
 
+mod common;
+
+use common::Route;
 use postern::config::RouteConfig;
 use postern::outbound::route::smtp::SmtpRoute;
 use postern::outbound::route::RcptOutcome;
@@ -109,11 +112,7 @@ async fn session(sock: tokio::net::TcpStream) -> std::io::Result<()> {
 }
 
 fn route(server: &Scripted) -> SmtpRoute {
-    let config: RouteConfig = toml::from_str(&format!(
-        "kind = \"smtp\"\nhost = \"127.0.0.1\"\nport = {}",
-        server.addr.port()
-    ))
-    .unwrap();
+    let config: RouteConfig = toml::from_str(&Route::smtp(server.addr.port()).toml()).unwrap();
     let RouteConfig::Smtp(config) = config else {
         unreachable!("an smtp route")
     };

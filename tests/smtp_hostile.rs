@@ -14,9 +14,9 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpSocket, TcpStream};
 use tokio::task::JoinHandle;
 
-async fn daemon(top: &str) -> (Receiver, TestDaemon) {
+async fn daemon(edit: impl FnOnce(ConfigBuilder) -> ConfigBuilder) -> (Receiver, TestDaemon) {
     let rx = Receiver::start().await;
-    let d = TestDaemon::start(&rx.url(""), "", top).await;
+    let d = TestDaemon::start(edit(ConfigBuilder::inbound(&rx.url("")))).await;
     (rx, d)
 }
 
@@ -104,7 +104,7 @@ fn has_partial_body(dir: &Path) -> bool {
 
 #[tokio::test]
 async fn a_client_that_never_reads_is_cut_off_within_command_timeout_others_are_served() {
-    let (rx, d) = daemon("command_timeout = 2").await;
+    let (rx, d) = daemon(|c| c.command_timeout(2)).await;
     let hostile = connect_from("127.0.0.1", d.smtp, Some(4096)).await;
     let started = Instant::now();
     let (task, written) = never_reads(hostile);
@@ -143,7 +143,7 @@ async fn a_client_that_never_reads_is_cut_off_within_command_timeout_others_are_
 
 #[tokio::test]
 async fn junk_commands_past_the_limit_get_421_4_7_0_and_close() {
-    let (_rx, d) = daemon("junk_command_limit = 5").await;
+    let (_rx, d) = daemon(|c| c.junk_command_limit(5)).await;
     let (mut raw, _) = Raw::connect(d.smtp).await;
     raw.cmd("EHLO client.example.org").await;
     // Five junk commands are answered as usual; a first EHLO and MAIL are not junk.
@@ -192,7 +192,7 @@ async fn junk_commands_past_the_limit_get_421_4_7_0_and_close() {
 async fn rset_after_each_delivered_message_is_not_junk() {
     // Connection-reusing clients (mail-send, Postfix's smtp) send RSET before the next
     // message: eight messages on one connection stay under a limit of 5.
-    let (_rx, d) = daemon("junk_command_limit = 5").await;
+    let (_rx, d) = daemon(|c| c.junk_command_limit(5)).await;
     let (mut raw, _) = Raw::connect(d.smtp).await;
     raw.cmd("EHLO client.example.org").await;
     for i in 0..8 {
@@ -215,7 +215,7 @@ async fn rset_after_each_delivered_message_is_not_junk() {
 
 #[tokio::test]
 async fn per_ip_cap_counts_each_source_address() {
-    let (_rx, d) = daemon("max_connections_per_ip = 1").await;
+    let (_rx, d) = daemon(|c| c.max_connections_per_ip(1)).await;
     let first = connect_from("127.0.0.2", d.smtp, None).await;
     let mut first = Raw {
         stream: tokio::io::BufReader::new(first),
@@ -240,8 +240,7 @@ async fn per_ip_cap_counts_each_source_address() {
 async fn shutdown_ends_every_session_within_the_grace_and_keeps_what_was_accepted() {
     let rx = Receiver::start().await;
     let dir = tempfile::tempdir().expect("tempdir");
-    let data = dir.path().join("data");
-    let config = |smtp, http| config_text(&data, smtp, http, &rx.url(""), "", "shutdown_grace = 3");
+    let config = ConfigBuilder::inbound(&rx.url("")).shutdown_grace(3);
     let Started { handle, smtp, .. } = start_in_process(dir.path(), config).await;
     let conns = handle.daemon.conns.clone();
 
@@ -319,8 +318,7 @@ async fn shutdown_ends_every_session_within_the_grace_and_keeps_what_was_accepte
     );
 
     // What was accepted during the grace is delivered (now, or after a restart).
-    let config = |smtp, http| config_text(&data, smtp, http, &rx.url(""), "", "");
-    let again = start_in_process(dir.path(), config).await;
+    let again = start_in_process(dir.path(), ConfigBuilder::inbound(&rx.url(""))).await;
     let hooks = rx.clone_hooks();
     wait_for(Duration::from_secs(30), || {
         hooks
@@ -335,7 +333,7 @@ async fn shutdown_ends_every_session_within_the_grace_and_keeps_what_was_accepte
 
 #[tokio::test]
 async fn abandoned_data_and_bdat_leave_no_partial_body() {
-    let (_rx, d) = daemon("data_timeout = 2").await;
+    let (_rx, d) = daemon(|c| c.data_timeout(2)).await;
     let dir = d.dir.path().to_path_buf();
     let before = spool_files(&dir);
     let body_100k = format!(

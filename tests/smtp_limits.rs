@@ -5,9 +5,9 @@ mod common;
 use common::*;
 use std::time::Duration;
 
-async fn daemon(top: &str, asset: &str) -> (Receiver, TestDaemon) {
+async fn daemon(edit: impl FnOnce(ConfigBuilder) -> ConfigBuilder) -> (Receiver, TestDaemon) {
     let rx = Receiver::start().await;
-    let d = TestDaemon::start(&rx.url(""), asset, top).await;
+    let d = TestDaemon::start(edit(ConfigBuilder::inbound(&rx.url("")))).await;
     (rx, d)
 }
 
@@ -19,7 +19,11 @@ async fn ready(d: &TestDaemon) -> Raw {
 
 #[tokio::test]
 async fn ehlo_advertises_the_extensions_and_helo_none() {
-    let (_rx, d) = daemon("max_message_size = 2000000", "max_inbound_size = 2000000").await;
+    let (_rx, d) = daemon(|c| {
+        c.max_message_size(2_000_000)
+            .asset(|a| a.max_inbound_size(2_000_000))
+    })
+    .await;
     let (mut raw, _) = Raw::connect(d.smtp).await;
     let ehlo = raw.cmd("EHLO client.example.org").await;
     for ext in [
@@ -46,7 +50,11 @@ async fn ehlo_advertises_the_extensions_and_helo_none() {
 
 #[tokio::test]
 async fn size_declared_too_big_is_refused_at_mail_and_streamed_too_big_after_data() {
-    let (rx, d) = daemon("max_message_size = 10000", "max_inbound_size = 10000").await;
+    let (rx, d) = daemon(|c| {
+        c.max_message_size(10_000)
+            .asset(|a| a.max_inbound_size(10_000))
+    })
+    .await;
     let mut raw = ready(&d).await;
     let r = raw.cmd("MAIL FROM:<a@example.org> SIZE=20000").await;
     assert!(r.starts_with("552 5.3.4"), "{r}");
@@ -77,7 +85,7 @@ async fn size_declared_too_big_is_refused_at_mail_and_streamed_too_big_after_dat
 
 #[tokio::test]
 async fn too_many_recipients_get_452() {
-    let (_rx, d) = daemon("max_recipients = 2", "").await;
+    let (_rx, d) = daemon(|c| c.max_recipients(2)).await;
     let mut raw = ready(&d).await;
     raw.cmd("MAIL FROM:<a@example.org>").await;
     assert!(raw.cmd("RCPT TO:<a@example.test>").await.starts_with("250"));
@@ -91,7 +99,7 @@ async fn too_many_recipients_get_452() {
 
 #[tokio::test]
 async fn long_command_lines_nul_and_bare_lf_in_commands_get_500_5_5_2() {
-    let (_rx, d) = daemon("", "").await;
+    let (_rx, d) = daemon(|c| c).await;
     let mut raw = ready(&d).await;
     let long = format!("NOOP {}", "x".repeat(600));
     assert!(raw.cmd(&long).await.starts_with("500 5.5.2"));
@@ -107,7 +115,7 @@ async fn long_command_lines_nul_and_bare_lf_in_commands_get_500_5_5_2() {
 
 #[tokio::test]
 async fn text_line_over_998_octets_gets_554_after_data() {
-    let (_rx, d) = daemon("", "").await;
+    let (_rx, d) = daemon(|c| c).await;
     let mut raw = ready(&d).await;
     raw.cmd("MAIL FROM:<a@example.org>").await;
     raw.cmd("RCPT TO:<support@example.test>").await;
@@ -122,7 +130,7 @@ async fn text_line_over_998_octets_gets_554_after_data() {
 
 #[tokio::test]
 async fn idle_client_gets_421_timeout_and_is_closed() {
-    let (_rx, d) = daemon("command_timeout = 1", "").await;
+    let (_rx, d) = daemon(|c| c.command_timeout(1)).await;
     let mut raw = ready(&d).await;
     let r = raw.reply().await;
     assert_eq!(r, "421 4.4.2 mx.example.test timeout\r\n");
@@ -132,7 +140,7 @@ async fn idle_client_gets_421_timeout_and_is_closed() {
 
 #[tokio::test]
 async fn per_ip_cap_answers_421_instead_of_the_banner() {
-    let (_rx, d) = daemon("max_connections_per_ip = 2", "").await;
+    let (_rx, d) = daemon(|c| c.max_connections_per_ip(2)).await;
     let (_a, b1) = Raw::connect(d.smtp).await;
     let (_b, b2) = Raw::connect(d.smtp).await;
     assert!(b1.starts_with("220") && b2.starts_with("220"));
@@ -144,7 +152,7 @@ async fn per_ip_cap_answers_421_instead_of_the_banner() {
 
 #[tokio::test]
 async fn bdat_chunks_make_one_message() {
-    let (rx, d) = daemon("", "").await;
+    let (rx, d) = daemon(|c| c).await;
     let mut raw = ready(&d).await;
     raw.cmd("MAIL FROM:<a@example.org>").await;
     raw.cmd("RCPT TO:<support@example.test>").await;
@@ -170,7 +178,7 @@ async fn bdat_chunks_make_one_message() {
 
 #[tokio::test]
 async fn sender_equal_to_recipient_is_logged_not_posted() {
-    let (rx, d) = daemon("", "").await;
+    let (rx, d) = daemon(|c| c).await;
     let mut raw = ready(&d).await;
     raw.cmd("MAIL FROM:<support@example.test>").await;
     raw.cmd("RCPT TO:<support@example.test>").await;

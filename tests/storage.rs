@@ -78,30 +78,6 @@ impl Drop for TmpMount {
     }
 }
 
-fn config(data: &Path, smtp: SocketAddr, http: SocketAddr, relay: SocketAddr, min: u64) -> String {
-    let text = outbound_config(
-        data,
-        smtp,
-        http,
-        "http://127.0.0.1:9",
-        &Outbound {
-            route: format!(
-                "kind = \"smtp\"\nhost = \"127.0.0.1\"\nport = {}",
-                relay.port()
-            ),
-            top: "",
-            asset_keys: "",
-            asset_extra: "",
-            tps: 1000,
-        },
-    );
-    text.replacen(
-        "bounce_domain = \"bounces.example.test\"\n",
-        &format!("bounce_domain = \"bounces.example.test\"\nmin_free_space = {min}\n"),
-        1,
-    )
-}
-
 fn email(to: &str, subject: &str) -> Value {
     json!({
         "channel": "email",
@@ -158,10 +134,11 @@ async fn low_space_refuses_at_every_door_and_serves_again_by_itself() {
     let relay = Smarthost::start(Script::default()).await;
     let data = fs.path().join("data");
     let min = 24u64 << 20;
-    let started = start_in_process(dir.path(), |smtp, http| {
-        config(&data, smtp, http, relay.addr, min)
-    })
-    .await;
+    let config = ConfigBuilder::outbound("http://127.0.0.1:9", Route::smtp(relay.addr.port()))
+        .services_tps(1000)
+        .data_dir(&data)
+        .min_free_space(min);
+    let started = start_in_process(dir.path(), config).await;
     let (smtp, http) = (started.smtp, started.http);
     let client = reqwest::Client::new();
     wait_until(WAIT, "ready", async || readyz(&client, http).await == 200).await;
@@ -231,9 +208,8 @@ fn message_id(data: &[u8]) -> String {
 }
 
 struct Binary {
-    config: PathBuf,
-    smtp: SocketAddr,
-    http: SocketAddr,
+    dir: PathBuf,
+    config: ConfigBuilder,
     log: PathBuf,
     starts: usize,
 }
@@ -242,7 +218,7 @@ impl Binary {
     async fn start(&mut self) -> ChildDaemon {
         self.starts += 1;
         let log = self.log.with_extension(format!("{}.log", self.starts));
-        ChildDaemon::spawn(&self.config, self.smtp, self.http, &log).await
+        ChildDaemon::spawn(&self.dir, &self.config, &log).await
     }
 
     fn logs(&self) -> String {
@@ -263,15 +239,16 @@ async fn disk_full_mid_queue_sends_every_message_exactly_once() {
     };
     let dir = tempfile::tempdir().unwrap();
     let relay_addr = free_port();
-    let (smtp, http) = (free_port(), free_port());
-    let data = fs.path().join("data");
     // min_free_space 0: the daemon learns of the full disk only from failed writes.
-    let config_path = dir.path().join("postern.toml");
-    std::fs::write(&config_path, config(&data, smtp, http, relay_addr, 0)).unwrap();
+    let config = ConfigBuilder::outbound("http://127.0.0.1:9", Route::smtp(relay_addr.port()))
+        .services_tps(1000)
+        .data_dir(&fs.path().join("data"))
+        .min_free_space(0)
+        .on_free_ports();
+    let (smtp, http) = (config.smtp_addr(), config.http_addr());
     let mut bin = Binary {
-        config: config_path,
-        smtp,
-        http,
+        dir: dir.path().to_path_buf(),
+        config,
         log: dir.path().join("daemon"),
         starts: 0,
     };
@@ -425,14 +402,9 @@ async fn the_250_waits_for_an_fdatasync_of_the_sled_log() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let (smtp, http) = (free_port(), free_port());
-    let data = dir.path().join("data");
-    let config_path = dir.path().join("postern.toml");
-    std::fs::write(
-        &config_path,
-        config_text(&data, smtp, http, "http://127.0.0.1:9", "", ""),
-    )
-    .unwrap();
+    let config = ConfigBuilder::inbound("http://127.0.0.1:9").on_free_ports();
+    let (smtp, http) = (config.smtp_addr(), config.http_addr());
+    let config_path = config.write_in(dir.path());
     let trace = dir.path().join("trace");
     let mut child = std::process::Command::new("strace")
         .args(["-f", "-y", "-ttt", "-s", "64", "-o"])

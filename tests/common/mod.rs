@@ -1,6 +1,10 @@
-//! Test harness: the daemon in-process on port 0 (or as a child process for crash tests),
-//! a real HTTP webhook receiver, and a `wait_for` that polls a condition with a deadline.
+//! Test harness: one `ConfigBuilder` (config.rs) for every daemon's configuration, the
+//! daemon in-process on port 0 (or as a child process for crash tests), a real HTTP
+//! webhook receiver, and a `wait_for` that polls a condition with a deadline.
 #![allow(dead_code)]
+
+mod config;
+pub use config::*;
 
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
@@ -124,162 +128,6 @@ pub async fn wait_for(within: Duration, mut cond: impl FnMut() -> bool) {
     }
 }
 
-/// A config text for a daemon on loopback; `extra_asset` lines go into the asset table.
-pub fn config_text(
-    data_dir: &Path,
-    smtp: SocketAddr,
-    http: SocketAddr,
-    hook: &str,
-    extra_asset: &str,
-    extra_top: &str,
-) -> String {
-    config_text_dns(
-        data_dir,
-        smtp,
-        http,
-        hook,
-        extra_asset,
-        extra_top,
-        "resolver = \"off\"",
-    )
-}
-
-pub fn config_text_dns(
-    data_dir: &Path,
-    smtp: SocketAddr,
-    http: SocketAddr,
-    hook: &str,
-    extra_asset: &str,
-    extra_top: &str,
-    dns: &str,
-) -> String {
-    format!(
-        r#"
-[server]
-hostname = "mx.example.test"
-data_dir = "{data}"
-public_url = "http://{http}"
-inbound_domain = "inbound.example.test"
-bounce_domain = "bounces.example.test"
-
-[smtp]
-listen = ["{smtp}"]
-{extra_top}
-
-[http]
-listen = "{http}"
-
-[admin]
-token = "admin-secret"
-
-[dns]
-{dns}
-
-[[asset]]
-id = "a_demo"
-name = "Demo"
-domains = ["example.test"]
-inbound = true
-incoming_webhook = "{hook}/mo"
-delivery_webhook = "{hook}/dlr"
-{extra_asset}
-"#,
-        data = data_dir.display()
-    )
-}
-
-/// The service secret of `outbound_config`'s services (base64; the JWT key is its bytes).
-pub const SERVICE_SECRET: &str = "c2VjcmV0LXNlY3JldC1zZWNyZXQ=";
-
-/// What varies between the sending tests' configurations.
-pub struct Outbound<'a> {
-    /// The body of `[asset.route]`.
-    pub route: String,
-    /// Tables placed before the services (e.g. `[ses]`, `[[contact_policy]]`).
-    pub top: &'a str,
-    /// Keys of the asset itself (before its sub-tables), e.g. `sandbox = true`.
-    pub asset_keys: &'a str,
-    /// Tables appended to the asset.
-    pub asset_extra: &'a str,
-    /// TPS of each service.
-    pub tps: u32,
-}
-
-/// Starts a daemon in this process with `outbound_config` in a `data` directory of `dir`.
-pub async fn start_outbound(dir: &Path, hook: &str, o: &Outbound<'_>) -> Started {
-    let data = dir.join("data");
-    start_in_process(dir, |smtp, http| {
-        outbound_config(&data, smtp, http, hook, o)
-    })
-    .await
-}
-
-/// A sending configuration: services `svc_a` (`key-a`) and `svc_b` (`key-b`) on asset
-/// `a_out` for example.test, DKIM `sel1` Ed25519, webhooks under `hook`, loopback
-/// targets allowed, first retry after a second.
-pub fn outbound_config(
-    data: &Path,
-    smtp: SocketAddr,
-    http: SocketAddr,
-    hook: &str,
-    o: &Outbound,
-) -> String {
-    format!(
-        r#"
-[server]
-hostname = "mx.example.test"
-data_dir = "{data}"
-public_url = "http://{http}"
-inbound_domain = "inbound.example.test"
-bounce_domain = "bounces.example.test"
-[smtp]
-listen = ["{smtp}"]
-[http]
-listen = "{http}"
-max_body_size = 200000
-[admin]
-token = "admin-secret"
-[dns]
-resolver = "off"
-[queue]
-retry_base = 1
-[outbound]
-allow_private_targets = ["127.0.0.0/8"]
-{top}
-[[service]]
-id = "svc_a"
-key = "key-a"
-secret = "{SERVICE_SECRET}"
-tps = {tps}
-assets = ["a_out"]
-[[service]]
-id = "svc_b"
-key = "key-b"
-secret = "{SERVICE_SECRET}"
-tps = {tps}
-assets = ["a_out"]
-[[asset]]
-id = "a_out"
-domains = ["example.test"]
-delivery_webhook = "{hook}/dlr"
-incoming_webhook = "{hook}/mo"
-{asset_keys}
-[asset.route]
-{route}
-[asset.dkim]
-selector = "sel1"
-algorithm = "ed25519-sha256"
-{asset_extra}
-"#,
-        data = data.display(),
-        top = o.top,
-        tps = o.tps,
-        route = o.route,
-        asset_keys = o.asset_keys,
-        asset_extra = o.asset_extra,
-    )
-}
-
 /// A daemon started inside the test process on loopback port-0 listeners.
 pub struct Started {
     pub handle: postern::Handle,
@@ -289,18 +137,14 @@ pub struct Started {
     pub config_path: PathBuf,
 }
 
-/// Binds the SMTP and HTTP listeners, asks `config` for the text given their addresses,
-/// writes it to `dir/postern.toml`, and starts the daemon with it.
-pub async fn start_in_process(
-    dir: &Path,
-    config: impl FnOnce(SocketAddr, SocketAddr) -> String,
-) -> Started {
+/// Binds the SMTP and HTTP listeners, writes `config` on them to `dir/postern.toml` (data
+/// in `dir/data` unless the config names a directory), and starts the daemon with it.
+pub async fn start_in_process(dir: &Path, config: ConfigBuilder) -> Started {
     let smtp_l = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let http_l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let (smtp, http) = (smtp_l.local_addr().unwrap(), http_l.local_addr().unwrap());
-    let text = config(smtp, http);
-    let config_path = dir.join("postern.toml");
-    std::fs::write(&config_path, &text).unwrap();
+    let config = config.listen(smtp_l.local_addr().unwrap(), http_l.local_addr().unwrap());
+    let config_path = config.write_in(dir);
+    let text = std::fs::read_to_string(&config_path).unwrap();
     let parsed =
         postern::config::Config::parse(&text, "postern.toml").expect("test config is valid");
     let handle = postern::start(
@@ -315,13 +159,13 @@ pub async fn start_in_process(
     .expect("daemon starts");
     Started {
         handle,
-        smtp,
-        http,
+        smtp: config.smtp_addr(),
+        http: config.http_addr(),
         config_path,
     }
 }
 
-/// A daemon running inside the test process.
+/// A daemon running inside the test process, in a temporary directory of its own.
 pub struct TestDaemon {
     pub handle: Option<postern::Handle>,
     pub smtp: SocketAddr,
@@ -330,24 +174,11 @@ pub struct TestDaemon {
 }
 
 impl TestDaemon {
-    pub async fn start(hook_base: &str, extra_asset: &str, extra_top: &str) -> TestDaemon {
-        Self::start_with(hook_base, extra_asset, extra_top, "resolver = \"off\"").await
-    }
-
-    pub async fn start_with(
-        hook_base: &str,
-        extra_asset: &str,
-        extra_top: &str,
-        dns: &str,
-    ) -> TestDaemon {
+    pub async fn start(config: ConfigBuilder) -> TestDaemon {
         let dir = tempfile::tempdir().unwrap();
-        let data = dir.path().join("data");
         let Started {
             handle, smtp, http, ..
-        } = start_in_process(dir.path(), |smtp, http| {
-            config_text_dns(&data, smtp, http, hook_base, extra_asset, extra_top, dns)
-        })
-        .await;
+        } = start_in_process(dir.path(), config).await;
         TestDaemon {
             handle: Some(handle),
             smtp,
@@ -379,12 +210,12 @@ pub fn free_port() -> SocketAddr {
 }
 
 impl ChildDaemon {
-    pub async fn spawn(
-        config_path: &PathBuf,
-        smtp: SocketAddr,
-        http: SocketAddr,
-        log: &Path,
-    ) -> ChildDaemon {
+    /// Writes `config` (which names its listeners, e.g. `on_free_ports`) to
+    /// `dir/postern.toml`, runs `postern serve` on it with stderr to `log`, and waits
+    /// until it is ready.
+    pub async fn spawn(dir: &Path, config: &ConfigBuilder, log: &Path) -> ChildDaemon {
+        let config_path = config.write_in(dir);
+        let (smtp, http) = (config.smtp_addr(), config.http_addr());
         let log = std::fs::File::create(log).unwrap();
         let child = std::process::Command::new(env!("CARGO_BIN_EXE_postern"))
             .args(["serve", "--config"])
