@@ -319,7 +319,7 @@ async fn unsubscribe_by_mail(
                         "mail to the unsubscribe address without its token or an aligned-DMARC From: nothing changed");
                     continue;
                 }
-                crate::outbound::track::unsubscribe::Subject {
+                crate::outbound::track::unsubscribe::Unsubscribe {
                     asset_id: asset_id.clone(),
                     tid: uuid::Uuid::new_v4().to_string(),
                     recipient: from,

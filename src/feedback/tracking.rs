@@ -4,6 +4,8 @@
 //! [`record`](crate::feedback::record), which counts repeats instead of appending them.
 
 use crate::feedback::{Parts, Report, USER_AGENT_MAX};
+use crate::model::links::Link;
+use crate::model::tokens::TokenKind;
 use crate::model::types::DeliveryCode;
 use crate::store::messages::cut;
 use std::net::IpAddr;
@@ -13,8 +15,6 @@ use std::net::IpAddr;
 pub enum LinkError {
     #[error("link token is altered or not a click link")]
     Forged,
-    #[error("link token is malformed")]
-    Malformed,
 }
 
 /// A click from `client`: records 7528 (`url|client-ip`, the User-Agent) and returns the
@@ -25,34 +25,33 @@ pub async fn click(
     client: IpAddr,
     user_agent: Option<&[u8]>,
 ) -> Result<String, LinkError> {
-    let payload = parts
-        .signer
-        .verify("click", token)
-        .ok_or(LinkError::Forged)?;
-    let mut f = payload.splitn(3, '|');
-    let (Some(tid), Some(rcpt), Some(url)) = (f.next(), f.next(), f.next()) else {
-        return Err(LinkError::Malformed);
+    let Some(Link::Click {
+        tid,
+        recipient: rcpt,
+        url,
+    }) = Link::verify(parts.signer, TokenKind::Click, token)
+    else {
+        return Err(LinkError::Forged);
     };
     let agent = user_agent.map(user_agent_text).unwrap_or_default();
     let description = format!("{url}|{client}");
     hit(
         parts,
-        tid,
-        rcpt,
+        &tid,
+        &rcpt,
         DeliveryCode::Clicked,
         &description,
         &agent,
     )
     .await;
-    Ok(url.to_string())
+    Ok(url)
 }
 
 /// An open (the pixel was fetched): records 7502 when the token verifies.
 pub async fn open(parts: &Parts<'_>, token: &str) {
-    if let Some(payload) = parts.signer.verify("open", token) {
-        if let Some((tid, rcpt)) = payload.split_once('|') {
-            hit(parts, tid, rcpt, DeliveryCode::Read, "Read", "").await;
-        }
+    if let Some(Link::Open { tid, recipient }) = Link::verify(parts.signer, TokenKind::Open, token)
+    {
+        hit(parts, &tid, &recipient, DeliveryCode::Read, "Read", "").await;
     }
 }
 

@@ -11,7 +11,7 @@
 use crate::config::Config;
 use crate::feedback::Parts;
 use crate::model::time::now_ms;
-use crate::outbound::track::unsubscribe::{verify, Subject};
+use crate::outbound::track::unsubscribe::{verify, Unsubscribe};
 use crate::store::outbox::EventKind;
 use crate::store::suppression::{Reason, Suppression};
 use crate::store::{OutboxEntry, Payload, Store, StoreError};
@@ -168,7 +168,7 @@ fn chosen_recipient(tid: &str, list: &[String], form: &Form) -> Result<String, R
 }
 
 /// The name the page shows for the token's asset.
-fn asset_name(config: &Config, s: &Subject) -> String {
+fn asset_name(config: &Config, s: &Unsubscribe) -> String {
     config
         .asset(&s.asset_id)
         .map(|a| {
@@ -183,7 +183,7 @@ fn asset_name(config: &Config, s: &Subject) -> String {
 
 /// The transaction's recipients when the token speaks for nobody in particular (a message
 /// to several recipients); `Ok(None)` for a token naming its recipient.
-fn listed_recipients(store: &Store, s: &Subject) -> Result<Option<Vec<String>>, Outcome> {
+fn listed_recipients(store: &Store, s: &Unsubscribe) -> Result<Option<Vec<String>>, Outcome> {
     let record = match store.messages().get(&s.tid) {
         Ok(r) => r,
         Err(e) => {
@@ -208,7 +208,7 @@ pub async fn apply(
     store: &Store,
     outbox: &Outbox,
     config: &Config,
-    s: &Subject,
+    s: &Unsubscribe,
     unsubscribe: bool,
     source: &str,
 ) -> Result<bool, StoreError> {
@@ -247,7 +247,7 @@ pub async fn apply(
 /// format.
 pub fn event(
     config: &Config,
-    s: &Subject,
+    s: &Unsubscribe,
     subscribe: bool,
     correlation_id: Option<&str>,
 ) -> Option<OutboxEntry> {
@@ -270,7 +270,7 @@ pub fn event(
     ))
 }
 
-pub fn suppression(s: &Subject, source: &str) -> Suppression {
+pub fn suppression(s: &Unsubscribe, source: &str) -> Suppression {
     Suppression {
         asset_id: s.asset_id.clone(),
         address: s.recipient.to_ascii_lowercase(),

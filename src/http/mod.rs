@@ -15,7 +15,9 @@ pub mod ses;
 pub use serve::serve;
 
 use crate::daemon::Daemon;
+use crate::model::links::Link;
 use crate::model::time::now_ms;
+use crate::model::tokens::TokenKind;
 use crate::model::types::ApiCode;
 use crate::webhooks::mo;
 use axum::extract::{Path, Query, State};
@@ -282,15 +284,19 @@ fn inbound_link(
             "link token is missing, altered or expired",
         )
     };
-    let payload = d
-        .signer
-        .verify("inbound", token.ok_or_else(refused)?)
-        .ok_or_else(refused)?;
-    let mut fields = payload.split('|');
-    let (Some(t), Some(p), Some(exp)) = (fields.next(), fields.next(), fields.next()) else {
+    let Some(Link::InboundAttachment {
+        tid: t,
+        part: p,
+        expires_ms,
+    }) = Link::verify(
+        &d.signer,
+        TokenKind::InboundAttachment,
+        token.ok_or_else(refused)?,
+    )
+    else {
         return Err(refused());
     };
-    if t != tid || p != part || exp.parse::<u64>().map(|e| e < now_ms()).unwrap_or(true) {
+    if t != tid || p != part || expires_ms < now_ms() {
         return Err(refused());
     }
     let expired = || {

@@ -26,24 +26,6 @@ pub enum TokenKind {
     DomainVerification,
 }
 
-/// TEMPORARY (issue 11 migration): lets call sites move from string kinds to
-/// [`TokenKind`] one by one; removed once none passes a string.
-pub trait KindName: Copy {
-    fn kind_name(self) -> &'static str;
-}
-
-impl KindName for TokenKind {
-    fn kind_name(self) -> &'static str {
-        self.as_str()
-    }
-}
-
-impl KindName for &'static str {
-    fn kind_name(self) -> &'static str {
-        self
-    }
-}
-
 impl TokenKind {
     pub fn as_str(self) -> &'static str {
         match self {
@@ -91,22 +73,22 @@ impl Signer {
         }
     }
 
-    fn mac(&self, kind: impl KindName, payload: &[u8]) -> HmacSha256 {
+    fn mac(&self, kind: TokenKind, payload: &[u8]) -> HmacSha256 {
         let mut mac = HmacSha256::new_from_slice(&self.key).expect("HMAC takes any key length");
-        mac.update(kind.kind_name().as_bytes());
+        mac.update(kind.as_str().as_bytes());
         mac.update(&[0]);
         mac.update(payload);
         mac
     }
 
-    pub fn sign(&self, kind: impl KindName, payload: &str) -> String {
+    pub fn sign(&self, kind: TokenKind, payload: &str) -> String {
         let tag = self.mac(kind, payload.as_bytes()).finalize().into_bytes();
         format!("{}.{}", B64.encode(payload), B64.encode(tag))
     }
 
     /// The payload of a token of `kind`, or `None` when it is altered, truncated or of
     /// another kind.
-    pub fn verify(&self, kind: impl KindName, token: &str) -> Option<String> {
+    pub fn verify(&self, kind: TokenKind, token: &str) -> Option<String> {
         let (p, t) = token.split_once('.')?;
         let payload = B64.decode(p).ok()?;
         let tag = B64.decode(t).ok()?;
@@ -135,16 +117,25 @@ mod tests {
     #[test]
     fn tokens_verify_only_for_their_kind_and_unaltered() {
         let s = Signer::new([7; 32]);
-        let t = s.sign("inbound", "tid|0|99");
-        assert_eq!(s.verify("inbound", &t).as_deref(), Some("tid|0|99"));
-        assert_eq!(s.verify("click", &t), None);
-        assert_eq!(s.verify("inbound", &t[..t.len() - 2]), None);
+        let t = s.sign(TokenKind::InboundAttachment, "tid|0|99");
+        assert_eq!(
+            s.verify(TokenKind::InboundAttachment, &t).as_deref(),
+            Some("tid|0|99")
+        );
+        assert_eq!(s.verify(TokenKind::Click, &t), None);
+        assert_eq!(
+            s.verify(TokenKind::InboundAttachment, &t[..t.len() - 2]),
+            None
+        );
         let forged = format!(
             "{}.{}",
             B64.encode("tid|1|99"),
             t.split_once('.').unwrap().1
         );
-        assert_eq!(s.verify("inbound", &forged), None);
-        assert_eq!(Signer::new([8; 32]).verify("inbound", &t), None);
+        assert_eq!(s.verify(TokenKind::InboundAttachment, &forged), None);
+        assert_eq!(
+            Signer::new([8; 32]).verify(TokenKind::InboundAttachment, &t),
+            None
+        );
     }
 }

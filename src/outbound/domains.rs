@@ -81,7 +81,7 @@ pub fn records(config: &Config, domain: &str) -> Result<Vec<Record>, DomainError
 fn verification_token(data_dir: &Path, domain: &str) -> Result<String, DomainError> {
     let signer =
         crate::model::tokens::Signer::load_or_create(data_dir).map_err(DomainError::Key)?;
-    let verification = signer.sign("domain-verification", domain);
+    let verification = signer.sign(crate::model::tokens::TokenKind::DomainVerification, domain);
     Ok(verification
         .rsplit('.')
         .next()

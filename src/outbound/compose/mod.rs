@@ -4,7 +4,8 @@
 //! path. Header values were refused at the API if they held CR/LF.
 
 use crate::config::{AssetConfig, Config, RouteConfig, DEFAULT_DKIM_KEY};
-use crate::model::tokens::Signer;
+use crate::model::links::Link;
+use crate::model::tokens::{Signer, TokenKind};
 use crate::outbound::dkim::{Coverage, Keys};
 use crate::store::messages::MessageRecord;
 use futures::StreamExt;
@@ -214,12 +215,21 @@ fn tracked(
     let click = |url: &str| {
         format!(
             "{base}/t/c/{}",
-            signer.sign("click", &format!("{}|{tracked}|{url}", record.tid))
+            Link::Click {
+                tid: record.tid.clone(),
+                recipient: tracked.clone(),
+                url: url.to_string(),
+            }
+            .token(signer)
         )
     };
     let pixel = format!(
         "{base}/t/o/{}",
-        signer.sign("open", &format!("{}|{tracked}", record.tid))
+        Link::Open {
+            tid: record.tid.clone(),
+            recipient: tracked.clone(),
+        }
+        .token(signer)
     );
     crate::outbound::track::links::rewrite(
         html,
@@ -277,7 +287,7 @@ pub fn verp(signer: &Signer, tid: &str, bounce_domain: &str) -> String {
 }
 
 fn verp_mac(signer: &Signer, simple_tid: &str) -> String {
-    let token = signer.sign("verp", simple_tid);
+    let token = signer.sign(TokenKind::Verp, simple_tid);
     let mac = token.rsplit('.').next().unwrap_or_default();
     mac.chars()
         .filter(|c| c.is_ascii_alphanumeric())

@@ -12,40 +12,28 @@
 //! Unsubscribe / Subscribe events, are `feedback::unsubscribe`'s.
 
 use crate::config::Config;
-use crate::model::tokens::Signer;
+use crate::model::links::Link;
+pub use crate::model::links::Unsubscribe;
+use crate::model::tokens::{Signer, TokenKind};
 use crate::store::messages::MessageRecord;
 
-/// Who an unsubscribe token speaks for.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Subject {
-    pub asset_id: String,
-    pub tid: String,
-    pub recipient: String,
-    pub sender: String,
+/// The token of an unsubscribe link.
+pub fn token(signer: &Signer, s: &Unsubscribe) -> String {
+    Link::Unsubscribe(s.clone()).token(signer)
 }
 
-pub fn token(signer: &Signer, s: &Subject) -> String {
-    signer.sign(
-        "unsub",
-        &format!("{}|{}|{}|{}", s.asset_id, s.tid, s.recipient, s.sender),
-    )
+/// Who an unsubscribe token speaks for, when it verifies.
+pub fn verify(signer: &Signer, token: &str) -> Option<Unsubscribe> {
+    match Link::verify(signer, TokenKind::Unsubscribe, token)? {
+        Link::Unsubscribe(s) => Some(s),
+        _ => None,
+    }
 }
 
-pub fn verify(signer: &Signer, token: &str) -> Option<Subject> {
-    let payload = signer.verify("unsub", token)?;
-    let mut f = payload.splitn(4, '|');
-    Some(Subject {
-        asset_id: f.next()?.to_string(),
-        tid: f.next()?.to_string(),
-        recipient: f.next()?.to_string(),
-        sender: f.next()?.to_string(),
-    })
-}
-
-/// The `Subject` a message's unsubscribe links speak for: its only recipient, or nobody
+/// The `Unsubscribe` a message's unsubscribe links speak for: its only recipient, or nobody
 /// (empty recipient) when it went to several, since then any of them could click.
-pub fn subject_of(record: &MessageRecord) -> Subject {
-    Subject {
+pub fn subject_of(record: &MessageRecord) -> Unsubscribe {
+    Unsubscribe {
         asset_id: record.asset_id.clone(),
         tid: record.tid.clone(),
         recipient: match record.recipients.as_slice() {
@@ -58,7 +46,7 @@ pub fn subject_of(record: &MessageRecord) -> Subject {
 
 /// An unsubscribe token found in mail to the unsubscribe address: in the subject (any
 /// whitespace-separated word) or in an address tag (`unsub+<token>@...`).
-pub fn token_in_mail(signer: &Signer, asset_id: &str, words: &[&str]) -> Option<Subject> {
+pub fn token_in_mail(signer: &Signer, asset_id: &str, words: &[&str]) -> Option<Unsubscribe> {
     words
         .iter()
         .flat_map(|w| w.split_whitespace())
@@ -204,7 +192,7 @@ mod tests {
     #[test]
     fn tokens_round_trip_and_refuse_other_kinds() {
         let signer = Signer::new([9; 32]);
-        let s = Subject {
+        let s = Unsubscribe {
             asset_id: "a_1".into(),
             tid: "t-1".into(),
             recipient: "ann@example.org".into(),
@@ -213,7 +201,10 @@ mod tests {
         let t = token(&signer, &s);
         assert_eq!(verify(&signer, &t), Some(s));
         assert_eq!(
-            verify(&signer, &signer.sign("inbound", "a_1|t-1|x|y")),
+            verify(
+                &signer,
+                &signer.sign(TokenKind::InboundAttachment, "a_1|t-1|x|y")
+            ),
             None
         );
         assert_eq!(verify(&signer, &t[..t.len() - 3]), None);
