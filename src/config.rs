@@ -1154,11 +1154,9 @@ impl Locate {
     }
 }
 
+/// The `[server]` section unit tests start their configurations with.
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    const MINIMAL: &str = r#"
+pub(crate) const TEST_SERVER: &str = r#"
 [server]
 hostname = "mx.example.test"
 data_dir = "./data"
@@ -1166,6 +1164,12 @@ public_url = "http://127.0.0.1:8080"
 inbound_domain = "inbound.example.test"
 bounce_domain = "bounces.example.test"
 "#;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = TEST_SERVER;
 
     #[test]
     fn repository_example_config_is_valid() {

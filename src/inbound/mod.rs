@@ -348,13 +348,10 @@ mod tests {
 
     fn config() -> Config {
         Config::parse(
-            r#"
-[server]
-hostname = "mx.example.test"
-data_dir = "./data"
-public_url = "http://127.0.0.1:8080"
-inbound_domain = "inbound.example.test"
-bounce_domain = "bounces.example.test"
+            &format!(
+                "{}{}",
+                crate::config::TEST_SERVER,
+                r#"
 [[asset]]
 id = "a_in"
 domains = ["example.test"]
@@ -363,7 +360,8 @@ incoming_webhook = "http://127.0.0.1:9/mo"
 [[asset]]
 id = "a_out"
 domains = ["sendonly.test"]
-"#,
+"#
+            ),
             "t",
         )
         .unwrap()

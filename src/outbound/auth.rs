@@ -127,18 +127,16 @@ mod tests {
 
     fn config() -> Config {
         Config::parse(
-            r#"
-[server]
-hostname = "mx.example.test"
-data_dir = "./data"
-public_url = "http://127.0.0.1:8080"
-inbound_domain = "inbound.example.test"
-bounce_domain = "bounces.example.test"
+            &format!(
+                "{}{}",
+                crate::config::TEST_SERVER,
+                r#"
 [[service]]
 id = "svc_a"
 key = "key-a"
 secret = "c2VjcmV0LXNlY3JldC1zZWNyZXQ="
-"#,
+"#
+            ),
             "t",
         )
         .unwrap()

@@ -19,3 +19,21 @@ pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, String> {
         None => Err("empty record".into()),
     }
 }
+
+/// Keys of `tree` whose value is a big-endian millisecond stamp before `before_ms` (a
+/// value that is not a stamp counts as 0, so it is collected rather than kept for ever).
+pub fn stamped_before(tree: &sled::Tree, before_ms: u64) -> Result<Vec<sled::IVec>, sled::Error> {
+    let mut out = Vec::new();
+    for item in tree.iter() {
+        let (k, v) = item?;
+        let at = v
+            .as_ref()
+            .try_into()
+            .map(u64::from_be_bytes)
+            .unwrap_or_default();
+        if at < before_ms {
+            out.push(k);
+        }
+    }
+    Ok(out)
+}

@@ -22,19 +22,11 @@ impl Store {
 
     /// Marked messages that arrived before `before_ms`.
     pub fn feedback_pending(&self, before_ms: u64) -> Result<Vec<String>, StoreError> {
-        let mut out = Vec::new();
-        for item in self.inner.db.open_tree(TREE)?.iter() {
-            let (k, v) = item?;
-            let at = v
-                .as_ref()
-                .try_into()
-                .map(u64::from_be_bytes)
-                .unwrap_or_default();
-            if at < before_ms {
-                out.push(String::from_utf8_lossy(&k).into_owned());
-            }
-        }
-        Ok(out)
+        let tree = self.inner.db.open_tree(TREE)?;
+        Ok(super::codec::stamped_before(&tree, before_ms)?
+            .iter()
+            .map(|k| String::from_utf8_lossy(k).into_owned())
+            .collect())
     }
 
     /// Marks every bounce-domain message stored before marks existed (such messages were

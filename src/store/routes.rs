@@ -96,16 +96,8 @@ impl RouteState for SledRouteState {
     }
 
     fn forget_sns_seen_before(&self, cutoff_ms: u64) -> Result<(), StoreError> {
-        for item in self.sns_seen.iter() {
-            let (k, v) = item?;
-            let at = v
-                .as_ref()
-                .try_into()
-                .map(u64::from_be_bytes)
-                .unwrap_or_default();
-            if at < cutoff_ms {
-                self.sns_seen.remove(&k)?;
-            }
+        for k in codec::stamped_before(&self.sns_seen, cutoff_ms)? {
+            self.sns_seen.remove(k)?;
         }
         Ok(())
     }

@@ -220,7 +220,8 @@ pub fn render(
 mod tests {
     use super::*;
 
-    fn render_inline(raw: &[u8]) -> serde_json::Value {
+    /// The MO event of `raw` as JSON, rendered with inline attachments.
+    pub(super) fn render_inline(raw: &[u8]) -> serde_json::Value {
         let auth = AuthSummary::none();
         let rcpts = vec!["support@example.test".to_string()];
         let link = |_: Option<usize>| String::new();
@@ -274,25 +275,8 @@ mod tests {
 #[cfg(test)]
 mod repair_tests {
     //! SPEC 6.2 semantics of the MIME repair, seen through the rendered event.
+    use super::tests::render_inline;
     use super::*;
-
-    fn render_inline(raw: &[u8]) -> serde_json::Value {
-        let auth = AuthSummary::none();
-        let rcpts = vec!["support@example.test".to_string()];
-        let link = |_: Option<usize>| String::new();
-        let ctx = MoContext {
-            tid: "t-1",
-            received_ms: 0,
-            mail_from: "env@example.org",
-            recipients: &rcpts,
-            auth: &auth,
-            attachments: MoAttachments::Inline,
-            link: &link,
-        };
-        let mut out = Vec::new();
-        render(raw, &ctx, &mut out).unwrap();
-        serde_json::from_slice(&out).unwrap()
-    }
 
     fn content(v: &serde_json::Value, n: usize) -> Vec<u8> {
         use base64::Engine;

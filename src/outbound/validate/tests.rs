@@ -3,13 +3,10 @@ use crate::model::wire::SendRequest;
 
 fn config() -> Config {
     Config::parse(
-        r#"
-[server]
-hostname = "mx.example.test"
-data_dir = "./data"
-public_url = "http://127.0.0.1:8080"
-inbound_domain = "inbound.example.test"
-bounce_domain = "bounces.example.test"
+        &format!(
+            "{}{}",
+            crate::config::TEST_SERVER,
+            r#"
 [[service]]
 id = "svc_a"
 key = "key-a"
@@ -22,7 +19,8 @@ domains = ["example.test"]
 [[asset]]
 id = "a_2"
 domains = ["other.test"]
-"#,
+"#
+        ),
         "t",
     )
     .unwrap()
