@@ -206,7 +206,7 @@ fn verp_tids(d: &Reports, config: &Config, record: &SpoolRecord) -> Vec<String> 
         .filter(|r| classify_recipient(config, r) == Ok(Destination::Bounce))
         .filter_map(|a| {
             let local = split_address(a).map(|(l, _)| l).unwrap_or("");
-            let tid = crate::outbound::compose::verp_tid(&d.signer, local);
+            let tid = crate::model::links::verp_tid(&d.signer, local);
             if tid.is_none() {
                 tracing::info!(rcpt = %a, "mail to an unsigned or forged bounce address: no DSN taken from it");
             }

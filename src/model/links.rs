@@ -1,8 +1,9 @@
 //! The signed links postern puts in mail and events, one type for building and reading
 //! them: click and open tracking (SPEC 7.2), unsubscribe (SPEC 7.2, 8) and inbound
-//! attachment links (SPEC 6.2). A link's payload is its fields joined by `|` (the last
-//! field may itself contain `|`: a URL, a sender), signed under its [`TokenKind`] so a token
-//! of one kind never verifies as another.
+//! attachment links (SPEC 6.2); and the signed VERP return path ([`verp`], [`verp_tid`]).
+//! A link's payload is its fields joined by `|` (the last field may itself contain `|`: a
+//! URL, a sender), signed under its [`TokenKind`] so a token of one kind never verifies as
+//! another.
 
 use super::tokens::{Signer, TokenKind};
 
@@ -111,6 +112,34 @@ impl Link {
     }
 }
 
+/// The envelope sender for one transaction: `b-<tid>-<mac>@<bounce_domain>`, signed so a
+/// DSN to a forged address is recognised and ignored. The local part stays under 64 octets.
+pub fn verp(signer: &Signer, tid: &str, bounce_domain: &str) -> String {
+    let simple = tid.replace('-', "");
+    format!("b-{simple}-{}@{bounce_domain}", verp_mac(signer, &simple))
+}
+
+fn verp_mac(signer: &Signer, simple_tid: &str) -> String {
+    let token = signer.sign(TokenKind::Verp, simple_tid);
+    let mac = token.rsplit('.').next().unwrap_or_default();
+    mac.chars()
+        .filter(|c| c.is_ascii_alphanumeric())
+        .take(12)
+        .collect::<String>()
+        .to_ascii_lowercase()
+}
+
+/// The tid (with dashes) behind a VERP local part, when its signature verifies.
+pub fn verp_tid(signer: &Signer, local: &str) -> Option<String> {
+    let rest = local.strip_prefix("b-")?;
+    let (simple, mac) = rest.split_once('-')?;
+    if simple.len() != 32 || mac.is_empty() || verp_mac(signer, simple) != mac.to_ascii_lowercase()
+    {
+        return None;
+    }
+    uuid::Uuid::parse_str(simple).ok().map(|u| u.to_string())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -171,5 +200,18 @@ mod tests {
         );
         assert_eq!(TokenKind::Unsubscribe.as_str(), "unsub");
         assert_eq!(TokenKind::InboundAttachment.as_str(), "inbound");
+    }
+
+    #[test]
+    fn verp_addresses_round_trip_and_refuse_forgeries() {
+        let s = Signer::new([3; 32]);
+        let tid = "4b72d8a2-290d-49e2-993e-3bd8edf31c81";
+        let addr = verp(&s, tid, "bounces.example.test");
+        let local = addr.split('@').next().unwrap();
+        assert!(local.len() <= 64, "{local}");
+        assert_eq!(verp_tid(&s, local).as_deref(), Some(tid));
+        assert_eq!(verp_tid(&Signer::new([4; 32]), local), None);
+        let forged = local.replacen("4b72", "5b72", 1);
+        assert_eq!(verp_tid(&s, &forged), None);
     }
 }

@@ -5,7 +5,7 @@
 
 use crate::config::{AssetConfig, Config, RouteConfig, DEFAULT_DKIM_KEY};
 use crate::model::links::Link;
-use crate::model::tokens::{Signer, TokenKind};
+use crate::model::tokens::Signer;
 use crate::outbound::dkim::{Coverage, Keys};
 use crate::store::messages::MessageRecord;
 use futures::StreamExt;
@@ -277,50 +277,4 @@ fn sign(
     signed.extend_from_slice(signature.as_bytes());
     signed.extend_from_slice(&body);
     Ok(signed)
-}
-
-/// The envelope sender for one transaction: `b-<tid>-<mac>@<bounce_domain>`, signed so a
-/// DSN to a forged address is recognised and ignored. The local part stays under 64 octets.
-pub fn verp(signer: &Signer, tid: &str, bounce_domain: &str) -> String {
-    let simple = tid.replace('-', "");
-    format!("b-{simple}-{}@{bounce_domain}", verp_mac(signer, &simple))
-}
-
-fn verp_mac(signer: &Signer, simple_tid: &str) -> String {
-    let token = signer.sign(TokenKind::Verp, simple_tid);
-    let mac = token.rsplit('.').next().unwrap_or_default();
-    mac.chars()
-        .filter(|c| c.is_ascii_alphanumeric())
-        .take(12)
-        .collect::<String>()
-        .to_ascii_lowercase()
-}
-
-/// The tid (with dashes) behind a VERP local part, when its signature verifies.
-pub fn verp_tid(signer: &Signer, local: &str) -> Option<String> {
-    let rest = local.strip_prefix("b-")?;
-    let (simple, mac) = rest.split_once('-')?;
-    if simple.len() != 32 || mac.is_empty() || verp_mac(signer, simple) != mac.to_ascii_lowercase()
-    {
-        return None;
-    }
-    uuid::Uuid::parse_str(simple).ok().map(|u| u.to_string())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn verp_addresses_round_trip_and_refuse_forgeries() {
-        let s = Signer::new([3; 32]);
-        let tid = "4b72d8a2-290d-49e2-993e-3bd8edf31c81";
-        let addr = verp(&s, tid, "bounces.example.test");
-        let local = addr.split('@').next().unwrap();
-        assert!(local.len() <= 64, "{local}");
-        assert_eq!(verp_tid(&s, local).as_deref(), Some(tid));
-        assert_eq!(verp_tid(&Signer::new([4; 32]), local), None);
-        let forged = local.replacen("4b72", "5b72", 1);
-        assert_eq!(verp_tid(&s, &forged), None);
-    }
 }

@@ -477,7 +477,8 @@ impl QueueWorker {
         rcpts: &[String],
         message: &[u8],
     ) -> Sent {
-        let return_path = compose::verp(&self.signer, &record.tid, &config.server.bounce_domain);
+        let return_path =
+            crate::model::links::verp(&self.signer, &record.tid, &config.server.bounce_domain);
         let envelope = Envelope {
             return_path: &return_path,
             from: &record.from,
