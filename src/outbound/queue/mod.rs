@@ -19,6 +19,7 @@ use crate::outbound::compose::{self, BuildError};
 use crate::outbound::dkim::Keys;
 use crate::outbound::route::{Envelope, RcptOutcome, Route, Sent};
 use crate::store::messages::{MessageRecord, QueueState, RecipientPhase};
+use crate::store::StoreError;
 use crate::store::{OutboxEntry, Store};
 use crate::webhooks::Outbox;
 use std::cmp::Reverse;
@@ -362,7 +363,9 @@ impl QueueWorker {
             );
             return false;
         }
-        self.drop_suppressed(config, record, events);
+        if !self.drop_refused(config, record, events) {
+            return false;
+        }
         record.pending().next().is_some() && self.attempt(config, record, events).await
     }
 
@@ -574,48 +577,66 @@ impl QueueWorker {
         }
     }
 
-    /// Ends recipients a sandboxed asset may not mail (7522) and those on the asset's
-    /// suppression list (7240 / 7241), to, cc and bcc alike.
-    fn drop_suppressed(
+    /// Ends the pending recipients that policy refuses: sandbox (7522), contact policy
+    /// (7593/7594), suppression (7240/7241). False when the store could not answer for one
+    /// of them: the attempt is then deferred whole, never sent on a guess (one rule for
+    /// consent, frequency caps and suppressions).
+    fn drop_refused(
         &self,
         config: &Config,
         record: &mut MessageRecord,
         events: &mut Vec<OutboxEntry>,
-    ) {
+    ) -> bool {
         let now = now_ms();
         let pending: Vec<String> = record.pending().map(|r| r.address.clone()).collect();
-        let sandbox = config.asset(&record.asset_id).filter(|a| a.sandbox);
         for addr in pending {
-            let unverified = sandbox.is_some_and(|a| {
-                !a.verified_recipients
-                    .iter()
-                    .any(|v| v.eq_ignore_ascii_case(&addr))
-            });
-            let refusal = if unverified {
-                Some((
-                    DeliveryCode::NotVerified,
-                    DeliveryCode::NotVerified.default_description().to_string(),
-                ))
-            } else if let Some(code) = self.contact_policy_refusal(config, record, &addr, now) {
-                Some((code, code.default_description().to_string()))
-            } else {
-                match self.store.suppressions().get(&record.asset_id, &addr, now) {
-                    Ok(Some(entry)) => {
-                        self.metrics.suppression_hit(entry.reason);
-                        Some(crate::outbound::suppression::refusal(&entry, &addr))
-                    }
-                    Ok(None) => None,
-                    Err(e) => {
-                        tracing::error!(error = %e, "suppression lookup failed; deferring rather than risk a complaint");
-                        record.last_error = e.to_string();
-                        return;
-                    }
+            match self.refusal(config, record, &addr, now) {
+                Ok(Some((code, description))) => {
+                    end_recipient(config, record, &addr, code, &description, "", now, events)
                 }
-            };
-            if let Some((code, description)) = refusal {
-                end_recipient(config, record, &addr, code, &description, "", now, events);
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::error!(tid = %record.tid, error = %e, "policy lookup failed; deferring rather than risk a complaint");
+                    record.last_error = e.to_string();
+                    return false;
+                }
             }
         }
+        true
+    }
+
+    /// Why `addr` may not be mailed, if it may not.
+    fn refusal(
+        &self,
+        config: &Config,
+        record: &MessageRecord,
+        addr: &str,
+        now: u64,
+    ) -> Result<Option<(DeliveryCode, String)>, StoreError> {
+        let with_default =
+            |code: DeliveryCode| Some((code, code.default_description().to_string()));
+        let sandboxed = config
+            .asset(&record.asset_id)
+            .filter(|a| a.sandbox)
+            .is_some_and(|a| {
+                !a.verified_recipients
+                    .iter()
+                    .any(|v| v.eq_ignore_ascii_case(addr))
+            });
+        if sandboxed {
+            return Ok(with_default(DeliveryCode::NotVerified));
+        }
+        if let Some(code) = self.contact_policy_refusal(config, record, addr, now)? {
+            return Ok(with_default(code));
+        }
+        Ok(self
+            .store
+            .suppressions()
+            .get(&record.asset_id, addr, now)?
+            .map(|entry| {
+                self.metrics.suppression_hit(entry.reason);
+                crate::outbound::suppression::refusal(&entry, addr)
+            }))
     }
 
     /// 7593 without consent, 7594 over the frequency cap, for a request with a contact policy.
@@ -625,31 +646,25 @@ impl QueueWorker {
         record: &MessageRecord,
         addr: &str,
         now: u64,
-    ) -> Option<DeliveryCode> {
-        let cp = record.contact_policy.as_ref()?;
-        let group = config.contact_policy(&cp.group)?;
-        if cp.check_consent
-            && !self
-                .store
-                .policy()
-                .has_consent(&cp.group, addr)
-                .unwrap_or(false)
-        {
-            return Some(DeliveryCode::NoConsent);
+    ) -> Result<Option<DeliveryCode>, StoreError> {
+        let Some(cp) = record.contact_policy.as_ref() else {
+            return Ok(None);
+        };
+        let Some(group) = config.contact_policy(&cp.group) else {
+            return Ok(None);
+        };
+        if cp.check_consent && !self.store.policy().has_consent(&cp.group, addr)? {
+            return Ok(Some(DeliveryCode::NoConsent));
         }
         if cp.apply_frequency_cap && group.frequency_cap > 0 {
             let since = now.saturating_sub(group.window * 1000);
-            if self
-                .store
-                .policy()
-                .sends_since(&cp.group, addr, since)
-                .unwrap_or(0)
+            if self.store.policy().sends_since(&cp.group, addr, since)?
                 >= group.frequency_cap as usize
             {
-                return Some(DeliveryCode::FrequencyCap);
+                return Ok(Some(DeliveryCode::FrequencyCap));
             }
         }
-        None
+        Ok(None)
     }
 
     fn fail_pending(
