@@ -1,53 +1,8 @@
 //! Time as the daemon stores and prints it: epoch milliseconds inside, RFC 3339 UTC with
-//! milliseconds on the wire, and a [`Clock`] that code where time matters is handed, so a
-//! test can move time instead of waiting for it.
-
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
-
-/// Where "now" comes from.
-pub trait Clock: Send + Sync + std::fmt::Debug {
-    /// Milliseconds since the Unix epoch.
-    fn now_ms(&self) -> u64;
-}
-
-/// The system's wall clock.
-#[derive(Debug, Default, Clone, Copy)]
-pub struct SystemClock;
-
-impl Clock for SystemClock {
-    fn now_ms(&self) -> u64 {
-        now_ms()
-    }
-}
-
-/// A clock a test sets and advances by hand.
-#[derive(Debug, Default)]
-pub struct ManualClock(AtomicU64);
-
-impl ManualClock {
-    pub fn at(ms: u64) -> Arc<ManualClock> {
-        Arc::new(ManualClock(AtomicU64::new(ms)))
-    }
-
-    pub fn advance(&self, ms: u64) {
-        self.0.fetch_add(ms, Ordering::AcqRel);
-    }
-}
-
-impl Clock for ManualClock {
-    fn now_ms(&self) -> u64 {
-        self.0.load(Ordering::Acquire)
-    }
-}
-
-/// The clock handed around: the system's in the daemon, a [`ManualClock`] in tests.
-pub type SharedClock = Arc<dyn Clock>;
-
-/// The system clock as a [`SharedClock`].
-pub fn system() -> SharedClock {
-    Arc::new(SystemClock)
-}
+//! milliseconds on the wire. The clock is read at the edges, once per request, attempt or
+//! pass; the code where time matters (validation, notifications, history bounds, retention,
+//! garbage collection, token expiry) takes that `now` as an argument, so a test moves time
+//! by passing another value instead of waiting for it.
 
 /// Milliseconds since the Unix epoch: the time unit of every stored timestamp.
 pub fn now_ms() -> u64 {
@@ -119,13 +74,5 @@ mod tests {
     #[test]
     fn timestamps_are_utc_with_milliseconds() {
         assert_eq!(timestamp(1_700_000_000_123), "2023-11-14T22:13:20.123Z");
-    }
-
-    #[test]
-    fn a_manual_clock_moves_only_when_told() {
-        let c = ManualClock::at(1_000);
-        assert_eq!(c.now_ms(), 1_000);
-        c.advance(500);
-        assert_eq!(c.now_ms(), 1_500);
     }
 }
