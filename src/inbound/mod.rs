@@ -14,7 +14,7 @@ use crate::config::{AssetConfig, Config, MoAttachments};
 use crate::metrics::Metrics;
 use crate::model::time::now_ms;
 use crate::store::outbox::EventKind;
-use crate::store::spool::{map_file, AuthSummary, Body, FinishedBody};
+use crate::store::spool::{file_body, AuthSummary, Body, FinishedBody};
 use crate::store::{BodyLocation, OutboxEntry, Payload, SpoolRecord, Store, StoreError};
 use crate::webhooks::Outbox;
 use std::collections::BTreeMap;
@@ -193,7 +193,7 @@ impl Inbound {
     fn raw_body(&self, body: &FinishedBody) -> Result<Body, StoreError> {
         match (body.inline_bytes(), &body.location) {
             (Some(b), _) => Ok(Body::Bytes(b.into())),
-            (None, BodyLocation::File(name)) => map_file(&self.store.spool_dir().join(name)),
+            (None, BodyLocation::File(name)) => file_body(&self.store.spool_dir().join(name)),
             (None, BodyLocation::Inline) => Ok(Body::Bytes(Default::default())),
         }
     }
