@@ -34,8 +34,8 @@ struct MoEvent<'a> {
     from: String,
     to: &'a [String],
     subject: String,
-    text_message: String,
-    html_message: String,
+    text_message: Cow<'a, str>,
+    html_message: Cow<'a, str>,
     return_path: String,
     attachments: Vec<MoAttachment<'a>>,
     auth_results: AuthResults<'a>,
@@ -158,8 +158,8 @@ pub fn render(
         from: ctx.mail_from.to_string(),
         to: ctx.recipients,
         subject: String::new(),
-        text_message: String::new(),
-        html_message: String::new(),
+        text_message: Cow::Borrowed(""),
+        html_message: Cow::Borrowed(""),
         return_path: ctx.mail_from.to_string(),
         attachments: Vec::new(),
         auth_results: AuthResults {
@@ -184,14 +184,14 @@ pub fn render(
                 event.return_path = reply.to_string();
             }
             event.subject = m.subject().unwrap_or_default().to_string();
-            event.text_message = m.body_text(0).map(|t| t.into_owned()).unwrap_or_default();
+            event.text_message = m.body_text(0).unwrap_or_default();
             // Only a real text/html part: mail-parser would otherwise render the text as HTML.
             event.html_message = m
                 .html_bodies()
                 .find(|p| p.is_text_html())
                 .and_then(|p| p.text_contents())
-                .unwrap_or_default()
-                .to_string();
+                .map(Cow::Borrowed)
+                .unwrap_or_default();
             event.attachments = attachments(m)
                 .into_iter()
                 .enumerate()
@@ -210,7 +210,7 @@ pub fn render(
         }
         None => {
             // Not even headers parse: hand over the bytes as text rather than drop them.
-            event.text_message = String::from_utf8_lossy(raw).into_owned();
+            event.text_message = String::from_utf8_lossy(raw);
         }
     }
     serde_json::to_writer(out, &event)

@@ -51,9 +51,11 @@ struct Lines {
 
 struct Walk<'a> {
     raw: &'a [u8],
-    lines: HashMap<&'a [u8], Lines>,
+    /// Built at the first multipart: a message without one never pays for the index.
+    lines: Option<HashMap<&'a [u8], Lines>>,
     out: Vec<u8>,
-    token: String,
+    /// Chosen at the first multipart, like `lines`.
+    token: Option<String>,
     multiparts: usize,
     parts: usize,
 }
@@ -63,9 +65,9 @@ struct Walk<'a> {
 pub fn repair(raw: &[u8]) -> Option<Repaired> {
     let mut walk = Walk {
         raw,
-        lines: index(raw),
+        lines: None,
         out: Vec::with_capacity(raw.len() + 4096),
-        token: fresh_token(raw),
+        token: None,
         multiparts: 0,
         parts: 0,
     };
@@ -151,7 +153,11 @@ enum Kind {
 impl<'a> Walk<'a> {
     /// The first line of `boundary` that starts at or after `from`.
     fn next_line(&mut self, boundary: &[u8], from: usize) -> Option<Line> {
-        let lines = self.lines.get_mut(boundary)?;
+        let raw = self.raw;
+        let lines = self
+            .lines
+            .get_or_insert_with(|| index(raw))
+            .get_mut(boundary)?;
         while lines.at.get(lines.cursor).is_some_and(|l| l.start < from) {
             lines.cursor += 1;
         }
@@ -179,7 +185,14 @@ impl<'a> Walk<'a> {
         let header = parsed.as_ref().and_then(|m| m.parts.first());
         let kind = self.kind(header, body_start, limit, depth, in_digest);
         self.parts += 1;
-        let token = format!("{}{}.", self.token, self.multiparts);
+        let token = match kind {
+            Kind::Multipart { .. } => {
+                let prefix = self.token.get_or_insert_with(|| fresh_token(raw));
+                format!("{prefix}{}.", self.multiparts)
+            }
+            // Only a multipart's header and delimiters name the token.
+            Kind::Leaf | Kind::Opaque { .. } => String::new(),
+        };
         let body = part_body(&raw[body_start.min(limit)..limit], child);
         let kind = self.write_header(&raw[start..headers_end], header, kind, &token, body);
         match kind {
