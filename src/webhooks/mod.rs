@@ -84,8 +84,8 @@ pub fn signature(secret: &str, unix: u64, body: &[u8]) -> String {
 const RENDER_IN_MEMORY: u64 = 1024 * 1024;
 /// Messages up to this size are rendered on the async worker itself (about 0.15 ms at
 /// 100 KB; the repair keeps any structure linear). The hop to the heavy pool and back
-/// costs two thread wake-ups, which profiled as the largest single cost of a 100 KB
-/// message; past this size the pool bounds how many big renders run at once.
+/// costs two thread wake-ups, and context switches were the top of the 100 KB profile;
+/// past this size the pool bounds how many big renders run at once.
 const RENDER_INLINE: u64 = 128 * 1024;
 /// How long a large MO event waits when every large slot is taken.
 const LARGE_POSTPONE_MS: u64 = 500;
