@@ -19,9 +19,10 @@ fuzz_target!(|raw: &[u8]| {
         return;
     };
     // Per part the copy adds a fresh boundary line and a few header lines of our own (the
-    // reported type, and the name hex-encoded: at most twice the header it came from).
+    // reported type, and the name hex-encoded: an octet that is not UTF-8 decodes to
+    // U+FFFD, three octets, six hex digits, so at most six times the header it came from).
     assert!(
-        fixed.bytes.len() <= 3 * raw.len() + fixed.parts * 160 + 64,
+        fixed.bytes.len() <= 7 * raw.len() + fixed.parts * 160 + 64,
         "copy of {} bytes for {} input bytes and {} parts",
         fixed.bytes.len(),
         raw.len(),
