@@ -80,6 +80,23 @@ pub fn signature(secret: &str, unix: u64, body: &[u8]) -> String {
     format!("t={unix},v1={}", hex::encode(mac.finalize().into_bytes()))
 }
 
+/// How much of a receiver's reply is read (and dropped) so its connection goes back to the
+/// pool; a longer reply is cut off and that connection closed.
+const REPLY_DRAIN: usize = 64 * 1024;
+
+/// Reads the reply's body, up to [`REPLY_DRAIN`] octets, within the request's timeout.
+/// hyper reuses a connection only once its response was read to the end: dropping it
+/// unread closed the connection, so every POST of a burst opened a new one.
+async fn drain_reply(resp: &mut reqwest::Response) {
+    let mut left = REPLY_DRAIN;
+    while let Ok(Some(chunk)) = resp.chunk().await {
+        match left.checked_sub(chunk.len()) {
+            Some(rest) => left = rest,
+            None => return,
+        }
+    }
+}
+
 /// Messages up to this size have their MO JSON built in memory; larger ones in a file.
 const RENDER_IN_MEMORY: u64 = 1024 * 1024;
 /// Messages up to this size are rendered on the async worker itself (about 0.15 ms at
@@ -465,14 +482,16 @@ impl Worker {
             let _ = tokio::fs::remove_file(path).await;
         }
         match result {
-            Ok(resp) => {
+            Ok(mut resp) => {
                 let retry_after = resp
                     .headers()
                     .get("retry-after")
                     .and_then(|v| v.to_str().ok())
                     .and_then(|v| v.trim().parse::<u64>().ok())
                     .map(Duration::from_secs);
-                classify(resp.status().as_u16(), retry_after)
+                let status = resp.status().as_u16();
+                drain_reply(&mut resp).await;
+                classify(status, retry_after)
             }
             Err(e) => Outcome::Retry {
                 reason: if e.is_timeout() {
