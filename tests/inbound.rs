@@ -262,6 +262,23 @@ async fn receiver_down_then_up_gets_the_event_and_404_goes_to_dead_letters() {
     d.stop().await;
 }
 
+#[tokio::test]
+async fn webhook_posts_reuse_one_connection_to_the_receiver() {
+    let rx = Receiver::start().await;
+    let d = TestDaemon::start(ConfigBuilder::inbound(&rx.url(""))).await;
+    for n in 1..=10 {
+        send_simple(d.smtp, &format!("message {n}")).await;
+        rx.wait_for_count(n, WAIT).await;
+    }
+    // One after the other, each POST finds the previous one's connection idle in the pool:
+    // the receiver's reply is read to its end, so hyper keeps the connection.
+    let connections = rx.connections.load(std::sync::atomic::Ordering::SeqCst);
+    assert!(
+        connections <= 2,
+        "10 webhook POSTs used {connections} connections"
+    );
+}
+
 async fn send_simple(addr: std::net::SocketAddr, subject: &str) {
     SmtpClientBuilder::new("127.0.0.1", addr.port())
         .unwrap()

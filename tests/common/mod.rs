@@ -12,7 +12,7 @@ use axum::routing::post;
 use axum::Router;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU16, Ordering};
+use std::sync::atomic::{AtomicU16, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
@@ -31,11 +31,14 @@ impl Hook {
     }
 }
 
-/// A webhook receiver on a loopback port; answers `status` (200 by default).
+/// A webhook receiver on a loopback port; answers `status` (200 by default) with a short
+/// body, as real receivers do.
 pub struct Receiver {
     pub addr: SocketAddr,
     pub hooks: Arc<Mutex<Vec<Hook>>>,
     pub status: Arc<AtomicU16>,
+    /// TCP connections accepted so far.
+    pub connections: Arc<AtomicUsize>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -50,14 +53,30 @@ async fn record(
     uri: axum::http::Uri,
     headers: HeaderMap,
     body: axum::body::Bytes,
-) -> StatusCode {
+) -> (StatusCode, axum::body::Body) {
     let status = s.status.load(Ordering::SeqCst);
     s.hooks.lock().unwrap().push(Hook {
         path: uri.path().to_string(),
         headers,
         body: body.to_vec(),
     });
-    StatusCode::from_u16(status).unwrap()
+    // The reply's body comes after its headers, in a later write, as from receivers that
+    // flush headers first: a client must read it to reuse the connection.
+    let body = futures::stream::unfold(0, |n| async move {
+        if n == 1 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        (n < 2).then(|| {
+            (
+                Ok::<_, std::io::Error>(axum::body::Bytes::from_static(b"ok")),
+                n + 1,
+            )
+        })
+    });
+    (
+        StatusCode::from_u16(status).unwrap(),
+        axum::body::Body::from_stream(body),
+    )
 }
 
 impl Receiver {
@@ -66,8 +85,14 @@ impl Receiver {
     }
 
     pub async fn start_on(addr: SocketAddr) -> Receiver {
+        use axum::serve::ListenerExt;
         let listener = TcpListener::bind(addr).await.expect("bind receiver");
         let addr = listener.local_addr().unwrap();
+        let connections = Arc::new(AtomicUsize::new(0));
+        let counted = connections.clone();
+        let listener = listener.tap_io(move |_| {
+            counted.fetch_add(1, Ordering::SeqCst);
+        });
         let hooks = Arc::new(Mutex::new(Vec::new()));
         let status = Arc::new(AtomicU16::new(200));
         let state = RecvState {
@@ -85,6 +110,7 @@ impl Receiver {
             addr,
             hooks,
             status,
+            connections,
             task,
         }
     }
