@@ -356,7 +356,9 @@ impl Worker {
         async move {
             // A large MO event takes one of the large slots, or comes back a little later
             // (no attempt counted) and frees its webhook slot for small events.
-            let _large = match self.is_large(&entry) {
+            let stored = self.stored_message(&entry);
+            let large = matches!(&stored, Some(Ok(r)) if r.size > RENDER_INLINE);
+            let _large = match large {
                 false => None,
                 true => match self.large.clone().try_acquire_owned() {
                     Ok(p) => Some(p),
@@ -369,7 +371,7 @@ impl Worker {
                 },
             };
             let config = self.config();
-            let outcome = match self.body(&config, &entry).await {
+            let outcome = match self.body(&config, &entry, stored).await {
                 Ok(body) => self.post(&config, &entry, body).await,
                 Err(reason) => Outcome::Refused(reason),
             };
@@ -379,18 +381,28 @@ impl Worker {
         .await
     }
 
-    /// Whether `entry` is an MO event whose message is rendered in the heavy pool.
-    fn is_large(&self, entry: &OutboxEntry) -> bool {
+    /// The stored message an MO event renders (read once per attempt); `None` for other
+    /// events.
+    fn stored_message(&self, entry: &OutboxEntry) -> Option<Result<SpoolRecord, String>> {
         let Payload::Mo { spool_id, .. } = &entry.payload else {
-            return false;
+            return None;
         };
-        matches!(self.store.spool_record(spool_id), Ok(Some(r)) if r.size > RENDER_INLINE)
+        Some(match self.store.spool_record(spool_id) {
+            Ok(Some(record)) => Ok(record),
+            Ok(None) => Err(format!("stored message {spool_id} is missing")),
+            Err(e) => Err(e.to_string()),
+        })
     }
 
     /// The JSON to POST and its signature. MO bodies over 64 KiB are rendered in the
     /// bounded heavy pool, off the async threads, so they never delay other webhooks; a
     /// large one is rendered to a file in the spool directory and streamed from there.
-    async fn body(&self, config: &Config, entry: &OutboxEntry) -> Result<Rendered, String> {
+    async fn body(
+        &self,
+        config: &Config,
+        entry: &OutboxEntry,
+        stored: Option<Result<SpoolRecord, String>>,
+    ) -> Result<Rendered, String> {
         let secret = config
             .asset(&entry.asset_id)
             .and_then(|a| a.webhook_secret.as_ref())
@@ -401,16 +413,12 @@ impl Worker {
                 return Ok(Rendered::memory(s.clone().into_bytes(), secret, unix));
             }
             Payload::Mo {
-                spool_id,
                 tid,
                 asset_id,
                 recipients,
+                ..
             } => {
-                let record = self
-                    .store
-                    .spool_record(spool_id)
-                    .map_err(|e| e.to_string())?
-                    .ok_or_else(|| format!("stored message {spool_id} is missing"))?;
+                let record = stored.ok_or("an MO event without its stored message")??;
                 let asset = config.asset(asset_id);
                 MoJob {
                     store: self.store.clone(),
