@@ -394,7 +394,7 @@ impl Worker {
         })
     }
 
-    /// The JSON to POST and its signature. MO bodies over 64 KiB are rendered in the
+    /// The JSON to POST and its signature. MO bodies over [`RENDER_INLINE`] are rendered in the
     /// bounded heavy pool, off the async threads, so they never delay other webhooks; a
     /// large one is rendered to a file in the spool directory and streamed from there.
     async fn body(
