@@ -104,7 +104,9 @@ impl Daemon {
         let collected = Collected {
             dead_letters: self.store.collect_dead_letters(now_ms, keep_dead)?,
             spool: self.store.collect_garbage_at(now_ms)?,
-            counters: self.store.policy().prune_frequency(now_ms, &window_ms)?,
+            // Run on a blocking thread (it walks sled); the counters may be a query.
+            counters: tokio::runtime::Handle::current()
+                .block_on(self.store.policy().prune_frequency(now_ms, &window_ms))?,
             finished: self.store.collect_finished()?,
         };
         if collected != Collected::default() {

@@ -360,6 +360,7 @@ async fn frequency_counters_of_an_ended_window_are_pruned() {
         store
             .policy()
             .sends_since("promo", "fan@example.org", 0)
+            .await
             .unwrap(),
         1
     );
@@ -380,6 +381,7 @@ async fn frequency_counters_of_an_ended_window_are_pruned() {
         store
             .policy()
             .sends_since("promo", "fan@example.org", 0)
+            .await
             .unwrap(),
         1
     );
@@ -389,10 +391,11 @@ async fn frequency_counters_of_an_ended_window_are_pruned() {
         store
             .policy()
             .sends_since("promo", "fan@example.org", 0)
+            .await
             .unwrap(),
         0
     );
-    assert_eq!(store.policy().frequency_len(), 0);
+    assert_eq!(store.policy().frequency_len().await.unwrap(), 0);
     started.handle.shutdown().await;
 }
 

@@ -214,7 +214,8 @@ pub async fn apply(
 ) -> Result<bool, StoreError> {
     let current = store
         .suppressions()
-        .get(&s.asset_id, &s.recipient, now_ms())?;
+        .get(&s.asset_id, &s.recipient, now_ms())
+        .await?;
     let was_unsubscribed = current
         .as_ref()
         .is_some_and(|e| e.reason == Reason::Unsubscribed);

@@ -63,6 +63,7 @@ async fn consent_list(
         .store
         .policy()
         .consents(&group)
+        .await
         .map_err(ApiError::internal)?;
     Ok(Json(json!({"group": group, "consents": list})).into_response())
 }
@@ -141,6 +142,7 @@ async fn list(
         .store
         .suppressions()
         .list(q.asset.as_deref(), now_ms())
+        .await
         .map_err(ApiError::internal)?;
     let items: Vec<_> = entries.iter().map(entry_json).collect();
     Ok(Json(json!({"suppressions": items, "count": items.len()})).into_response())
@@ -244,6 +246,7 @@ async fn export(
         .store
         .suppressions()
         .list(q.asset.as_deref(), now_ms())
+        .await
         .map_err(ApiError::internal)?;
     let text = crate::outbound::suppression::to_csv(&entries).map_err(ApiError::internal)?;
     Ok(([(header::CONTENT_TYPE, "text/csv; charset=utf-8")], text).into_response())

@@ -346,6 +346,7 @@ async fn template_list(
         d.store
             .templates()
             .list(&service.id)
+            .await
             .map_err(ApiError::internal)?,
     ))
 }
@@ -363,6 +364,7 @@ async fn template_create(
     if d.store
         .templates()
         .get(&service.id, &t.id)
+        .await
         .map_err(ApiError::internal)?
         .is_some()
     {
@@ -390,6 +392,7 @@ async fn template_get(
     d.store
         .templates()
         .get(&service.id, &id)
+        .await
         .map_err(ApiError::internal)?
         .map(Json)
         .ok_or_else(|| {

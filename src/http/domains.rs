@@ -37,6 +37,7 @@ async fn list(State(d): State<AppState>, headers: HeaderMap) -> Result<Response,
                 .store
                 .domains()
                 .state(domain)
+                .await
                 .map_err(ApiError::internal)?;
             out.push(json!({
                 "domain": domain,

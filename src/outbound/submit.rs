@@ -71,8 +71,8 @@ pub async fn submit(
     request: SendRequest,
     now: u64,
 ) -> Result<Accepted, Refused> {
-    let checked = check(parts, service, request, now)?;
-    check_verified_domain(parts, checked.from())?;
+    let checked = check(parts, service, request, now).await?;
+    check_verified_domain(parts, checked.from()).await?;
     // The bucket is charged before the expansion: a request it cannot cover costs nothing
     // more than its parse, and one refused while expanding has spent its tokens.
     let destinations = checked.destinations;
@@ -95,14 +95,14 @@ pub async fn submit(
 }
 
 /// The first step of validation: the request's fields (with its template, if it names one).
-fn check(
-    parts: &Parts,
+async fn check(
+    parts: &Parts<'_>,
     service: &ServiceConfig,
     request: SendRequest,
     now: u64,
 ) -> Result<Checked, Refused> {
     let template = match &request.template {
-        Some(t) => parts.store.templates().get(&service.id, &t.id)?,
+        Some(t) => parts.store.templates().get(&service.id, &t.id).await?,
         None => None,
     };
     validate::check(
@@ -118,7 +118,7 @@ fn check(
 
 /// Refuses a sender whose asset has `require_verified_domain` while its domain is not
 /// verified (`postern domain verify` records that).
-fn check_verified_domain(parts: &Parts, from: &str) -> Result<(), Refused> {
+async fn check_verified_domain(parts: &Parts<'_>, from: &str) -> Result<(), Refused> {
     let from_domain = from
         .rsplit_once('@')
         .map(|(_, dom)| dom.to_string())
@@ -127,7 +127,7 @@ fn check_verified_domain(parts: &Parts, from: &str) -> Result<(), Refused> {
         .config
         .asset_for_domain(&from_domain)
         .is_some_and(|a| a.require_verified_domain);
-    if required && !parts.store.domains().verified(&from_domain)? {
+    if required && !parts.store.domains().verified(&from_domain).await? {
         return Err(rejected(
             parts,
             Invalid {
@@ -143,7 +143,7 @@ fn check_verified_domain(parts: &Parts, from: &str) -> Result<(), Refused> {
 
 /// Takes a token per destination from the service's TPS bucket.
 fn charge_bucket(
-    parts: &Parts,
+    parts: &Parts<'_>,
     service: &ServiceConfig,
     destinations: usize,
 ) -> Result<(), Refused> {
@@ -283,7 +283,7 @@ fn accepted(t: &Transaction) -> AcceptedMessage {
 /// Hands the stored notifications to the webhook worker and every record still to send
 /// to the queue, counting it in its queue slot.
 fn schedule<'r>(
-    parts: &Parts,
+    parts: &Parts<'_>,
     records: impl Iterator<Item = &'r MessageRecord>,
     events: Vec<OutboxEntry>,
 ) {

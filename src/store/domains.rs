@@ -15,17 +15,17 @@ pub struct DomainState {
 /// Domain verification verdicts, keyed by the lower-cased domain. Shared by every node in
 /// cluster mode.
 ///
-/// Reads are synchronous today; a database-backed implementation may make them async.
+/// Every method is a future: ready at once on sled, a query on PostgreSQL.
 pub trait Domains: Send + Sync {
     /// The last verdict for `domain`, if it was ever verified.
-    fn state(&self, domain: &str) -> Result<Option<DomainState>, StoreError>;
+    fn state<'a>(&'a self, domain: &'a str) -> StoreFuture<'a, Option<DomainState>>;
 
     /// Records a verdict; durable when the future finishes.
     fn set_state<'a>(&'a self, domain: &'a str, state: &'a DomainState) -> StoreFuture<'a, ()>;
 
     /// Whether the last verdict for `domain` was a pass.
-    fn verified(&self, domain: &str) -> Result<bool, StoreError> {
-        Ok(self.state(domain)?.is_some_and(|s| s.verified))
+    fn verified<'a>(&'a self, domain: &'a str) -> StoreFuture<'a, bool> {
+        Box::pin(async move { Ok(self.state(domain).await?.is_some_and(|s| s.verified)) })
     }
 }
 
@@ -36,7 +36,21 @@ pub(super) struct SledDomains {
 }
 
 impl Domains for SledDomains {
-    fn state(&self, domain: &str) -> Result<Option<DomainState>, StoreError> {
+    fn state<'a>(&'a self, domain: &'a str) -> StoreFuture<'a, Option<DomainState>> {
+        Box::pin(std::future::ready(self.state_now(domain)))
+    }
+
+    fn set_state<'a>(&'a self, domain: &'a str, state: &'a DomainState) -> StoreFuture<'a, ()> {
+        Box::pin(async move {
+            self.tree
+                .insert(domain.to_ascii_lowercase().as_bytes(), codec::encode(state))?;
+            self.durable.commit().await
+        })
+    }
+}
+
+impl SledDomains {
+    fn state_now(&self, domain: &str) -> Result<Option<DomainState>, StoreError> {
         let key = domain.to_ascii_lowercase();
         match self.tree.get(key.as_bytes())? {
             Some(v) => codec::decode(&v)
@@ -48,13 +62,5 @@ impl Domains for SledDomains {
                 }),
             None => Ok(None),
         }
-    }
-
-    fn set_state<'a>(&'a self, domain: &'a str, state: &'a DomainState) -> StoreFuture<'a, ()> {
-        Box::pin(async move {
-            self.tree
-                .insert(domain.to_ascii_lowercase().as_bytes(), codec::encode(state))?;
-            self.durable.commit().await
-        })
     }
 }

@@ -16,10 +16,9 @@ fn key(group: &str, address: &str) -> Vec<u8> {
 /// by every node in cluster mode, so a consent change or a send made through one node
 /// counts on all.
 ///
-/// Reads and counter writes are synchronous today; a database-backed implementation may
-/// make them async.
+/// Every method is a future: ready at once on sled, a query on PostgreSQL.
 pub trait Policy: Send + Sync {
-    fn has_consent(&self, group: &str, address: &str) -> Result<bool, StoreError>;
+    fn has_consent<'a>(&'a self, group: &'a str, address: &'a str) -> StoreFuture<'a, bool>;
 
     /// Grants or withdraws consent; returns whether that changed anything. Durable when
     /// the future finishes.
@@ -31,32 +30,37 @@ pub trait Policy: Send + Sync {
     ) -> StoreFuture<'a, bool>;
 
     /// The addresses that consented to `group`.
-    fn consents(&self, group: &str) -> Result<Vec<String>, StoreError>;
+    fn consents<'a>(&'a self, group: &'a str) -> StoreFuture<'a, Vec<String>>;
 
     /// Sends to `address` in `group` since `since_ms`.
-    fn sends_since(&self, group: &str, address: &str, since_ms: u64) -> Result<usize, StoreError>;
+    fn sends_since<'a>(
+        &'a self,
+        group: &'a str,
+        address: &'a str,
+        since_ms: u64,
+    ) -> StoreFuture<'a, usize>;
 
-    /// Records a send at `at_ms`, dropping times older than `since_ms`. Not made durable on
-    /// its own: it rides the commit of the queue update that follows.
-    fn record_send(
-        &self,
-        group: &str,
-        address: &str,
+    /// Records a send at `at_ms`, dropping times older than `since_ms`. On sled it is not
+    /// made durable on its own: it rides the commit of the queue update that follows.
+    fn record_send<'a>(
+        &'a self,
+        group: &'a str,
+        address: &'a str,
         at_ms: u64,
         since_ms: u64,
-    ) -> Result<(), StoreError>;
+    ) -> StoreFuture<'a, ()>;
 
     /// Counters held (one per group and recipient).
-    fn frequency_len(&self) -> usize;
+    fn frequency_len(&self) -> StoreFuture<'_, usize>;
 
     /// Drops send times older than their group's window (`window_ms(group)`) as seen at
     /// `now_ms`, deleting counters left empty. Returns how many counters were deleted. A
     /// send recorded meanwhile is never lost.
-    fn prune_frequency(
-        &self,
+    fn prune_frequency<'a>(
+        &'a self,
         now_ms: u64,
-        window_ms: &dyn Fn(&str) -> u64,
-    ) -> Result<usize, StoreError>;
+        window_ms: &'a (dyn Fn(&str) -> u64 + Sync),
+    ) -> StoreFuture<'a, usize>;
 }
 
 /// [`Policy`] on sled: the `consent` and `frequency` trees.
@@ -68,8 +72,53 @@ pub(super) struct SledPolicy {
 }
 
 impl Policy for SledPolicy {
-    fn has_consent(&self, group: &str, address: &str) -> Result<bool, StoreError> {
-        Ok(self.consent.contains_key(key(group, address))?)
+    fn has_consent<'a>(&'a self, group: &'a str, address: &'a str) -> StoreFuture<'a, bool> {
+        Box::pin(std::future::ready(
+            self.consent
+                .contains_key(key(group, address))
+                .map_err(StoreError::from),
+        ))
+    }
+
+    fn consents<'a>(&'a self, group: &'a str) -> StoreFuture<'a, Vec<String>> {
+        Box::pin(std::future::ready(self.consents_now(group)))
+    }
+
+    fn sends_since<'a>(
+        &'a self,
+        group: &'a str,
+        address: &'a str,
+        since_ms: u64,
+    ) -> StoreFuture<'a, usize> {
+        Box::pin(std::future::ready(
+            self.sends_since_now(group, address, since_ms),
+        ))
+    }
+
+    fn record_send<'a>(
+        &'a self,
+        group: &'a str,
+        address: &'a str,
+        at_ms: u64,
+        since_ms: u64,
+    ) -> StoreFuture<'a, ()> {
+        Box::pin(std::future::ready(
+            self.record_send_now(group, address, at_ms, since_ms),
+        ))
+    }
+
+    fn frequency_len(&self) -> StoreFuture<'_, usize> {
+        Box::pin(std::future::ready(Ok(self.frequency.len())))
+    }
+
+    fn prune_frequency<'a>(
+        &'a self,
+        now_ms: u64,
+        window_ms: &'a (dyn Fn(&str) -> u64 + Sync),
+    ) -> StoreFuture<'a, usize> {
+        Box::pin(std::future::ready(
+            self.prune_frequency_now(now_ms, window_ms),
+        ))
     }
 
     fn set_consent<'a>(
@@ -89,8 +138,10 @@ impl Policy for SledPolicy {
             Ok(changed)
         })
     }
+}
 
-    fn consents(&self, group: &str) -> Result<Vec<String>, StoreError> {
+impl SledPolicy {
+    fn consents_now(&self, group: &str) -> Result<Vec<String>, StoreError> {
         let mut p = group.as_bytes().to_vec();
         p.push(0);
         let mut out = Vec::new();
@@ -101,8 +152,12 @@ impl Policy for SledPolicy {
         Ok(out)
     }
 
-    /// Sends to `address` in `group` since `since_ms`.
-    fn sends_since(&self, group: &str, address: &str, since_ms: u64) -> Result<usize, StoreError> {
+    fn sends_since_now(
+        &self,
+        group: &str,
+        address: &str,
+        since_ms: u64,
+    ) -> Result<usize, StoreError> {
         let times: Vec<u64> = match self.frequency.get(key(group, address))? {
             Some(v) => codec::decode(&v).unwrap_or_default(),
             None => Vec::new(),
@@ -110,9 +165,7 @@ impl Policy for SledPolicy {
         Ok(times.iter().filter(|t| **t >= since_ms).count())
     }
 
-    /// Records a send at `at_ms`, dropping times older than `since_ms`. Not flushed on its
-    /// own: it rides the commit of the queue update that follows.
-    fn record_send(
+    fn record_send_now(
         &self,
         group: &str,
         address: &str,
@@ -130,16 +183,11 @@ impl Policy for SledPolicy {
         Ok(())
     }
 
-    /// Counters held (one per group and recipient).
-    fn frequency_len(&self) -> usize {
-        self.frequency.len()
-    }
-
     /// Drops send times older than their group's window (`window_ms(group)`) as seen at
     /// `now_ms`, deleting counters left empty. Returns how many counters were deleted.
     /// Each write is a compare-and-swap against the value read, so a send recorded
     /// meanwhile is never lost (that counter is simply looked at again next time).
-    fn prune_frequency(
+    fn prune_frequency_now(
         &self,
         now_ms: u64,
         window_ms: &dyn Fn(&str) -> u64,
@@ -189,18 +237,22 @@ mod tests {
         store
             .policy()
             .record_send("promo", "a@x.org", 10 * hour, 0)
+            .await
             .unwrap();
         store
             .policy()
             .record_send("promo", "a@x.org", 11 * hour, 0)
+            .await
             .unwrap();
         store
             .policy()
             .record_send("promo", "b@x.org", 10 * hour, 0)
+            .await
             .unwrap();
         store
             .policy()
             .record_send("daily", "a@x.org", 10 * hour, 0)
+            .await
             .unwrap();
         let window = |g: &str| if g == "daily" { 24 * hour } else { hour };
         // At 11:30 the promo window (1 h) holds only the 11:00 send of a@.
@@ -208,25 +260,42 @@ mod tests {
             store
                 .policy()
                 .prune_frequency(11 * hour + hour / 2, &window)
+                .await
                 .unwrap(),
             1
         );
         assert_eq!(
-            store.policy().sends_since("promo", "a@x.org", 0).unwrap(),
+            store
+                .policy()
+                .sends_since("promo", "a@x.org", 0)
+                .await
+                .unwrap(),
             1
         );
         assert_eq!(
-            store.policy().sends_since("promo", "b@x.org", 0).unwrap(),
+            store
+                .policy()
+                .sends_since("promo", "b@x.org", 0)
+                .await
+                .unwrap(),
             0
         );
         assert_eq!(
-            store.policy().sends_since("daily", "a@x.org", 0).unwrap(),
+            store
+                .policy()
+                .sends_since("daily", "a@x.org", 0)
+                .await
+                .unwrap(),
             1
         );
         assert_eq!(
-            store.policy().prune_frequency(35 * hour, &window).unwrap(),
+            store
+                .policy()
+                .prune_frequency(35 * hour, &window)
+                .await
+                .unwrap(),
             2
         );
-        assert_eq!(store.policy().frequency_len(), 0);
+        assert_eq!(store.policy().frequency_len().await.unwrap(), 0);
     }
 }

@@ -63,16 +63,16 @@ fn key(asset: &str, address: &str) -> Vec<u8> {
 
 /// The suppression list (SPEC 8). Shared by every node in cluster mode.
 ///
-/// Addresses are compared lower-cased and trimmed. Methods are synchronous reads and
-/// durable writes today; a database-backed implementation may make the reads async too.
+/// Addresses are compared lower-cased and trimmed. Every method is a future: on sled it
+/// is ready at once, on PostgreSQL it is a query.
 pub trait Suppressions: Send + Sync {
     /// The active entry for an address, if any. Expired entries are removed on sight.
-    fn get(
-        &self,
-        asset: &str,
-        address: &str,
+    fn get<'a>(
+        &'a self,
+        asset: &'a str,
+        address: &'a str,
         now_ms: u64,
-    ) -> Result<Option<Suppression>, StoreError>;
+    ) -> StoreFuture<'a, Option<Suppression>>;
 
     /// Adds or replaces entries; durable when the future finishes.
     fn add<'a>(&'a self, entries: &'a [Suppression]) -> StoreFuture<'a, ()>;
@@ -81,7 +81,8 @@ pub trait Suppressions: Send + Sync {
     fn remove<'a>(&'a self, asset: &'a str, address: &'a str) -> StoreFuture<'a, bool>;
 
     /// Active entries of one asset (or all), in (asset, address) order.
-    fn list(&self, asset: Option<&str>, now_ms: u64) -> Result<Vec<Suppression>, StoreError>;
+    fn list<'a>(&'a self, asset: Option<&'a str>, now_ms: u64)
+        -> StoreFuture<'a, Vec<Suppression>>;
 }
 
 /// [`Suppressions`] on sled: the `suppression` tree.
@@ -91,8 +92,8 @@ pub(super) struct SledSuppressions {
     pub(super) durable: Durable,
 }
 
-impl Suppressions for SledSuppressions {
-    fn get(
+impl SledSuppressions {
+    fn get_now(
         &self,
         asset: &str,
         address: &str,
@@ -118,6 +119,38 @@ impl Suppressions for SledSuppressions {
         }
     }
 
+    fn list_now(&self, asset: Option<&str>, now_ms: u64) -> Result<Vec<Suppression>, StoreError> {
+        let iter = match asset {
+            Some(a) => {
+                let mut p = a.as_bytes().to_vec();
+                p.push(0);
+                self.tree.scan_prefix(p)
+            }
+            None => self.tree.scan_prefix(b""),
+        };
+        let mut out = Vec::new();
+        for item in iter {
+            let (_, v) = item?;
+            if let Ok(e) = codec::decode::<Suppression>(&v) {
+                if e.active(now_ms) {
+                    out.push(e);
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
+impl Suppressions for SledSuppressions {
+    fn get<'a>(
+        &'a self,
+        asset: &'a str,
+        address: &'a str,
+        now_ms: u64,
+    ) -> StoreFuture<'a, Option<Suppression>> {
+        Box::pin(std::future::ready(self.get_now(asset, address, now_ms)))
+    }
+
     fn add<'a>(&'a self, entries: &'a [Suppression]) -> StoreFuture<'a, ()> {
         Box::pin(async move {
             for e in entries {
@@ -138,25 +171,12 @@ impl Suppressions for SledSuppressions {
         })
     }
 
-    fn list(&self, asset: Option<&str>, now_ms: u64) -> Result<Vec<Suppression>, StoreError> {
-        let iter = match asset {
-            Some(a) => {
-                let mut p = a.as_bytes().to_vec();
-                p.push(0);
-                self.tree.scan_prefix(p)
-            }
-            None => self.tree.scan_prefix(b""),
-        };
-        let mut out = Vec::new();
-        for item in iter {
-            let (_, v) = item?;
-            if let Ok(e) = codec::decode::<Suppression>(&v) {
-                if e.active(now_ms) {
-                    out.push(e);
-                }
-            }
-        }
-        Ok(out)
+    fn list<'a>(
+        &'a self,
+        asset: Option<&'a str>,
+        now_ms: u64,
+    ) -> StoreFuture<'a, Vec<Suppression>> {
+        Box::pin(std::future::ready(self.list_now(asset, now_ms)))
     }
 }
 
@@ -185,23 +205,29 @@ mod tests {
         assert!(
             suppressions
                 .get("a", "x@example.org", 7 * day - 1)
+                .await
                 .unwrap()
                 .is_some(),
             "case-insensitive, still active"
         );
         assert!(
-            suppressions.get("b", "x@example.org", 0).unwrap().is_none(),
+            suppressions
+                .get("b", "x@example.org", 0)
+                .await
+                .unwrap()
+                .is_none(),
             "per asset"
         );
         assert!(
             suppressions
                 .get("a", "x@example.org", 7 * day)
+                .await
                 .unwrap()
                 .is_none(),
             "expired after retention"
         );
         assert!(
-            suppressions.list(Some("a"), 0).unwrap().is_empty(),
+            suppressions.list(Some("a"), 0).await.unwrap().is_empty(),
             "and removed when seen expired"
         );
     }

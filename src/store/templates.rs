@@ -6,12 +6,12 @@ use crate::model::wire::Template;
 
 /// The templates of every service. Shared by every node in cluster mode.
 ///
-/// Reads are synchronous today; a database-backed implementation may make them async.
+/// Every method is a future: ready at once on sled, a query on PostgreSQL.
 pub trait Templates: Send + Sync {
-    fn get(&self, service: &str, id: &str) -> Result<Option<Template>, StoreError>;
+    fn get<'a>(&'a self, service: &'a str, id: &'a str) -> StoreFuture<'a, Option<Template>>;
 
     /// Every template of `service` (undecodable ones left out).
-    fn list(&self, service: &str) -> Result<Vec<Template>, StoreError>;
+    fn list<'a>(&'a self, service: &'a str) -> StoreFuture<'a, Vec<Template>>;
 
     /// Adds or replaces `t`; durable when the future finishes.
     fn put<'a>(&'a self, service: &'a str, t: &'a Template) -> StoreFuture<'a, ()>;
@@ -26,8 +26,8 @@ pub(super) struct SledTemplates {
     pub(super) durable: Durable,
 }
 
-impl Templates for SledTemplates {
-    fn get(&self, service: &str, id: &str) -> Result<Option<Template>, StoreError> {
+impl SledTemplates {
+    fn get_now(&self, service: &str, id: &str) -> Result<Option<Template>, StoreError> {
         match self.tree.get(format!("{service}/{id}").as_bytes())? {
             None => Ok(None),
             Some(v) => codec::decode(&v)
@@ -40,7 +40,7 @@ impl Templates for SledTemplates {
         }
     }
 
-    fn list(&self, service: &str) -> Result<Vec<Template>, StoreError> {
+    fn list_now(&self, service: &str) -> Result<Vec<Template>, StoreError> {
         let prefix = format!("{service}/");
         let mut out = Vec::new();
         for item in self.tree.scan_prefix(prefix.as_bytes()) {
@@ -50,6 +50,16 @@ impl Templates for SledTemplates {
             }
         }
         Ok(out)
+    }
+}
+
+impl Templates for SledTemplates {
+    fn get<'a>(&'a self, service: &'a str, id: &'a str) -> StoreFuture<'a, Option<Template>> {
+        Box::pin(std::future::ready(self.get_now(service, id)))
+    }
+
+    fn list<'a>(&'a self, service: &'a str) -> StoreFuture<'a, Vec<Template>> {
+        Box::pin(std::future::ready(self.list_now(service)))
     }
 
     fn put<'a>(&'a self, service: &'a str, t: &'a Template) -> StoreFuture<'a, ()> {

@@ -363,7 +363,7 @@ impl QueueWorker {
             );
             return false;
         }
-        if !self.drop_refused(config, record, events) {
+        if !self.drop_refused(config, record, events).await {
             return false;
         }
         record.pending().next().is_some() && self.attempt(config, record, events).await
@@ -414,7 +414,8 @@ impl QueueWorker {
         let rcpts: Vec<String> = record.pending().map(|r| r.address.clone()).collect();
         let sent = self.send(config, &route, record, &rcpts, &message).await;
         self.keep_route_ids(record, &sent.message_ids);
-        self.apply_outcomes(config, route.kind(), record, &rcpts, sent.outcomes, events);
+        self.apply_outcomes(config, route.kind(), record, &rcpts, sent.outcomes, events)
+            .await;
         true
     }
 
@@ -512,7 +513,7 @@ impl QueueWorker {
 
     /// The route's answer per recipient: a final outcome ends the recipient with its
     /// code and notification, a deferral keeps it pending with the reason.
-    fn apply_outcomes(
+    async fn apply_outcomes(
         &self,
         config: &Config,
         route: RouteKind,
@@ -536,7 +537,7 @@ impl QueueWorker {
                 }
             };
             if ending.phase == RecipientPhase::Submitted {
-                self.count_send(config, record, addr, now);
+                self.count_send(config, record, addr, now).await;
             }
             self.metrics.outbound(route, ending.result);
             record.recipients[slot].phase = ending.phase;
@@ -556,7 +557,7 @@ impl QueueWorker {
 
     /// Counts a submitted send against the frequency cap of the request's contact
     /// policy, when it applies one.
-    fn count_send(&self, config: &Config, record: &MessageRecord, addr: &str, now: u64) {
+    async fn count_send(&self, config: &Config, record: &MessageRecord, addr: &str, now: u64) {
         let Some(cp) = record
             .contact_policy
             .as_ref()
@@ -568,10 +569,11 @@ impl QueueWorker {
             .contact_policy(&cp.group)
             .map(|g| g.window)
             .unwrap_or(86_400);
-        if let Err(e) =
-            self.store
-                .policy()
-                .record_send(&cp.group, addr, now, now.saturating_sub(window * 1000))
+        if let Err(e) = self
+            .store
+            .policy()
+            .record_send(&cp.group, addr, now, now.saturating_sub(window * 1000))
+            .await
         {
             tracing::warn!(error = %e, "frequency counter not updated");
         }
@@ -581,7 +583,7 @@ impl QueueWorker {
     /// (7593/7594), suppression (7240/7241). False when the store could not answer for one
     /// of them: the attempt is then deferred whole, never sent on a guess (one rule for
     /// consent, frequency caps and suppressions).
-    fn drop_refused(
+    async fn drop_refused(
         &self,
         config: &Config,
         record: &mut MessageRecord,
@@ -590,7 +592,7 @@ impl QueueWorker {
         let now = now_ms();
         let pending: Vec<String> = record.pending().map(|r| r.address.clone()).collect();
         for addr in pending {
-            match self.refusal(config, record, &addr, now) {
+            match self.refusal(config, record, &addr, now).await {
                 Ok(Some((code, description))) => {
                     end_recipient(config, record, &addr, code, &description, "", now, events)
                 }
@@ -606,7 +608,7 @@ impl QueueWorker {
     }
 
     /// Why `addr` may not be mailed, if it may not.
-    fn refusal(
+    async fn refusal(
         &self,
         config: &Config,
         record: &MessageRecord,
@@ -626,13 +628,17 @@ impl QueueWorker {
         if sandboxed {
             return Ok(with_default(DeliveryCode::NotVerified));
         }
-        if let Some(code) = self.contact_policy_refusal(config, record, addr, now)? {
+        if let Some(code) = self
+            .contact_policy_refusal(config, record, addr, now)
+            .await?
+        {
             return Ok(with_default(code));
         }
         Ok(self
             .store
             .suppressions()
-            .get(&record.asset_id, addr, now)?
+            .get(&record.asset_id, addr, now)
+            .await?
             .map(|entry| {
                 self.metrics.suppression_hit(entry.reason);
                 crate::outbound::suppression::refusal(&entry, addr)
@@ -640,7 +646,7 @@ impl QueueWorker {
     }
 
     /// 7593 without consent, 7594 over the frequency cap, for a request with a contact policy.
-    fn contact_policy_refusal(
+    async fn contact_policy_refusal(
         &self,
         config: &Config,
         record: &MessageRecord,
@@ -653,12 +659,16 @@ impl QueueWorker {
         let Some(group) = config.contact_policy(&cp.group) else {
             return Ok(None);
         };
-        if cp.check_consent && !self.store.policy().has_consent(&cp.group, addr)? {
+        if cp.check_consent && !self.store.policy().has_consent(&cp.group, addr).await? {
             return Ok(Some(DeliveryCode::NoConsent));
         }
         if cp.apply_frequency_cap && group.frequency_cap > 0 {
             let since = now.saturating_sub(group.window * 1000);
-            if self.store.policy().sends_since(&cp.group, addr, since)?
+            if self
+                .store
+                .policy()
+                .sends_since(&cp.group, addr, since)
+                .await?
                 >= group.frequency_cap as usize
             {
                 return Ok(Some(DeliveryCode::FrequencyCap));
