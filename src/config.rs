@@ -120,6 +120,20 @@ pub struct Config {
     pub ses: SesConfig,
     #[serde(default)]
     pub feedback: FeedbackConfig,
+    /// Several nodes on one PostgreSQL database (SPEC 13); absent: this node alone, on sled.
+    #[serde(default)]
+    pub cluster: Option<ClusterConfig>,
+}
+
+/// `[cluster]` (SPEC 13): the database every node shares and this node's name in it.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterConfig {
+    /// `postgres://user:pass@host:5432/db?sslmode=require`; `env:NAME` / `file:PATH` too.
+    pub database_url: Secret,
+    /// Unique per node; default: `server.hostname`.
+    #[serde(default)]
+    pub node_id: String,
 }
 
 /// Who may report complaints about mail that went to several recipients (SPEC 6.3).
@@ -829,6 +843,11 @@ impl Config {
                 *d = d.trim().trim_end_matches('.').to_ascii_lowercase();
             }
         }
+        if let Some(c) = &mut self.cluster {
+            if c.node_id.trim().is_empty() {
+                c.node_id = self.server.hostname.clone();
+            }
+        }
     }
 
     /// Types each asset's route, which `problems` found valid.
@@ -846,7 +865,33 @@ impl Config {
         let ids = self.asset_problems(&mut p);
         self.ses_problems(&mut p);
         self.service_problems(&ids, &mut p);
+        self.cluster_problems(&mut p);
         p.into_located()
+    }
+
+    /// `[cluster]`: a PostgreSQL URL and a node id fit for logs and the database.
+    fn cluster_problems(&self, p: &mut Problems) {
+        let Some(c) = &self.cluster else { return };
+        let url = c.database_url.expose();
+        if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+            p.push(
+                "database_url",
+                "cluster.database_url must be a postgres:// or postgresql:// URL".into(),
+            );
+        }
+        let id_ok = c.node_id.len() <= 64
+            && c.node_id
+                .chars()
+                .all(|ch| ch.is_ascii_alphanumeric() || "-_.".contains(ch));
+        if !id_ok {
+            p.push(
+                "node_id",
+                format!(
+                    "cluster.node_id \"{}\" must be 1-64 letters, digits, '-', '_' or '.'",
+                    c.node_id
+                ),
+            );
+        }
     }
 
     /// `[server]`: host name, public URL, inbound and bounce domains.

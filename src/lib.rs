@@ -207,7 +207,7 @@ async fn compose(
     config: Config,
     config_path: Option<PathBuf>,
 ) -> Result<(Arc<Daemon>, Workers), StartError> {
-    let (store, signer) = open_data_dir(&config.server.data_dir)?;
+    let (store, signer) = open_data_dir(&config).await?;
     // One bound on heavy parsing (MO rendering, authentication, reports) for the daemon.
     let heavy = heavy::Heavy::per_core();
     let verifier = inbound::auth::Verifier::new(&config.dns.resolver)?.with_heavy(heavy.clone());
@@ -284,15 +284,26 @@ async fn compose(
     Ok((daemon, workers))
 }
 
-/// Creates `data_dir` if needed and opens the store and the link-signing key in it.
-fn open_data_dir(
-    data_dir: &std::path::Path,
+/// Creates `data_dir` if needed and opens the store and the link-signing key in it; in
+/// cluster mode the store also joins the shared database (SPEC 13).
+async fn open_data_dir(
+    config: &Config,
 ) -> Result<(store::Store, crate::model::tokens::Signer), StartError> {
+    let data_dir = &config.server.data_dir;
     std::fs::create_dir_all(data_dir).map_err(|source| StartError::DataDir {
         path: data_dir.to_path_buf(),
         source,
     })?;
-    let store = store::Store::open(data_dir)?;
+    let store = match &config.cluster {
+        None => store::Store::open(data_dir)?,
+        Some(c) => {
+            let opts = store::pg::ClusterOptions {
+                database_url: c.database_url.expose().to_string(),
+                node_id: c.node_id.clone(),
+            };
+            store::Store::open_cluster(data_dir, &opts, std::time::Duration::from_secs(5)).await?
+        }
+    };
     let signer = crate::model::tokens::Signer::load_or_create(data_dir).map_err(StartError::Key)?;
     Ok((store, signer))
 }

@@ -251,6 +251,37 @@ impl Metrics {
         s
     }
 
+    /// Cluster mode (SPEC 13): whether the shared database answers, and its query times.
+    pub fn render_cluster(up: bool, stats: &crate::store::pg::QueryStats) -> String {
+        let (counts, sum) = stats.snapshot();
+        let mut hist = Family::new(
+            "postern_cluster_query_seconds",
+            "histogram",
+            "Duration of one query (or one unit of queries) on the shared database.",
+        );
+        let mut cumulative = 0;
+        let bounds = crate::store::pg::QUERY_BUCKETS
+            .iter()
+            .map(|b| b.to_string());
+        for (le, n) in bounds.chain(["+Inf".to_string()]).zip(&counts) {
+            cumulative += n;
+            hist = hist.sample(format!("_bucket{{le=\"{le}\"}}"), cumulative);
+        }
+        hist = hist
+            .sample("_sum".into(), sum)
+            .sample("_count".into(), cumulative);
+        let gauge = Family::new(
+            "postern_cluster_database_up",
+            "gauge",
+            "1 while the shared database answers, 0 while it does not.",
+        )
+        .sample(String::new(), u8::from(up));
+        let mut s = String::new();
+        gauge.write(&mut s);
+        hist.write(&mut s);
+        s
+    }
+
     fn inbound(&self) -> Family {
         Family::new(
             "postern_inbound_messages_total",

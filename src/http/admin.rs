@@ -64,7 +64,7 @@ async fn consent_list(
         .policy()
         .consents(&group)
         .await
-        .map_err(ApiError::internal)?;
+        .map_err(ApiError::store)?;
     Ok(Json(json!({"group": group, "consents": list})).into_response())
 }
 
@@ -87,7 +87,7 @@ async fn consent_grant(
         .policy()
         .set_consent(&group, &address, true)
         .await
-        .map_err(ApiError::internal)?;
+        .map_err(ApiError::store)?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
@@ -103,7 +103,7 @@ async fn consent_revoke(
         .policy()
         .set_consent(&group, &address, false)
         .await
-        .map_err(ApiError::internal)?
+        .map_err(ApiError::store)?
     {
         Ok(StatusCode::NO_CONTENT.into_response())
     } else {
@@ -143,7 +143,7 @@ async fn list(
         .suppressions()
         .list(q.asset.as_deref(), now_ms())
         .await
-        .map_err(ApiError::internal)?;
+        .map_err(ApiError::store)?;
     let items: Vec<_> = entries.iter().map(entry_json).collect();
     Ok(Json(json!({"suppressions": items, "count": items.len()})).into_response())
 }
@@ -208,7 +208,7 @@ async fn add(
         .suppressions()
         .add(std::slice::from_ref(&entry))
         .await
-        .map_err(ApiError::internal)?;
+        .map_err(ApiError::store)?;
     Ok((StatusCode::CREATED, Json(entry_json(&entry))).into_response())
 }
 
@@ -223,7 +223,7 @@ async fn remove(
         .suppressions()
         .remove(&asset, &address)
         .await
-        .map_err(ApiError::internal)?
+        .map_err(ApiError::store)?
     {
         Ok(StatusCode::NO_CONTENT.into_response())
     } else {
@@ -247,7 +247,7 @@ async fn export(
         .suppressions()
         .list(q.asset.as_deref(), now_ms())
         .await
-        .map_err(ApiError::internal)?;
+        .map_err(ApiError::store)?;
     let text = crate::outbound::suppression::to_csv(&entries).map_err(ApiError::internal)?;
     Ok(([(header::CONTENT_TYPE, "text/csv; charset=utf-8")], text).into_response())
 }
@@ -284,6 +284,6 @@ async fn import(
         .suppressions()
         .add(&entries)
         .await
-        .map_err(ApiError::internal)?;
+        .map_err(ApiError::store)?;
     Ok(Json(json!({"imported": entries.len()})).into_response())
 }

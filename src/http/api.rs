@@ -198,7 +198,7 @@ fn refusal(refused: submit::Refused) -> Response {
                 .insert(header::RETRY_AFTER, retry_after_secs.into());
             resp
         }
-        submit::Refused::Store(e) => ApiError::internal(e).into_response(),
+        submit::Refused::Store(e) => ApiError::store(e).into_response(),
     }
 }
 
@@ -261,7 +261,7 @@ async fn message_status(
         .store
         .messages()
         .get(&tid)
-        .map_err(ApiError::internal)?
+        .map_err(ApiError::store)?
         .ok_or_else(not_found)?;
     if r.service_id != service.id {
         return Err(not_found());
@@ -347,7 +347,7 @@ async fn template_list(
             .templates()
             .list(&service.id)
             .await
-            .map_err(ApiError::internal)?,
+            .map_err(ApiError::store)?,
     ))
 }
 
@@ -365,7 +365,7 @@ async fn template_create(
         .templates()
         .get(&service.id, &t.id)
         .await
-        .map_err(ApiError::internal)?
+        .map_err(ApiError::store)?
         .is_some()
     {
         return Err(ApiError::new(
@@ -378,7 +378,7 @@ async fn template_create(
         .templates()
         .put(&service.id, &t)
         .await
-        .map_err(ApiError::internal)?;
+        .map_err(ApiError::store)?;
     Ok((StatusCode::CREATED, Json(t)).into_response())
 }
 
@@ -393,7 +393,7 @@ async fn template_get(
         .templates()
         .get(&service.id, &id)
         .await
-        .map_err(ApiError::internal)?
+        .map_err(ApiError::store)?
         .map(Json)
         .ok_or_else(|| {
             ApiError::new(
@@ -420,7 +420,7 @@ async fn template_put(
         .templates()
         .put(&service.id, &t)
         .await
-        .map_err(ApiError::internal)?;
+        .map_err(ApiError::store)?;
     Ok(Json(t))
 }
 
@@ -436,7 +436,7 @@ async fn template_delete(
         .templates()
         .delete(&service.id, &id)
         .await
-        .map_err(ApiError::internal)?
+        .map_err(ApiError::store)?
     {
         Ok(StatusCode::NO_CONTENT)
     } else {

@@ -38,7 +38,7 @@ async fn list(State(d): State<AppState>, headers: HeaderMap) -> Result<Response,
                 .domains()
                 .state(domain)
                 .await
-                .map_err(ApiError::internal)?;
+                .map_err(ApiError::store)?;
             out.push(json!({
                 "domain": domain,
                 "assetId": asset.id,
@@ -92,7 +92,7 @@ async fn verify(
             },
         )
         .await
-        .map_err(ApiError::internal)?;
+        .map_err(ApiError::store)?;
     tracing::info!(domain = %domain, verified = result.verified, "domain verified");
     Ok(Json(result).into_response())
 }

@@ -88,6 +88,8 @@ pub struct ApiError {
     status: StatusCode,
     code: &'static str,
     description: String,
+    /// Seconds for `Retry-After`, on a refusal that passes.
+    retry_after: Option<u64>,
 }
 
 impl ApiError {
@@ -97,6 +99,24 @@ impl ApiError {
             status,
             code: code.into(),
             description: description.into(),
+            retry_after: None,
+        }
+    }
+
+    /// A store failure: while the cluster database is unreachable, 503 with
+    /// `{"code":"7010"}` and `Retry-After` (SPEC 13); anything else is internal.
+    pub fn store(e: crate::store::StoreError) -> Self {
+        if !e.is_database() {
+            return ApiError::internal(e);
+        }
+        tracing::warn!(error = %e, "request refused: cluster database");
+        ApiError {
+            retry_after: Some(crate::model::health::Health::RETRY_AFTER_SECS),
+            ..ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                ApiCode::Unavailable,
+                format!("{e}; try again later"),
+            )
         }
     }
 
@@ -112,16 +132,20 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (
+        let mut resp = (
             self.status,
             Json(json!({"code": self.code, "description": self.description})),
         )
-            .into_response()
+            .into_response();
+        if let Some(secs) = self.retry_after {
+            resp.headers_mut().insert(header::RETRY_AFTER, secs.into());
+        }
+        resp
     }
 }
 
 async fn readyz(State(d): State<AppState>) -> Response {
-    if let Err(why) = d.health.check() {
+    if let Err(why) = d.health.check_shared() {
         ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             ApiCode::Unavailable,
@@ -141,11 +165,12 @@ async fn readyz(State(d): State<AppState>) -> Response {
 }
 
 async fn metrics(State(d): State<AppState>) -> Response {
-    (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        d.metrics.render(d.store.outbox_len()),
-    )
-        .into_response()
+    let mut text = d.metrics.render(d.store.outbox_len());
+    if let Some(stats) = d.store.cluster_stats() {
+        let up = d.health.database_up();
+        text.push_str(&crate::metrics::Metrics::render_cluster(up, stats));
+    }
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
 }
 
 /// Checks `Authorization: Bearer <admin token>` before anything else is looked at.
@@ -390,7 +415,7 @@ impl axum::extract::FromRequestParts<Arc<Daemon>> for Writable {
         daemon: &Arc<Daemon>,
     ) -> Result<Self, Self::Rejection> {
         use axum::response::IntoResponse;
-        match daemon.health.check() {
+        match daemon.health.check_shared() {
             Ok(()) => Ok(Writable),
             Err(why) => {
                 let mut resp = (

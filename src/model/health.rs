@@ -13,6 +13,9 @@ pub enum Refusal {
     LowSpace { free: u64, min: u64 },
     /// The last write to the store failed (ENOSPC, EIO) and it has not written since.
     StoreFailing,
+    /// Cluster mode: the shared database does not answer (SPEC 13). Only work that needs
+    /// it is refused: inbound SMTP goes on.
+    DatabaseDown,
 }
 
 impl std::fmt::Display for Refusal {
@@ -23,6 +26,9 @@ impl std::fmt::Display for Refusal {
                 "data_dir has {free} bytes free, below server.min_free_space ({min})"
             ),
             Refusal::StoreFailing => f.write_str("the store cannot write (disk full or I/O error)"),
+            Refusal::DatabaseDown => {
+                f.write_str("the cluster database (cluster.database_url) is unreachable")
+            }
         }
     }
 }
@@ -34,6 +40,10 @@ pub struct Health {
     free: AtomicU64,
     min: AtomicU64,
     store_failing: AtomicBool,
+    /// Cluster mode only: the shared database is down (false on a node alone).
+    database_down: AtomicBool,
+    /// Cluster mode: this node shares state through a database.
+    clustered: AtomicBool,
     /// Set once the store cannot recover in this process: the daemon must exit non-zero.
     exit: AtomicBool,
     exit_notify: tokio::sync::Notify,
@@ -52,6 +62,32 @@ impl Health {
             });
         }
         Ok(())
+    }
+
+    /// [`Health::check`], and in cluster mode the shared database too: for work that
+    /// needs it (the API, the queue, `/readyz`).
+    pub fn check_shared(&self) -> Result<(), Refusal> {
+        self.check()?;
+        if self.database_down.load(Ordering::Acquire) {
+            return Err(Refusal::DatabaseDown);
+        }
+        Ok(())
+    }
+
+    /// Cluster mode: whether the shared database answers. Always true on a node alone.
+    pub fn database_up(&self) -> bool {
+        !self.database_down.load(Ordering::Acquire)
+    }
+
+    /// Whether this node is in cluster mode.
+    pub fn clustered(&self) -> bool {
+        self.clustered.load(Ordering::Acquire)
+    }
+
+    /// Cluster mode: the database keeper's verdict.
+    pub fn set_database_up(&self, up: bool) {
+        self.clustered.store(true, Ordering::Release);
+        self.database_down.store(!up, Ordering::Release);
     }
 
     /// The last free-space measurement of `data_dir`'s filesystem, in bytes.
@@ -98,8 +134,11 @@ impl Health {
 
     /// Seconds a refused client should wait before trying again (`Retry-After`).
     pub fn retry_after_secs(&self) -> u64 {
-        30
+        Health::RETRY_AFTER_SECS
     }
+
+    /// See [`Health::retry_after_secs`].
+    pub const RETRY_AFTER_SECS: u64 = 30;
 }
 
 #[cfg(test)]

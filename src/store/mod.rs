@@ -28,6 +28,7 @@ pub mod domains;
 pub mod messages;
 pub mod outbox;
 pub mod pending;
+pub mod pg;
 pub mod policy;
 pub mod routes;
 pub mod spool;
@@ -74,6 +75,17 @@ pub enum StoreError {
     },
     #[error("the store is shutting down")]
     Closed,
+    /// Cluster mode: the shared database refused or did not answer (SPEC 13).
+    #[error("cluster database: {0}")]
+    Database(String),
+}
+
+impl StoreError {
+    /// Whether this is the shared database's failure, which passes when it returns: the
+    /// API answers 503 with `Retry-After` and the queue defers.
+    pub fn is_database(&self) -> bool {
+        matches!(self, StoreError::Database(_))
+    }
 }
 
 impl From<sled::transaction::TransactionError<StoreError>> for StoreError {
@@ -111,6 +123,8 @@ struct Inner {
     /// When the flush in progress started (ms since the epoch), 0 when none is.
     flushing_since: Arc<AtomicU64>,
     shared: Shared,
+    /// Cluster mode: the shared database (SPEC 13).
+    pg: Option<Arc<pg::Pg>>,
 }
 
 /// The state several nodes will share, one interface per concern.
@@ -168,6 +182,27 @@ impl Shared {
             }),
         })
     }
+}
+
+/// This data directory's identity among the cluster's nodes (`data_dir/node-instance`,
+/// made once): the node that restarts on it keeps its `node_id`.
+fn node_instance(data_dir: &Path) -> Result<String, StoreError> {
+    let path = data_dir.join("node-instance");
+    let err = |source| StoreError::File {
+        path: path.clone(),
+        source,
+    };
+    match std::fs::read_to_string(&path) {
+        Ok(s) if !s.trim().is_empty() => return Ok(s.trim().to_string()),
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(err(e)),
+    }
+    let id = uuid::Uuid::new_v4().to_string();
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, format!("{id}\n")).map_err(err)?;
+    std::fs::rename(&tmp, &path).map_err(err)?;
+    Ok(id)
 }
 
 /// A commit not answered within this is treated as a failed write: sled 0.34's flush can
@@ -289,6 +324,7 @@ impl Store {
             spool_dir: spool_dir.clone(),
             durable,
             flushing_since: flushing_since.clone(),
+            pg: None,
         };
         let committer = Committer {
             spool_dir: spool_dir.clone(),
@@ -306,6 +342,36 @@ impl Store {
         Ok(Store {
             inner: Arc::new(inner),
         })
+    }
+
+    /// Opens the store for a node of a cluster (SPEC 13): the node-local state on sled as
+    /// [`Store::open`] does, the shared concerns on the database `opts` names. Waits up to
+    /// `first_try` for the database: a node whose id another live node holds is refused;
+    /// an unreachable database leaves the node degraded until it answers. Shared today:
+    /// suppressions, templates, consent and frequency counters, domain verdicts.
+    pub async fn open_cluster(
+        data_dir: &Path,
+        opts: &pg::ClusterOptions,
+        first_try: std::time::Duration,
+    ) -> Result<Store, StoreError> {
+        let mut store = Store::open(data_dir)?;
+        let instance = node_instance(data_dir)?;
+        let health = store.health();
+        let db = pg::Pg::start(opts, instance, health, first_try)
+            .await
+            .map_err(|e| StoreError::Database(e.to_string()))?;
+        let inner = Arc::get_mut(&mut store.inner).ok_or(StoreError::Closed)?;
+        inner.shared.suppressions = Box::new(pg::PgSuppressions(db.clone()));
+        inner.shared.templates = Box::new(pg::PgTemplates(db.clone()));
+        inner.shared.policy = Box::new(pg::PgPolicy(db.clone()));
+        inner.shared.domains = Box::new(pg::PgDomains(db.clone()));
+        inner.pg = Some(db);
+        Ok(store)
+    }
+
+    /// Cluster mode: the shared database's query latencies.
+    pub fn cluster_stats(&self) -> Option<&pg::QueryStats> {
+        self.inner.pg.as_deref().map(|p| &p.stats)
     }
 
     /// Suppression entries (SPEC 8).

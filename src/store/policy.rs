@@ -5,10 +5,12 @@
 
 use super::{codec, Durable, Quarantine, StoreError, StoreFuture};
 
+pub(super) use super::suppression::normalise;
+
 fn key(group: &str, address: &str) -> Vec<u8> {
     let mut k = group.as_bytes().to_vec();
     k.push(0);
-    k.extend_from_slice(address.trim().to_ascii_lowercase().as_bytes());
+    k.extend_from_slice(normalise(address).as_bytes());
     k
 }
 

@@ -54,10 +54,15 @@ impl Suppression {
     }
 }
 
+/// How an address is compared and stored: trimmed and lower-cased.
+pub(super) fn normalise(address: &str) -> String {
+    address.trim().to_ascii_lowercase()
+}
+
 fn key(asset: &str, address: &str) -> Vec<u8> {
     let mut k = asset.as_bytes().to_vec();
     k.push(0);
-    k.extend_from_slice(address.trim().to_ascii_lowercase().as_bytes());
+    k.extend_from_slice(normalise(address).as_bytes());
     k
 }
 
@@ -155,7 +160,7 @@ impl Suppressions for SledSuppressions {
         Box::pin(async move {
             for e in entries {
                 let mut e = e.clone();
-                e.address = e.address.trim().to_ascii_lowercase();
+                e.address = normalise(&e.address);
                 self.tree
                     .insert(key(&e.asset_id, &e.address), codec::encode(&e))?;
             }

@@ -310,7 +310,7 @@ impl QueueWorker {
         if !self.record_unrecorded().await {
             return false;
         }
-        if let Err(why) = self.store.health().check() {
+        if let Err(why) = self.store.health().check_shared() {
             tracing::debug!(tid, reason = %why, "queue paused");
             return false;
         }
@@ -465,7 +465,7 @@ impl QueueWorker {
             return None;
         };
         // Building can take a while (attachments): look again just before the send.
-        if self.store.health().check().is_err() {
+        if self.store.health().check_shared().is_err() {
             record.last_error = "the store cannot record an outcome right now".into();
             return None;
         }
