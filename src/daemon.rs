@@ -4,7 +4,7 @@
 
 use crate::config::{Config, SharedConfig};
 use crate::model::health::Health;
-use crate::{feedback, inbound, metrics, model, outbound, store, webhooks};
+use crate::{feedback, inbound, metrics, model, store, webhooks};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
@@ -23,7 +23,6 @@ pub struct Daemon {
     pub conns: Arc<crate::inbound::conns::ConnLimits>,
     pub queue: crate::outbound::queue::Queue,
     pub queue_worker: Arc<crate::outbound::queue::QueueWorker>,
-    pub limiter: outbound::ratelimit::Limiter,
     pub url_policy: crate::model::urls::Policy,
     pub keys: Arc<crate::outbound::dkim::Keys>,
     /// Verifies SNS messages at `/ses/events` (caches signing certificates).

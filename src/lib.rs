@@ -267,7 +267,6 @@ async fn compose(
         conns: Arc::new(crate::inbound::conns::ConnLimits::default()),
         queue,
         queue_worker,
-        limiter: outbound::ratelimit::Limiter::default(),
         url_policy,
         keys,
         sns: feedback::sns::Verifier::default(),
@@ -304,7 +303,19 @@ async fn open_data_dir(
             store::Store::open_cluster(data_dir, &opts, std::time::Duration::from_secs(5)).await?
         }
     };
-    let signer = crate::model::tokens::Signer::load_or_create(data_dir).map_err(StartError::Key)?;
+    let mut signer =
+        crate::model::tokens::Signer::load_or_create(data_dir).map_err(StartError::Key)?;
+    // Cluster mode: every node signs links and VERP addresses with one key (SPEC 13).
+    match store.shared_key("links", signer.key()).await {
+        Ok(Some(key)) if key != signer.key() => {
+            signer = crate::model::tokens::Signer::adopt(data_dir, key).map_err(StartError::Key)?;
+            tracing::info!("link-signing key taken from the cluster");
+        }
+        Ok(_) => {}
+        Err(e) => {
+            tracing::warn!(error = %e, "link-signing key not shared yet: links this node signs verify on the others once it has joined and restarted")
+        }
+    }
     Ok((store, signer))
 }
 

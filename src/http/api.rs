@@ -220,7 +220,6 @@ async fn send_message(
         store: &d.store,
         queue: &d.queue,
         outbox: &d.outbox,
-        limiter: &d.limiter,
         metrics: &d.metrics,
         url_policy: &d.url_policy,
     };

@@ -73,6 +73,22 @@ impl Signer {
         }
     }
 
+    /// The key's bytes, to share with the other nodes of a cluster (SPEC 13).
+    pub fn key(&self) -> [u8; 32] {
+        self.key
+    }
+
+    /// Replaces `data_dir/keys/signing.key` with the cluster's key, so this node signs and
+    /// verifies as every other node does, also when it starts without the database.
+    pub fn adopt(data_dir: &Path, key: [u8; 32]) -> std::io::Result<Signer> {
+        let path = data_dir.join("keys").join("signing.key");
+        let tmp = path.with_extension("cluster");
+        let _ = std::fs::remove_file(&tmp);
+        write_private(&tmp, &key)?;
+        std::fs::rename(&tmp, &path)?;
+        Ok(Signer { key })
+    }
+
     fn mac(&self, kind: TokenKind, payload: &[u8]) -> HmacSha256 {
         let mut mac = HmacSha256::new_from_slice(&self.key).expect("HMAC takes any key length");
         mac.update(kind.as_str().as_bytes());

@@ -7,7 +7,6 @@ pub mod compose;
 pub mod dkim;
 pub mod domains;
 pub mod queue;
-pub mod ratelimit;
 pub mod route;
 pub mod submit;
 pub mod substitute;

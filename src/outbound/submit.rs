@@ -9,7 +9,6 @@ use crate::model::types::ApiCode;
 use crate::model::urls::Policy;
 use crate::model::wire::{AcceptedMessage, SendRequest};
 use crate::outbound::queue::{notify, Queue};
-use crate::outbound::ratelimit::Limiter;
 use crate::outbound::validate::{self, Checked, Invalid, Submission, Transaction};
 use crate::store::messages::{
     Attachment, MessageRecord, QueueState, RecipientPhase, RecipientState,
@@ -17,7 +16,6 @@ use crate::store::messages::{
 use crate::store::{OutboxEntry, Store, StoreError};
 use crate::webhooks::Outbox;
 use std::sync::atomic::Ordering;
-use std::time::Instant;
 
 /// The daemon's parts a submission touches, lent by the transport for one request.
 pub struct Parts<'a> {
@@ -25,7 +23,6 @@ pub struct Parts<'a> {
     pub store: &'a Store,
     pub queue: &'a Queue,
     pub outbox: &'a Outbox,
-    pub limiter: &'a Limiter,
     pub metrics: &'a Metrics,
     pub url_policy: &'a Policy,
 }
@@ -76,7 +73,7 @@ pub async fn submit(
     // The bucket is charged before the expansion: a request it cannot cover costs nothing
     // more than its parse, and one refused while expanding has spent its tokens.
     let destinations = checked.destinations;
-    charge_bucket(parts, service, destinations)?;
+    charge_bucket(parts, service, destinations).await?;
     let mut new_tid = || uuid::Uuid::new_v4().to_string();
     let sub = validate::expand(checked, &mut new_tid).map_err(|e| rejected(parts, e))?;
     let request_id = uuid::Uuid::new_v4().to_string();
@@ -142,19 +139,17 @@ async fn check_verified_domain(parts: &Parts<'_>, from: &str) -> Result<(), Refu
 }
 
 /// Takes a token per destination from the service's TPS bucket.
-fn charge_bucket(
+async fn charge_bucket(
     parts: &Parts<'_>,
     service: &ServiceConfig,
     destinations: usize,
 ) -> Result<(), Refused> {
+    let n = u32::try_from(destinations).unwrap_or(u32::MAX);
     parts
-        .limiter
-        .take(
-            &service.id,
-            service.tps,
-            u32::try_from(destinations).unwrap_or(u32::MAX),
-            Instant::now(),
-        )
+        .store
+        .buckets()
+        .take(&service.id, service.tps, n)
+        .await?
         .map_err(|wait| Refused::TpsExceeded {
             service: service.id.clone(),
             retry_after_secs: wait.as_secs_f64().ceil().max(1.0) as u64,

@@ -23,6 +23,7 @@
 //! in sled 0.34 each of those seals the IO buffer, which measured at several times the
 //! cost of everything else in accepting a message.
 
+pub mod bucket;
 mod codec;
 pub mod domains;
 pub mod messages;
@@ -44,6 +45,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use tokio::sync::oneshot;
 
+pub use bucket::Buckets;
 pub use domains::Domains;
 pub use messages::{Messages, TidLock};
 pub use outbox::{DeadLetter, OutboxEntry, Payload};
@@ -135,6 +137,7 @@ struct Shared {
     domains: Box<dyn Domains>,
     messages: Box<dyn Messages>,
     routes: Box<dyn RouteState>,
+    buckets: Box<dyn Buckets>,
 }
 
 impl Shared {
@@ -174,6 +177,7 @@ impl Shared {
                 quarantine: q.clone(),
                 durable: durable.clone(),
             }),
+            buckets: Box::<bucket::MemoryBuckets>::default(),
             routes: Box::new(routes::SledRouteState {
                 db: db.clone(),
                 route_ids: db.open_tree("route_ids")?,
@@ -365,13 +369,38 @@ impl Store {
         inner.shared.templates = Box::new(pg::PgTemplates(db.clone()));
         inner.shared.policy = Box::new(pg::PgPolicy(db.clone()));
         inner.shared.domains = Box::new(pg::PgDomains(db.clone()));
+        inner.shared.buckets = Box::new(pg::PgBuckets(db.clone()));
         inner.pg = Some(db);
         Ok(store)
+    }
+
+    /// Cluster mode: the key every node uses for `name` (`candidate`, this node's own,
+    /// when it is the first to offer one). `None` on a node alone.
+    pub async fn shared_key(
+        &self,
+        name: &str,
+        candidate: [u8; 32],
+    ) -> Result<Option<[u8; 32]>, StoreError> {
+        let Some(pg) = &self.inner.pg else {
+            return Ok(None);
+        };
+        let value = pg.secret(name, &candidate).await?;
+        let key = <[u8; 32]>::try_from(value.as_slice()).map_err(|_| StoreError::Corrupt {
+            tree: "secrets",
+            key: name.into(),
+            reason: format!("{} bytes, not 32", value.len()),
+        })?;
+        Ok(Some(key))
     }
 
     /// Cluster mode: the shared database's query latencies.
     pub fn cluster_stats(&self) -> Option<&pg::QueryStats> {
         self.inner.pg.as_deref().map(|p| &p.stats)
+    }
+
+    /// The TPS buckets of every service (SPEC 4.2).
+    pub fn buckets(&self) -> &dyn Buckets {
+        &*self.inner.shared.buckets
     }
 
     /// Suppression entries (SPEC 8).

@@ -7,11 +7,13 @@
 //! [`StoreError::Database`] rather than waiting on the pool, so callers can defer, answer
 //! 503 or keep the work in sled. Each concern's SQL lives in its own file.
 
+mod bucket;
 mod domains;
 mod policy;
 mod suppression;
 mod templates;
 
+pub(super) use bucket::PgBuckets;
 pub(super) use domains::PgDomains;
 pub(super) use policy::PgPolicy;
 pub(super) use suppression::PgSuppressions;
@@ -68,7 +70,13 @@ const MIGRATIONS: &[&str] = &[
      CREATE TABLE domains (
         domain text PRIMARY KEY,
         verified boolean NOT NULL,
-        checked_ms bigint NOT NULL);",
+        checked_ms bigint NOT NULL);
+     CREATE TABLE secrets (
+        name text PRIMARY KEY,
+        value bytea NOT NULL);
+     CREATE TABLE buckets (
+        service text PRIMARY KEY,
+        tat double precision NOT NULL);",
 ];
 
 /// The advisory lock key under which migrations run ("pstn").
@@ -362,6 +370,26 @@ async fn migrate(client: &mut deadpool_postgres::Client) -> Result<(), tokio_pos
         tracing::info!(version, "database schema migrated");
     }
     tx.commit().await
+}
+
+impl Pg {
+    /// The cluster's secret `name`: `candidate` if no node stored one before (the first
+    /// node's key wins, atomically), else the stored one.
+    pub(super) async fn secret(&self, name: &str, candidate: &[u8]) -> Result<Vec<u8>, StoreError> {
+        self.run(|c| async move {
+            c.execute(
+                "INSERT INTO secrets (name, value) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+                &[&name, &candidate],
+            )
+            .await?;
+            Ok(
+                c.query_one("SELECT value FROM secrets WHERE name = $1", &[&name])
+                    .await?
+                    .get(0),
+            )
+        })
+        .await
+    }
 }
 
 /// Milliseconds as PostgreSQL's bigint.
