@@ -319,6 +319,32 @@ async fn open_data_dir(
     Ok((store, signer))
 }
 
+/// `postern cluster adopt` (SPEC 13): the stopped node's shared state from its
+/// `data_dir` into the empty database its `[cluster]` table names.
+pub async fn cluster_adopt(config: &Config) -> Result<store::pg::Adopted, String> {
+    let Some(c) = &config.cluster else {
+        return Err(
+            "the configuration has no [cluster] table: add database_url and node_id".into(),
+        );
+    };
+    let data_dir = &config.server.data_dir;
+    let signer = crate::model::tokens::Signer::load_or_create(data_dir)
+        .map_err(|e| format!("{}: {e}", data_dir.display()))?;
+    let opts = store::pg::ClusterOptions {
+        database_url: c.database_url.expose().to_string(),
+        node_id: c.node_id.clone(),
+    };
+    store::Store::adopt(data_dir, signer.key(), &opts)
+        .await
+        .map_err(|e| match e {
+            store::StoreError::Db(e) => format!(
+                "{}: {e} (is the node still running? stop it first)",
+                data_dir.display()
+            ),
+            e => e.to_string(),
+        })
+}
+
 /// Every asset domain's DKIM key exists before the first send, so first sends never race.
 async fn dkim_keys(config: &Config) -> Result<Arc<crate::outbound::dkim::Keys>, StartError> {
     let keys = Arc::new(crate::outbound::dkim::Keys::default());

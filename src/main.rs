@@ -48,6 +48,19 @@ enum Command {
         #[command(subcommand)]
         action: RouteAction,
     },
+    /// Several nodes on one PostgreSQL database (SPEC 13).
+    Cluster {
+        #[command(subcommand)]
+        action: ClusterAction,
+    },
+}
+
+#[derive(Subcommand)]
+enum ClusterAction {
+    /// With this node stopped: apply the migrations and copy its shared state
+    /// (suppressions, consent, frequency counters, templates, domain verdicts, the link
+    /// key) from its data_dir into the empty database of the config's [cluster] table.
+    Adopt,
 }
 
 #[derive(Subcommand)]
@@ -157,6 +170,9 @@ fn main() -> ExitCode {
         Command::Route {
             action: RouteAction::Test { asset },
         } => with_config(&path, |config| route_test(config, &asset)),
+        Command::Cluster {
+            action: ClusterAction::Adopt,
+        } => with_config(&path, |config| exit(cluster_adopt(config))),
     }
 }
 
@@ -264,6 +280,17 @@ fn rotate_dkim(
         .filter(|r| r.purpose.starts_with("dkim"))
         .collect();
     print!("{}", postern::outbound::domains::table(&dkim));
+    Ok(())
+}
+
+/// `postern cluster adopt`: prints the rows copied per table.
+fn cluster_adopt(config: &Config) -> Result<(), String> {
+    let runtime = runtime().ok_or("cannot start the async runtime")?;
+    let copied = runtime.block_on(postern::cluster_adopt(config))?;
+    for (table, rows) in copied {
+        println!("{table}: {rows}");
+    }
+    println!("adopted: start this node and the others with the same [cluster] table");
     Ok(())
 }
 

@@ -393,6 +393,17 @@ impl Store {
         Ok(Some(key))
     }
 
+    /// `postern cluster adopt`: this stopped node's shared state into the empty database
+    /// `opts` names (SPEC 13). Returns the rows copied per table.
+    pub async fn adopt(
+        data_dir: &Path,
+        link_key: [u8; 32],
+        opts: &pg::ClusterOptions,
+    ) -> Result<pg::Adopted, StoreError> {
+        let store = Store::open(data_dir)?;
+        pg::adopt::adopt(&store.inner.db, link_key, opts).await
+    }
+
     /// Cluster mode: the shared database's query latencies.
     pub fn cluster_stats(&self) -> Option<&pg::QueryStats> {
         self.inner.pg.as_deref().map(|p| &p.stats)

@@ -7,12 +7,14 @@
 //! [`StoreError::Database`] rather than waiting on the pool, so callers can defer, answer
 //! 503 or keep the work in sled. Each concern's SQL lives in its own file.
 
+pub(super) mod adopt;
 mod bucket;
 mod domains;
 mod policy;
 mod suppression;
 mod templates;
 
+pub use adopt::Adopted;
 pub(super) use bucket::PgBuckets;
 pub(super) use domains::PgDomains;
 pub(super) use policy::PgPolicy;
