@@ -589,6 +589,7 @@ async fn two_hundred_opens_are_counted_not_appended() {
         env.store()
             .messages()
             .track_count(&tid, "ann@example.org", "open")
+            .await
             .unwrap(),
         200
     );
@@ -623,7 +624,7 @@ async fn clicks_with_huge_user_agents_keep_the_record_small() {
         let ua = info(c)["additionalInfo"].as_str().unwrap();
         assert!(ua.len() <= 512 && !ua.is_empty(), "{}", ua.len());
     }
-    let record = env.store().messages().get(&tid).unwrap().unwrap();
+    let record = env.store().messages().get(&tid).await.unwrap().unwrap();
     let stored = serde_json::to_vec(&record).unwrap().len();
     let (size, status) = env.status(&tid).await;
     eprintln!("20 clicks with a 60 KB User-Agent: record {stored} bytes, GET {size} bytes");

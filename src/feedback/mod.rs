@@ -132,11 +132,11 @@ pub async fn record(
 ) -> Result<usize, StoreError> {
     let _guard = store.messages().lock_tid(tid).await;
     let now = now_ms();
-    let (mut recorded, todo) = settle_repeats(store, tid, reports, now)?;
+    let (mut recorded, todo) = settle_repeats(store, tid, reports, now).await?;
     if todo.is_empty() {
         return Ok(recorded);
     }
-    let Some(mut record) = store.messages().get(tid)? else {
+    let Some(mut record) = store.messages().get(tid).await? else {
         tracing::info!(
             tid,
             "feedback for an unknown or expired transaction: ignored"
@@ -154,7 +154,7 @@ pub async fn record(
             );
             continue;
         };
-        let effect = effect_of(store, tid, &rcpt, report, hit, now)?;
+        let effect = effect_of(store, tid, &rcpt, report, hit, now).await?;
         recorded += 1;
         changes.add(config, &mut record, &rcpt, report, effect, now);
     }
@@ -168,7 +168,7 @@ type Todo<'a> = Vec<(&'a Report, Option<Hit>)>;
 /// Settles repeated hits of a counter that exists (its recipient was checked at the first
 /// hit) before the transaction is even read: the ones that only count are recorded here.
 /// Returns how many were, and the reports left to record, with their hit if counted.
-fn settle_repeats<'a>(
+async fn settle_repeats<'a>(
     store: &Store,
     tid: &str,
     reports: &'a [Report],
@@ -178,10 +178,10 @@ fn settle_repeats<'a>(
     let mut recorded = 0;
     for report in reports {
         if let (Some(key), Some(rcpt)) = (repeat_key(report), report.recipient.as_deref()) {
-            if let Some(hit) =
-                store
-                    .messages()
-                    .track_hit(tid, rcpt, &key, now, OPEN_WINDOW_MS, false)?
+            if let Some(hit) = store
+                .messages()
+                .track_hit(tid, rcpt, &key, now, OPEN_WINDOW_MS, false)
+                .await?
             {
                 if hit_effect(report.code, hit) == (false, false) {
                     recorded += 1;
@@ -198,7 +198,7 @@ fn settle_repeats<'a>(
 
 /// Whether a report about `rcpt` notifies and whether it is appended to the history:
 /// both, unless it repeats a counted hit (the counter is created by its first hit).
-fn effect_of(
+async fn effect_of(
     store: &Store,
     tid: &str,
     rcpt: &str,
@@ -211,7 +211,8 @@ fn effect_of(
         (None, Some(key)) => {
             match store
                 .messages()
-                .track_hit(tid, rcpt, &key, now, OPEN_WINDOW_MS, true)?
+                .track_hit(tid, rcpt, &key, now, OPEN_WINDOW_MS, true)
+                .await?
             {
                 Some(h) => hit_effect(report.code, h),
                 None => (true, true),

@@ -229,7 +229,7 @@ async fn bounce_domain(
             tracing::info!(id = %record.id, "complaint report for a message that is not ours: ignored");
             return Ok(());
         };
-        let Some(message) = d.store.messages().get(&tid)? else {
+        let Some(message) = d.store.messages().get(&tid).await? else {
             tracing::info!(tid = %tid, "complaint report for an unknown or expired transaction: ignored");
             return Ok(());
         };

@@ -140,7 +140,7 @@ pub async fn handle_notification(
         tracing::info!("SNS notification ignored: {why}");
         Ok(Handled::Ignored(why.to_string()))
     };
-    if parts.store.routes().sns_seen(&msg.message_id)? {
+    if parts.store.routes().sns_seen(&msg.message_id).await? {
         return ignored("already recorded");
     }
     let event = match ses_events::parse(&msg.message) {
@@ -149,7 +149,12 @@ pub async fn handle_notification(
         // retrying would not change it.
         Err(e) => return ignored(&e.to_string()),
     };
-    let Some(tid) = parts.store.routes().tid_for_route_id(&event.message_id)? else {
+    let Some(tid) = parts
+        .store
+        .routes()
+        .tid_for_route_id(&event.message_id)
+        .await?
+    else {
         return ignored("no transaction has this SES MessageId");
     };
     let recorded = crate::feedback::record(

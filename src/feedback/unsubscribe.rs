@@ -79,12 +79,12 @@ pub struct Form {
 }
 
 /// A GET of the page: what it asks.
-pub fn visit(parts: &Parts<'_>, token: &str) -> Outcome {
+pub async fn visit(parts: &Parts<'_>, token: &str) -> Outcome {
     let Some(s) = verify(parts.signer, token) else {
         return Outcome::Invalid;
     };
     let asset_name = asset_name(parts.config, &s);
-    match listed_recipients(parts.store, &s) {
+    match listed_recipients(parts.store, &s).await {
         Err(outcome) => outcome,
         Ok(Some(_)) => Outcome::Ask {
             asset_name,
@@ -104,7 +104,7 @@ pub async fn answer(parts: &Parts<'_>, token: &str, form: &Form) -> Outcome {
         return Outcome::Invalid;
     };
     let resubscribe = !form.one_click && form.resubscribe;
-    let several = match listed_recipients(parts.store, &s) {
+    let several = match listed_recipients(parts.store, &s).await {
         Err(outcome) => return outcome,
         Ok(list) => list,
     };
@@ -183,8 +183,8 @@ fn asset_name(config: &Config, s: &Unsubscribe) -> String {
 
 /// The transaction's recipients when the token speaks for nobody in particular (a message
 /// to several recipients); `Ok(None)` for a token naming its recipient.
-fn listed_recipients(store: &Store, s: &Unsubscribe) -> Result<Option<Vec<String>>, Outcome> {
-    let record = match store.messages().get(&s.tid) {
+async fn listed_recipients(store: &Store, s: &Unsubscribe) -> Result<Option<Vec<String>>, Outcome> {
+    let record = match store.messages().get(&s.tid).await {
         Ok(r) => r,
         Err(e) => {
             tracing::error!(error = %e, "unsubscribe: transaction not readable");
@@ -234,6 +234,7 @@ pub async fn apply(
     let correlation = store
         .messages()
         .get(&s.tid)
+        .await
         .ok()
         .flatten()
         .and_then(|m| m.correlation_id);

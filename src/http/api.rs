@@ -260,6 +260,7 @@ async fn message_status(
         .store
         .messages()
         .get(&tid)
+        .await
         .map_err(ApiError::store)?
         .ok_or_else(not_found)?;
     if r.service_id != service.id {

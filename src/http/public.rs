@@ -79,7 +79,7 @@ async fn open(State(d): State<AppState>, Path(token): Path<String>) -> Response 
 }
 
 async fn show(State(d): State<AppState>, Path(token): Path<String>) -> Response {
-    page(with_parts(&d, async |p| unsubscribing::visit(p, &token)).await)
+    page(with_parts(&d, async |p| unsubscribing::visit(p, &token).await).await)
 }
 
 async fn act(State(d): State<AppState>, Path(token): Path<String>, body: String) -> Response {

@@ -312,7 +312,7 @@ pub trait Messages: Send + Sync {
     ) -> StoreFuture<'a, ()>;
 
     /// An active or finished transaction.
-    fn get(&self, tid: &str) -> Result<Option<MessageRecord>, StoreError>;
+    fn get<'a>(&'a self, tid: &'a str) -> StoreFuture<'a, Option<MessageRecord>>;
 
     /// Every active transaction (for the scheduler at start): this node's queue, which
     /// stays on the node in cluster mode. Undecodable ones are quarantined, never deleted
@@ -332,18 +332,24 @@ pub trait Messages: Send + Sync {
     /// has not yet checked that the recipient belongs to the tid. Not made durable here: a
     /// count lost in a crash is harmless, and a caller that emits a notification commits
     /// with it.
-    fn track_hit(
-        &self,
-        tid: &str,
-        recipient: &str,
-        key: &str,
+    #[allow(clippy::too_many_arguments)]
+    fn track_hit<'a>(
+        &'a self,
+        tid: &'a str,
+        recipient: &'a str,
+        key: &'a str,
         now: u64,
         window_ms: u64,
         create: bool,
-    ) -> Result<Option<Hit>, StoreError>;
+    ) -> StoreFuture<'a, Option<Hit>>;
 
     /// How many opens or clicks (`key`) of `tid` by `recipient` were counted.
-    fn track_count(&self, tid: &str, recipient: &str, key: &str) -> Result<u64, StoreError>;
+    fn track_count<'a>(
+        &'a self,
+        tid: &'a str,
+        recipient: &'a str,
+        key: &'a str,
+    ) -> StoreFuture<'a, u64>;
 
     /// Held while a transaction's record is read, changed and written back by feedback
     /// (SES events, DSNs, opens), so two at once do not lose each other's history. On sled
@@ -362,6 +368,81 @@ pub(super) struct SledMessages {
     pub(super) tid_locks: Vec<tokio::sync::Mutex<()>>,
     pub(super) quarantine: Quarantine,
     pub(super) durable: Durable,
+}
+
+impl SledMessages {
+    fn get_now(&self, tid: &str) -> Result<Option<MessageRecord>, StoreError> {
+        for (name, tree) in [("messages", &self.messages), ("finished", &self.finished)] {
+            if let Some(v) = tree.get(tid.as_bytes())? {
+                return codec::decode(&v)
+                    .map(Some)
+                    .map_err(|reason| StoreError::Corrupt {
+                        tree: name,
+                        key: tid.into(),
+                        reason,
+                    });
+            }
+        }
+        Ok(None)
+    }
+
+    fn track_hit_now(
+        &self,
+        tid: &str,
+        recipient: &str,
+        key: &str,
+        now: u64,
+        window_ms: u64,
+        create: bool,
+    ) -> Result<Option<Hit>, StoreError> {
+        let tree = self.db.open_tree("track")?;
+        let k = track_key(tid, recipient, key);
+        let (hit, value) = match tree.get(&k)? {
+            Some(v) => {
+                let mut c: HitCount = codec::decode(&v).unwrap_or(HitCount {
+                    first_ms: now,
+                    window_ms: now,
+                    count: 0,
+                });
+                c.count += 1;
+                let new_window = now >= c.window_ms.saturating_add(window_ms);
+                if new_window {
+                    c.window_ms = now;
+                }
+                let hit = Hit {
+                    first: false,
+                    new_window,
+                    count: c.count,
+                };
+                (hit, c)
+            }
+            None if create => (
+                Hit {
+                    first: true,
+                    new_window: true,
+                    count: 1,
+                },
+                HitCount {
+                    first_ms: now,
+                    window_ms: now,
+                    count: 1,
+                },
+            ),
+            None => return Ok(None),
+        };
+        tree.insert(k, codec::encode(&value))?;
+        Ok(Some(hit))
+    }
+
+    fn track_count_now(&self, tid: &str, recipient: &str, key: &str) -> Result<u64, StoreError> {
+        let tree = self.db.open_tree("track")?;
+        let k = track_key(tid, recipient, key);
+        Ok(tree
+            .get(&k)?
+            .and_then(|v| codec::decode::<HitCount>(&v).ok())
+            .map(|c| c.count)
+            .unwrap_or(0))
+    }
 }
 
 impl Messages for SledMessages {
@@ -414,19 +495,8 @@ impl Messages for SledMessages {
         })
     }
 
-    fn get(&self, tid: &str) -> Result<Option<MessageRecord>, StoreError> {
-        for (name, tree) in [("messages", &self.messages), ("finished", &self.finished)] {
-            if let Some(v) = tree.get(tid.as_bytes())? {
-                return codec::decode(&v)
-                    .map(Some)
-                    .map_err(|reason| StoreError::Corrupt {
-                        tree: name,
-                        key: tid.into(),
-                        reason,
-                    });
-            }
-        }
-        Ok(None)
+    fn get<'a>(&'a self, tid: &'a str) -> StoreFuture<'a, Option<MessageRecord>> {
+        Box::pin(std::future::ready(self.get_now(tid)))
     }
 
     fn active(&self) -> Result<Vec<MessageRecord>, StoreError> {
@@ -466,62 +536,29 @@ impl Messages for SledMessages {
         Ok(())
     }
 
-    fn track_hit(
-        &self,
-        tid: &str,
-        recipient: &str,
-        key: &str,
+    fn track_hit<'a>(
+        &'a self,
+        tid: &'a str,
+        recipient: &'a str,
+        key: &'a str,
         now: u64,
         window_ms: u64,
         create: bool,
-    ) -> Result<Option<Hit>, StoreError> {
-        let tree = self.db.open_tree("track")?;
-        let k = track_key(tid, recipient, key);
-        let (hit, value) = match tree.get(&k)? {
-            Some(v) => {
-                let mut c: HitCount = codec::decode(&v).unwrap_or(HitCount {
-                    first_ms: now,
-                    window_ms: now,
-                    count: 0,
-                });
-                c.count += 1;
-                let new_window = now >= c.window_ms.saturating_add(window_ms);
-                if new_window {
-                    c.window_ms = now;
-                }
-                let hit = Hit {
-                    first: false,
-                    new_window,
-                    count: c.count,
-                };
-                (hit, c)
-            }
-            None if create => (
-                Hit {
-                    first: true,
-                    new_window: true,
-                    count: 1,
-                },
-                HitCount {
-                    first_ms: now,
-                    window_ms: now,
-                    count: 1,
-                },
-            ),
-            None => return Ok(None),
-        };
-        tree.insert(k, codec::encode(&value))?;
-        Ok(Some(hit))
+    ) -> StoreFuture<'a, Option<Hit>> {
+        Box::pin(std::future::ready(
+            self.track_hit_now(tid, recipient, key, now, window_ms, create),
+        ))
     }
 
-    fn track_count(&self, tid: &str, recipient: &str, key: &str) -> Result<u64, StoreError> {
-        let tree = self.db.open_tree("track")?;
-        let k = track_key(tid, recipient, key);
-        Ok(tree
-            .get(&k)?
-            .and_then(|v| codec::decode::<HitCount>(&v).ok())
-            .map(|c| c.count)
-            .unwrap_or(0))
+    fn track_count<'a>(
+        &'a self,
+        tid: &'a str,
+        recipient: &'a str,
+        key: &'a str,
+    ) -> StoreFuture<'a, u64> {
+        Box::pin(std::future::ready(
+            self.track_count_now(tid, recipient, key),
+        ))
     }
 
     fn lock_tid<'a>(&'a self, tid: &'a str) -> futures::future::BoxFuture<'a, TidLock<'a>> {

@@ -19,13 +19,13 @@ pub trait RouteState: Send + Sync {
     fn map_route_id(&self, id: &str, tid: &str) -> Result<(), StoreError>;
 
     /// The tid a route's message id belongs to.
-    fn tid_for_route_id(&self, id: &str) -> Result<Option<String>, StoreError>;
+    fn tid_for_route_id<'a>(&'a self, id: &'a str) -> StoreFuture<'a, Option<String>>;
 
     /// Forgets route message ids (those of a collected transaction).
     fn forget_route_ids(&self, ids: &[String]) -> Result<(), StoreError>;
 
     /// Whether the SNS message `id` was already recorded (SNS delivers at least once).
-    fn sns_seen(&self, id: &str) -> Result<bool, StoreError>;
+    fn sns_seen<'a>(&'a self, id: &'a str) -> StoreFuture<'a, bool>;
 
     /// Remembers SNS message `id` as recorded, until [`RouteState::forget_sns_seen_before`]
     /// forgets it with the transactions it could refer to. Durable when the future finishes.
@@ -69,11 +69,13 @@ impl RouteState for SledRouteState {
         Ok(())
     }
 
-    fn tid_for_route_id(&self, id: &str) -> Result<Option<String>, StoreError> {
-        Ok(self
-            .route_ids
-            .get(id.as_bytes())?
-            .map(|v| String::from_utf8_lossy(&v).into_owned()))
+    fn tid_for_route_id<'a>(&'a self, id: &'a str) -> StoreFuture<'a, Option<String>> {
+        let found = self.route_ids.get(id.as_bytes());
+        Box::pin(std::future::ready(
+            found
+                .map_err(StoreError::from)
+                .map(|v| v.map(|v| String::from_utf8_lossy(&v).into_owned())),
+        ))
     }
 
     fn forget_route_ids(&self, ids: &[String]) -> Result<(), StoreError> {
@@ -83,8 +85,9 @@ impl RouteState for SledRouteState {
         Ok(())
     }
 
-    fn sns_seen(&self, id: &str) -> Result<bool, StoreError> {
-        Ok(self.sns_seen.contains_key(id.as_bytes())?)
+    fn sns_seen<'a>(&'a self, id: &'a str) -> StoreFuture<'a, bool> {
+        let seen = self.sns_seen.contains_key(id.as_bytes());
+        Box::pin(std::future::ready(seen.map_err(StoreError::from)))
     }
 
     fn mark_sns_seen<'a>(&'a self, id: &'a str) -> StoreFuture<'a, ()> {

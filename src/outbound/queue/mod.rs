@@ -282,7 +282,7 @@ impl QueueWorker {
             self.queue.schedule(now_ms() + RECHECK_MS, tid.to_string());
             return;
         }
-        let Some(mut record) = self.due_record(tid) else {
+        let Some(mut record) = self.due_record(tid).await else {
             return;
         };
         let config = self.config();
@@ -319,8 +319,8 @@ impl QueueWorker {
 
     /// The transaction, when it is still active and due; one scheduled before its time
     /// is put back for it.
-    fn due_record(&self, tid: &str) -> Option<MessageRecord> {
-        let record = match self.store.messages().get(tid) {
+    async fn due_record(&self, tid: &str) -> Option<MessageRecord> {
+        let record = match self.store.messages().get(tid).await {
             Ok(Some(r))
                 if matches!(
                     r.state,
