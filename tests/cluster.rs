@@ -2,9 +2,10 @@
 //! data directory and ports but the same services and assets, sharing one private
 //! PostgreSQL server (`common/pg.rs`), one smarthost and one webhook receiver. What one
 //! node changes (suppressions, templates, consent and frequency counters, domain
-//! verdicts) applies to every node's sends from 1 s later; with the database gone, a node
-//! refuses new API work with 503 7010 while its SMTP door and webhooks keep working, and
-//! serves again by itself when the database returns.
+//! verdicts) applies to every node's sends from 1 s later; with the database gone (or not
+//! there yet when the node starts), a node refuses new API work with 503 7010 while its
+//! SMTP door and webhooks keep working, and serves again by itself when the database
+//! returns; a `node_id` held by a live node is refused, except to that node restarting.
 
 mod common;
 #[path = "common/dns.rs"]
@@ -31,11 +32,14 @@ const ADMIN: &str = "admin-secret";
 
 /// One daemon of the cluster, in-process, in a directory of its own.
 struct Node {
+    id: String,
     handle: Option<postern::Handle>,
     api: String,
     smtp: SocketAddr,
+    /// Its configuration as written (for the command line, and to restart it).
     config: PathBuf,
-    _dir: tempfile::TempDir,
+    builder: ConfigBuilder,
+    dir: tempfile::TempDir,
 }
 
 /// Nodes `a`, `b`, ... sharing `pg`, sending through `relay` (asset `a_out`, services
@@ -45,53 +49,71 @@ struct Cluster {
     hooks: Receiver,
     relay: Smarthost,
     client: reqwest::Client,
-    // Last, so the nodes stop before their database does.
+    // Last, so the nodes are dropped before their database.
     pg: PgServer,
 }
 
 impl Cluster {
     /// `n` nodes, each configuration changed by `edit`; returns once every node is ready.
+    /// One after the other: the first applies the migrations, the others find them.
     async fn start(n: usize, edit: impl Fn(ConfigBuilder) -> ConfigBuilder) -> Cluster {
-        let pg = PgServer::start().await;
-        let hooks = Receiver::start().await;
-        let relay = Smarthost::start(Script::default()).await;
-        let client = reqwest::Client::builder()
-            .timeout(Duration::from_secs(10))
-            .build()
-            .unwrap();
-        let mut nodes = Vec::new();
-        // One after the other: the first applies the migrations, the others find them.
+        let mut c = Cluster::without_nodes().await;
         for id in ["a", "b", "c", "d"].into_iter().take(n) {
-            let config = ConfigBuilder::outbound(&hooks.url(""), Route::smtp(relay.addr.port()))
-                .set("cluster.database_url", pg.url())
-                .set("cluster.node_id", id);
-            let dir = tempfile::tempdir().unwrap();
-            let started = start_in_process(dir.path(), edit(config)).await;
-            let node = Node {
-                handle: Some(started.handle),
-                api: format!("http://{}", started.http),
-                smtp: started.smtp,
-                config: started.config_path,
-                _dir: dir,
-            };
-            wait_until(WAIT, &format!("node {id} ready"), async || {
-                status(&client, &format!("{}/readyz", node.api)).await == 200
-            })
-            .await;
-            nodes.push(node);
+            c.add_node(id, edit(c.config(id))).await;
+            c.wait_ready(id).await;
         }
+        c
+    }
+
+    /// The database, smarthost and receiver, no node yet.
+    async fn without_nodes() -> Cluster {
         Cluster {
-            nodes,
-            hooks,
-            relay,
-            client,
-            pg,
+            nodes: Vec::new(),
+            hooks: Receiver::start().await,
+            relay: Smarthost::start(Script::default()).await,
+            client: reqwest::Client::builder()
+                .timeout(Duration::from_secs(10))
+                .build()
+                .unwrap(),
+            pg: PgServer::start().await,
         }
     }
 
+    /// Node `id`'s configuration: the outbound preset and `[cluster]`.
+    fn config(&self, id: &str) -> ConfigBuilder {
+        ConfigBuilder::outbound(&self.hooks.url(""), Route::smtp(self.relay.addr.port()))
+            .set("cluster.database_url", self.pg.url())
+            .set("cluster.node_id", id)
+    }
+
+    /// Starts node `id` on `config` in a new directory (ready or not).
+    async fn add_node(&mut self, id: &str, config: ConfigBuilder) {
+        let dir = tempfile::tempdir().unwrap();
+        let node = Node::start(id, dir, config).await;
+        self.nodes.push(node);
+    }
+
+    /// Waits until `id`'s `/readyz` answers 200.
+    async fn wait_ready(&self, id: &str) {
+        let url = format!("{}/readyz", self.node(id).api);
+        wait_until(WAIT, &format!("node {id} ready"), async || {
+            status(&self.client, &url).await == 200
+        })
+        .await;
+    }
+
+    fn node_mut(&mut self, id: &str) -> &mut Node {
+        self.nodes
+            .iter_mut()
+            .find(|n| n.id == id)
+            .unwrap_or_else(|| panic!("no node {id}"))
+    }
+
     fn node(&self, id: &str) -> &Node {
-        let i = usize::from(id.as_bytes()[0] - b'a');
-        &self.nodes[i]
+        self.nodes
+            .iter()
+            .find(|n| n.id == id)
+            .unwrap_or_else(|| panic!("no node {id}"))
     }
 
     /// `POST /v2/messages` on `node` as service `key-a`: status, body, and the tid of
@@ -212,9 +234,40 @@ impl Cluster {
 
     async fn stop(mut self) {
         for node in &mut self.nodes {
-            if let Some(h) = node.handle.take() {
-                h.shutdown().await;
-            }
+            node.shutdown().await;
+        }
+    }
+}
+
+impl Node {
+    /// Node `id`, the daemon on `builder` in `dir` (its data in `dir/data`).
+    async fn start(id: &str, dir: tempfile::TempDir, builder: ConfigBuilder) -> Node {
+        let started = start_in_process(dir.path(), builder.clone()).await;
+        Node {
+            id: id.to_string(),
+            handle: Some(started.handle),
+            api: format!("http://{}", started.http),
+            smtp: started.smtp,
+            config: started.config_path,
+            builder,
+            dir,
+        }
+    }
+
+    /// Shuts the node down and starts it again on its directory and configuration (new
+    /// ports).
+    async fn restart(&mut self) {
+        self.shutdown().await;
+        let started = start_in_process(self.dir.path(), self.builder.clone()).await;
+        self.handle = Some(started.handle);
+        self.api = format!("http://{}", started.http);
+        self.smtp = started.smtp;
+        self.config = started.config_path;
+    }
+
+    async fn shutdown(&mut self) {
+        if let Some(h) = self.handle.take() {
+            h.shutdown().await;
         }
     }
 }
@@ -637,98 +690,169 @@ async fn smtp_message(smtp: SocketAddr, to: &str, subject: &str) -> String {
     reply
 }
 
+impl Cluster {
+    /// The gauge `postern_cluster_database_up` of node `id`.
+    async fn database_up(&self, id: &str) -> Option<f64> {
+        let req = self.client.get(format!("{}/metrics", self.node(id).api));
+        metric(&self.get_text(req).await.1, "postern_cluster_database_up")
+    }
+
+    /// Node `id` without its database (SPEC 13): /readyz 503 naming the database, /healthz
+    /// 200, the gauge 0; the Messaging API and the admin API answer 503 7010 (the first
+    /// with Retry-After) and queue nothing (the send was to `refused`); inbound SMTP
+    /// answers 250 and its MO event (subject `subject`) reaches the receiver.
+    async fn assert_degraded(&self, id: &str, refused: &str, subject: &str) {
+        let node = self.node(id);
+        let readyz = format!("{}/readyz", node.api);
+        wait_until(Duration::from_secs(15), "/readyz 503", async || {
+            status(&self.client, &readyz).await == 503
+        })
+        .await;
+        let (_, body) = self.get_text(self.client.get(&readyz)).await;
+        let ready: Value = serde_json::from_str(&body).expect("/readyz answers JSON");
+        assert!(
+            ready.to_string().to_lowercase().contains("database"),
+            "/readyz names the database: {ready}"
+        );
+        let healthz = format!("{}/healthz", node.api);
+        assert_eq!(status(&self.client, &healthz).await, 200);
+        wait_until(WAIT, "postern_cluster_database_up 0", async || {
+            self.database_up(id).await == Some(0.0)
+        })
+        .await;
+
+        let resp = self
+            .service(reqwest::Method::POST, id, "/v2/messages")
+            .json(&email(&[refused], "while the database is away"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 503);
+        assert!(resp.headers().contains_key("retry-after"), "{resp:?}");
+        let body: Value = resp.json().await.unwrap();
+        assert_eq!(body["code"], "7010", "{body}");
+        let resp = self
+            .admin(reqwest::Method::POST, id, "/admin/suppressions")
+            .json(
+                &json!({"assetId": "a_out", "address": "x@example.org", "reason": "unsubscribed"}),
+            )
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 503);
+        let body: Value = resp.json().await.unwrap();
+        assert_eq!(body["code"], "7010", "{body}");
+
+        // The SMTP door is local: 250, and the MO event goes out.
+        let reply = smtp_message(node.smtp, "support@example.test", subject).await;
+        assert!(reply.starts_with("250"), "{reply}");
+        let hooks = self.hooks.clone_hooks();
+        wait_for(WAIT, || {
+            hooks
+                .lock()
+                .unwrap()
+                .iter()
+                .any(|h| h.path == "/mo" && h.json()["subject"] == subject)
+        })
+        .await;
+    }
+
+    /// Node `id` with its database back: ready, the gauge 1, and a send to `address`
+    /// relayed (7501); the refused send to `refused` never reached the smarthost.
+    async fn assert_recovered(&self, id: &str, address: &str, refused: &str) {
+        self.wait_ready(id).await;
+        wait_until(WAIT, "postern_cluster_database_up 1 again", async || {
+            self.database_up(id).await == Some(1.0)
+        })
+        .await;
+        let tids = self
+            .send_ok(id, &email(&[address], "after the outage"))
+            .await;
+        assert_eq!(self.code(&tids, address).await, "7501");
+        self.wait_relayed(address).await;
+        assert!(
+            self.relayed_to(refused).is_empty(),
+            "the refused request queued nothing"
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn database_down_the_api_answers_503_and_smtp_still_accepts() {
     // One node whose asset also receives mail (support@example.test).
     let c = Cluster::start(1, |c| c.asset(|a| a.inbound())).await;
-    let node = c.node("a");
-    let metrics = async || {
-        let req = c.client.get(format!("{}/metrics", node.api));
-        c.get_text(req).await.1
-    };
     wait_until(WAIT, "postern_cluster_database_up 1", async || {
-        metric(&metrics().await, "postern_cluster_database_up") == Some(1.0)
+        c.database_up("a").await == Some(1.0)
     })
     .await;
+    let req = c.client.get(format!("{}/metrics", c.node("a").api));
     assert!(
-        metrics().await.contains("postern_cluster_query_seconds"),
+        c.get_text(req)
+            .await
+            .1
+            .contains("postern_cluster_query_seconds"),
         "the query histogram is exported"
     );
 
     c.pg.stop().await;
-    let readyz = format!("{}/readyz", node.api);
-    wait_until(Duration::from_secs(15), "/readyz 503", async || {
-        status(&c.client, &readyz).await == 503
-    })
-    .await;
-    let (_, body) = c.get_text(c.client.get(&readyz)).await;
-    let ready: Value = serde_json::from_str(&body).expect("/readyz answers JSON");
-    assert!(
-        ready.to_string().to_lowercase().contains("database"),
-        "/readyz names the database: {ready}"
-    );
-    assert_eq!(
-        status(&c.client, &format!("{}/healthz", node.api)).await,
-        200
-    );
-    wait_until(WAIT, "postern_cluster_database_up 0", async || {
-        metric(&metrics().await, "postern_cluster_database_up") == Some(0.0)
-    })
-    .await;
-
-    // The Messaging API and the admin API refuse, and queue nothing.
-    let resp = c
-        .service(reqwest::Method::POST, "a", "/v2/messages")
-        .json(&email(&["during@example.org"], "during the outage"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 503);
-    assert!(resp.headers().contains_key("retry-after"), "{resp:?}");
-    let body: Value = resp.json().await.unwrap();
-    assert_eq!(body["code"], "7010", "{body}");
-    let resp = c
-        .admin(reqwest::Method::POST, "a", "/admin/suppressions")
-        .json(&json!({"assetId": "a_out", "address": "x@example.org", "reason": "unsubscribed"}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 503);
-    let body: Value = resp.json().await.unwrap();
-    assert_eq!(body["code"], "7010", "{body}");
-
-    // The SMTP door is local: 250, and the MO event goes out.
-    let reply = smtp_message(node.smtp, "support@example.test", "while away").await;
-    assert!(reply.starts_with("250"), "{reply}");
-    let hooks = c.hooks.clone_hooks();
-    wait_for(WAIT, || {
-        hooks
-            .lock()
-            .unwrap()
-            .iter()
-            .any(|h| h.path == "/mo" && h.json()["subject"] == "while away")
-    })
-    .await;
-
-    // The database returns: the node serves again by itself.
-    c.pg.start_again().await;
-    wait_until(WAIT, "/readyz 200 again", async || {
-        status(&c.client, &readyz).await == 200
-    })
-    .await;
-    wait_until(WAIT, "postern_cluster_database_up 1 again", async || {
-        metric(&metrics().await, "postern_cluster_database_up") == Some(1.0)
-    })
-    .await;
-    let tids = c
-        .send_ok("a", &email(&["after@example.org"], "after the outage"))
+    c.assert_degraded("a", "during@example.org", "while away")
         .await;
-    assert_eq!(c.code(&tids, "after@example.org").await, "7501");
-    c.wait_relayed("after@example.org").await;
-    assert!(
-        c.relayed_to("during@example.org").is_empty(),
-        "the refused request queued nothing"
-    );
+    c.pg.start_again().await;
+    c.assert_recovered("a", "after@example.org", "during@example.org")
+        .await;
     assert_eq!(c.relay.messages().len(), 1);
     c.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_started_without_its_database_runs_degraded_until_it_answers() {
+    let mut c = Cluster::without_nodes().await;
+    c.pg.stop().await;
+    let config = c.config("a").asset(|a| a.inbound());
+    c.add_node("a", config).await;
+    c.assert_degraded("a", "early@example.org", "before the database")
+        .await;
+    c.pg.start_again().await;
+    c.assert_recovered("a", "joined@example.org", "early@example.org")
+        .await;
+    c.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_id_held_by_a_live_node_is_refused_and_its_own_node_takes_it_back() {
+    let mut c = Cluster::start(1, |c| c).await;
+    let other = tempfile::tempdir().unwrap();
+    match try_start(other.path(), c.config("a")).await {
+        Ok(h) => {
+            h.shutdown().await;
+            panic!("a second node with node_id a started while a runs");
+        }
+        Err(e) => assert!(e.contains("cluster.node_id"), "{e}"),
+    }
+    // Node a itself, restarted on its own data directory, takes its id back at once.
+    c.node_mut("a").restart().await;
+    c.wait_ready("a").await;
+    let tids = c.send_ok("a", &email(&["back@example.org"], "back")).await;
+    assert_eq!(c.code(&tids, "back@example.org").await, "7501");
+    c.stop().await;
+}
+
+/// `postern::start` on `config` in `dir`, its error as text.
+async fn try_start(
+    dir: &std::path::Path,
+    config: ConfigBuilder,
+) -> Result<postern::Handle, String> {
+    let smtp = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let http = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let config = config.listen(smtp.local_addr().unwrap(), http.local_addr().unwrap());
+    let text = std::fs::read_to_string(config.write_in(dir)).unwrap();
+    let parsed =
+        postern::config::Config::parse(&text, "postern.toml").expect("test config is valid");
+    let listeners = postern::Listeners {
+        smtp: vec![smtp],
+        http,
+    };
+    postern::start(parsed, None, listeners)
+        .await
+        .map_err(|e| e.to_string())
 }
