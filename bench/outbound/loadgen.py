@@ -22,6 +22,17 @@ print one JSON object on stdout.
                    worker, so a slow server cannot hide behind a stalled client)
       Output: p50/p90/p99/max of both in ms, achieved rate, errors, late starts.
 
+--url may be given several times (bench/cluster.sh: one per node): request i then
+goes to URL number i mod N (round-robin; in bulk mode over the request index),
+every worker keeps one persistent connection per URL, and the output gains
+"per_url": [{url, accepted, errors, service_p50_ms, service_p99_ms,
+service_max_ms}, ...]. With one --url (the default use) nothing changes.
+
+rate --slow-ms MS (default 0: off) adds "slow": the number of requests whose
+sent -> 202 took more than MS (or failed), and "slow_by_second": {"<s>": n}, s
+being the second of the schedule (due time - t0) each was due in, to tell a
+start-up stall from a periodic one.
+
 The text body is TEXT_CHARS characters of plain ASCII lines (default 5,000, so
 each built message is ~5 KB before DKIM and headers).
 """
@@ -107,9 +118,10 @@ def run_bulk(a):
     lock = threading.Lock()
     res = {"accepted": 0, "tids": 0, "errors": 0, "statuses": {}, "first_error": None}
     times = {"first": None, "last": None}
+    per = [{"url": u, "accepted": 0, "errors": 0} for u in a.url]
 
     def worker():
-        c = Client(a.url, a.key)
+        clients = [Client(u, a.key) for u in a.url]
         while True:
             with lock:
                 i = next(idx, None)
@@ -117,12 +129,14 @@ def run_bulk(a):
                     return
                 if times["first"] is None:
                     times["first"] = time.time()
+            u = i % len(clients)
             try:
-                status, data = c.post(bodies[i])
+                status, data = clients[u].post(bodies[i])
             except Exception as e:  # noqa: BLE001
                 status, data = 0, str(e).encode()
             with lock:
                 res["statuses"][str(status)] = res["statuses"].get(str(status), 0) + 1
+                per[u]["accepted" if status == 202 else "errors"] += 1
                 if status == 202:
                     res["accepted"] += 1
                     try:
@@ -143,6 +157,8 @@ def run_bulk(a):
     res["t_first_sent"] = times["first"]
     res["t_last_done"] = times["last"]
     res["body_bytes"] = len(bodies[0]) if bodies else 0
+    if len(a.url) > 1:
+        res["per_url"] = per
     print(json.dumps(res))
 
 
@@ -154,11 +170,14 @@ def run_rate(a):
     lock = threading.Lock()
     service, sched, late = [], [], [0]
     res = {"sent": n, "accepted": 0, "errors": 0, "statuses": {}, "first_error": None}
+    per = [{"url": u, "accepted": 0, "errors": 0, "service": []} for u in a.url]
+    slow_at = []  # due offsets (s) of requests slower than --slow-ms
 
     def worker():
-        c = Client(a.url, a.key)
-        c.conn = http.client.HTTPConnection(c.host, c.port, timeout=c.timeout)
-        c.conn.connect()  # connect before the clock starts
+        clients = [Client(u, a.key) for u in a.url]
+        for c in clients:
+            c.conn = http.client.HTTPConnection(c.host, c.port, timeout=c.timeout)
+            c.conn.connect()  # connect before the clock starts
         while True:
             item = q.get()
             if item is None:
@@ -168,19 +187,25 @@ def run_rate(a):
             if t_send - due > 0.002:
                 with lock:
                     late[0] += 1
+            u = i % len(clients)
             try:
-                status, data = c.post(bodies[i])
+                status, data = clients[u].post(bodies[i])
             except Exception as e:  # noqa: BLE001
                 status, data = 0, str(e).encode()
             t_done = time.perf_counter()
             with lock:
                 res["statuses"][str(status)] = res["statuses"].get(str(status), 0) + 1
+                if a.slow_ms > 0 and (status != 202 or (t_done - t_send) * 1000 > a.slow_ms):
+                    slow_at.append(i / a.rate)
                 if status == 202:
                     res["accepted"] += 1
+                    per[u]["accepted"] += 1
+                    per[u]["service"].append(t_done - t_send)
                     service.append(t_done - t_send)
                     sched.append(t_done - due)
                 else:
                     res["errors"] += 1
+                    per[u]["errors"] += 1
                     if res["first_error"] is None:
                         res["first_error"] = f"{status} {data[:300]!r}"
 
@@ -210,13 +235,27 @@ def run_rate(a):
     res["late_starts"] = late[0]
     res["wall_s"] = round(wall, 3)
     res["achieved_rps"] = round(res["accepted"] / wall, 1) if wall > 0 else 0
+    if a.slow_ms > 0:
+        res["slow"] = len(slow_at)
+        by = {}
+        for t in slow_at:
+            by[str(int(t))] = by.get(str(int(t)), 0) + 1
+        res["slow_by_second"] = dict(sorted(by.items(), key=lambda kv: int(kv[0])))
+    if len(a.url) > 1:
+        for p in per:
+            vals = sorted(p.pop("service"))
+            p["service_p50_ms"] = ms(pct(vals, 50))
+            p["service_p99_ms"] = ms(pct(vals, 99))
+            p["service_max_ms"] = ms(vals[-1] if vals else None)
+        res["per_url"] = per
     print(json.dumps(res))
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("mode", choices=["bulk", "rate"])
-    ap.add_argument("--url", required=True)
+    ap.add_argument("--url", required=True, action="append",
+                    help="repeatable: several URLs are used round-robin")
     ap.add_argument("--key", required=True)
     ap.add_argument("--from", dest="sender", default="news@bench.test")
     ap.add_argument("--text-chars", type=int, default=5000)
@@ -226,6 +265,7 @@ def main():
     ap.add_argument("--rate", type=float, default=200)
     ap.add_argument("--duration", type=float, default=10)
     ap.add_argument("--workers", type=int, default=64)
+    ap.add_argument("--slow-ms", type=float, default=0)
     a = ap.parse_args()
     if a.mode == "bulk":
         run_bulk(a)

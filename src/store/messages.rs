@@ -286,6 +286,13 @@ pub struct TidLock<'a> {
     _guard: Box<dyn Send + Sync + 'a>,
 }
 
+impl<'a> TidLock<'a> {
+    /// A lock held until `guard` drops.
+    pub(super) fn new(guard: Box<dyn Send + Sync + 'a>) -> TidLock<'a> {
+        TidLock { _guard: guard }
+    }
+}
+
 /// Outbound transactions: every tid's record (status, recipients, history, per-request
 /// data) and the open and click counters of its recipients. Shared by every node in
 /// cluster mode, so `GET /v2/messages/{tid}` and feedback work on any node.

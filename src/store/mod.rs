@@ -168,23 +168,67 @@ impl Shared {
                 tree: db.open_tree("domains")?,
                 durable: durable.clone(),
             }),
-            messages: Box::new(messages::SledMessages {
-                db: db.clone(),
-                messages: db.open_tree("messages")?,
-                finished: db.open_tree("finished")?,
-                outbox: outbox.clone(),
-                tid_locks: (0..64).map(|_| tokio::sync::Mutex::new(())).collect(),
-                quarantine: q.clone(),
-                durable: durable.clone(),
-            }),
+            messages: Box::new(Shared::sled_messages(db, outbox, durable, q)?),
             buckets: Box::<bucket::MemoryBuckets>::default(),
-            routes: Box::new(routes::SledRouteState {
-                db: db.clone(),
-                route_ids: db.open_tree("route_ids")?,
-                sns_seen: db.open_tree("sns_seen")?,
-                durable: durable.clone(),
-            }),
+            routes: Box::new(Shared::sled_routes(db, durable)?),
         })
+    }
+
+    fn sled_messages(
+        db: &sled::Db,
+        outbox: &sled::Tree,
+        durable: &Durable,
+        q: &Quarantine,
+    ) -> sled::Result<messages::SledMessages> {
+        Ok(messages::SledMessages {
+            db: db.clone(),
+            messages: db.open_tree("messages")?,
+            finished: db.open_tree("finished")?,
+            outbox: outbox.clone(),
+            tid_locks: (0..64).map(|_| tokio::sync::Mutex::new(())).collect(),
+            quarantine: q.clone(),
+            durable: durable.clone(),
+        })
+    }
+
+    fn sled_routes(db: &sled::Db, durable: &Durable) -> sled::Result<routes::SledRouteState> {
+        Ok(routes::SledRouteState {
+            db: db.clone(),
+            route_ids: db.open_tree("route_ids")?,
+            sns_seen: db.open_tree("sns_seen")?,
+            durable: durable.clone(),
+        })
+    }
+
+    /// Transactions and route state of a cluster node, and the task that mirrors this
+    /// node's transactions to the database (SPEC 13).
+    fn cluster_messages(inner: &mut Inner, db: &Arc<pg::Pg>) -> sled::Result<()> {
+        let mirror = inner.db.open_tree("mirror")?;
+        let wake = Arc::new(tokio::sync::Notify::new());
+        let (d, o, q) = (&inner.db, &inner.outbox, &inner.quarantine);
+        let local = Shared::sled_messages(d, o, &inner.durable, q)?;
+        let state = Arc::new(pg::MirrorState {
+            local: Shared::sled_messages(d, o, &inner.durable, q)?,
+            tree: mirror.clone(),
+        });
+        tokio::spawn(pg::mirror(
+            Arc::downgrade(db),
+            Arc::downgrade(&state),
+            wake.clone(),
+        ));
+        wake.notify_one();
+        inner.shared.messages = Box::new(pg::ClusterMessages {
+            local,
+            pg: db.clone(),
+            mirror,
+            wake,
+            _state: state,
+        });
+        inner.shared.routes = Box::new(pg::ClusterRouteState {
+            local: Shared::sled_routes(d, &inner.durable)?,
+            pg: db.clone(),
+        });
+        Ok(())
     }
 }
 
@@ -370,6 +414,7 @@ impl Store {
         inner.shared.policy = Box::new(pg::PgPolicy(db.clone()));
         inner.shared.domains = Box::new(pg::PgDomains(db.clone()));
         inner.shared.buckets = Box::new(pg::PgBuckets(db.clone()));
+        Shared::cluster_messages(inner, &db)?;
         inner.pg = Some(db);
         Ok(store)
     }

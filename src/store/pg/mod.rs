@@ -10,6 +10,7 @@
 pub(super) mod adopt;
 mod bucket;
 mod domains;
+mod messages;
 mod policy;
 mod suppression;
 mod templates;
@@ -17,6 +18,7 @@ mod templates;
 pub use adopt::Adopted;
 pub(super) use bucket::PgBuckets;
 pub(super) use domains::PgDomains;
+pub(super) use messages::{mirror, ClusterMessages, ClusterRouteState, MirrorState};
 pub(super) use policy::PgPolicy;
 pub(super) use suppression::PgSuppressions;
 pub(super) use templates::PgTemplates;
@@ -79,6 +81,30 @@ const MIGRATIONS: &[&str] = &[
      CREATE TABLE buckets (
         service text PRIMARY KEY,
         tat double precision NOT NULL);",
+    // 2: transactions (status, history, per-request data) and what feedback finds them by.
+    "CREATE TABLE transactions (
+        tid text PRIMARY KEY,
+        owner text NOT NULL,
+        state text NOT NULL,
+        finished boolean NOT NULL,
+        created_ms bigint NOT NULL,
+        updated_ms bigint NOT NULL,
+        record bytea NOT NULL);
+     CREATE INDEX transactions_finished ON transactions (created_ms) WHERE finished;
+     CREATE TABLE route_ids (
+        id text PRIMARY KEY,
+        tid text NOT NULL);
+     CREATE INDEX route_ids_by_tid ON route_ids (tid);
+     CREATE TABLE track (
+        tid text NOT NULL,
+        recipient text NOT NULL,
+        key text NOT NULL,
+        window_ms bigint NOT NULL,
+        count bigint NOT NULL,
+        PRIMARY KEY (tid, recipient, key));
+     CREATE TABLE sns_seen (
+        message_id text PRIMARY KEY,
+        seen_ms bigint NOT NULL);",
 ];
 
 /// The advisory lock key under which migrations run ("pstn").

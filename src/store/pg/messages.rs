@@ -1,0 +1,470 @@
+//! Transactions in cluster mode (SPEC 13): [`Messages`] and [`RouteState`] over this
+//! node's sled and the shared `transactions` table.
+//!
+//! Who holds a transaction's record:
+//! - While it is in the queue, the node that accepted it (its owner) does, in its sled;
+//!   every write there also marks the tid in the `mirror` tree in the same commit, and
+//!   the mirror task copies the record to the database as soon as it answers. A node
+//!   that cannot reach the database loses nothing: the marks wait in its sled.
+//! - Once finished and mirrored, the database does: the local copy is dropped, and later
+//!   writes (feedback arriving at any node) go to the database under a lock held across
+//!   nodes. Feedback for a transaction still in another node's queue is refused with a
+//!   database error, which every feedback path retries, so it is applied once that node
+//!   has finished and mirrored it rather than overwritten by its next attempt.
+
+use super::{from_ms, ms, Pg};
+use crate::store::messages::{Hit, MessageRecord, Messages, QueueState, SledMessages, TidLock};
+use crate::store::routes::{RouteState, SledRouteState};
+use crate::store::tokens::RouteToken;
+use crate::store::{codec, OutboxEntry, StoreError, StoreFuture};
+use std::sync::Arc;
+use std::time::Duration;
+
+const GET: &str = "SELECT record FROM transactions WHERE tid = $1";
+const UPSERT: &str = "INSERT INTO transactions
+        (tid, owner, state, finished, created_ms, updated_ms, record)
+    VALUES ($1, $2, $3, $4, $5, $6, $7)
+    ON CONFLICT (tid) DO UPDATE SET state = excluded.state, finished = excluded.finished,
+        updated_ms = excluded.updated_ms, record = excluded.record";
+const ROUTE_IDS: &str = "INSERT INTO route_ids (id, tid)
+    SELECT unnest($1::text[]), $2 ON CONFLICT (id) DO NOTHING";
+const TID_FOR_ROUTE_ID: &str = "SELECT tid FROM route_ids WHERE id = $1";
+const SNS_SEEN: &str = "SELECT 1 FROM sns_seen WHERE message_id = $1";
+const MARK_SNS_SEEN: &str =
+    "INSERT INTO sns_seen (message_id, seen_ms) VALUES ($1, $2) ON CONFLICT DO NOTHING";
+/// Counts a hit on an existing counter; the second column says it opened a new window.
+const TRACK_BUMP: &str = "WITH old AS (
+        SELECT window_ms AS w FROM track
+        WHERE tid = $1 AND recipient = $2 AND key = $3 FOR UPDATE)
+    UPDATE track t SET count = t.count + 1,
+        window_ms = CASE WHEN $4 >= old.w + $5 THEN $4 ELSE old.w END
+    FROM old WHERE t.tid = $1 AND t.recipient = $2 AND t.key = $3
+    RETURNING t.count, $4 >= old.w + $5";
+const TRACK_NEW: &str = "INSERT INTO track (tid, recipient, key, window_ms, count)
+    VALUES ($1, $2, $3, $4, 1) ON CONFLICT DO NOTHING RETURNING count";
+const TRACK_COUNT: &str = "SELECT count FROM track WHERE tid = $1 AND recipient = $2 AND key = $3";
+/// Finished transactions past retention, with their counters and route ids.
+const PURGE: &str = "WITH gone AS (
+        DELETE FROM transactions WHERE finished AND created_ms < $1 RETURNING tid),
+    r AS (DELETE FROM route_ids WHERE tid IN (SELECT tid FROM gone)),
+    t AS (DELETE FROM track WHERE tid IN (SELECT tid FROM gone))
+    SELECT count(*) FROM gone";
+
+fn finished(state: QueueState) -> bool {
+    matches!(state, QueueState::Done | QueueState::Cancelled)
+}
+
+fn decode(tid: &str, bytes: &[u8]) -> Result<MessageRecord, StoreError> {
+    codec::decode(bytes).map_err(|reason| StoreError::Corrupt {
+        tree: "transactions",
+        key: tid.into(),
+        reason,
+    })
+}
+
+/// [`Messages`] of a cluster node: its sled for its own queue, the database for the rest.
+pub(in crate::store) struct ClusterMessages {
+    pub(in crate::store) local: SledMessages,
+    pub(in crate::store) pg: Arc<Pg>,
+    /// tid -> a sequence number: the record changed here and is not yet in the database.
+    pub(in crate::store) mirror: sled::Tree,
+    pub(in crate::store) wake: Arc<tokio::sync::Notify>,
+    /// Kept alive for the mirror task, which holds it weakly.
+    pub(in crate::store) _state: Arc<MirrorState>,
+}
+
+impl ClusterMessages {
+    /// Marks `tid` for the mirror task; rides the commit of the write that follows.
+    fn mark(&self, tid: &str) -> Result<(), StoreError> {
+        let seq = self.local.db.generate_id()?;
+        self.mirror.insert(tid.as_bytes(), &seq.to_be_bytes())?;
+        Ok(())
+    }
+
+    /// Whether this node's sled holds the newest copy of `tid`: it is in this node's
+    /// queue, or finished here and not mirrored yet.
+    fn held_here(&self, tid: &str) -> Result<bool, StoreError> {
+        let k = tid.as_bytes();
+        Ok(self.local.messages.contains_key(k)?
+            || (self.local.finished.contains_key(k)? && self.mirror.contains_key(k)?))
+    }
+
+    /// A finished transaction that lives in the database: written there, its events here.
+    async fn update_shared(
+        &self,
+        record: &MessageRecord,
+        events: &[OutboxEntry],
+    ) -> Result<(), StoreError> {
+        let mut bounded = record.clone();
+        bounded.bound_history();
+        self.pg.upsert(&bounded).await?;
+        for e in events {
+            self.local
+                .outbox
+                .insert(e.id.as_bytes(), codec::encode(e))?;
+        }
+        self.local.durable.commit().await
+    }
+}
+
+impl Messages for ClusterMessages {
+    fn submit<'a>(
+        &'a self,
+        records: &'a [MessageRecord],
+        events: &'a [OutboxEntry],
+    ) -> StoreFuture<'a, ()> {
+        Box::pin(async move {
+            for r in records {
+                self.mark(&r.tid)?;
+            }
+            self.local.submit(records, events).await?;
+            self.wake.notify_one();
+            Ok(())
+        })
+    }
+
+    fn update<'a>(
+        &'a self,
+        record: &'a MessageRecord,
+        events: &'a [OutboxEntry],
+    ) -> StoreFuture<'a, ()> {
+        Box::pin(async move {
+            if self.held_here(&record.tid)? {
+                self.mark(&record.tid)?;
+                self.local.update(record, events).await?;
+                self.wake.notify_one();
+                return Ok(());
+            }
+            if !finished(record.state) {
+                return Err(StoreError::Database(format!(
+                    "transaction {} is in another node's queue; feedback about it waits until that node has finished it",
+                    record.tid
+                )));
+            }
+            self.update_shared(record, events).await
+        })
+    }
+
+    fn get<'a>(&'a self, tid: &'a str) -> StoreFuture<'a, Option<MessageRecord>> {
+        Box::pin(async move {
+            if self.held_here(tid)? {
+                return self.local.get(tid).await;
+            }
+            let row = self
+                .pg
+                .run(|c| async move {
+                    let st = c.prepare_cached(GET).await?;
+                    Ok(c.query_opt(&st, &[&tid])
+                        .await?
+                        .map(|r| r.get::<_, Vec<u8>>(0)))
+                })
+                .await?;
+            row.map(|bytes| decode(tid, &bytes)).transpose()
+        })
+    }
+
+    fn active(&self) -> Result<Vec<MessageRecord>, StoreError> {
+        self.local.active()
+    }
+
+    fn finished_before(&self, cutoff_ms: u64) -> Result<Vec<MessageRecord>, StoreError> {
+        self.local.finished_before(cutoff_ms)
+    }
+
+    fn forget_finished(&self, tid: &str) -> Result<(), StoreError> {
+        self.local.forget_finished(tid)
+    }
+
+    fn track_hit<'a>(
+        &'a self,
+        tid: &'a str,
+        recipient: &'a str,
+        key: &'a str,
+        now: u64,
+        window_ms: u64,
+        create: bool,
+    ) -> StoreFuture<'a, Option<Hit>> {
+        Box::pin(async move {
+            let (now, window) = (ms(now), ms(window_ms));
+            self.pg
+                .run(|c| async move {
+                    let bump = c.prepare_cached(TRACK_BUMP).await?;
+                    let args: [&(dyn tokio_postgres::types::ToSql + Sync); 5] =
+                        [&tid, &recipient, &key, &now, &window];
+                    if let Some(r) = c.query_opt(&bump, &args).await? {
+                        return Ok(Some(Hit {
+                            first: false,
+                            new_window: r.get(1),
+                            count: from_ms(r.get(0)),
+                        }));
+                    }
+                    if !create {
+                        return Ok(None);
+                    }
+                    let new = c.prepare_cached(TRACK_NEW).await?;
+                    if c.query_opt(&new, &args[..4]).await?.is_some() {
+                        return Ok(Some(Hit {
+                            first: true,
+                            new_window: true,
+                            count: 1,
+                        }));
+                    }
+                    // Another node created it meanwhile: count on it.
+                    let r = c.query_one(&bump, &args).await?;
+                    Ok(Some(Hit {
+                        first: false,
+                        new_window: r.get(1),
+                        count: from_ms(r.get(0)),
+                    }))
+                })
+                .await
+        })
+    }
+
+    fn track_count<'a>(
+        &'a self,
+        tid: &'a str,
+        recipient: &'a str,
+        key: &'a str,
+    ) -> StoreFuture<'a, u64> {
+        Box::pin(async move {
+            self.pg
+                .run(|c| async move {
+                    let st = c.prepare_cached(TRACK_COUNT).await?;
+                    let row = c.query_opt(&st, &[&tid, &recipient, &key]).await?;
+                    Ok(row.map(|r| from_ms(r.get(0))).unwrap_or(0))
+                })
+                .await
+        })
+    }
+
+    fn lock_tid<'a>(&'a self, tid: &'a str) -> futures::future::BoxFuture<'a, TidLock<'a>> {
+        Box::pin(async move {
+            let local = self.local.lock_tid(tid).await;
+            let shared = self.pg.advisory_lock(tid).await;
+            TidLock::new(Box::new((local, shared)))
+        })
+    }
+}
+
+impl Pg {
+    /// Writes a transaction's record (and its route ids) to the database.
+    pub(super) async fn upsert(&self, r: &MessageRecord) -> Result<(), StoreError> {
+        let bytes = codec::encode(r);
+        let owner = self.node_id.as_str();
+        self.run(|c| async move {
+            let st = c.prepare_cached(UPSERT).await?;
+            c.execute(
+                &st,
+                &[
+                    &r.tid,
+                    &owner,
+                    &r.state.label(),
+                    &finished(r.state),
+                    &ms(r.created_ms),
+                    &ms(crate::model::time::now_ms()),
+                    &bytes,
+                ],
+            )
+            .await?;
+            if !r.route_ids.is_empty() {
+                let st = c.prepare_cached(ROUTE_IDS).await?;
+                c.execute(&st, &[&r.route_ids, &r.tid]).await?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    /// A lock on `tid` across nodes, held by a pooled connection until the guard drops;
+    /// `None` while the database is down (its writes fail then anyway).
+    async fn advisory_lock(&self, tid: &str) -> Option<AdvisoryLock> {
+        if !self.health.database_up() {
+            return None;
+        }
+        let client = tokio::time::timeout(Duration::from_secs(5), self.pool.get())
+            .await
+            .ok()?
+            .ok()?;
+        client
+            .execute("SELECT pg_advisory_lock(hashtextextended($1, 0))", &[&tid])
+            .await
+            .ok()?;
+        Some(AdvisoryLock(Some(client)))
+    }
+}
+
+/// Unlocks on drop, on its own task (the connection then returns to the pool).
+struct AdvisoryLock(Option<deadpool_postgres::Client>);
+
+impl Drop for AdvisoryLock {
+    fn drop(&mut self) {
+        if let Some(client) = self.0.take() {
+            tokio::spawn(async move {
+                if client
+                    .simple_query("SELECT pg_advisory_unlock_all()")
+                    .await
+                    .is_err()
+                {
+                    // A connection that may still hold the lock must not be reused.
+                    let _ = deadpool_postgres::Object::take(client);
+                }
+            });
+        }
+    }
+}
+
+/// What the mirror task works on: held by [`ClusterMessages`], reached by the task through
+/// a weak handle, so dropping the store closes sled at once.
+pub(in crate::store) struct MirrorState {
+    pub(in crate::store) local: SledMessages,
+    pub(in crate::store) tree: sled::Tree,
+}
+
+/// The mirror task: copies marked records to the database while it answers, in mark
+/// order, then drops the local copies of finished ones; purges finished transactions
+/// past retention hourly. Ends when the store is dropped.
+pub(in crate::store) async fn mirror(
+    pg: std::sync::Weak<Pg>,
+    state: std::sync::Weak<MirrorState>,
+    wake: Arc<tokio::sync::Notify>,
+) {
+    let mut last_purge = 0;
+    loop {
+        let _ = tokio::time::timeout(Duration::from_secs(1), wake.notified()).await;
+        let (Some(pg), Some(state)) = (pg.upgrade(), state.upgrade()) else {
+            return;
+        };
+        if !pg.health.database_up() {
+            continue;
+        }
+        if let Err(e) = mirror_pass(&pg, &state.local, &state.tree).await {
+            tracing::warn!(error = %e, "transactions not mirrored yet; retrying");
+            continue;
+        }
+        let now = crate::model::time::now_ms();
+        if now.saturating_sub(last_purge) >= 3_600_000 {
+            last_purge = now;
+            if let Err(e) = purge(&pg, now).await {
+                tracing::warn!(error = %e, "finished transactions not purged");
+            }
+        }
+    }
+}
+
+async fn mirror_pass(pg: &Pg, local: &SledMessages, mirror: &sled::Tree) -> Result<(), StoreError> {
+    for item in mirror.iter() {
+        let (k, mark) = item?;
+        let tid = String::from_utf8_lossy(&k).into_owned();
+        let (tree, bytes) = match local.messages.get(&k)? {
+            Some(v) => (&local.messages, v),
+            None => match local.finished.get(&k)? {
+                Some(v) => (&local.finished, v),
+                None => {
+                    let _ = mirror.compare_and_swap(&k, Some(&mark), None as Option<&[u8]>)?;
+                    continue;
+                }
+            },
+        };
+        let record = decode(&tid, &bytes)?;
+        pg.upsert(&record).await?;
+        // A newer write re-marked it: it goes again on the next pass.
+        if mirror
+            .compare_and_swap(&k, Some(&mark), None as Option<&[u8]>)?
+            .is_ok()
+            && finished(record.state)
+        {
+            let _ = tree.compare_and_swap(&k, Some(&bytes), None as Option<&[u8]>)?;
+        }
+    }
+    Ok(())
+}
+
+async fn purge(pg: &Pg, now: u64) -> Result<(), StoreError> {
+    let cutoff = ms(now.saturating_sub(crate::store::messages::FINISHED_RETENTION_MS));
+    let n: i64 = pg
+        .run(|c| async move {
+            c.execute("DELETE FROM sns_seen WHERE seen_ms < $1", &[&cutoff])
+                .await?;
+            Ok(c.query_one(PURGE, &[&cutoff]).await?.get(0))
+        })
+        .await?;
+    if n > 0 {
+        tracing::info!(
+            transactions = n,
+            "finished transactions purged from the database"
+        );
+    }
+    Ok(())
+}
+
+/// [`RouteState`] of a cluster node: route ids found on any node (the mirror task writes
+/// each record's), SNS de-duplication in the database, route tokens on this node.
+pub(in crate::store) struct ClusterRouteState {
+    pub(in crate::store) local: SledRouteState,
+    pub(in crate::store) pg: Arc<Pg>,
+}
+
+impl RouteState for ClusterRouteState {
+    fn map_route_id(&self, id: &str, tid: &str) -> Result<(), StoreError> {
+        self.local.map_route_id(id, tid)
+    }
+
+    fn tid_for_route_id<'a>(&'a self, id: &'a str) -> StoreFuture<'a, Option<String>> {
+        Box::pin(async move {
+            if let Some(tid) = self.local.tid_for_route_id(id).await? {
+                return Ok(Some(tid));
+            }
+            self.pg
+                .run(|c| async move {
+                    let st = c.prepare_cached(TID_FOR_ROUTE_ID).await?;
+                    Ok(c.query_opt(&st, &[&id]).await?.map(|r| r.get(0)))
+                })
+                .await
+        })
+    }
+
+    fn forget_route_ids(&self, ids: &[String]) -> Result<(), StoreError> {
+        self.local.forget_route_ids(ids)
+    }
+
+    fn sns_seen<'a>(&'a self, id: &'a str) -> StoreFuture<'a, bool> {
+        Box::pin(async move {
+            self.pg
+                .run(|c| async move {
+                    let st = c.prepare_cached(SNS_SEEN).await?;
+                    Ok(c.query_opt(&st, &[&id]).await?.is_some())
+                })
+                .await
+        })
+    }
+
+    fn mark_sns_seen<'a>(&'a self, id: &'a str) -> StoreFuture<'a, ()> {
+        Box::pin(async move {
+            let now = ms(crate::model::time::now_ms());
+            self.pg
+                .run(|c| async move {
+                    let st = c.prepare_cached(MARK_SNS_SEEN).await?;
+                    c.execute(&st, &[&id, &now]).await
+                })
+                .await?;
+            Ok(())
+        })
+    }
+
+    fn forget_sns_seen_before(&self, cutoff_ms: u64) -> Result<(), StoreError> {
+        self.local.forget_sns_seen_before(cutoff_ms)
+    }
+
+    fn route_token(&self, asset_id: &str) -> Result<Option<RouteToken>, StoreError> {
+        self.local.route_token(asset_id)
+    }
+
+    fn put_route_token<'a>(
+        &'a self,
+        asset_id: &'a str,
+        token: &'a RouteToken,
+    ) -> StoreFuture<'a, ()> {
+        self.local.put_route_token(asset_id, token)
+    }
+}
