@@ -115,6 +115,34 @@ impl Daemon {
     }
 }
 
+/// Cluster mode: every 2 s, this node's DKIM keys and rotation states in step with the
+/// other nodes' (SPEC 13: a rotation made on one node signs on all within 5 s of its grace
+/// ending, since every node re-reads the state each second).
+pub(crate) async fn dkim_sync_loop(daemon: Arc<Daemon>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(2));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        daemon.sync_dkim().await;
+    }
+}
+
+impl Daemon {
+    /// One pass of [`dkim_sync_loop`]; a key replaced here empties the key cache.
+    pub(crate) async fn sync_dkim(&self) {
+        let dir = self.config().server.data_dir.join("dkim");
+        match self.store.sync_files("dkim", &dir).await {
+            Ok(changed) if changed.iter().any(|n| n.ends_with(".pem")) => {
+                tracing::info!(files = ?changed, "DKIM keys taken from the cluster");
+                self.keys.forget();
+            }
+            Ok(_) => {}
+            Err(e) if e.is_database() => {}
+            Err(e) => tracing::warn!(error = %e, "DKIM files not synchronised"),
+        }
+    }
+}
+
 /// Every minute: expired dead letters and the bodies they held, spool entries past
 /// retention, unreferenced bodies, ended frequency windows, old finished transactions.
 pub(crate) async fn gc_loop(daemon: Arc<Daemon>) {

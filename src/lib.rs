@@ -216,7 +216,7 @@ async fn compose(
     let (outbox, outbox_rx) = webhooks::Outbox::channel();
     let url_policy = crate::model::urls::Policy::new(&config.outbound.allow_private_targets)
         .map_err(StartError::Config)?;
-    let keys = dkim_keys(&config).await?;
+    let keys = cluster_dkim_keys(&store, &config).await?;
     let (queue, queue_rx) = crate::outbound::queue::Queue::channel();
     let webhook_timeout = Duration::from_secs(config.webhooks.timeout.max(1));
     let fetch_timeout = Duration::from_secs(config.queue.fetch_timeout.max(1));
@@ -345,6 +345,31 @@ pub async fn cluster_adopt(config: &Config) -> Result<store::pg::Adopted, String
         })
 }
 
+/// [`dkim_keys`], in cluster mode between two passes over the keys the other nodes hold:
+/// the first takes the keys they made, the second offers this node's and takes the one
+/// that won where two nodes made one at once (SPEC 13). An unreachable database leaves
+/// the periodic pass to do it.
+async fn cluster_dkim_keys(
+    store: &store::Store,
+    config: &Config,
+) -> Result<Arc<crate::outbound::dkim::Keys>, StartError> {
+    let dir = config.server.data_dir.join("dkim");
+    let sync = || async {
+        if let Err(e) = store.sync_files("dkim", &dir).await {
+            tracing::warn!(error = %e, "DKIM keys not taken from the cluster yet");
+        }
+    };
+    if store.clustered() {
+        sync().await;
+    }
+    let keys = dkim_keys(config).await?;
+    if store.clustered() {
+        sync().await;
+        keys.forget();
+    }
+    Ok(keys)
+}
+
 /// Every asset domain's DKIM key exists before the first send, so first sends never race.
 async fn dkim_keys(config: &Config) -> Result<Arc<crate::outbound::dkim::Keys>, StartError> {
     let keys = Arc::new(crate::outbound::dkim::Keys::default());
@@ -414,6 +439,7 @@ fn background(
     };
     vec![
         tokio::spawn(daemon::gc_loop(daemon.clone())),
+        tokio::spawn(daemon::dkim_sync_loop(daemon.clone())),
         tokio::spawn(feedback::reports::run(Arc::new(reports), feedback_rx)),
         tokio::spawn(health::monitor(
             daemon.health.clone(),

@@ -604,6 +604,19 @@ impl Keys {
         self.get(data_dir, domain, selector, algorithm)
     }
 
+    /// Forgets every loaded key and rotation state: the files changed (cluster mode: a
+    /// key another node made first replaced this node's own).
+    pub fn forget(&self) {
+        self.loaded
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
+        self.rotations
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
+    }
+
     pub fn get(
         &self,
         data_dir: &Path,

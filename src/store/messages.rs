@@ -299,8 +299,9 @@ impl<'a> TidLock<'a> {
 ///
 /// The writing methods also take the events (webhook notifications) their change produced:
 /// those go to this node's outbox, durable with the record. Every implementation bounds
-/// a record's history on write ([`MessageRecord::bound_history`]). Reads are synchronous
-/// today; a database-backed implementation may make them async.
+/// a record's history on write ([`MessageRecord::bound_history`]). Reads of records and
+/// counters are futures (a query in a cluster); the queue's own scans stay synchronous:
+/// they read this node's sled only.
 pub trait Messages: Send + Sync {
     /// Queues transactions and their immediate notifications: the 202 may be written when
     /// the future finishes.

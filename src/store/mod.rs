@@ -1,14 +1,17 @@
-//! The only module that touches sled or the spool directory.
+//! The only module that touches sled, SQL or the spool directory.
 //!
 //! Two kinds of state. Node-local, always sled and reached through [`Store`]'s own
 //! methods: `spool` (accepted inbound messages' envelopes), `bodies` (small message
 //! bodies; large ones are files under `data_dir/spool/`), `outbox` (webhook events waiting
 //! for delivery), `dead` (events that exhausted their retries), `inbound_tids` (MO tid ->
 //! spool id, for signed attachment links), `feedback_pending` (`pending.rs`). Shared by
-//! every node in cluster mode (SPEC 13), each concern behind its own interface, sled
-//! today: [`Suppressions`] (`suppression`), [`Templates`] (`templates`), [`Policy`]
-//! (`consent`, `frequency`), [`Domains`] (`domains`), [`Messages`] (`messages` /
-//! `finished`, `track`), [`RouteState`] (`route_ids`, `sns_seen`, `route_tokens`).
+//! every node in cluster mode (SPEC 13), each concern behind its own interface: sled for
+//! a node alone, PostgreSQL (`pg/`) in a cluster. [`Suppressions`] (`suppression`),
+//! [`Templates`] (`templates`), [`Policy`] (`consent`, `frequency`), [`Domains`]
+//! (`domains`), [`Buckets`] (in memory alone), [`Messages`] (`messages` / `finished`,
+//! `track`; in a cluster the owner's sled and `mirror`, then the database), [`RouteState`]
+//! (`route_ids`, `sns_seen`, `route_tokens`). DKIM files are kept in step by
+//! [`Store::sync_files`].
 //! `quarantine` holds records that no longer decode: kept, never deleted. Records carry a
 //! version byte; anything this build cannot decode is moved to `quarantine` and logged
 //! instead of stopping the daemon or being lost.
@@ -447,6 +450,22 @@ impl Store {
     ) -> Result<pg::Adopted, StoreError> {
         let store = Store::open(data_dir)?;
         pg::adopt::adopt(&store.inner.db, link_key, opts).await
+    }
+
+    /// Cluster mode: brings the files of `dir` (known to the cluster as `label`, e.g.
+    /// "dkim") in step with the other nodes': keys made elsewhere are copied here, the
+    /// newest rotation state wins. Returns the names of the files changed here; nothing on
+    /// a node alone.
+    pub async fn sync_files(&self, label: &str, dir: &Path) -> Result<Vec<String>, StoreError> {
+        match &self.inner.pg {
+            Some(pg) => pg.sync_files(label, dir).await,
+            None => Ok(Vec::new()),
+        }
+    }
+
+    /// Whether this node shares state through a database (SPEC 13).
+    pub fn clustered(&self) -> bool {
+        self.inner.pg.is_some()
     }
 
     /// Cluster mode: the shared database's query latencies.

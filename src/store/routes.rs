@@ -11,8 +11,9 @@ use crate::model::time::now_ms;
 /// mode, so feedback about a send reaches its transaction whichever node it lands on, and
 /// a rotated refresh token is the one every node continues from.
 ///
-/// Reads and unflushed writes are synchronous today; a database-backed implementation may
-/// make them async.
+/// Lookups that feedback arriving at any node makes are futures (a query in a cluster);
+/// the writes the queue makes stay on this node's sled (the mirror task copies route ids
+/// with their transaction).
 pub trait RouteState: Send + Sync {
     /// Maps a route's message id (SES MessageId) to its tid. Not made durable here: the
     /// caller's next commit (the update recording 7501) makes it durable with the rest.

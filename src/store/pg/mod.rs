@@ -10,6 +10,7 @@
 pub(super) mod adopt;
 mod bucket;
 mod domains;
+mod files;
 mod messages;
 mod policy;
 mod suppression;
@@ -105,6 +106,13 @@ const MIGRATIONS: &[&str] = &[
      CREATE TABLE sns_seen (
         message_id text PRIMARY KEY,
         seen_ms bigint NOT NULL);",
+    // 3: files every node holds alike (DKIM keys and rotation states).
+    "CREATE TABLE files (
+        dir text NOT NULL,
+        name text NOT NULL,
+        content bytea NOT NULL,
+        updated_ms bigint NOT NULL,
+        PRIMARY KEY (dir, name));",
 ];
 
 /// The advisory lock key under which migrations run ("pstn").
