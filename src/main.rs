@@ -59,7 +59,8 @@ enum Command {
 enum ClusterAction {
     /// With this node stopped: apply the migrations and copy its shared state
     /// (suppressions, consent, frequency counters, templates, domain verdicts, the link
-    /// key) from its data_dir into the empty database of the config's [cluster] table.
+    /// key, DKIM keys, transactions with their status and history) from its data_dir into
+    /// the empty database of the config's [cluster] table.
     Adopt,
 }
 

@@ -449,7 +449,7 @@ impl Store {
         opts: &pg::ClusterOptions,
     ) -> Result<pg::Adopted, StoreError> {
         let store = Store::open(data_dir)?;
-        pg::adopt::adopt(&store.inner.db, link_key, opts).await
+        pg::adopt::adopt(&store.inner.db, data_dir, link_key, opts).await
     }
 
     /// Cluster mode: brings the files of `dir` (known to the cluster as `label`, e.g.

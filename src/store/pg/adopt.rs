@@ -1,22 +1,28 @@
-//! `postern cluster adopt` (SPEC 13): one stopped node's shared state, from its sled into
-//! an empty database, in one transaction. A user who outgrows one machine keeps
+//! `postern cluster adopt` (SPEC 13): one stopped node's shared state (suppressions,
+//! consent, frequency counters, templates, domain verdicts, the link key, transactions
+//! with their status and history), from its sled into an empty database, in one
+//! transaction. A user who outgrows one machine keeps
 //! everything; a database that already holds state is refused, naming what it holds.
 
 use super::{migrate, ms, pool, ClusterOptions};
 use crate::model::wire::Template;
 use crate::store::codec;
 use crate::store::domains::DomainState;
+use crate::store::messages::{MessageRecord, QueueState};
 use crate::store::suppression::Suppression;
 use crate::store::StoreError;
 
 /// The tables adopt fills, which must be empty before it starts.
-const SHARED_TABLES: [&str; 6] = [
+const SHARED_TABLES: [&str; 9] = [
+    "files",
     "suppressions",
     "templates",
     "consent",
     "sends",
     "domains",
     "secrets",
+    "transactions",
+    "route_ids",
 ];
 
 /// What adopt copied: (table, rows), in [`SHARED_TABLES`] order.
@@ -39,6 +45,7 @@ type Tx<'a> = deadpool_postgres::Transaction<'a>;
 /// database `opts` names, after applying its migrations.
 pub async fn adopt(
     db: &sled::Db,
+    data_dir: &std::path::Path,
     link_key: [u8; 32],
     opts: &ClusterOptions,
 ) -> Result<Adopted, StoreError> {
@@ -54,6 +61,11 @@ pub async fn adopt(
         ("consent", consent),
         ("sends", sends),
         ("domains", copy_domains(&tx, db).await?),
+        (
+            "transactions",
+            copy_transactions(&tx, db, &opts.node_id).await?,
+        ),
+        ("files", copy_dkim(&tx, &data_dir.join("dkim")).await?),
         ("secrets", {
             tx.execute(
                 "INSERT INTO secrets (name, value) VALUES ('links', $1)",
@@ -165,6 +177,52 @@ async fn copy_policy(tx: &Tx<'_>, db: &sled::Db) -> Result<(u64, u64), StoreErro
         }
     }
     Ok((consent, sends))
+}
+
+/// Every transaction, queued or finished, with its route ids; the queued ones stay in
+/// this node's queue too, and it stays their owner.
+async fn copy_transactions(tx: &Tx<'_>, db: &sled::Db, owner: &str) -> Result<u64, StoreError> {
+    let mut n = 0;
+    for tree in ["messages", "finished"] {
+        for item in db.open_tree(tree)?.iter() {
+            let (_, v) = item?;
+            let Ok(r) = codec::decode::<MessageRecord>(&v) else {
+                continue;
+            };
+            let done = matches!(r.state, QueueState::Done | QueueState::Cancelled);
+            tx.execute(
+                "INSERT INTO transactions (tid, owner, state, finished, created_ms, updated_ms, record)
+                 VALUES ($1, $2, $3, $4, $5, $5, $6) ON CONFLICT DO NOTHING",
+                &[&r.tid, &owner, &r.state.label(), &done, &ms(r.created_ms), &v.as_ref()],
+            )
+            .await
+            .map_err(db_err)?;
+            tx.execute(
+                "INSERT INTO route_ids (id, tid) SELECT unnest($1::text[]), $2
+                 ON CONFLICT DO NOTHING",
+                &[&r.route_ids, &r.tid],
+            )
+            .await
+            .map_err(db_err)?;
+            n += 1;
+        }
+    }
+    Ok(n)
+}
+
+/// The DKIM keys and rotation states (`data_dir/dkim/`), as the nodes keep them in step.
+async fn copy_dkim(tx: &Tx<'_>, dir: &std::path::Path) -> Result<u64, StoreError> {
+    let mut n = 0;
+    for (name, file) in super::files::local_files(dir)? {
+        tx.execute(
+            "INSERT INTO files (dir, name, content, updated_ms) VALUES ('dkim', $1, $2, $3)",
+            &[&name, &file.content, &ms(file.modified_ms)],
+        )
+        .await
+        .map_err(db_err)?;
+        n += 1;
+    }
+    Ok(n)
 }
 
 async fn copy_domains(tx: &Tx<'_>, db: &sled::Db) -> Result<u64, StoreError> {

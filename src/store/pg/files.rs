@@ -22,12 +22,12 @@ const PUT_STATE: &str = "INSERT INTO files (dir, name, content, updated_ms)
     WHERE files.updated_ms < excluded.updated_ms";
 
 /// A file this node holds: its content and modification time (ms).
-struct Local {
-    content: Vec<u8>,
-    modified_ms: u64,
+pub(super) struct Local {
+    pub(super) content: Vec<u8>,
+    pub(super) modified_ms: u64,
 }
 
-fn local_files(dir: &Path) -> Result<Vec<(String, Local)>, StoreError> {
+pub(super) fn local_files(dir: &Path) -> Result<Vec<(String, Local)>, StoreError> {
     let err = |source| StoreError::File {
         path: dir.to_path_buf(),
         source,
