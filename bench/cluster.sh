@@ -129,7 +129,7 @@ OTHER_BENCH_STILL="another bench script still running"
 OTHER_BENCH_DONE="the other bench script"
 
 # ---------------------------------------------------------------- results
-declare -A RATE WALL DONE CPU1K RSS NOTE BULK_ACCEPT BUSY PRE_BUSY PGCPU TOTCPU QPM QMS LOGS
+declare -A RATE WALL DONE CPU1K RSS NOTE BULK_ACCEPT BUSY PRE_BUSY PGCPU TOTCPU QPM QMS LOGS OTHERS
 COLS=()   # result keys in run order
 LABELS=() # their column titles
 TOP_BUSY="" # machine busy % in the second before anything started
@@ -178,6 +178,28 @@ log_problems() {
 	LOG_N="$n"
 }
 
+# ours_ticks: CPU ticks of everything this benchmark runs: the script and its reaped
+# children (load generator, curl, ...), the live postern process(es), PostgreSQL and the sinks
+ours_ticks() {
+	local t p
+	t=$(($(ticks_of $$ all) + $(pg_ticks) + $(ticks_of "$DLR_PID") + $(ticks_of "$SINK_PID")))
+	[[ -z "$POSTERN_PID" ]] || t=$((t + $(ticks_of "$POSTERN_PID")))
+	for p in "${NODE_PIDS[@]}"; do t=$((t + $(ticks_of "$p"))); done
+	echo "$t"
+}
+# task_jiffies: user+nice+system time of the whole machine (/proc/stat; without irq,
+# softirq and steal, which no process's utime+stime holds either)
+task_jiffies() { awk '$1 == "cpu" { print $2 + $3 + $4; exit }' /proc/stat; }
+# others_cores JIFFIES0 OURS0 T0: cores used since then by processes this run did not start
+others_cores() {
+	local j1 o1 w
+	o1="$(ours_ticks)"
+	j1="$(task_jiffies)"
+	w="$(fsub "$(now)" "$3")"
+	awk -v b="$((j1 - $1))" -v o="$((o1 - $2))" -v hz="$HZ" -v w="$w" \
+		'BEGIN { x = (b - o) / hz / w; if (x < 0) x = 0; if (w > 0) printf "%.2f", x; else print "-" }'
+}
+
 cluster_toml() { # cluster_toml DB NODE-ID
 	printf '[cluster]\ndatabase_url = "%s"\nnode_id = "%s"\n' "$(pg_url "$1")" "$2"
 }
@@ -186,8 +208,11 @@ cluster_toml() { # cluster_toml DB NODE-ID
 bench_single() { # bench_single sled|cluster ROUND
 	local mode="$1" r="$2" key label dir extra="" p0 p1 first
 	key="$mode$r"
-	if [[ "$mode" == sled ]]; then label="sled only"; else label="cluster (PG)"; fi
-	((ROUNDS == 1)) || label="$label #$r"
+	if ((ROUNDS == 1)); then
+		if [[ "$mode" == sled ]]; then label="sled only"; else label="cluster (PG)"; fi
+	else
+		label="$mode #$r"
+	fi
 	dir="$WORK/$key"
 	if [[ "$mode" == cluster ]]; then
 		pg_create_db "postern_$key"
@@ -202,9 +227,12 @@ bench_single() { # bench_single sled|cluster ROUND
 
 	wait_quiet "$label" "$key"
 	curl -s -m 5 "http://$LOOP:$POSTERN_HTTP_PORT/metrics" >"$dir/metrics0.txt" 2>/dev/null || true
+	local j0 o0 t0
+	j0="$(task_jiffies)" o0="$(ours_ticks)" t0="$(now)"
 	p0="$(pg_ticks)"
 	bulk_run "$key" "$label" "$dir" 0.2 0
 	p1="$(pg_ticks)"
+	OTHERS[$key]="$(others_cores "$j0" "$o0" "$t0")"
 	PGCPU[$key]="$(cpu1k $((p1 - p0)) "${DONE[$key]}")"
 	TOTCPU[$key]="$(awk -v a="${CPU1K[$key]}" -v b="${PGCPU[$key]}" 'BEGIN { if (a == "-") print "-"; else printf "%.3f", a + b }')"
 	db_stats "$key" "${DONE[$key]}" "$dir/metrics0.txt" -- "$dir/metrics.txt"
@@ -256,8 +284,11 @@ bench_three() {
 		logs+=("$dir/postern.log")
 	done
 	log "$label: $RR_RATE requests/s x ${RR_DURATION}s, 1 destination each, round-robin over $NODES nodes"
+	local o0 j0
 	for p in "${NODE_PIDS[@]}"; do c0=$((c0 + $(ticks_of "$p"))); done
 	p0="$(pg_ticks)"
+	o0="$(ours_ticks)"
+	j0="$(task_jiffies)"
 	m0="$(cpu_snapshot)"
 	t0="$(now)"
 	"$PY" "$HERE/outbound/loadgen.py" rate "${urls[@]}" --key "$SERVICE_KEY" --rate "$RR_RATE" \
@@ -287,6 +318,7 @@ bench_three() {
 	for p in "${NODE_PIDS[@]}"; do c1=$((c1 + $(ticks_of "$p"))); done
 	p1="$(pg_ticks)"
 	BUSY[$key]="$(busy_pct "$m0" "$(cpu_snapshot)")"
+	OTHERS[$key]="$(others_cores "$j0" "$o0" "$t0")"
 	[[ "$last" != 0 ]] || last="$(now)"
 	for ((i = 1; i <= NODES; i++)); do
 		dir="$WORK/node-$(node_letter "$i")"
@@ -387,6 +419,7 @@ report() {
 	row_of "postern log WARN/ERROR lines" LOGS
 	row_of "machine CPU busy (all procs)" BUSY
 	row_of "  (busy in the 1 s before)" PRE_BUSY
+	row_of "other processes' CPU, cores" OTHERS
 	echo
 	for c in "${cols[@]}"; do
 		[[ -z "${NOTE[$c]:-}" ]] || echo "note ($c): ${NOTE[$c]}"
@@ -404,6 +437,9 @@ report() {
 		echo "  CPU per message covers the load and the delivery of every message (until its 7501), all $NODES nodes together"
 	fi
 	echo "PostgreSQL log: $(pg_log_problems)"
+	echo "other processes' CPU = the machine's user+system time minus that of everything this run started (postern,"
+	echo "  PostgreSQL, load generator, sinks; irq, softirq and steal left out), in cores of $(nproc): clearly above 0 means"
+	echo "  someone else's build or tests shared the cores"
 	echo
 	echo "goals (informational; never change the exit status):"
 	if [[ -n "$sled_rates" && -n "$cluster_rates" ]]; then

@@ -130,6 +130,8 @@ pub async fn record(
     tid: &str,
     reports: &[Report],
 ) -> Result<usize, StoreError> {
+    // Before the lock: the node that owns the transaction takes it to mirror it.
+    wait_until_current(store, tid).await?;
     let _guard = store.messages().lock_tid(tid).await;
     let now = now_ms();
     let (mut recorded, todo) = settle_repeats(store, tid, reports, now).await?;
@@ -160,6 +162,36 @@ pub async fn record(
     }
     changes.save(store, outbox, record).await?;
     Ok(recorded)
+}
+
+/// How long feedback waits for another node to finish and mirror a transaction.
+const ELSEWHERE_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Waits until this node reads the transaction as feedback must see it. In a cluster,
+/// one still in another node's queue is read again until that node has finished it and
+/// its copy arrived (normally milliseconds); past [`ELSEWHERE_WAIT`] this fails with a
+/// database error, which every feedback path retries, rather than let history be
+/// recorded on a copy that is behind.
+async fn wait_until_current(store: &Store, tid: &str) -> Result<(), StoreError> {
+    let deadline = tokio::time::Instant::now() + ELSEWHERE_WAIT;
+    loop {
+        if store.messages().held_here(tid)? {
+            return Ok(());
+        }
+        let record = store.messages().get(tid).await?;
+        let queued = record
+            .as_ref()
+            .is_some_and(|r| !matches!(r.state, QueueState::Done | QueueState::Cancelled));
+        if !queued {
+            return Ok(());
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(StoreError::Database(format!(
+                "transaction {tid} is still in another node's queue; its feedback is retried"
+            )));
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
 }
 
 /// Reports still to record, each with its counter's hit if a counter exists.

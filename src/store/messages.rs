@@ -363,17 +363,25 @@ pub trait Messages: Send + Sync {
     /// (SES events, DSNs, opens), so two at once do not lose each other's history. On sled
     /// an in-process lock; an implementation shared by several nodes must lock across them.
     fn lock_tid<'a>(&'a self, tid: &'a str) -> futures::future::BoxFuture<'a, TidLock<'a>>;
+
+    /// Whether this node holds the newest copy of `tid` (always, on a node alone). In a
+    /// cluster, a transaction still in another node's queue is not: what this node reads
+    /// of it may be behind, and feedback about it must wait (SPEC 13).
+    fn held_here(&self, _tid: &str) -> Result<bool, StoreError> {
+        Ok(true)
+    }
 }
 
 /// [`Messages`] on sled: `messages` (active), `finished`, and `track` (counters, keyed
-/// under their tid); events go to the `outbox` tree.
+/// under their tid); events go to the `outbox` tree. Clones share their locks.
+#[derive(Clone)]
 pub(super) struct SledMessages {
     pub(super) db: sled::Db,
     pub(super) messages: sled::Tree,
     pub(super) finished: sled::Tree,
     pub(super) outbox: sled::Tree,
     /// Serialise read-modify-write of one transaction's record (striped by tid).
-    pub(super) tid_locks: Vec<tokio::sync::Mutex<()>>,
+    pub(super) tid_locks: std::sync::Arc<Vec<tokio::sync::Mutex<()>>>,
     pub(super) quarantine: Quarantine,
     pub(super) durable: Durable,
 }

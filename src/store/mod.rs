@@ -188,7 +188,7 @@ impl Shared {
             messages: db.open_tree("messages")?,
             finished: db.open_tree("finished")?,
             outbox: outbox.clone(),
-            tid_locks: (0..64).map(|_| tokio::sync::Mutex::new(())).collect(),
+            tid_locks: Arc::new((0..64).map(|_| tokio::sync::Mutex::new(())).collect()),
             quarantine: q.clone(),
             durable: durable.clone(),
         })
@@ -210,8 +210,9 @@ impl Shared {
         let wake = Arc::new(tokio::sync::Notify::new());
         let (d, o, q) = (&inner.db, &inner.outbox, &inner.quarantine);
         let local = Shared::sled_messages(d, o, &inner.durable, q)?;
+        // The same locks as `local`'s: the mirror task and feedback never interleave.
         let state = Arc::new(pg::MirrorState {
-            local: Shared::sled_messages(d, o, &inner.durable, q)?,
+            local: local.clone(),
             tree: mirror.clone(),
         });
         tokio::spawn(pg::mirror(

@@ -81,14 +81,6 @@ impl ClusterMessages {
         Ok(())
     }
 
-    /// Whether this node's sled holds the newest copy of `tid`: it is in this node's
-    /// queue, or finished here and not mirrored yet.
-    fn held_here(&self, tid: &str) -> Result<bool, StoreError> {
-        let k = tid.as_bytes();
-        Ok(self.local.messages.contains_key(k)?
-            || (self.local.finished.contains_key(k)? && self.mirror.contains_key(k)?))
-    }
-
     /// A finished transaction that lives in the database: written there, its events here.
     async fn update_shared(
         &self,
@@ -245,6 +237,13 @@ impl Messages for ClusterMessages {
             TidLock::new(Box::new((local, shared)))
         })
     }
+
+    /// In this node's queue, or finished here and not mirrored yet.
+    fn held_here(&self, tid: &str) -> Result<bool, StoreError> {
+        let k = tid.as_bytes();
+        Ok(self.local.messages.contains_key(k)?
+            || (self.local.finished.contains_key(k)? && self.mirror.contains_key(k)?))
+    }
 }
 
 impl Pg {
@@ -354,28 +353,50 @@ pub(in crate::store) async fn mirror(
 
 async fn mirror_pass(pg: &Pg, local: &SledMessages, mirror: &sled::Tree) -> Result<(), StoreError> {
     for item in mirror.iter() {
-        let (k, mark) = item?;
+        let (k, _) = item?;
         let tid = String::from_utf8_lossy(&k).into_owned();
-        let (tree, bytes) = match local.messages.get(&k)? {
-            Some(v) => (&local.messages, v),
-            None => match local.finished.get(&k)? {
-                Some(v) => (&local.finished, v),
-                None => {
-                    let _ = mirror.compare_and_swap(&k, Some(&mark), None as Option<&[u8]>)?;
-                    continue;
-                }
-            },
-        };
-        let record = decode(&tid, &bytes)?;
-        pg.upsert(&record).await?;
-        // A newer write re-marked it: it goes again on the next pass.
-        if mirror
-            .compare_and_swap(&k, Some(&mark), None as Option<&[u8]>)?
-            .is_ok()
-            && finished(record.state)
-        {
-            let _ = tree.compare_and_swap(&k, Some(&bytes), None as Option<&[u8]>)?;
+        if local.finished.contains_key(&k)? {
+            // The database takes this one over: no feedback, here or on another node,
+            // may write it meanwhile.
+            let _local = local.lock_tid(&tid).await;
+            let _shared = pg.advisory_lock(&tid).await;
+            mirror_one(pg, local, mirror, &tid).await?;
+        } else {
+            mirror_one(pg, local, mirror, &tid).await?;
         }
+    }
+    Ok(())
+}
+
+/// Copies `tid`'s newest local record to the database, then clears its mark unless a
+/// newer write re-marked it, and drops a finished one's local copy.
+async fn mirror_one(
+    pg: &Pg,
+    local: &SledMessages,
+    mirror: &sled::Tree,
+    tid: &str,
+) -> Result<(), StoreError> {
+    let k = tid.as_bytes();
+    let Some(mark) = mirror.get(k)? else {
+        return Ok(());
+    };
+    let (tree, bytes) = match local.messages.get(k)? {
+        Some(v) => (&local.messages, v),
+        None => match local.finished.get(k)? {
+            Some(v) => (&local.finished, v),
+            None => {
+                let _ = mirror.compare_and_swap(k, Some(&mark), None as Option<&[u8]>)?;
+                return Ok(());
+            }
+        },
+    };
+    let record = decode(tid, &bytes)?;
+    pg.upsert(&record).await?;
+    let unmarked = mirror
+        .compare_and_swap(k, Some(&mark), None as Option<&[u8]>)?
+        .is_ok();
+    if unmarked && finished(record.state) {
+        let _ = tree.compare_and_swap(k, Some(&bytes), None as Option<&[u8]>)?;
     }
     Ok(())
 }
