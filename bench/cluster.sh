@@ -4,10 +4,11 @@
 # Measures, in one run, and prints side by side:
 #   1. The outbound benchmark of bench/outbound.sh (the same load generator,
 #      bench/outbound/loadgen.py bulk, the same smtp-sink smarthost and delivery-webhook
-#      sink bench/outbound/dlr_sink.py) on ONE node, twice, each with a fresh data dir:
+#      sink bench/outbound/dlr_sink.py) on ONE node, each run with a fresh data dir:
 #        (a) sled only (no [cluster]);
 #        (b) the same node with [cluster] on a private local PostgreSQL (a fresh
 #            database for the run, node_id "a").
+#      ROUNDS (2) pairs, alternating (sled, cluster, cluster, sled).
 #      MESSAGES messages of ~5 KB (TEXT_CHARS-character text) as MESSAGES/PER_REQUEST
 #      requests of PER_REQUEST destinations, BULK_CONCURRENCY in flight, DKIM ALGORITHM.
 #      msgs/s = MESSAGES / (first API request sent -> last 7501 received).
@@ -29,14 +30,15 @@
 # smtp-sink) are apt-get installed when missing):
 #   bench/cluster.sh                     # ~3-5 minutes plus the build on 2 idle cores
 #   MESSAGES=4000 RR_DURATION=10 bench/cluster.sh    # quick run
-#   SKIP_BUILD=1 ROUNDS=2 bench/cluster.sh           # sled, cluster, cluster, sled
+#   SKIP_BUILD=1 ROUNDS=1 bench/cluster.sh           # one sled run, one cluster run
 #   bench/cluster.sh > result.txt        # progress on stderr, the report on stdout
 #
 # Knobs (environment):
 #   MESSAGES=20000 PER_REQUEST=100 TEXT_CHARS=5000 BULK_CONCURRENCY=8   one-node load
 #   ALGORITHM=ed25519-sha256   DKIM of every node (or rsa-sha256)
-#   ROUNDS=1             one-node pairs; round 2 runs cluster before sled (ABBA), the
-#                        ratio uses the median msgs/s of each mode
+#   ROUNDS=2             one-node pairs, alternating: sled, cluster, cluster, sled (ABBA,
+#                        so a drifting machine load hits both alike); the ratio uses the
+#                        median msgs/s of each mode; ROUNDS=1 for one of each
 #   SKIP_SINGLE=1 / SKIP_THREE=1   leave part 1 / part 2 out
 #   NODES=3 RR_RATE=200 RR_DURATION=20 RR_WORKERS=64   part 2
 #   QUEUE_CONCURRENCY=32 postern [queue] concurrency
@@ -67,7 +69,7 @@ TEXT_CHARS="${TEXT_CHARS:-5000}"
 BULK_CONCURRENCY="${BULK_CONCURRENCY:-8}"
 ALGORITHM="${ALGORITHM:-ed25519-sha256}"
 ALGORITHMS="$ALGORITHM" # for check_bulk_knobs
-ROUNDS="${ROUNDS:-1}"
+ROUNDS="${ROUNDS:-2}"
 SKIP_SINGLE="${SKIP_SINGLE:-0}"
 SKIP_THREE="${SKIP_THREE:-0}"
 NODES="${NODES:-3}"

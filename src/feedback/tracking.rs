@@ -63,8 +63,10 @@ fn user_agent_text(raw: &[u8]) -> String {
 }
 
 /// Records one hit for `tid`/`recipient` (in the history when the transaction is
-/// finished; an active one is the queue's to write). A failure is logged: the visitor
-/// gets the redirect or the pixel either way.
+/// finished; an active one is the queue's to write). The visitor gets the redirect or the
+/// pixel either way: a hit the cluster database cannot take now (it is down, or the
+/// transaction is still in another node's queue) is retried in the background for
+/// [`HIT_RETRY_FOR`]; any other failure is logged.
 async fn hit(
     parts: &Parts<'_>,
     tid: &str,
@@ -74,9 +76,51 @@ async fn hit(
     additional: &str,
 ) {
     let report = Report::new(Some(recipient.to_string()), code, description).additional(additional);
-    let recorded =
-        crate::feedback::record(parts.store, parts.outbox, parts.config, tid, &[report]).await;
-    if let Err(e) = recorded {
-        tracing::error!(error = %e, "tracking event not recorded");
+    let recorded = crate::feedback::record(
+        parts.store,
+        parts.outbox,
+        parts.config,
+        tid,
+        std::slice::from_ref(&report),
+    )
+    .await;
+    match recorded {
+        Ok(_) => {}
+        Err(e) if e.is_database() => {
+            let (store, outbox) = (parts.store.clone(), parts.outbox.clone());
+            let (config, tid) = (parts.config.clone(), tid.to_string());
+            tokio::spawn(retry_hit(store, outbox, config, tid, report));
+        }
+        Err(e) => tracing::error!(error = %e, "tracking event not recorded"),
     }
+}
+
+/// How long a hit the cluster database could not take is retried (in memory: a restart
+/// meanwhile loses it, as it would lose a hit arriving during the restart).
+const HIT_RETRY_FOR: std::time::Duration = std::time::Duration::from_secs(300);
+
+async fn retry_hit(
+    store: crate::store::Store,
+    outbox: crate::webhooks::Outbox,
+    config: crate::config::Config,
+    tid: String,
+    report: Report,
+) {
+    let deadline = tokio::time::Instant::now() + HIT_RETRY_FOR;
+    let reports = [report];
+    while tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+        match crate::feedback::record(&store, &outbox, &config, &tid, &reports).await {
+            Ok(_) => return,
+            Err(e) if e.is_database() => continue,
+            Err(e) => {
+                tracing::error!(error = %e, "tracking event not recorded");
+                return;
+            }
+        }
+    }
+    tracing::error!(
+        tid,
+        "tracking event not recorded: the cluster database did not take it in time"
+    );
 }
