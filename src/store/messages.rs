@@ -387,6 +387,53 @@ pub(super) struct SledMessages {
 }
 
 impl SledMessages {
+    /// [`Messages::submit`]'s writes, not yet committed.
+    pub(super) fn write_submit(
+        &self,
+        records: &[MessageRecord],
+        events: &[OutboxEntry],
+    ) -> Result<(), StoreError> {
+        for r in records {
+            let tree = if matches!(r.state, QueueState::Done) {
+                &self.finished
+            } else {
+                &self.messages
+            };
+            tree.insert(r.tid.as_bytes(), codec::encode(r))?;
+        }
+        for e in events {
+            self.outbox.insert(e.id.as_bytes(), codec::encode(e))?;
+        }
+        Ok(())
+    }
+
+    /// [`Messages::update`]'s writes, not yet committed.
+    pub(super) fn write_update(
+        &self,
+        record: &MessageRecord,
+        events: &[OutboxEntry],
+    ) -> Result<(), StoreError> {
+        for e in events {
+            self.outbox.insert(e.id.as_bytes(), codec::encode(e))?;
+        }
+        let key = record.tid.as_bytes();
+        // Every writer's history goes through this bound (queue attempts, feedback).
+        let value = if record.history_bounded() {
+            codec::encode(record)
+        } else {
+            let mut bounded = record.clone();
+            bounded.bound_history();
+            codec::encode(&bounded)
+        };
+        if matches!(record.state, QueueState::Done | QueueState::Cancelled) {
+            self.finished.insert(key, value)?;
+            self.messages.remove(key)?;
+        } else {
+            self.messages.insert(key, value)?;
+        }
+        Ok(())
+    }
+
     fn get_now(&self, tid: &str) -> Result<Option<MessageRecord>, StoreError> {
         for (name, tree) in [("messages", &self.messages), ("finished", &self.finished)] {
             if let Some(v) = tree.get(tid.as_bytes())? {
@@ -468,17 +515,7 @@ impl Messages for SledMessages {
         events: &'a [OutboxEntry],
     ) -> StoreFuture<'a, ()> {
         Box::pin(async move {
-            for r in records {
-                let tree = if matches!(r.state, QueueState::Done) {
-                    &self.finished
-                } else {
-                    &self.messages
-                };
-                tree.insert(r.tid.as_bytes(), codec::encode(r))?;
-            }
-            for e in events {
-                self.outbox.insert(e.id.as_bytes(), codec::encode(e))?;
-            }
+            self.write_submit(records, events)?;
             self.durable.commit().await
         })
     }
@@ -489,24 +526,7 @@ impl Messages for SledMessages {
         events: &'a [OutboxEntry],
     ) -> StoreFuture<'a, ()> {
         Box::pin(async move {
-            for e in events {
-                self.outbox.insert(e.id.as_bytes(), codec::encode(e))?;
-            }
-            let key = record.tid.as_bytes();
-            // Every writer's history goes through this bound (queue attempts, feedback).
-            let value = if record.history_bounded() {
-                codec::encode(record)
-            } else {
-                let mut bounded = record.clone();
-                bounded.bound_history();
-                codec::encode(&bounded)
-            };
-            if matches!(record.state, QueueState::Done | QueueState::Cancelled) {
-                self.finished.insert(key, value)?;
-                self.messages.remove(key)?;
-            } else {
-                self.messages.insert(key, value)?;
-            }
+            self.write_update(record, events)?;
             self.durable.commit().await
         })
     }

@@ -74,7 +74,8 @@ pub(in crate::store) struct ClusterMessages {
 }
 
 impl ClusterMessages {
-    /// Marks `tid` for the mirror task; rides the commit of the write that follows.
+    /// Marks `tid` for the mirror task, after its record was written and before the
+    /// commit that makes both durable: a mark the task sees always has its record there.
     fn mark(&self, tid: &str) -> Result<(), StoreError> {
         let seq = self.local.db.generate_id()?;
         self.mirror.insert(tid.as_bytes(), &seq.to_be_bytes())?;
@@ -106,10 +107,11 @@ impl Messages for ClusterMessages {
         events: &'a [OutboxEntry],
     ) -> StoreFuture<'a, ()> {
         Box::pin(async move {
+            self.local.write_submit(records, events)?;
             for r in records {
                 self.mark(&r.tid)?;
             }
-            self.local.submit(records, events).await?;
+            self.local.durable.commit().await?;
             self.wake.notify_one();
             Ok(())
         })
@@ -122,8 +124,9 @@ impl Messages for ClusterMessages {
     ) -> StoreFuture<'a, ()> {
         Box::pin(async move {
             if self.held_here(&record.tid)? {
+                self.local.write_update(record, events)?;
                 self.mark(&record.tid)?;
-                self.local.update(record, events).await?;
+                self.local.durable.commit().await?;
                 self.wake.notify_one();
                 return Ok(());
             }
