@@ -28,7 +28,7 @@
 #
 # Usage (root: PostgreSQL runs as the OS user postgres; postgresql and postfix (for
 # smtp-sink) are apt-get installed when missing):
-#   bench/cluster.sh                     # ~3-5 minutes plus the build on 2 idle cores
+#   bench/cluster.sh                     # ~2-3 minutes plus the build on 2 quiet cores
 #   MESSAGES=4000 RR_DURATION=10 bench/cluster.sh    # quick run
 #   SKIP_BUILD=1 ROUNDS=1 bench/cluster.sh           # one sled run, one cluster run
 #   bench/cluster.sh > result.txt        # progress on stderr, the report on stdout
