@@ -362,7 +362,7 @@ async fn cluster_dkim_keys(
     if store.clustered() {
         sync().await;
     }
-    let keys = dkim_keys(config).await?;
+    let keys = dkim_keys(config, store.clustered()).await?;
     if store.clustered() {
         sync().await;
         keys.forget();
@@ -370,17 +370,25 @@ async fn cluster_dkim_keys(
     Ok(keys)
 }
 
-/// Every asset domain's DKIM key exists before the first send, so first sends never race.
-async fn dkim_keys(config: &Config) -> Result<Arc<crate::outbound::dkim::Keys>, StartError> {
+/// Every asset domain's configured DKIM key exists before the first send, so first sends
+/// never race. In a cluster the default key of a sending asset without `[asset.dkim]` is
+/// made now too (alone, on first use): made later, each node would make its own.
+async fn dkim_keys(
+    config: &Config,
+    every_asset: bool,
+) -> Result<Arc<crate::outbound::dkim::Keys>, StartError> {
     let keys = Arc::new(crate::outbound::dkim::Keys::default());
     for asset in &config.assets {
-        let Some(dk) = &asset.dkim else { continue };
+        if asset.dkim.is_none() && !(every_asset && asset.route.is_some()) {
+            continue;
+        }
+        let (selector, algorithm) = asset.dkim_key();
         for domain in &asset.domains {
             let (dir, d, sel, alg) = (
                 config.server.data_dir.clone(),
                 domain.clone(),
-                dk.selector.clone(),
-                dk.algorithm,
+                selector.to_string(),
+                algorithm,
             );
             let k = keys.clone();
             tokio::task::spawn_blocking(move || k.get(&dir, &d, &sel, alg))

@@ -367,21 +367,31 @@ pub fn rotate(
     grace: Duration,
 ) -> Result<Rotation, DkimError> {
     let dir = key_dir(data_dir)?;
+    let load = |now| -> Result<Rotation, DkimError> {
+        let mut state =
+            Rotation::load(data_dir, domain)?.unwrap_or_else(|| Rotation::configured(configured));
+        state.forget_unused(now);
+        Ok(state)
+    };
+    let selector = {
+        let _lock = lock_keys(&dir)?;
+        let state = load(unix_now())?;
+        let selector = match selector {
+            Some(s) => s.to_string(),
+            None => state.free_selector(&dir, domain),
+        };
+        state.check_new(&dir, domain, &selector)?;
+        selector
+    };
+    // The key is made (under the lock again) before the state names it, and the grace
+    // counts from then: an RSA key can take seconds to make.
+    load_or_create(data_dir, domain, &selector, algorithm)?;
     let lock = lock_keys(&dir)?;
     let now = unix_now();
-    let mut state =
-        Rotation::load(data_dir, domain)?.unwrap_or_else(|| Rotation::configured(configured));
-    state.forget_unused(now);
-    let selector = match selector {
-        Some(s) => s.to_string(),
-        None => state.free_selector(&dir, domain),
-    };
-    state.check_new(&dir, domain, &selector)?;
+    let mut state = load(now)?;
     let switch = state.start(&selector, algorithm, now, grace.as_secs());
-    drop(lock);
-    // The key is made (under the lock again) before the state names it.
-    load_or_create(data_dir, domain, &selector, algorithm)?;
     state.save(&dir, data_dir, domain)?;
+    drop(lock);
     tracing::info!(
         domain,
         selector,

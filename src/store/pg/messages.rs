@@ -50,6 +50,13 @@ const PURGE: &str = "WITH gone AS (
     t AS (DELETE FROM track WHERE tid IN (SELECT tid FROM gone))
     SELECT count(*) FROM gone";
 
+/// How long the mirror task lets changes gather after it is woken: a transaction
+/// accepted and sent within it is copied once (SPEC 13 allows 2 s).
+const MIRROR_BATCH: Duration = Duration::from_millis(200);
+
+/// Transactions copied at once (each on its own pooled connection).
+const MIRROR_CONCURRENCY: usize = 8;
+
 fn finished(state: QueueState) -> bool {
     matches!(state, QueueState::Done | QueueState::Cancelled)
 }
@@ -334,6 +341,8 @@ pub(in crate::store) async fn mirror(
     let mut last_purge = 0;
     loop {
         let _ = tokio::time::timeout(Duration::from_secs(1), wake.notified()).await;
+        // Changes that follow each other closely (accepted, then sent) go as one copy.
+        tokio::time::sleep(MIRROR_BATCH).await;
         let (Some(pg), Some(state)) = (pg.upgrade(), state.upgrade()) else {
             return;
         };
@@ -355,18 +364,26 @@ pub(in crate::store) async fn mirror(
 }
 
 async fn mirror_pass(pg: &Pg, local: &SledMessages, mirror: &sled::Tree) -> Result<(), StoreError> {
+    use futures::StreamExt;
+    let mut tids = Vec::new();
     for item in mirror.iter() {
-        let (k, _) = item?;
-        let tid = String::from_utf8_lossy(&k).into_owned();
-        if local.finished.contains_key(&k)? {
-            // The database takes this one over: no feedback, here or on another node,
-            // may write it meanwhile.
-            let _local = local.lock_tid(&tid).await;
-            let _shared = pg.advisory_lock(&tid).await;
-            mirror_one(pg, local, mirror, &tid).await?;
-        } else {
-            mirror_one(pg, local, mirror, &tid).await?;
-        }
+        tids.push(String::from_utf8_lossy(&item?.0).into_owned());
+    }
+    let mut copies = futures::stream::iter(tids)
+        .map(|tid| async move {
+            if local.finished.contains_key(tid.as_bytes())? {
+                // The database takes this one over: no feedback, here or on another
+                // node, may write it meanwhile.
+                let _local = local.lock_tid(&tid).await;
+                let _shared = pg.advisory_lock(&tid).await;
+                mirror_one(pg, local, mirror, &tid).await
+            } else {
+                mirror_one(pg, local, mirror, &tid).await
+            }
+        })
+        .buffer_unordered(MIRROR_CONCURRENCY);
+    while let Some(done) = copies.next().await {
+        done?;
     }
     Ok(())
 }
