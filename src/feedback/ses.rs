@@ -129,6 +129,18 @@ async fn confirm(parts: &Parts<'_>, msg: &sns::Message) -> Result<Handled, SnsEr
     }
 }
 
+/// How long, in a cluster, an SES event for an unknown MessageId is refused for SNS to
+/// retry rather than ignored.
+const UNKNOWN_RETRY_MINUTES: i64 = 10;
+
+/// Whether an SNS `Timestamp` is within [`UNKNOWN_RETRY_MINUTES`].
+fn recent(timestamp: &str) -> bool {
+    chrono::DateTime::parse_from_rfc3339(timestamp).is_ok_and(|at| {
+        chrono::Utc::now().signed_duration_since(at)
+            < chrono::Duration::minutes(UNKNOWN_RETRY_MINUTES)
+    })
+}
+
 /// Records a notification's SES event for the transaction SES's MessageId names, once
 /// per SNS message id.
 pub async fn handle_notification(
@@ -155,6 +167,14 @@ pub async fn handle_notification(
         .tid_for_route_id(&event.message_id)
         .await?
     else {
+        if parts.store.clustered() && recent(&msg.timestamp) {
+            // The node that sent it may not have copied its MessageId to the database
+            // yet (SPEC 13): a 503 makes SNS deliver it again, an "ignored" would not.
+            return Err(SnsError::Store(StoreError::Database(
+                "no transaction has this SES MessageId yet; another node may still be copying it"
+                    .into(),
+            )));
+        }
         return ignored("no transaction has this SES MessageId");
     };
     let recorded = crate::feedback::record(

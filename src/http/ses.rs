@@ -88,6 +88,10 @@ fn error_response(e: SnsError) -> Response {
             )
             .into_response()
         }
+        SnsError::Store(e) if e.is_database() => {
+            let e = crate::store::StoreError::Database(e.to_string());
+            return ApiError::store(e).into_response();
+        }
         SnsError::Store(e) => return ApiError::internal(e).into_response(),
     };
     tracing::warn!(status = status.as_u16(), "SNS message refused: {e}");
