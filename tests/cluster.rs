@@ -303,14 +303,6 @@ async fn status(client: &reqwest::Client, url: &str) -> u16 {
     }
 }
 
-async fn wait_until(within: Duration, what: &str, mut cond: impl AsyncFnMut() -> bool) {
-    let deadline = Instant::now() + within;
-    while !cond().await {
-        assert!(Instant::now() < deadline, "{what}: not within {within:?}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 /// Waits out the promise itself: a change acknowledged at `acked` governs every node's
 /// sends from `acked + PROPAGATION` on, so a send right after tests exactly that (a node
 /// may cache what it reads, for no longer than this). The tests first check, with a

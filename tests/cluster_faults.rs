@@ -314,14 +314,6 @@ async fn status_of(client: &reqwest::Client, url: &str) -> u16 {
     }
 }
 
-async fn wait_until(within: Duration, what: &str, mut cond: impl AsyncFnMut() -> bool) {
-    let deadline = Instant::now() + within;
-    while !cond().await {
-        assert!(Instant::now() < deadline, "{what}: not within {within:?}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 /// A `Retry-After` of whole seconds, at least one.
 fn retry_after_ok(a: &Answer) -> bool {
     a.retry_after

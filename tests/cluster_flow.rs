@@ -354,14 +354,6 @@ async fn get_status(client: &reqwest::Client, url: &str) -> u16 {
     }
 }
 
-async fn wait_until(within: Duration, what: &str, mut cond: impl AsyncFnMut() -> bool) {
-    let deadline = Instant::now() + within;
-    while !cond().await {
-        assert!(Instant::now() < deadline, "{what}: not within {within:?}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 /// The suppressions of asset `a_out` listed by `api`: (address, reason), sorted.
 async fn suppressions(client: &reqwest::Client, api: &str) -> Vec<(String, String)> {
     let v: Value = client
@@ -596,40 +588,6 @@ async fn a_dsn_delivered_to_another_node_reaches_the_transaction() {
     c.stop().await;
 }
 
-/// A row lock on one transaction in the database, held until dropped: the owner's mirror
-/// task cannot copy that transaction meanwhile (its upsert waits), readers are not held.
-struct RowLock {
-    client: tokio_postgres::Client,
-    conn: tokio::task::JoinHandle<()>,
-}
-
-impl RowLock {
-    async fn take(url: &str, tid: &str) -> RowLock {
-        let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
-            .await
-            .expect("connect to the test database");
-        let conn = tokio::spawn(async move {
-            let _ = connection.await;
-        });
-        client.batch_execute("BEGIN").await.unwrap();
-        let rows = client
-            .query(
-                "SELECT tid FROM transactions WHERE tid = $1 FOR UPDATE",
-                &[&tid],
-            )
-            .await
-            .unwrap();
-        assert_eq!(rows.len(), 1, "the database holds {tid}");
-        RowLock { client, conn }
-    }
-
-    async fn release(self) {
-        self.client.batch_execute("ROLLBACK").await.unwrap();
-        drop(self.client);
-        let _ = self.conn.await;
-    }
-}
-
 /// SPEC 13: feedback arriving at any node reaches the transaction, whichever node sent
 /// it. Here a click arrives at B after A finished the transaction but before A's mirror
 /// task has copied the finished record (the copy is held back by a row lock, standing
@@ -653,7 +611,7 @@ async fn a_click_on_another_node_before_the_database_has_the_finished_transactio
         s["state"] != "done"
     })
     .await;
-    let lock = RowLock::take(&c.pg.url(), &tid).await;
+    let lock = pg::RowLock::take(&c.pg.url(), &tid).await;
 
     let mail = c.wait_relayed("early@example.org").await;
     c.wait_note(&tid, "early@example.org", "7501").await;

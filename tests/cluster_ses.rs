@@ -576,51 +576,6 @@ async fn an_sns_event_posted_to_another_node_reaches_the_transaction() {
     c.stop().await;
 }
 
-/// A row lock on one transaction in the database, held until released: the owner's
-/// mirror task cannot copy that transaction (nor, in the same pass, its route ids)
-/// meanwhile; readers are not held.
-struct RowLock {
-    client: tokio_postgres::Client,
-    conn: tokio::task::JoinHandle<()>,
-}
-
-impl RowLock {
-    async fn take(url: &str, tid: &str) -> RowLock {
-        let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
-            .await
-            .expect("connect to the test database");
-        let conn = tokio::spawn(async move {
-            let _ = connection.await;
-        });
-        client.batch_execute("BEGIN").await.unwrap();
-        let rows = client
-            .query(
-                "SELECT tid FROM transactions WHERE tid = $1 FOR UPDATE",
-                &[&tid],
-            )
-            .await
-            .unwrap();
-        assert_eq!(rows.len(), 1, "the database holds {tid}");
-        RowLock { client, conn }
-    }
-
-    /// Lock requests other sessions are waiting on now (for this row, or for a node's
-    /// lock on a tid).
-    async fn waiters(&self) -> i64 {
-        self.client
-            .query_one("SELECT count(*) FROM pg_locks WHERE NOT granted", &[])
-            .await
-            .unwrap()
-            .get(0)
-    }
-
-    async fn release(self) {
-        self.client.batch_execute("ROLLBACK").await.unwrap();
-        drop(self.client);
-        let _ = self.conn.await;
-    }
-}
-
 /// SPEC 13: feedback (SNS included) arriving at any node reaches the transaction,
 /// whichever node sent it. Here SES's event reaches B after A got the MessageId and
 /// finished the transaction, but before A's mirror task has copied the finished record
@@ -651,7 +606,7 @@ async fn an_sns_event_racing_the_copy_of_its_route_id_is_not_acknowledged_and_lo
         s["state"] != "done"
     })
     .await;
-    let lock = RowLock::take(&c.pg.url(), &tid).await;
+    let lock = pg::RowLock::take(&c.pg.url(), &tid).await;
 
     let ses_id = c.wait_ses_message_id().await;
     c.wait_note(&tid, to, "7501", WAIT).await;
@@ -720,7 +675,7 @@ async fn the_same_sns_message_on_two_nodes_at_once_is_recorded_once() {
     c.wait_note(&tid, to, "7501", WAIT).await;
     c.wait_message("c", &tid, "done", |s| s["state"] == "done")
         .await;
-    let lock = RowLock::take(&c.pg.url(), &tid).await;
+    let lock = pg::RowLock::take(&c.pg.url(), &tid).await;
     let bounce = c
         .sns
         .notification("sns-twice-1", &permanent_bounce(&ses_id, to));

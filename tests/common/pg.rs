@@ -410,3 +410,48 @@ fn text(out: &Output) -> String {
         String::from_utf8_lossy(&out.stderr)
     )
 }
+
+/// A row lock on one transaction in the database, held until released: the owner's
+/// mirror task cannot copy that transaction (nor, in the same pass, its route ids)
+/// meanwhile; readers are not held.
+pub struct RowLock {
+    client: tokio_postgres::Client,
+    conn: tokio::task::JoinHandle<()>,
+}
+
+impl RowLock {
+    pub async fn take(url: &str, tid: &str) -> RowLock {
+        let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+            .await
+            .expect("connect to the test database");
+        let conn = tokio::spawn(async move {
+            let _ = connection.await;
+        });
+        client.batch_execute("BEGIN").await.unwrap();
+        let rows = client
+            .query(
+                "SELECT tid FROM transactions WHERE tid = $1 FOR UPDATE",
+                &[&tid],
+            )
+            .await
+            .unwrap();
+        assert_eq!(rows.len(), 1, "the database holds {tid}");
+        RowLock { client, conn }
+    }
+
+    /// Lock requests other sessions are waiting on now (for this row, or for a node's
+    /// lock on a tid).
+    pub async fn waiters(&self) -> i64 {
+        self.client
+            .query_one("SELECT count(*) FROM pg_locks WHERE NOT granted", &[])
+            .await
+            .unwrap()
+            .get(0)
+    }
+
+    pub async fn release(self) {
+        self.client.batch_execute("ROLLBACK").await.unwrap();
+        drop(self.client);
+        let _ = self.conn.await;
+    }
+}
