@@ -433,7 +433,7 @@ fn serve(
 }
 
 /// The periodic and background tasks: garbage collection, the feedback worker, the
-/// storage monitor.
+/// storage monitor, and in cluster mode the DKIM files' synchronisation.
 fn background(
     daemon: &Arc<Daemon>,
     feedback_rx: tokio::sync::mpsc::UnboundedReceiver<String>,
@@ -445,9 +445,8 @@ fn background(
         config: daemon.config.clone(),
         heavy: daemon.inbound.auth.heavy().clone(),
     };
-    vec![
+    let mut tasks = vec![
         tokio::spawn(daemon::gc_loop(daemon.clone())),
-        tokio::spawn(daemon::dkim_sync_loop(daemon.clone())),
         tokio::spawn(feedback::reports::run(Arc::new(reports), feedback_rx)),
         tokio::spawn(health::monitor(
             daemon.health.clone(),
@@ -455,5 +454,9 @@ fn background(
             daemon.config.clone(),
             daemon.queue_worker.clone(),
         )),
-    ]
+    ];
+    if daemon.store.clustered() {
+        tasks.push(tokio::spawn(daemon::dkim_sync_loop(daemon.clone())));
+    }
+    tasks
 }
