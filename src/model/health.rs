@@ -42,8 +42,6 @@ pub struct Health {
     store_failing: AtomicBool,
     /// Cluster mode only: the shared database is down (false on a node alone).
     database_down: AtomicBool,
-    /// Cluster mode: this node shares state through a database.
-    clustered: AtomicBool,
     /// Set once the store cannot recover in this process: the daemon must exit non-zero.
     exit: AtomicBool,
     exit_notify: tokio::sync::Notify,
@@ -79,14 +77,8 @@ impl Health {
         !self.database_down.load(Ordering::Acquire)
     }
 
-    /// Whether this node is in cluster mode.
-    pub fn clustered(&self) -> bool {
-        self.clustered.load(Ordering::Acquire)
-    }
-
     /// Cluster mode: the database keeper's verdict.
     pub fn set_database_up(&self, up: bool) {
-        self.clustered.store(true, Ordering::Release);
         self.database_down.store(!up, Ordering::Release);
     }
 
