@@ -6,10 +6,6 @@
 //! reaches the transaction another node sent, and a redelivery to a third node records
 //! nothing twice.
 //!
-//! Two tests fail today, each on a bug described at the test: an SNS event that reaches
-//! a node before the sending node's mirror copied the SES MessageId is acknowledged (200
-//! "ignored") and lost; the same SNS message on two nodes at once is recorded twice.
-//!
 //! The cluster helpers are a trimmed copy of `tests/cluster_flow.rs`'s, the SES fake and
 //! SNS signer of `tests/ses.rs`'s (owned there).
 
@@ -584,13 +580,10 @@ async fn an_sns_event_posted_to_another_node_reaches_the_transaction() {
 /// anything else, as the test does: B may make SNS retry (5xx) or hold the event, but an
 /// event it acknowledges must reach the transaction once the copy lands.
 ///
-/// Fails today: `feedback::ses::handle_notification` finds no tid for the MessageId
-/// (`ClusterRouteState::tid_for_route_id` reads B's sled, then `route_ids`, which only
-/// the owner's mirror task fills, in `Pg::upsert` after the record) and answers 200
-/// `{"status":"ignored","reason":"no transaction has this SES MessageId"}`; SNS stops
-/// and the bounce (and its suppression) is never recorded. Clicks and opens in the same
-/// window are retried in the background (`tracking`); DSNs name their tid (VERP) and a
-/// failed recording is retried by the reports sweep.
+/// B answers 503 while no transaction has the MessageId and the SNS message is recent
+/// (cluster mode), so SNS delivers it again; clicks and opens in the same window are
+/// retried in the background (`tracking`); DSNs name their tid (VERP) and a failed
+/// recording is retried by the reports sweep.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_sns_event_racing_the_copy_of_its_route_id_is_not_acknowledged_and_lost() {
     let c = Cluster::start(&["a", "b"]).await;
@@ -659,14 +652,10 @@ async fn an_sns_event_racing_the_copy_of_its_route_id_is_not_acknowledged_and_lo
 /// being handled (SNS gave up waiting for it), through the load balancer to another node.
 /// Here B is recording the bounce (its write of the transaction held back by a row lock,
 /// standing for a slow database) when the same SNS message reaches C: recorded once, one
-/// notification, one history entry.
-///
-/// Fails today: `handle_notification` checks `sns_seen` before recording and marks the id
-/// only after recording, with nothing making check and mark one step across nodes; C
-/// passes the check while B records, waits for B's lock on the tid, then records again:
-/// two 7520 history entries and two notifications for one SNS message.
+/// notification, one history entry. B claimed the SNS message id before recording, so C
+/// waits for the claim and then answers "already recorded", or (B still busy after two
+/// seconds) 503, after which SNS's next delivery finds it recorded.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "known bug, open: the SNS de-duplication check and mark are not one step across nodes (claim the id before recording)"]
 async fn the_same_sns_message_on_two_nodes_at_once_is_recorded_once() {
     let c = Cluster::start(&["a", "b", "c"]).await;
     let to = "twice@example.org";
@@ -683,19 +672,26 @@ async fn the_same_sns_message_on_two_nodes_at_once_is_recorded_once() {
     // B takes it and is writing it (waits for the row) ...
     let on_b = c.spawn_sns("b", &bounce);
     let b_waits = wait_briefly(async || on_b.is_finished() || lock.waiters().await >= 1).await;
-    // ... when SNS's retry reaches C, which answers, or waits (today for B's lock on the
-    // transaction). Either way B's write is then let through.
+    // ... when SNS's retry reaches C, which waits for B's claim and then answers. B's
+    // write is then let through.
     let on_c = c.spawn_sns("c", &bounce);
     let c_waits = wait_briefly(async || on_c.is_finished() || lock.waiters().await >= 2).await;
     eprintln!("B seen answering or waiting: {b_waits}; C: {c_waits}");
     lock.release().await;
     let (b, c_answer) = (on_b.await.unwrap(), on_c.await.unwrap());
     eprintln!("B answered {b:?}, C answered {c_answer:?}");
-    assert_eq!(
-        (b.0, c_answer.0),
-        (200, 200),
-        "both acknowledged: {b:?} {c_answer:?}"
-    );
+    assert_eq!(b.0, 200, "B recorded it: {b:?}");
+    assert_eq!(b.1["status"], "recorded", "{b:?}");
+    match c_answer.0 {
+        200 => assert_eq!(c_answer.1["reason"], "already recorded", "{c_answer:?}"),
+        503 => {
+            // SNS delivers it again: now recorded.
+            let (status, again) = c.sns("c", &bounce).await;
+            assert_eq!(status, 200, "{again}");
+            assert_eq!(again["reason"], "already recorded", "{again}");
+        }
+        _ => panic!("C answered {c_answer:?}"),
+    }
 
     c.wait_note(&tid, to, "7520", WAIT).await;
     for node in ["b", "c"] {

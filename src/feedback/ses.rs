@@ -11,7 +11,7 @@ use crate::config::Config;
 use crate::feedback::ses_events;
 use crate::feedback::sns::{self, VerifyError};
 use crate::metrics::{Metrics, SnsResult};
-use crate::store::{Store, StoreError};
+use crate::store::{SnsClaim, Store, StoreError};
 use crate::webhooks::Outbox;
 use tracing::Instrument;
 
@@ -57,6 +57,10 @@ pub enum SnsError {
     /// Fetching the SubscribeURL failed or did not answer 2xx.
     #[error("confirming the subscription: {0}")]
     Confirm(String),
+    /// Another delivery of the same SNS message is being recorded (on this node or
+    /// another): SNS delivers it again, and then finds it recorded.
+    #[error("SNS message {0} is being recorded by another delivery of it")]
+    Busy(String),
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -141,25 +145,60 @@ fn recent(timestamp: &str) -> bool {
     })
 }
 
+/// How long an SNS claim holds off other deliveries of the message: a holder that has not
+/// finished by then is taken to have died (recording takes milliseconds).
+const CLAIM_STALE_MS: u64 = 60_000;
+/// How long a delivery waits for another delivery's claim to end before answering 503.
+const CLAIM_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// Records a notification's SES event for the transaction SES's MessageId names, once
-/// per SNS message id.
+/// per SNS message id: the id is claimed first (one step with its check, on every node of
+/// a cluster), recorded, then marked recorded; a failure gives the claim back.
 pub async fn handle_notification(
     parts: &Parts<'_>,
     msg: &sns::Message,
 ) -> Result<Handled, SnsError> {
-    let ignored = |why: &str| {
-        parts.metrics.sns_message(SnsResult::Ignored);
-        tracing::info!("SNS notification ignored: {why}");
-        Ok(Handled::Ignored(why.to_string()))
-    };
-    if parts.store.routes().sns_seen(&msg.message_id).await? {
-        return ignored("already recorded");
+    let routes = parts.store.routes();
+    let deadline = tokio::time::Instant::now() + CLAIM_WAIT;
+    loop {
+        let stale = crate::model::time::now_ms().saturating_sub(CLAIM_STALE_MS);
+        match routes.claim_sns(&msg.message_id, stale).await? {
+            SnsClaim::Claimed => break,
+            SnsClaim::Recorded => return Ok(ignored(parts, "already recorded")),
+            SnsClaim::Busy if tokio::time::Instant::now() >= deadline => {
+                return Err(SnsError::Busy(msg.message_id.clone()))
+            }
+            SnsClaim::Busy => tokio::time::sleep(std::time::Duration::from_millis(50)).await,
+        }
     }
+    let handled = record_claimed(parts, msg).await;
+    let kept = match &handled {
+        Ok(Handled::Recorded { .. }) => routes.finish_sns(&msg.message_id).await,
+        _ => routes.release_sns(&msg.message_id).await,
+    };
+    if let Err(e) = kept {
+        // Recorded already: a redelivery would notify twice, which at-least-once allows.
+        tracing::warn!(error = %e, "SNS message claim not updated");
+    }
+    if let Ok(Handled::Recorded { .. }) = handled {
+        parts.metrics.sns_message(SnsResult::Recorded);
+    }
+    handled
+}
+
+fn ignored(parts: &Parts<'_>, why: &str) -> Handled {
+    parts.metrics.sns_message(SnsResult::Ignored);
+    tracing::info!("SNS notification ignored: {why}");
+    Handled::Ignored(why.to_string())
+}
+
+/// Records the event of a notification whose SNS message id this delivery claimed.
+async fn record_claimed(parts: &Parts<'_>, msg: &sns::Message) -> Result<Handled, SnsError> {
     let event = match ses_events::parse(&msg.message) {
         Ok(e) => e,
         // Validly signed but not an SES event (a test publish from the console):
         // retrying would not change it.
-        Err(e) => return ignored(&e.to_string()),
+        Err(e) => return Ok(ignored(parts, &e.to_string())),
     };
     let Some(tid) = parts
         .store
@@ -175,7 +214,7 @@ pub async fn handle_notification(
                     .into(),
             )));
         }
-        return ignored("no transaction has this SES MessageId");
+        return Ok(ignored(parts, "no transaction has this SES MessageId"));
     };
     let recorded = crate::feedback::record(
         parts.store,
@@ -185,11 +224,6 @@ pub async fn handle_notification(
         &event.reports,
     )
     .await?;
-    if let Err(e) = parts.store.routes().mark_sns_seen(&msg.message_id).await {
-        // Recorded already: a redelivery would notify twice, which at-least-once allows.
-        tracing::warn!(error = %e, "SNS message id not remembered");
-    }
-    parts.metrics.sns_message(SnsResult::Recorded);
     tracing::info!(tid = %tid, event = %event.kind, recorded, "SES event");
     Ok(Handled::Recorded {
         tid,

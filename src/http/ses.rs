@@ -88,6 +88,17 @@ fn error_response(e: SnsError) -> Response {
             )
             .into_response()
         }
+        SnsError::Busy(_) => {
+            return ApiError {
+                retry_after: Some(1),
+                ..ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    crate::model::types::ApiCode::Unavailable,
+                    format!("{e}; try again later"),
+                )
+            }
+            .into_response()
+        }
         SnsError::Store(e) if e.is_database() => {
             let e = crate::store::StoreError::Database(e.to_string());
             return ApiError::store(e).into_response();

@@ -26,9 +26,10 @@ pub fn stamped_before(tree: &sled::Tree, before_ms: u64) -> Result<Vec<sled::IVe
     let mut out = Vec::new();
     for item in tree.iter() {
         let (k, v) = item?;
+        // The time is the value's first eight bytes (a marker may follow).
         let at = v
-            .as_ref()
-            .try_into()
+            .get(..8)
+            .and_then(|t| t.try_into().ok())
             .map(u64::from_be_bytes)
             .unwrap_or_default();
         if at < before_ms {

@@ -53,7 +53,7 @@ pub use domains::Domains;
 pub use messages::{Messages, TidLock};
 pub use outbox::{DeadLetter, OutboxEntry, Payload};
 pub use policy::Policy;
-pub use routes::RouteState;
+pub use routes::{RouteState, SnsClaim};
 pub use spool::{BodyLocation, SpoolRecord};
 pub use suppression::Suppressions;
 pub use templates::Templates;

@@ -25,12 +25,20 @@ pub trait RouteState: Send + Sync {
     /// Forgets route message ids (those of a collected transaction).
     fn forget_route_ids(&self, ids: &[String]) -> Result<(), StoreError>;
 
-    /// Whether the SNS message `id` was already recorded (SNS delivers at least once).
-    fn sns_seen<'a>(&'a self, id: &'a str) -> StoreFuture<'a, bool>;
+    /// Claims SNS message `id` for recording (SNS delivers at least once, and may deliver
+    /// one message to two nodes at once): [`SnsClaim::Claimed`] when no one recorded it
+    /// and no one else holds a claim made at or after `stale_before_ms` (an older claim
+    /// is taken over: its holder died). The claim and its check are one step.
+    fn claim_sns<'a>(&'a self, id: &'a str, stale_before_ms: u64) -> StoreFuture<'a, SnsClaim>;
 
-    /// Remembers SNS message `id` as recorded, until [`RouteState::forget_sns_seen_before`]
-    /// forgets it with the transactions it could refer to. Durable when the future finishes.
-    fn mark_sns_seen<'a>(&'a self, id: &'a str) -> StoreFuture<'a, ()>;
+    /// Marks a claimed SNS message `id` as recorded, until
+    /// [`RouteState::forget_sns_seen_before`] forgets it with the transactions it could
+    /// refer to. Durable when the future finishes.
+    fn finish_sns<'a>(&'a self, id: &'a str) -> StoreFuture<'a, ()>;
+
+    /// Gives a claim back unrecorded (recording failed), so a redelivery need not wait
+    /// for it to go stale.
+    fn release_sns<'a>(&'a self, id: &'a str) -> StoreFuture<'a, ()>;
 
     /// Forgets SNS messages recorded before `cutoff_ms`.
     fn forget_sns_seen_before(&self, cutoff_ms: u64) -> Result<(), StoreError>;
@@ -46,7 +54,21 @@ pub trait RouteState: Send + Sync {
     ) -> StoreFuture<'a, ()>;
 }
 
+/// What [`RouteState::claim_sns`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SnsClaim {
+    /// The caller holds the claim: record, then finish (or release).
+    Claimed,
+    /// Recorded already.
+    Recorded,
+    /// Another delivery holds a fresh claim and is recording it now.
+    Busy,
+}
+
 const TOKENS: &str = "route_tokens";
+/// Appended to the claim time in an `sns_seen` value while the message is being recorded;
+/// a recorded message's value is its time alone (what `codec::stamped_before` reads).
+const CLAIMED: u8 = b'c';
 
 /// [`RouteState`] on sled: the `route_ids`, `sns_seen` and `route_tokens` trees.
 pub(super) struct SledRouteState {
@@ -61,6 +83,35 @@ impl SledRouteState {
     /// sled returns the open tree.
     fn route_tokens(&self) -> Result<sled::Tree, StoreError> {
         Ok(self.db.open_tree(TOKENS)?)
+    }
+}
+
+impl SledRouteState {
+    /// [`RouteState::claim_sns`] as one compare-and-swap on the `sns_seen` entry.
+    fn claim_sns_now(&self, id: &str, stale_before_ms: u64) -> Result<SnsClaim, StoreError> {
+        let mut claim = now_ms().to_be_bytes().to_vec();
+        claim.push(CLAIMED);
+        loop {
+            let current = self.sns_seen.get(id.as_bytes())?;
+            if let Some(v) = &current {
+                if v.last() != Some(&CLAIMED) {
+                    return Ok(SnsClaim::Recorded);
+                }
+                let at = v[..v.len() - 1]
+                    .try_into()
+                    .map(u64::from_be_bytes)
+                    .unwrap_or_default();
+                if at >= stale_before_ms {
+                    return Ok(SnsClaim::Busy);
+                }
+            }
+            let swapped =
+                self.sns_seen
+                    .compare_and_swap(id.as_bytes(), current, Some(claim.as_slice()))?;
+            if swapped.is_ok() {
+                return Ok(SnsClaim::Claimed);
+            }
+        }
     }
 }
 
@@ -86,17 +137,26 @@ impl RouteState for SledRouteState {
         Ok(())
     }
 
-    fn sns_seen<'a>(&'a self, id: &'a str) -> StoreFuture<'a, bool> {
-        let seen = self.sns_seen.contains_key(id.as_bytes());
-        Box::pin(std::future::ready(seen.map_err(StoreError::from)))
+    fn claim_sns<'a>(&'a self, id: &'a str, stale_before_ms: u64) -> StoreFuture<'a, SnsClaim> {
+        Box::pin(std::future::ready(self.claim_sns_now(id, stale_before_ms)))
     }
 
-    fn mark_sns_seen<'a>(&'a self, id: &'a str) -> StoreFuture<'a, ()> {
+    fn finish_sns<'a>(&'a self, id: &'a str) -> StoreFuture<'a, ()> {
         Box::pin(async move {
             self.sns_seen
                 .insert(id.as_bytes(), &now_ms().to_be_bytes())?;
             self.durable.commit().await
         })
+    }
+
+    fn release_sns<'a>(&'a self, id: &'a str) -> StoreFuture<'a, ()> {
+        let released = self.sns_seen.fetch_and_update(id.as_bytes(), |v| match v {
+            Some(v) if v.last() == Some(&CLAIMED) => None,
+            other => other.map(|v| v.to_vec()),
+        });
+        Box::pin(std::future::ready(
+            released.map(|_| ()).map_err(StoreError::from),
+        ))
     }
 
     fn forget_sns_seen_before(&self, cutoff_ms: u64) -> Result<(), StoreError> {
@@ -153,5 +213,46 @@ mod tests {
         routes.put_route_token("a", &t("r-2")).await.unwrap();
         assert_eq!(routes.route_token("a").unwrap(), Some(t("r-2")));
         assert_eq!(routes.route_token("b").unwrap(), Some(t("r-9")));
+    }
+
+    #[tokio::test]
+    async fn an_sns_claim_is_taken_once_until_released_finished_or_stale() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let routes = store.routes();
+        let fresh = 0;
+        assert_eq!(
+            routes.claim_sns("m", fresh).await.unwrap(),
+            SnsClaim::Claimed
+        );
+        assert_eq!(routes.claim_sns("m", fresh).await.unwrap(), SnsClaim::Busy);
+        routes.release_sns("m").await.unwrap();
+        assert_eq!(
+            routes.claim_sns("m", fresh).await.unwrap(),
+            SnsClaim::Claimed
+        );
+        // A claim made before the stale mark is taken over.
+        let later = now_ms() + 1_000;
+        assert_eq!(
+            routes.claim_sns("m", later).await.unwrap(),
+            SnsClaim::Claimed
+        );
+        routes.finish_sns("m").await.unwrap();
+        assert_eq!(
+            routes.claim_sns("m", later).await.unwrap(),
+            SnsClaim::Recorded
+        );
+        // Releasing a recorded message keeps it recorded.
+        routes.release_sns("m").await.unwrap();
+        assert_eq!(
+            routes.claim_sns("m", later).await.unwrap(),
+            SnsClaim::Recorded
+        );
+        // Finished entries are what the purge reads as times.
+        routes.forget_sns_seen_before(now_ms() + 1).unwrap();
+        assert_eq!(
+            routes.claim_sns("m", fresh).await.unwrap(),
+            SnsClaim::Claimed
+        );
     }
 }

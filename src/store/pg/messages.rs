@@ -14,7 +14,7 @@
 
 use super::{from_ms, ms, Pg};
 use crate::store::messages::{Hit, MessageRecord, Messages, QueueState, SledMessages, TidLock};
-use crate::store::routes::{RouteState, SledRouteState};
+use crate::store::routes::{RouteState, SledRouteState, SnsClaim};
 use crate::store::tokens::RouteToken;
 use crate::store::{codec, OutboxEntry, StoreError, StoreFuture};
 use std::sync::Arc;
@@ -29,9 +29,18 @@ const UPSERT: &str = "INSERT INTO transactions
 const ROUTE_IDS: &str = "INSERT INTO route_ids (id, tid)
     SELECT unnest($1::text[]), $2 ON CONFLICT (id) DO NOTHING";
 const TID_FOR_ROUTE_ID: &str = "SELECT tid FROM route_ids WHERE id = $1";
-const SNS_SEEN: &str = "SELECT 1 FROM sns_seen WHERE message_id = $1";
-const MARK_SNS_SEEN: &str =
-    "INSERT INTO sns_seen (message_id, seen_ms) VALUES ($1, $2) ON CONFLICT DO NOTHING";
+/// Claims an SNS message: a new row, or a stale unrecorded claim taken over. No row
+/// returned: someone recorded it or holds a fresh claim (`SNS_STATE` says which).
+const SNS_CLAIM: &str = "INSERT INTO sns_seen (message_id, seen_ms, recorded)
+    VALUES ($1, $2, false)
+    ON CONFLICT (message_id) DO UPDATE SET seen_ms = excluded.seen_ms
+        WHERE NOT sns_seen.recorded AND sns_seen.seen_ms < $3
+    RETURNING true";
+const SNS_STATE: &str = "SELECT recorded FROM sns_seen WHERE message_id = $1";
+const SNS_FINISH: &str = "INSERT INTO sns_seen (message_id, seen_ms, recorded)
+    VALUES ($1, $2, true)
+    ON CONFLICT (message_id) DO UPDATE SET recorded = true, seen_ms = excluded.seen_ms";
+const SNS_RELEASE: &str = "DELETE FROM sns_seen WHERE message_id = $1 AND NOT recorded";
 /// Counts a hit on an existing counter; the second column says it opened a new window.
 const TRACK_BUMP: &str = "WITH old AS (
         SELECT window_ms AS w FROM track
@@ -469,24 +478,45 @@ impl RouteState for ClusterRouteState {
         self.local.forget_route_ids(ids)
     }
 
-    fn sns_seen<'a>(&'a self, id: &'a str) -> StoreFuture<'a, bool> {
+    fn claim_sns<'a>(&'a self, id: &'a str, stale_before_ms: u64) -> StoreFuture<'a, SnsClaim> {
         Box::pin(async move {
+            let (now, stale) = (ms(crate::model::time::now_ms()), ms(stale_before_ms));
             self.pg
                 .run(|c| async move {
-                    let st = c.prepare_cached(SNS_SEEN).await?;
-                    Ok(c.query_opt(&st, &[&id]).await?.is_some())
+                    let claim = c.prepare_cached(SNS_CLAIM).await?;
+                    if c.query_opt(&claim, &[&id, &now, &stale]).await?.is_some() {
+                        return Ok(SnsClaim::Claimed);
+                    }
+                    let state = c.prepare_cached(SNS_STATE).await?;
+                    Ok(match c.query_opt(&state, &[&id]).await? {
+                        Some(r) if r.get::<_, bool>(0) => SnsClaim::Recorded,
+                        // Held, or released between the two statements: asked again.
+                        _ => SnsClaim::Busy,
+                    })
                 })
                 .await
         })
     }
 
-    fn mark_sns_seen<'a>(&'a self, id: &'a str) -> StoreFuture<'a, ()> {
+    fn finish_sns<'a>(&'a self, id: &'a str) -> StoreFuture<'a, ()> {
         Box::pin(async move {
             let now = ms(crate::model::time::now_ms());
             self.pg
                 .run(|c| async move {
-                    let st = c.prepare_cached(MARK_SNS_SEEN).await?;
+                    let st = c.prepare_cached(SNS_FINISH).await?;
                     c.execute(&st, &[&id, &now]).await
+                })
+                .await?;
+            Ok(())
+        })
+    }
+
+    fn release_sns<'a>(&'a self, id: &'a str) -> StoreFuture<'a, ()> {
+        Box::pin(async move {
+            self.pg
+                .run(|c| async move {
+                    let st = c.prepare_cached(SNS_RELEASE).await?;
+                    c.execute(&st, &[&id]).await
                 })
                 .await?;
             Ok(())

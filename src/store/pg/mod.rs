@@ -113,6 +113,9 @@ const MIGRATIONS: &[&str] = &[
         content bytea NOT NULL,
         updated_ms bigint NOT NULL,
         PRIMARY KEY (dir, name));",
+    // 4: an SNS message is claimed before it is recorded, so two nodes given the same
+    // message at once record it once.
+    "ALTER TABLE sns_seen ADD COLUMN recorded boolean NOT NULL DEFAULT true;",
 ];
 
 /// The advisory lock key under which migrations run ("pstn").
