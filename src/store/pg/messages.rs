@@ -21,11 +21,22 @@ use std::sync::Arc;
 use std::time::Duration;
 
 const GET: &str = "SELECT record FROM transactions WHERE tid = $1";
+/// A write of feedback to a finished transaction the database holds (under the tid's
+/// lock across nodes).
 const UPSERT: &str = "INSERT INTO transactions
         (tid, owner, state, finished, created_ms, updated_ms, record)
     VALUES ($1, $2, $3, $4, $5, $6, $7)
     ON CONFLICT (tid) DO UPDATE SET state = excluded.state, finished = excluded.finished,
         updated_ms = excluded.updated_ms, record = excluded.record";
+/// The owner's mirror copy: never over a finished row, which the database holds from the
+/// owner's first finished copy on (feedback from any node may have been added to it
+/// since; a later copy of the owner's is that same copy again, after a crash).
+const MIRROR_UPSERT: &str = "INSERT INTO transactions
+        (tid, owner, state, finished, created_ms, updated_ms, record)
+    VALUES ($1, $2, $3, $4, $5, $6, $7)
+    ON CONFLICT (tid) DO UPDATE SET state = excluded.state, finished = excluded.finished,
+        updated_ms = excluded.updated_ms, record = excluded.record
+    WHERE NOT transactions.finished";
 const ROUTE_IDS: &str = "INSERT INTO route_ids (id, tid)
     SELECT unnest($1::text[]), $2 ON CONFLICT (id) DO NOTHING";
 const TID_FOR_ROUTE_ID: &str = "SELECT tid FROM route_ids WHERE id = $1";
@@ -106,7 +117,7 @@ impl ClusterMessages {
     ) -> Result<(), StoreError> {
         let mut bounded = record.clone();
         bounded.bound_history();
-        self.pg.upsert(&bounded).await?;
+        self.pg.upsert(&bounded, UPSERT).await?;
         for e in events {
             self.local
                 .outbox
@@ -266,12 +277,13 @@ impl Messages for ClusterMessages {
 }
 
 impl Pg {
-    /// Writes a transaction's record (and its route ids) to the database.
-    pub(super) async fn upsert(&self, r: &MessageRecord) -> Result<(), StoreError> {
+    /// Writes a transaction's record (and its route ids) to the database with `sql`
+    /// ([`UPSERT`] or [`MIRROR_UPSERT`]).
+    async fn upsert(&self, r: &MessageRecord, sql: &'static str) -> Result<(), StoreError> {
         let bytes = codec::encode(r);
         let owner = self.node_id.as_str();
         self.run(|c| async move {
-            let st = c.prepare_cached(UPSERT).await?;
+            let st = c.prepare_cached(sql).await?;
             c.execute(
                 &st,
                 &[
@@ -381,13 +393,13 @@ async fn mirror_pass(pg: &Pg, local: &SledMessages, mirror: &sled::Tree) -> Resu
     let mut copies = futures::stream::iter(tids)
         .map(|tid| async move {
             if local.finished.contains_key(tid.as_bytes())? {
-                // The database takes this one over: no feedback, here or on another
-                // node, may write it meanwhile.
+                // The database takes this one over: no feedback here may write it
+                // meanwhile (feedback on other nodes waits until the database has the
+                // finished copy, and the copy never overwrites a finished row).
                 let _local = local.lock_tid(&tid).await;
-                let _shared = pg.advisory_lock(&tid).await;
-                mirror_one(pg, local, mirror, &tid).await
+                mirror_one(pg, local, mirror, &tid, true).await
             } else {
-                mirror_one(pg, local, mirror, &tid).await
+                mirror_one(pg, local, mirror, &tid, false).await
             }
         })
         .buffer_unordered(MIRROR_CONCURRENCY);
@@ -398,12 +410,15 @@ async fn mirror_pass(pg: &Pg, local: &SledMessages, mirror: &sled::Tree) -> Resu
 }
 
 /// Copies `tid`'s newest local record to the database, then clears its mark unless a
-/// newer write re-marked it, and drops a finished one's local copy.
+/// newer write re-marked it, and drops a finished one's local copy. A finished record is
+/// copied only under the tid's local lock (`locked`): one that finished since the caller
+/// looked waits for the next pass.
 async fn mirror_one(
     pg: &Pg,
     local: &SledMessages,
     mirror: &sled::Tree,
     tid: &str,
+    locked: bool,
 ) -> Result<(), StoreError> {
     let k = tid.as_bytes();
     let Some(mark) = mirror.get(k)? else {
@@ -420,7 +435,10 @@ async fn mirror_one(
         },
     };
     let record = decode(tid, &bytes)?;
-    pg.upsert(&record).await?;
+    if finished(record.state) && !locked {
+        return Ok(());
+    }
+    pg.upsert(&record, MIRROR_UPSERT).await?;
     let unmarked = mirror
         .compare_and_swap(k, Some(&mark), None as Option<&[u8]>)?
         .is_ok();
