@@ -387,6 +387,28 @@ pub(super) struct SledMessages {
 }
 
 impl SledMessages {
+    /// Which of `tid_locks` [`Messages::lock_tid`] takes for `tid`.
+    pub(super) fn stripe(&self, tid: &str) -> usize {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        tid.hash(&mut h);
+        (h.finish() as usize) % self.tid_locks.len()
+    }
+
+    /// The locks of several tids at once (what [`Messages::lock_tid`] takes for each),
+    /// taken in stripe order so two callers cannot wait on each other.
+    pub(super) async fn lock_tids<'a>(
+        &'a self,
+        tids: impl Iterator<Item = &str>,
+    ) -> Vec<tokio::sync::MutexGuard<'a, ()>> {
+        let stripes: std::collections::BTreeSet<usize> = tids.map(|t| self.stripe(t)).collect();
+        let mut guards = Vec::with_capacity(stripes.len());
+        for i in stripes {
+            guards.push(self.tid_locks[i].lock().await);
+        }
+        guards
+    }
+
     /// [`Messages::submit`]'s writes, not yet committed.
     pub(super) fn write_submit(
         &self,
@@ -598,10 +620,7 @@ impl Messages for SledMessages {
     }
 
     fn lock_tid<'a>(&'a self, tid: &'a str) -> futures::future::BoxFuture<'a, TidLock<'a>> {
-        use std::hash::{Hash, Hasher};
-        let mut h = std::collections::hash_map::DefaultHasher::new();
-        tid.hash(&mut h);
-        let lock = &self.tid_locks[(h.finish() as usize) % self.tid_locks.len()];
+        let lock = &self.tid_locks[self.stripe(tid)];
         Box::pin(async move {
             TidLock {
                 _guard: Box::new(lock.lock().await),

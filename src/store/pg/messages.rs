@@ -28,15 +28,20 @@ const UPSERT: &str = "INSERT INTO transactions
     VALUES ($1, $2, $3, $4, $5, $6, $7)
     ON CONFLICT (tid) DO UPDATE SET state = excluded.state, finished = excluded.finished,
         updated_ms = excluded.updated_ms, record = excluded.record";
-/// The owner's mirror copy: never over a finished row, which the database holds from the
-/// owner's first finished copy on (feedback from any node may have been added to it
-/// since; a later copy of the owner's is that same copy again, after a crash).
+/// The owner's mirror copies, many rows in one statement: never over a finished row, which
+/// the database holds from the owner's first finished copy on (feedback from any node may
+/// have been added to it since; a later copy of the owner's is that same copy again,
+/// after a crash).
 const MIRROR_UPSERT: &str = "INSERT INTO transactions
         (tid, owner, state, finished, created_ms, updated_ms, record)
-    VALUES ($1, $2, $3, $4, $5, $6, $7)
+    SELECT tid, $2::text, state, finished, created_ms, $6::bigint, record
+    FROM unnest($1::text[], $3::text[], $4::bool[], $5::bigint[], $7::bytea[])
+        AS r (tid, state, finished, created_ms, record)
     ON CONFLICT (tid) DO UPDATE SET state = excluded.state, finished = excluded.finished,
         updated_ms = excluded.updated_ms, record = excluded.record
     WHERE NOT transactions.finished";
+const MIRROR_ROUTE_IDS: &str = "INSERT INTO route_ids (id, tid)
+    SELECT * FROM unnest($1::text[], $2::text[]) ON CONFLICT (id) DO NOTHING";
 const ROUTE_IDS: &str = "INSERT INTO route_ids (id, tid)
     SELECT unnest($1::text[]), $2 ON CONFLICT (id) DO NOTHING";
 const TID_FOR_ROUTE_ID: &str = "SELECT tid FROM route_ids WHERE id = $1";
@@ -74,8 +79,8 @@ const PURGE: &str = "WITH gone AS (
 /// accepted and sent within it is copied once (SPEC 13 allows 2 s).
 const MIRROR_BATCH: Duration = Duration::from_millis(200);
 
-/// Transactions copied at once (each on its own pooled connection).
-const MIRROR_CONCURRENCY: usize = 8;
+/// Transactions copied in one statement.
+const MIRROR_CHUNK: usize = 256;
 
 fn finished(state: QueueState) -> bool {
     matches!(state, QueueState::Done | QueueState::Cancelled)
@@ -117,7 +122,7 @@ impl ClusterMessages {
     ) -> Result<(), StoreError> {
         let mut bounded = record.clone();
         bounded.bound_history();
-        self.pg.upsert(&bounded, UPSERT).await?;
+        self.pg.upsert(&bounded).await?;
         for e in events {
             self.local
                 .outbox
@@ -277,13 +282,47 @@ impl Messages for ClusterMessages {
 }
 
 impl Pg {
-    /// Writes a transaction's record (and its route ids) to the database with `sql`
-    /// ([`UPSERT`] or [`MIRROR_UPSERT`]).
-    async fn upsert(&self, r: &MessageRecord, sql: &'static str) -> Result<(), StoreError> {
+    /// The mirror task's copies of this node's records (and their route ids), in one
+    /// statement each.
+    async fn mirror_upsert(&self, copies: &[Copy]) -> Result<(), StoreError> {
+        if copies.is_empty() {
+            return Ok(());
+        }
+        let owner = self.node_id.as_str();
+        let now = ms(crate::model::time::now_ms());
+        let tids: Vec<&str> = copies.iter().map(|c| c.tid.as_str()).collect();
+        let states: Vec<&str> = copies.iter().map(|c| c.record.state.label()).collect();
+        let done: Vec<bool> = copies.iter().map(|c| finished(c.record.state)).collect();
+        let created: Vec<i64> = copies.iter().map(|c| ms(c.record.created_ms)).collect();
+        let records: Vec<&[u8]> = copies.iter().map(|c| c.bytes.as_ref()).collect();
+        let (mut ids, mut id_tids) = (Vec::new(), Vec::new());
+        for c in copies {
+            for id in &c.record.route_ids {
+                ids.push(id.as_str());
+                id_tids.push(c.tid.as_str());
+            }
+        }
+        let (tids, states, done, created, records, ids, id_tids) =
+            (&tids, &states, &done, &created, &records, &ids, &id_tids);
+        self.run(|c| async move {
+            let st = c.prepare_cached(MIRROR_UPSERT).await?;
+            c.execute(&st, &[tids, &owner, states, done, created, &now, records])
+                .await?;
+            if !ids.is_empty() {
+                let st = c.prepare_cached(MIRROR_ROUTE_IDS).await?;
+                c.execute(&st, &[ids, id_tids]).await?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    /// Writes a transaction's record (and its route ids) to the database.
+    async fn upsert(&self, r: &MessageRecord) -> Result<(), StoreError> {
         let bytes = codec::encode(r);
         let owner = self.node_id.as_str();
         self.run(|c| async move {
-            let st = c.prepare_cached(sql).await?;
+            let st = c.prepare_cached(UPSERT).await?;
             c.execute(
                 &st,
                 &[
@@ -385,65 +424,75 @@ pub(in crate::store) async fn mirror(
 }
 
 async fn mirror_pass(pg: &Pg, local: &SledMessages, mirror: &sled::Tree) -> Result<(), StoreError> {
-    use futures::StreamExt;
     let mut tids = Vec::new();
     for item in mirror.iter() {
         tids.push(String::from_utf8_lossy(&item?.0).into_owned());
     }
-    let mut copies = futures::stream::iter(tids)
-        .map(|tid| async move {
-            if local.finished.contains_key(tid.as_bytes())? {
-                // The database takes this one over: no feedback here may write it
-                // meanwhile (feedback on other nodes waits until the database has the
-                // finished copy, and the copy never overwrites a finished row).
-                let _local = local.lock_tid(&tid).await;
-                mirror_one(pg, local, mirror, &tid, true).await
-            } else {
-                mirror_one(pg, local, mirror, &tid, false).await
-            }
-        })
-        .buffer_unordered(MIRROR_CONCURRENCY);
-    while let Some(done) = copies.next().await {
-        done?;
+    for chunk in tids.chunks(MIRROR_CHUNK) {
+        mirror_chunk(pg, local, mirror, chunk).await?;
     }
     Ok(())
 }
 
-/// Copies `tid`'s newest local record to the database, then clears its mark unless a
-/// newer write re-marked it, and drops a finished one's local copy. A finished record is
-/// copied only under the tid's local lock (`locked`): one that finished since the caller
-/// looked waits for the next pass.
-async fn mirror_one(
+/// A marked tid's record as read for one copy.
+struct Copy {
+    tid: String,
+    mark: sled::IVec,
+    bytes: sled::IVec,
+    record: MessageRecord,
+}
+
+/// Copies the newest local records of `tids` to the database in one statement, then
+/// clears each mark unless a newer write re-marked it, and drops finished ones' local
+/// copies. The database takes a finished one over: no feedback here may write it
+/// meanwhile, so finished ones are copied under their local locks (feedback on other
+/// nodes waits until the database has the finished copy, and a copy never overwrites a
+/// finished row); one that finished since it was looked at waits for the next pass.
+async fn mirror_chunk(
     pg: &Pg,
     local: &SledMessages,
     mirror: &sled::Tree,
-    tid: &str,
-    locked: bool,
+    tids: &[String],
 ) -> Result<(), StoreError> {
-    let k = tid.as_bytes();
-    let Some(mark) = mirror.get(k)? else {
-        return Ok(());
-    };
-    let (tree, bytes) = match local.messages.get(k)? {
-        Some(v) => (&local.messages, v),
-        None => match local.finished.get(k)? {
-            Some(v) => (&local.finished, v),
-            None => {
-                let _ = mirror.compare_and_swap(k, Some(&mark), None as Option<&[u8]>)?;
-                return Ok(());
-            }
-        },
-    };
-    let record = decode(tid, &bytes)?;
-    if finished(record.state) && !locked {
-        return Ok(());
+    let mut handed_over = Vec::new();
+    for tid in tids {
+        if local.finished.contains_key(tid.as_bytes())? {
+            handed_over.push(tid.as_str());
+        }
     }
-    pg.upsert(&record, MIRROR_UPSERT).await?;
-    let unmarked = mirror
-        .compare_and_swap(k, Some(&mark), None as Option<&[u8]>)?
-        .is_ok();
-    if unmarked && finished(record.state) {
-        let _ = tree.compare_and_swap(k, Some(&bytes), None as Option<&[u8]>)?;
+    let _locks = local.lock_tids(handed_over.iter().copied()).await;
+    let mut copies = Vec::with_capacity(tids.len());
+    for tid in tids {
+        let k = tid.as_bytes();
+        let Some(mark) = mirror.get(k)? else {
+            continue;
+        };
+        let Some(bytes) = local.messages.get(k)?.or(local.finished.get(k)?) else {
+            let _ = mirror.compare_and_swap(k, Some(&mark), None as Option<&[u8]>)?;
+            continue;
+        };
+        let record = decode(tid, &bytes)?;
+        if finished(record.state) && !handed_over.contains(&tid.as_str()) {
+            continue;
+        }
+        copies.push(Copy {
+            tid: tid.clone(),
+            mark,
+            bytes,
+            record,
+        });
+    }
+    pg.mirror_upsert(&copies).await?;
+    for c in &copies {
+        let k = c.tid.as_bytes();
+        let unmarked = mirror
+            .compare_and_swap(k, Some(&c.mark), None as Option<&[u8]>)?
+            .is_ok();
+        if unmarked && finished(c.record.state) {
+            let _ = local
+                .finished
+                .compare_and_swap(k, Some(&c.bytes), None as Option<&[u8]>)?;
+        }
     }
     Ok(())
 }
