@@ -1,6 +1,8 @@
 //! [`Buckets`] on PostgreSQL: one row per service holding the bucket as GCRA's theoretical
 //! arrival time (`tat`, seconds since the epoch on the database's clock, so nodes' clocks
-//! do not matter). Taking tokens is one atomic statement.
+//! do not matter). Taking tokens is one atomic statement. The table is unlogged: taking
+//! waits for no WAL flush, and a database crash empties it (forgetting the last second's
+//! sends, the most a bucket holds).
 
 use super::Pg;
 use crate::store::bucket::Buckets;

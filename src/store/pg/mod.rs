@@ -116,6 +116,9 @@ const MIGRATIONS: &[&str] = &[
     // 4: an SNS message is claimed before it is recorded, so two nodes given the same
     // message at once record it once.
     "ALTER TABLE sns_seen ADD COLUMN recorded boolean NOT NULL DEFAULT true;",
+    // 5: the TPS buckets are rate state, not records: unlogged, a request's take waits
+    // for no WAL flush (a database crash empties them, which only forgets recent sends).
+    "ALTER TABLE buckets SET UNLOGGED;",
 ];
 
 /// The advisory lock key under which migrations run ("pstn").
