@@ -138,14 +138,21 @@ async fn list(
     Query(q): Query<AssetFilter>,
 ) -> Result<Response, ApiError> {
     admin(&d, &headers)?;
-    let entries = d
-        .store
-        .suppressions()
-        .list(q.asset.as_deref(), now_ms())
-        .await
-        .map_err(ApiError::store)?;
+    let entries = list_entries(&d, q.asset.as_deref()).await?;
     let items: Vec<_> = entries.iter().map(entry_json).collect();
     Ok(Json(json!({"suppressions": items, "count": items.len()})).into_response())
+}
+
+/// The active suppressions, of one asset or of all.
+pub(super) async fn list_entries(
+    d: &crate::daemon::Daemon,
+    asset: Option<&str>,
+) -> Result<Vec<Suppression>, ApiError> {
+    d.store
+        .suppressions()
+        .list(asset, now_ms())
+        .await
+        .map_err(ApiError::store)
 }
 
 #[derive(Deserialize)]
@@ -172,22 +179,34 @@ async fn add(
             format!("body: {e}"),
         )
     })?;
+    let entry = add_entry(&d, req.asset_id, &req.address, &req.reason).await?;
+    Ok((StatusCode::CREATED, Json(entry_json(&entry))).into_response())
+}
+
+/// Adds one suppression as the admin API and the admin page do: the asset must be
+/// configured, the address valid, the reason one of the three.
+pub(super) async fn add_entry(
+    d: &crate::daemon::Daemon,
+    asset_id: String,
+    address: &str,
+    reason: &str,
+) -> Result<Suppression, ApiError> {
     let config = d.config();
-    let asset = config.asset(&req.asset_id).ok_or_else(|| {
+    let asset = config.asset(&asset_id).ok_or_else(|| {
         ApiError::new(
             StatusCode::BAD_REQUEST,
             ApiCode::InvalidValue,
-            format!("assetId: '{}' is not configured", req.asset_id),
+            format!("assetId: '{asset_id}' is not configured"),
         )
     })?;
-    crate::model::types::check_address(&req.address).map_err(|_| {
+    crate::model::types::check_address(address).map_err(|_| {
         ApiError::new(
             StatusCode::BAD_REQUEST,
             ApiCode::InvalidValue,
             "address: is not a valid email address",
         )
     })?;
-    let reason = Reason::parse(&req.reason).ok_or_else(|| {
+    let reason = Reason::parse(reason).ok_or_else(|| {
         ApiError::new(
             StatusCode::BAD_REQUEST,
             ApiCode::InvalidValue,
@@ -197,8 +216,8 @@ async fn add(
     let now = now_ms();
     let retention_ms = config.bounce_retention_ms(&asset.id);
     let entry = Suppression {
-        asset_id: req.asset_id,
-        address: req.address.to_ascii_lowercase(),
+        asset_id,
+        address: address.to_ascii_lowercase(),
         reason,
         since_ms: now,
         expires_ms: (reason == Reason::Bounced).then_some(now + retention_ms),
@@ -209,7 +228,7 @@ async fn add(
         .add(std::slice::from_ref(&entry))
         .await
         .map_err(ApiError::store)?;
-    Ok((StatusCode::CREATED, Json(entry_json(&entry))).into_response())
+    Ok(entry)
 }
 
 #[utoipa::path(delete, path = "/admin/suppressions/{asset}/{address}", tag = "admin", params(("asset" = String, Path), ("address" = String, Path)), responses((status = 204), (status = 404)))]
@@ -219,13 +238,23 @@ async fn remove(
     Path((asset, address)): Path<(String, String)>,
 ) -> Result<Response, ApiError> {
     admin(&d, &headers)?;
+    remove_entry(&d, &asset, &address).await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+/// Removes one suppression; 404 when the address is not suppressed for the asset.
+pub(super) async fn remove_entry(
+    d: &crate::daemon::Daemon,
+    asset: &str,
+    address: &str,
+) -> Result<(), ApiError> {
     if d.store
         .suppressions()
-        .remove(&asset, &address)
+        .remove(asset, address)
         .await
         .map_err(ApiError::store)?
     {
-        Ok(StatusCode::NO_CONTENT.into_response())
+        Ok(())
     } else {
         Err(ApiError::new(
             StatusCode::NOT_FOUND,
@@ -242,14 +271,17 @@ async fn export(
     Query(q): Query<AssetFilter>,
 ) -> Result<Response, ApiError> {
     admin(&d, &headers)?;
-    let entries = d
-        .store
-        .suppressions()
-        .list(q.asset.as_deref(), now_ms())
-        .await
-        .map_err(ApiError::store)?;
-    let text = crate::outbound::suppression::to_csv(&entries).map_err(ApiError::internal)?;
+    let text = export_csv(&d, q.asset.as_deref()).await?;
     Ok(([(header::CONTENT_TYPE, "text/csv; charset=utf-8")], text).into_response())
+}
+
+/// The active suppressions as CSV (`asset_id,address,reason,since,expires`).
+pub(super) async fn export_csv(
+    d: &crate::daemon::Daemon,
+    asset: Option<&str>,
+) -> Result<String, ApiError> {
+    let entries = list_entries(d, asset).await?;
+    crate::outbound::suppression::to_csv(&entries).map_err(ApiError::internal)
 }
 
 #[utoipa::path(post, path = "/admin/suppressions/import", tag = "admin", request_body(content = String, content_type = "text/csv"), responses((status = 200), (status = 400, description = "names the bad line; nothing imported")))]
@@ -259,7 +291,14 @@ async fn import(
     body: axum::body::Bytes,
 ) -> Result<Response, ApiError> {
     admin(&d, &headers)?;
-    let text = std::str::from_utf8(&body).map_err(|_| {
+    let imported = import_csv(&d, &body).await?;
+    Ok(Json(json!({"imported": imported})).into_response())
+}
+
+/// Imports a CSV of suppressions, all or nothing: a bad line is named and nothing is
+/// stored. Returns how many entries were imported.
+pub(super) async fn import_csv(d: &crate::daemon::Daemon, body: &[u8]) -> Result<usize, ApiError> {
+    let text = std::str::from_utf8(body).map_err(|_| {
         ApiError::new(
             StatusCode::BAD_REQUEST,
             ApiCode::Malformed,
@@ -285,5 +324,5 @@ async fn import(
         .add(&entries)
         .await
         .map_err(ApiError::store)?;
-    Ok(Json(json!({"imported": entries.len()})).into_response())
+    Ok(entries.len())
 }

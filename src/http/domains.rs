@@ -59,8 +59,18 @@ async fn verify(
     Path(domain): Path<String>,
 ) -> Result<Response, ApiError> {
     admin(&d, &headers)?;
+    let result = verify_domain(&d, &domain).await?;
+    Ok(Json(result).into_response())
+}
+
+/// Verification itself, for the admin API and the admin page: a fresh resolver looks the
+/// records up, and the verdict is stored for `require_verified_domain`.
+pub(super) async fn verify_domain(
+    d: &crate::daemon::Daemon,
+    domain: &str,
+) -> Result<crate::outbound::domains::Verification, ApiError> {
     let config = d.config();
-    let records = match crate::outbound::domains::records(&config, &domain) {
+    let records = match crate::outbound::domains::records(&config, domain) {
         Ok(r) => r,
         Err(e @ crate::outbound::domains::DomainError::Unknown(_)) => {
             return Err(ApiError::new(
@@ -94,5 +104,5 @@ async fn verify(
         .await
         .map_err(ApiError::store)?;
     tracing::info!(domain = %domain, verified = result.verified, "domain verified");
-    Ok(Json(result).into_response())
+    Ok(result)
 }
