@@ -11,6 +11,7 @@ pub mod domains;
 pub mod public;
 mod serve;
 pub mod ses;
+mod ui;
 
 pub use serve::serve;
 
@@ -39,6 +40,7 @@ pub fn router(daemon: Arc<Daemon>) -> Router {
         .merge(public::routes())
         .merge(ses::routes())
         .merge(domains::routes())
+        .merge(ui::routes())
         .route(
             "/openapi.json",
             get(|| async { ([(header::CONTENT_TYPE, "application/json")], openapi_json()) }),

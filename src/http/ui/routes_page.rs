@@ -1,0 +1,128 @@
+//! Routes and assets: per asset its domains, forwarding address and route (kind, host or
+//! region, security, authentication), with "Test connection": the daemon's own route for
+//! the asset connects and authenticates without sending, as `postern route test` does.
+
+use super::layout::{self, Nav};
+use super::session::{lock, Action, Flash, RouteTest, Signed};
+use crate::config::{AssetConfig, RouteAuth, RouteConfig, Security};
+use crate::http::AppState;
+use axum::extract::State;
+use axum::response::Response;
+use axum::routing::{get, post};
+use axum::Router;
+use maud::{html, Markup};
+use std::time::Duration;
+
+const PAGE: &str = "/admin/ui/routes";
+/// A test connection that has not answered by then is reported as failed.
+const TEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+pub(super) fn routes() -> Router<AppState> {
+    Router::new()
+        .route(PAGE, get(page))
+        .route("/admin/ui/routes/test", post(test))
+}
+
+fn security(s: Security) -> &'static str {
+    match s {
+        Security::None => "no TLS",
+        Security::Ssl => "TLS (implicit)",
+        Security::Starttls => "STARTTLS",
+    }
+}
+
+fn auth(a: RouteAuth) -> &'static str {
+    match a {
+        RouteAuth::None => "no authentication",
+        RouteAuth::Password => "password",
+        RouteAuth::Oauth2 => "OAuth2 (XOAUTH2)",
+    }
+}
+
+fn route_facts(route: &RouteConfig) -> Markup {
+    html! {
+        @match route {
+            RouteConfig::Smtp(s) => {
+                dt { "Route" } dd { "smtp (smarthost)" }
+                dt { "Server" } dd { code { (s.host) @if let Some(p) = s.port { ":" (p) } } }
+                dt { "Security" } dd { (security(s.security)) }
+                dt { "Authentication" } dd {
+                    (auth(s.auth))
+                    @if let Some(u) = s.username.as_deref().filter(|u| !u.is_empty()) { " as " code { (u) } }
+                }
+            },
+            RouteConfig::Ses(s) => {
+                dt { "Route" } dd { "ses (Amazon SES v2)" }
+                dt { "Region" } dd { code { (s.region) } }
+                @if let Some(e) = &s.endpoint { dt { "Endpoint" } dd { code { (e) } } }
+            },
+        }
+    }
+}
+
+fn asset_section(
+    signed: &Signed,
+    asset: &AssetConfig,
+    inbound_domain: &str,
+    tested: Option<&RouteTest>,
+) -> Markup {
+    let forwarding = format!("{}@{inbound_domain}", asset.id);
+    html! {
+        section.card aria-labelledby=(format!("h-{}", asset.id)) {
+            h2 id=(format!("h-{}", asset.id)) {
+                (if asset.name.is_empty() { &asset.id } else { &asset.name })
+            }
+            dl.facts {
+                dt { "Asset id" } dd { code { (asset.id) } }
+                dt { "Domains" } dd { (asset.domains.join(", ")) }
+                dt { "Forwarding address" } dd { (layout::copyable(&forwarding)) }
+                dt { "Inbound mail" } dd { @if asset.inbound { "accepted" } @else { "refused" } }
+                @match &asset.route {
+                    Some(r) => (route_facts(r)),
+                    None => { dt { "Route" } dd { "none: this asset does not send" } },
+                }
+            }
+            @if asset.route.is_some() {
+                p { (layout::button(signed, "/admin/ui/routes/test", "Test connection", &[("asset", &asset.id)], None)) }
+                @match tested {
+                    Some((at, Ok(text))) => p.flash.ok role="status" { "Test at " (layout::time(*at)) ": " (text) },
+                    Some((at, Err(text))) => p.flash.bad role="alert" { "Test at " (layout::time(*at)) " failed: " (text) },
+                    None => {},
+                }
+            }
+        }
+    }
+}
+
+async fn page(State(d): State<AppState>, signed: Signed) -> Response {
+    let config = d.config();
+    let tested = lock(&signed.ui.route_tests).clone();
+    let body = html! {
+        p.hint { "Mail sent to an asset's forwarding address (for example by a Gmail or Outlook forwarding rule) becomes an MO event at its incoming webhook." }
+        @for a in &config.assets {
+            (asset_section(&signed, a, &config.server.inbound_domain, tested.get(&a.id)))
+        }
+    };
+    layout::page("Routes and assets", Nav::Routes, &signed, body)
+}
+
+async fn test(State(d): State<AppState>, action: Action) -> Response {
+    let asset = action.fields.get("asset").to_string();
+    let config = d.config();
+    let back = format!("{PAGE}#h-{asset}");
+    let Some(route) = d.queue_worker.route(&config, &asset) else {
+        let flash = Flash::Failed(format!("Asset {asset} has no route in the configuration."));
+        return action.signed.redirect(PAGE, flash);
+    };
+    let result = match tokio::time::timeout(TEST_TIMEOUT, route.test()).await {
+        Ok(r) => r,
+        Err(_) => Err(format!("no answer within {}s", TEST_TIMEOUT.as_secs())),
+    };
+    tracing::info!(asset = %asset, ok = result.is_ok(), "admin page: route tested");
+    let flash = match &result {
+        Ok(_) => Flash::Done(format!("The route of {asset} answered.")),
+        Err(_) => Flash::Failed(format!("The route of {asset} failed its test.")),
+    };
+    lock(&action.signed.ui.route_tests).insert(asset, (crate::model::time::now_ms(), result));
+    action.signed.redirect(&back, flash)
+}
