@@ -9,6 +9,7 @@ pub mod admin;
 pub mod api;
 pub mod domains;
 pub mod public;
+pub mod queue;
 mod serve;
 pub mod ses;
 
@@ -39,6 +40,7 @@ pub fn router(daemon: Arc<Daemon>) -> Router {
         .merge(public::routes())
         .merge(ses::routes())
         .merge(domains::routes())
+        .merge(queue::routes())
         .route(
             "/openapi.json",
             get(|| async { ([(header::CONTENT_TYPE, "application/json")], openapi_json()) }),
@@ -74,6 +76,7 @@ pub fn openapi_json() -> String {
     doc.merge(domains::DomainDoc::openapi());
     doc.merge(ses::SesDoc::openapi());
     doc.merge(DeadLetterDoc::openapi());
+    doc.merge(queue::QueueDoc::openapi());
     doc.to_pretty_json().unwrap_or_default()
 }
 

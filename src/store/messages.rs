@@ -20,6 +20,8 @@ pub enum QueueState {
     Done,
     /// Cancelled by an operator.
     Cancelled,
+    /// Held by an operator: never sent until released (SPEC 14).
+    Held,
 }
 
 impl QueueState {
@@ -30,7 +32,22 @@ impl QueueState {
             QueueState::Retry => "retry",
             QueueState::Done => "done",
             QueueState::Cancelled => "cancelled",
+            QueueState::Held => "held",
         }
+    }
+
+    /// The state a label names (as `label` gives it).
+    pub fn parse(label: &str) -> Option<QueueState> {
+        [
+            QueueState::Scheduled,
+            QueueState::Ready,
+            QueueState::Retry,
+            QueueState::Done,
+            QueueState::Cancelled,
+            QueueState::Held,
+        ]
+        .into_iter()
+        .find(|s| s.label() == label)
     }
 }
 
@@ -118,6 +135,46 @@ pub struct MessageRecord {
 }
 
 impl MessageRecord {
+    /// An empty record for unit tests: no recipients, state `Ready`.
+    #[cfg(test)]
+    pub fn for_tests(tid: &str) -> MessageRecord {
+        MessageRecord {
+            tid: tid.into(),
+            request_id: String::new(),
+            service_id: String::new(),
+            asset_id: String::new(),
+            from: String::new(),
+            from_name: None,
+            reply_to: None,
+            to: Vec::new(),
+            cc: Vec::new(),
+            recipients: Vec::new(),
+            subject: String::new(),
+            text: None,
+            html: None,
+            attachments: Vec::new(),
+            receipts: crate::model::types::Receipts::none(),
+            correlation_id: None,
+            callback_data: String::new(),
+            notify_url: None,
+            send_at_ms: 0,
+            expire_at_ms: u64::MAX,
+            track_clicks: false,
+            track_opens: false,
+            list_unsubscribe_url: None,
+            unsubscribe_email: None,
+            unsubscribe_subject: None,
+            contact_policy: None,
+            state: QueueState::Ready,
+            attempts: 0,
+            next_ms: 0,
+            created_ms: 0,
+            last_error: String::new(),
+            history: Vec::new(),
+            route_ids: Vec::new(),
+        }
+    }
+
     pub fn pending(&self) -> impl Iterator<Item = &RecipientState> {
         self.recipients
             .iter()
