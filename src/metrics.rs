@@ -468,6 +468,7 @@ postern_api_destinations_total{result="rejected"} 3
 postern_queue_entries{state="scheduled"} 1
 postern_queue_entries{state="ready"} 2
 postern_queue_entries{state="retry"} 0
+postern_queue_entries{state="held"} 0
 # HELP postern_outbound_messages_total Recipients handed to a route, by result.
 # TYPE postern_outbound_messages_total counter
 postern_outbound_messages_total{route="smtp",result="submitted"} 2
