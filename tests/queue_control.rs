@@ -1,12 +1,17 @@
-//! Queue control (SPEC 14) on a node alone: `GET /admin/queue` with its filters and
-//! paging, `GET /admin/queue/{tid}`, and retry / cancel / hold / release, through the
-//! admin API and the `postern queue` CLI, against a real smarthost and webhook receiver.
+//! Queue control and the message log (SPEC 14): `GET /admin/queue` with its filters and
+//! paging, `GET /admin/queue/{tid}`, retry / cancel / hold / release, and
+//! `GET /admin/messages`, through the admin API and the `postern queue` CLI, against a
+//! real smarthost and webhook receiver; each on a node alone (sled) and on a cluster node
+//! (a private PostgreSQL started by the test).
 
 mod common;
+#[path = "common/pg.rs"]
+mod pg;
 #[path = "common/smarthost.rs"]
 mod smarthost;
 
 use common::*;
+use pg::PgServer;
 use serde_json::{json, Value};
 use smarthost::{Script, Smarthost};
 use std::time::{Duration, SystemTime};
@@ -24,10 +29,20 @@ struct Node {
 
 impl Node {
     async fn start(relay: &Smarthost, retry_base: u64) -> Node {
+        Self::start_on(relay, retry_base, None).await
+    }
+
+    /// A node alone, or with `pg` a cluster node on that database.
+    async fn start_on(relay: &Smarthost, retry_base: u64, pg: Option<&PgServer>) -> Node {
         let hooks = Receiver::start().await;
         let dir = tempfile::tempdir().unwrap();
-        let config = ConfigBuilder::outbound(&hooks.url(""), Route::smtp(relay.addr.port()))
+        let mut config = ConfigBuilder::outbound(&hooks.url(""), Route::smtp(relay.addr.port()))
             .retry_base(retry_base);
+        if let Some(pg) = pg {
+            config = config
+                .set("cluster.database_url", pg.url())
+                .set("cluster.node_id", "a");
+        }
         let Started { handle, http, .. } = start_in_process(dir.path(), config).await;
         Node {
             daemon: Some(handle),
@@ -40,10 +55,14 @@ impl Node {
 
     /// Sends to `to`, due `in_secs` from now; the tid.
     async fn send(&self, to: &str, in_secs: u64) -> String {
+        self.send_from("news@example.test", to, in_secs).await
+    }
+
+    async fn send_from(&self, from: &str, to: &str, in_secs: u64) -> String {
         let at = SystemTime::now() + Duration::from_secs(in_secs);
         let body = json!({
             "channel": "email",
-            "from": "news@example.test",
+            "from": from,
             "to": [{"email": [to], "correlationId": format!("corr-{to}")}],
             "content": {"type": "text", "subject": "Queue", "text": "Queue control"},
             "sendAt": chrono::DateTime::<chrono::Utc>::from(at).to_rfc3339(),
@@ -143,8 +162,19 @@ fn received_by(relay: &Smarthost, to: &str) -> usize {
 
 #[tokio::test]
 async fn a_held_message_stays_unsent_until_released() {
+    held(None).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_held_message_stays_unsent_until_released_on_postgresql() {
+    let pg = PgServer::start().await;
+    held(Some(&pg)).await;
+    pg.stop().await;
+}
+
+async fn held(pg: Option<&PgServer>) {
     let relay = Smarthost::start(Script::default()).await;
-    let node = Node::start(&relay, 1).await;
+    let node = Node::start_on(&relay, 1, pg).await;
     let held = node.send("held@example.org", 1).await;
     let (s, v) = node.act(&held, "hold").await;
     assert_eq!((s, v["state"].as_str()), (200, Some("held")), "{v}");
@@ -186,8 +216,19 @@ async fn a_held_message_stays_unsent_until_released() {
 
 #[tokio::test]
 async fn cancel_ends_pending_recipients_with_7592_and_sends_nothing() {
+    cancel(None).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancel_ends_pending_recipients_with_7592_and_sends_nothing_on_postgresql() {
+    let pg = PgServer::start().await;
+    cancel(Some(&pg)).await;
+    pg.stop().await;
+}
+
+async fn cancel(pg: Option<&PgServer>) {
     let relay = Smarthost::start(Script::default()).await;
-    let node = Node::start(&relay, 1).await;
+    let node = Node::start_on(&relay, 1, pg).await;
     let tid = node.send("cancel-me@example.org", 3600).await;
     let (code, out, err) = node.cli(&["cancel", &tid]).await;
     assert_eq!(code, Some(0), "{out}{err}");
@@ -224,13 +265,24 @@ async fn cancel_ends_pending_recipients_with_7592_and_sends_nothing() {
 
 #[tokio::test]
 async fn retry_sends_a_deferred_message_now() {
+    retry(None).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retry_sends_a_deferred_message_now_on_postgresql() {
+    let pg = PgServer::start().await;
+    retry(Some(&pg)).await;
+    pg.stop().await;
+}
+
+async fn retry(pg: Option<&PgServer>) {
     let relay = Smarthost::start(Script {
         tempfail_times: 1,
         ..Default::default()
     })
     .await;
     // A deferred message would wait an hour.
-    let node = Node::start(&relay, 3600).await;
+    let node = Node::start_on(&relay, 3600, pg).await;
     let tid = node.send("tempfail@example.org", 0).await;
     let mut entry = Value::Null;
     wait_until(WAIT, "the message deferred", async || {
@@ -333,4 +385,125 @@ async fn the_listing_filters_pages_and_names_bad_parameters() {
     let (_, shown) = node.get(&format!("/admin/queue/{a}")).await;
     assert_eq!(shown["state"], "scheduled");
     node.stop().await;
+}
+
+#[tokio::test]
+async fn the_message_log_finds_transactions_by_every_filter() {
+    message_log(None).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_message_log_finds_transactions_by_every_filter_on_postgresql() {
+    let pg = PgServer::start().await;
+    message_log(Some(&pg)).await;
+    pg.stop().await;
+}
+
+async fn message_log(pg: Option<&PgServer>) {
+    let relay = Smarthost::start(Script::default()).await;
+    let node = Node::start_on(&relay, 1, pg).await;
+    let m1 = node.send("Ann@Alpha.example", 0).await;
+    node.note("Ann@Alpha.example", "7501").await;
+    let m2 = node
+        .send_from("other@example.test", "bob@beta.example", 0)
+        .await;
+    node.note("bob@beta.example", "7501").await;
+    let m3 = node.send("ann@alpha.example", 3600).await;
+    let tids = |v: &Value| -> Vec<String> {
+        v["messages"]
+            .as_array()
+            .unwrap_or(&Vec::new())
+            .iter()
+            .map(|e| e["tid"].as_str().unwrap().to_string())
+            .collect()
+    };
+    // A cluster node's log is the database's: wait for the copies (at most a moment).
+    let mut found = Value::Null;
+    wait_until(WAIT, "three transactions in the log", async || {
+        found = node.get("/admin/messages?asset=a_out").await.1;
+        tids(&found).len() == 3
+    })
+    .await;
+    assert_eq!(
+        tids(&found),
+        [m3.clone(), m2.clone(), m1.clone()],
+        "newest first"
+    );
+    let search = async |q: &str| -> Vec<String> {
+        let (s, v) = node.get(&format!("/admin/messages?{q}")).await;
+        assert_eq!(s, 200, "{q}: {v}");
+        tids(&v)
+    };
+    assert_eq!(
+        search("recipient=ANN@alpha.EXAMPLE").await,
+        [m3.clone(), m1.clone()]
+    );
+    assert_eq!(
+        search("recipient=nobody@alpha.example").await,
+        Vec::<String>::new()
+    );
+    assert_eq!(search("sender=Other@Example.test").await, vec![m2.clone()]);
+    assert_eq!(search(&format!("tid={m2}")).await, vec![m2.clone()]);
+    assert_eq!(
+        search("correlationId=corr-bob@beta.example").await,
+        vec![m2.clone()]
+    );
+    assert_eq!(search("asset=nope").await, Vec::<String>::new());
+    assert_eq!(search("state=done").await, [m2.clone(), m1.clone()]);
+    assert_eq!(
+        search("state=scheduled&recipient=ann@alpha.example").await,
+        vec![m3.clone()]
+    );
+    // Time range, from the acceptance times the log itself gives.
+    let accepted = found["messages"][1]["accepted"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let at = urlencode(&accepted);
+    assert_eq!(
+        search(&format!("since={at}")).await,
+        [m3.clone(), m2.clone()]
+    );
+    assert_eq!(search(&format!("until={at}")).await, vec![m1.clone()]);
+    // Each entry carries its recipients' states and history.
+    let first = &found["messages"][2];
+    assert_eq!(first["recipients"][0]["code"], "7501", "{first}");
+    assert!(first["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|h| h["code"] == "7501"));
+    // Pages of one.
+    let (_, p1) = node.get("/admin/messages?limit=1").await;
+    assert_eq!(tids(&p1), vec![m3.clone()]);
+    let c1 = p1["next"].as_str().unwrap().to_string();
+    let (_, p2) = node
+        .get(&format!("/admin/messages?limit=1&cursor={c1}"))
+        .await;
+    assert_eq!(tids(&p2), vec![m2.clone()]);
+    let c2 = p2["next"].as_str().unwrap().to_string();
+    let (_, p3) = node
+        .get(&format!("/admin/messages?limit=1&cursor={c2}"))
+        .await;
+    assert_eq!(tids(&p3), vec![m1.clone()]);
+    assert_eq!(p3["next"], Value::Null, "{p3}");
+    // Bad parameters name themselves.
+    for (q, field) in [
+        ("since=yesterday", "since:"),
+        ("cursor=junk", "cursor:"),
+        ("state=lost", "state:"),
+        ("limit=5000", "limit:"),
+    ] {
+        let (s, v) = node.get(&format!("/admin/messages?{q}")).await;
+        assert_eq!(s, 400, "{q}: {v}");
+        assert!(
+            v["description"].as_str().unwrap().starts_with(field),
+            "{q}: {v}"
+        );
+    }
+    node.stop().await;
+}
+
+fn urlencode(s: &str) -> String {
+    s.replace(':', "%3A").replace('+', "%2B")
 }

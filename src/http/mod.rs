@@ -8,6 +8,7 @@
 pub mod admin;
 pub mod api;
 pub mod domains;
+pub mod log;
 pub mod public;
 pub mod queue;
 mod serve;
@@ -41,6 +42,7 @@ pub fn router(daemon: Arc<Daemon>) -> Router {
         .merge(ses::routes())
         .merge(domains::routes())
         .merge(queue::routes())
+        .merge(log::routes())
         .route(
             "/openapi.json",
             get(|| async { ([(header::CONTENT_TYPE, "application/json")], openapi_json()) }),
@@ -77,6 +79,7 @@ pub fn openapi_json() -> String {
     doc.merge(ses::SesDoc::openapi());
     doc.merge(DeadLetterDoc::openapi());
     doc.merge(queue::QueueDoc::openapi());
+    doc.merge(log::LogDoc::openapi());
     doc.to_pretty_json().unwrap_or_default()
 }
 

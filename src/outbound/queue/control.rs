@@ -10,6 +10,7 @@
 use super::{end_recipient, QueueWorker};
 use crate::model::time::now_ms;
 use crate::model::types::DeliveryCode;
+use crate::store::log::{LogPage, LogQuery};
 use crate::store::messages::{MessageRecord, QueueState};
 use crate::store::{Store, StoreError};
 use std::time::Duration;
@@ -147,6 +148,12 @@ pub async fn show(store: &Store, tid: &str) -> Result<MessageRecord, ControlErro
         .get(tid)
         .await?
         .ok_or_else(|| ControlError::NotFound(tid.to_string()))
+}
+
+/// The message log (SPEC 14): every transaction of the retention period matching `q`,
+/// newest first, through the store's index (sled's `log_index`, or the database's).
+pub async fn search(store: &Store, q: &LogQuery) -> Result<LogPage, StoreError> {
+    store.messages().search(q).await
 }
 
 impl QueueWorker {
