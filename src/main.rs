@@ -2,6 +2,8 @@
 //! Exit codes: 0 ok, 1 failure, 2 usage (clap's own errors exit 2 as well), 75 the store
 //! failed and cannot recover in process (systemd restarts the daemon).
 
+mod cli;
+
 use clap::{Parser, Subcommand};
 use postern::config::{Config, LogFormat};
 use std::path::PathBuf;
@@ -47,6 +49,11 @@ enum Command {
     Route {
         #[command(subcommand)]
         action: RouteAction,
+    },
+    /// The running daemon's outbound queue (through its admin API).
+    Queue {
+        #[command(subcommand)]
+        action: cli::QueueAction,
     },
     /// Several nodes on one PostgreSQL database (SPEC 13).
     Cluster {
@@ -168,6 +175,7 @@ fn main() -> ExitCode {
         Command::CheckConfig => check_config(&path),
         Command::Domain { action } => with_config(&path, |config| domain(config, action)),
         Command::Suppression { action } => with_config(&path, |config| suppression(config, action)),
+        Command::Queue { action } => with_config(&path, |config| cli::queue(config, action)),
         Command::Route {
             action: RouteAction::Test { asset },
         } => with_config(&path, |config| route_test(config, &asset)),

@@ -91,7 +91,7 @@ fn kind_slot(kind: EventKind) -> usize {
 }
 
 /// The `state` label values of `postern_queue_entries`, in the order of `queue_entries`.
-const QUEUE_STATES: [&str; 3] = ["scheduled", "ready", "retry"];
+const QUEUE_STATES: [&str; 4] = ["scheduled", "ready", "retry", "held"];
 
 const LATENCY_BUCKETS: [f64; 11] = [
     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
@@ -127,6 +127,7 @@ pub fn queue_slot(state: crate::store::messages::QueueState) -> Option<usize> {
         Q::Scheduled => Some(0),
         Q::Ready => Some(1),
         Q::Retry => Some(2),
+        Q::Held => Some(3),
         Q::Done | Q::Cancelled => None,
     }
 }
@@ -467,6 +468,7 @@ postern_api_destinations_total{result="rejected"} 3
 postern_queue_entries{state="scheduled"} 1
 postern_queue_entries{state="ready"} 2
 postern_queue_entries{state="retry"} 0
+postern_queue_entries{state="held"} 0
 # HELP postern_outbound_messages_total Recipients handed to a route, by result.
 # TYPE postern_outbound_messages_total counter
 postern_outbound_messages_total{route="smtp",result="submitted"} 2

@@ -8,7 +8,9 @@
 pub mod admin;
 pub mod api;
 pub mod domains;
+pub mod log;
 pub mod public;
+pub mod queue;
 mod serve;
 pub mod ses;
 mod ui;
@@ -40,6 +42,8 @@ pub fn router(daemon: Arc<Daemon>) -> Router {
         .merge(public::routes())
         .merge(ses::routes())
         .merge(domains::routes())
+        .merge(queue::routes())
+        .merge(log::routes())
         .merge(ui::routes())
         .route(
             "/openapi.json",
@@ -76,6 +80,8 @@ pub fn openapi_json() -> String {
     doc.merge(domains::DomainDoc::openapi());
     doc.merge(ses::SesDoc::openapi());
     doc.merge(DeadLetterDoc::openapi());
+    doc.merge(queue::QueueDoc::openapi());
+    doc.merge(log::LogDoc::openapi());
     doc.to_pretty_json().unwrap_or_default()
 }
 

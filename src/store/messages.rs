@@ -5,6 +5,7 @@
 //! [`HISTORY_PER_RECIPIENT`] entries per recipient and [`HISTORY_BUDGET`] octets of JSON;
 //! repeated opens and clicks are counters in the `track` tree, not history entries.
 
+use super::log::{self, LogPage, LogQuery};
 use super::{codec, Durable, OutboxEntry, Quarantine, StoreError, StoreFuture};
 use serde::{Deserialize, Serialize};
 
@@ -20,6 +21,8 @@ pub enum QueueState {
     Done,
     /// Cancelled by an operator.
     Cancelled,
+    /// Held by an operator: never sent until released (SPEC 14).
+    Held,
 }
 
 impl QueueState {
@@ -30,7 +33,22 @@ impl QueueState {
             QueueState::Retry => "retry",
             QueueState::Done => "done",
             QueueState::Cancelled => "cancelled",
+            QueueState::Held => "held",
         }
+    }
+
+    /// The state a label names (as `label` gives it).
+    pub fn parse(label: &str) -> Option<QueueState> {
+        [
+            QueueState::Scheduled,
+            QueueState::Ready,
+            QueueState::Retry,
+            QueueState::Done,
+            QueueState::Cancelled,
+            QueueState::Held,
+        ]
+        .into_iter()
+        .find(|s| s.label() == label)
     }
 }
 
@@ -118,6 +136,46 @@ pub struct MessageRecord {
 }
 
 impl MessageRecord {
+    /// An empty record for unit tests: no recipients, state `Ready`.
+    #[cfg(test)]
+    pub fn for_tests(tid: &str) -> MessageRecord {
+        MessageRecord {
+            tid: tid.into(),
+            request_id: String::new(),
+            service_id: String::new(),
+            asset_id: String::new(),
+            from: String::new(),
+            from_name: None,
+            reply_to: None,
+            to: Vec::new(),
+            cc: Vec::new(),
+            recipients: Vec::new(),
+            subject: String::new(),
+            text: None,
+            html: None,
+            attachments: Vec::new(),
+            receipts: crate::model::types::Receipts::none(),
+            correlation_id: None,
+            callback_data: String::new(),
+            notify_url: None,
+            send_at_ms: 0,
+            expire_at_ms: u64::MAX,
+            track_clicks: false,
+            track_opens: false,
+            list_unsubscribe_url: None,
+            unsubscribe_email: None,
+            unsubscribe_subject: None,
+            contact_policy: None,
+            state: QueueState::Ready,
+            attempts: 0,
+            next_ms: 0,
+            created_ms: 0,
+            last_error: String::new(),
+            history: Vec::new(),
+            route_ids: Vec::new(),
+        }
+    }
+
     pub fn pending(&self) -> impl Iterator<Item = &RecipientState> {
         self.recipients
             .iter()
@@ -333,6 +391,10 @@ pub trait Messages: Send + Sync {
     /// Removes a finished transaction and its open and click counters.
     fn forget_finished(&self, tid: &str) -> Result<(), StoreError>;
 
+    /// The message log (SPEC 14): transactions of the retention period matching `q`,
+    /// newest first, found through an index.
+    fn search<'a>(&'a self, q: &'a LogQuery) -> StoreFuture<'a, LogPage>;
+
     /// Counts an open or click (`key`: "open", or the clicked URL) of `tid` by
     /// `recipient`, in a small counter instead of rewriting the transaction on every hit.
     /// A window is `window_ms` long and starts at the first hit after the previous window
@@ -382,6 +444,9 @@ pub(super) struct SledMessages {
     pub(super) outbox: sled::Tree,
     /// Serialise read-modify-write of one transaction's record (striped by tid).
     pub(super) tid_locks: std::sync::Arc<Vec<tokio::sync::Mutex<()>>>,
+    /// The message log's index (`log.rs`); `None` on a cluster node, whose log is the
+    /// database's.
+    pub(super) log: Option<sled::Tree>,
     pub(super) quarantine: Quarantine,
     pub(super) durable: Durable,
 }
@@ -422,6 +487,11 @@ impl SledMessages {
                 &self.messages
             };
             tree.insert(r.tid.as_bytes(), codec::encode(r))?;
+            if let Some(log) = &self.log {
+                for k in log::index_keys(r) {
+                    log.insert(k, &[])?;
+                }
+            }
         }
         for e in events {
             self.outbox.insert(e.id.as_bytes(), codec::encode(e))?;
@@ -454,6 +524,78 @@ impl SledMessages {
             self.messages.insert(key, value)?;
         }
         Ok(())
+    }
+
+    /// Indexes every record when the index is empty but records exist (a store written
+    /// before the message log).
+    pub(super) fn index_unindexed(&self) -> sled::Result<()> {
+        let Some(log) = self.log.as_ref().filter(|l| l.is_empty()) else {
+            return Ok(());
+        };
+        let mut n = 0;
+        for item in self.messages.iter().chain(self.finished.iter()) {
+            let (_, v) = item?;
+            if let Ok(r) = codec::decode::<MessageRecord>(&v) {
+                for k in log::index_keys(&r) {
+                    log.insert(k, &[])?;
+                }
+                n += 1;
+            }
+        }
+        if n > 0 {
+            tracing::info!(transactions = n, "message log index built");
+        }
+        Ok(())
+    }
+
+    /// [`Messages::search`] over `log_index`.
+    fn search_now(&self, q: &LogQuery) -> Result<LogPage, StoreError> {
+        let Some(log) = &self.log else {
+            return Ok(LogPage::default());
+        };
+        let limit = q.limit.max(1);
+        if let Some(tid) = &q.tid {
+            let found = self.get_now(tid)?.filter(|r| q.matches(r));
+            return Ok(LogPage {
+                messages: found.into_iter().collect(),
+                next: None,
+            });
+        }
+        let prefix = q.prefix();
+        let at = |ms: u64| [prefix.as_slice(), &ms.to_be_bytes()].concat();
+        let low = at(q.since_ms.unwrap_or(0));
+        let mut high = [prefix.as_slice(), &[0xff; 9]].concat();
+        if let Some(u) = q.until_ms {
+            high = high.min(at(u));
+        }
+        if let Some((ms, tid)) = &q.cursor {
+            high = high.min([at(*ms).as_slice(), tid.as_bytes()].concat());
+        }
+        let mut page = LogPage::default();
+        if low >= high {
+            return Ok(page);
+        }
+        let (mut last, mut scanned) = (None, 0);
+        for item in log.range(low..high).rev().take(log::SCAN_BUDGET) {
+            let (key, _) = item?;
+            scanned += 1;
+            let Some(pos) = log::key_position(&prefix, &key) else {
+                continue;
+            };
+            if let Some(r) = self.get_now(&pos.1)?.filter(|r| q.matches(r)) {
+                if page.messages.len() == limit {
+                    page.next = last;
+                    return Ok(page);
+                }
+                page.messages.push(r);
+            }
+            last = Some(pos);
+        }
+        if scanned == log::SCAN_BUDGET {
+            // Filters that match rarely: what was found, and where to go on from.
+            page.next = last;
+        }
+        Ok(page)
     }
 
     fn get_now(&self, tid: &str) -> Result<Option<MessageRecord>, StoreError> {
@@ -590,8 +732,17 @@ impl Messages for SledMessages {
         for item in track.scan_prefix(format!("{tid}\0").as_bytes()) {
             track.remove(item?.0)?;
         }
+        if let (Some(log), Some(r)) = (&self.log, self.get_now(tid)?) {
+            for k in log::index_keys(&r) {
+                log.remove(k)?;
+            }
+        }
         self.finished.remove(tid.as_bytes())?;
         Ok(())
+    }
+
+    fn search<'a>(&'a self, q: &'a LogQuery) -> StoreFuture<'a, LogPage> {
+        Box::pin(std::future::ready(self.search_now(q)))
     }
 
     fn track_hit<'a>(

@@ -29,6 +29,7 @@
 pub mod bucket;
 mod codec;
 pub mod domains;
+pub mod log;
 pub mod messages;
 pub mod outbox;
 pub mod pending;
@@ -171,27 +172,37 @@ impl Shared {
                 tree: db.open_tree("domains")?,
                 durable: durable.clone(),
             }),
-            messages: Box::new(Shared::sled_messages(db, outbox, durable, q)?),
+            messages: Box::new(Shared::sled_messages(db, outbox, durable, q, true)?),
             buckets: Box::<bucket::MemoryBuckets>::default(),
             routes: Box::new(Shared::sled_routes(db, durable)?),
         })
     }
 
+    /// Transactions on sled; with `log`, the message log's index too (a node alone),
+    /// built from the records when a store from before the index has none.
     fn sled_messages(
         db: &sled::Db,
         outbox: &sled::Tree,
         durable: &Durable,
         q: &Quarantine,
+        log: bool,
     ) -> sled::Result<messages::SledMessages> {
-        Ok(messages::SledMessages {
+        let m = messages::SledMessages {
             db: db.clone(),
             messages: db.open_tree("messages")?,
             finished: db.open_tree("finished")?,
             outbox: outbox.clone(),
             tid_locks: Arc::new((0..64).map(|_| tokio::sync::Mutex::new(())).collect()),
+            log: if log {
+                Some(db.open_tree("log_index")?)
+            } else {
+                None
+            },
             quarantine: q.clone(),
             durable: durable.clone(),
-        })
+        };
+        m.index_unindexed()?;
+        Ok(m)
     }
 
     fn sled_routes(db: &sled::Db, durable: &Durable) -> sled::Result<routes::SledRouteState> {
@@ -209,7 +220,7 @@ impl Shared {
         let mirror = inner.db.open_tree("mirror")?;
         let wake = Arc::new(tokio::sync::Notify::new());
         let (d, o, q) = (&inner.db, &inner.outbox, &inner.quarantine);
-        let local = Shared::sled_messages(d, o, &inner.durable, q)?;
+        let local = Shared::sled_messages(d, o, &inner.durable, q, false)?;
         // The same locks as `local`'s: the mirror task and feedback never interleave.
         let state = Arc::new(pg::MirrorState {
             local: local.clone(),

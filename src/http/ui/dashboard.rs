@@ -10,7 +10,7 @@ use axum::response::Response;
 use maud::{html, Markup};
 
 /// The queue states of `postern_queue_entries`, in the order of `Metrics::queue_entries`.
-const QUEUE_STATES: [&str; 3] = ["scheduled", "ready", "retry"];
+const QUEUE_STATES: [&str; 4] = ["scheduled", "ready", "retry", "held"];
 
 /// Sums `postern_outbound_messages_total` per result over every route, from the metrics
 /// exposition. Pure.

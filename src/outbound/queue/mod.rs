@@ -7,6 +7,7 @@
 //! outcome is still unrecorded: an outcome whose update failed stays in memory (saved to
 //! `data_dir/queue-unrecorded.json` if the daemon must restart) and is recorded first.
 
+pub mod control;
 pub mod notify;
 
 use crate::config::{Config, RouteConfig, RouteKind, SharedConfig};

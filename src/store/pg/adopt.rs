@@ -190,10 +190,24 @@ async fn copy_transactions(tx: &Tx<'_>, db: &sled::Db, owner: &str) -> Result<u6
                 continue;
             };
             let done = matches!(r.state, QueueState::Done | QueueState::Cancelled);
+            let log = super::messages::LogColumns::of(&r);
             tx.execute(
-                "INSERT INTO transactions (tid, owner, state, finished, created_ms, updated_ms, record)
-                 VALUES ($1, $2, $3, $4, $5, $5, $6) ON CONFLICT DO NOTHING",
-                &[&r.tid, &owner, &r.state.label(), &done, &ms(r.created_ms), &v.as_ref()],
+                "INSERT INTO transactions (tid, owner, state, finished, created_ms, updated_ms,
+                     record, sender, asset, correlation_id, recipients)
+                 VALUES ($1, $2, $3, $4, $5, $5, $6, $7, $8, $9, string_to_array($10, E'\\n'))
+                 ON CONFLICT DO NOTHING",
+                &[
+                    &r.tid,
+                    &owner,
+                    &r.state.label(),
+                    &done,
+                    &ms(r.created_ms),
+                    &v.as_ref(),
+                    &log.sender,
+                    &log.asset,
+                    &log.correlation_id,
+                    &log.recipients,
+                ],
             )
             .await
             .map_err(db_err)?;

@@ -13,6 +13,7 @@
 //!   has finished and mirrored it rather than overwritten by its next attempt.
 
 use super::{from_ms, ms, Pg};
+use crate::store::log::{LogPage, LogQuery};
 use crate::store::messages::{Hit, MessageRecord, Messages, QueueState, SledMessages, TidLock};
 use crate::store::routes::{RouteState, SledRouteState, SnsClaim};
 use crate::store::tokens::RouteToken;
@@ -24,8 +25,9 @@ const GET: &str = "SELECT record FROM transactions WHERE tid = $1";
 /// A write of feedback to a finished transaction the database holds (under the tid's
 /// lock across nodes).
 const UPSERT: &str = "INSERT INTO transactions
-        (tid, owner, state, finished, created_ms, updated_ms, record)
-    VALUES ($1, $2, $3, $4, $5, $6, $7)
+        (tid, owner, state, finished, created_ms, updated_ms, record,
+         sender, asset, correlation_id, recipients)
+    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, string_to_array($11, E'\\n'))
     ON CONFLICT (tid) DO UPDATE SET state = excluded.state, finished = excluded.finished,
         updated_ms = excluded.updated_ms, record = excluded.record";
 /// The owner's mirror copies, many rows in one statement: never over a finished row, which
@@ -33,10 +35,14 @@ const UPSERT: &str = "INSERT INTO transactions
 /// have been added to it since; a later copy of the owner's is that same copy again,
 /// after a crash).
 const MIRROR_UPSERT: &str = "INSERT INTO transactions
-        (tid, owner, state, finished, created_ms, updated_ms, record)
-    SELECT tid, $2::text, state, finished, created_ms, $6::bigint, record
-    FROM unnest($1::text[], $3::text[], $4::bool[], $5::bigint[], $7::bytea[])
-        AS r (tid, state, finished, created_ms, record)
+        (tid, owner, state, finished, created_ms, updated_ms, record,
+         sender, asset, correlation_id, recipients)
+    SELECT tid, $2::text, state, finished, created_ms, $6::bigint, record,
+        sender, asset, correlation_id, string_to_array(recipients, E'\\n')
+    FROM unnest($1::text[], $3::text[], $4::bool[], $5::bigint[], $7::bytea[],
+            $8::text[], $9::text[], $10::text[], $11::text[])
+        AS r (tid, state, finished, created_ms, record,
+            sender, asset, correlation_id, recipients)
     ON CONFLICT (tid) DO UPDATE SET state = excluded.state, finished = excluded.finished,
         updated_ms = excluded.updated_ms, record = excluded.record
     WHERE NOT transactions.finished";
@@ -202,6 +208,10 @@ impl Messages for ClusterMessages {
         self.local.forget_finished(tid)
     }
 
+    fn search<'a>(&'a self, q: &'a LogQuery) -> StoreFuture<'a, LogPage> {
+        Box::pin(self.pg.search(q))
+    }
+
     fn track_hit<'a>(
         &'a self,
         tid: &'a str,
@@ -295,6 +305,11 @@ impl Pg {
         let done: Vec<bool> = copies.iter().map(|c| finished(c.record.state)).collect();
         let created: Vec<i64> = copies.iter().map(|c| ms(c.record.created_ms)).collect();
         let records: Vec<&[u8]> = copies.iter().map(|c| c.bytes.as_ref()).collect();
+        let log: Vec<LogColumns> = copies.iter().map(|c| LogColumns::of(&c.record)).collect();
+        let senders: Vec<&str> = log.iter().map(|l| l.sender.as_str()).collect();
+        let assets: Vec<&str> = log.iter().map(|l| l.asset).collect();
+        let correlations: Vec<Option<&str>> = log.iter().map(|l| l.correlation_id).collect();
+        let recipients: Vec<&str> = log.iter().map(|l| l.recipients.as_str()).collect();
         let (mut ids, mut id_tids) = (Vec::new(), Vec::new());
         for c in copies {
             for id in &c.record.route_ids {
@@ -304,10 +319,27 @@ impl Pg {
         }
         let (tids, states, done, created, records, ids, id_tids) =
             (&tids, &states, &done, &created, &records, &ids, &id_tids);
+        let (senders, assets, correlations, recipients) =
+            (&senders, &assets, &correlations, &recipients);
         self.run(|c| async move {
             let st = c.prepare_cached(MIRROR_UPSERT).await?;
-            c.execute(&st, &[tids, &owner, states, done, created, &now, records])
-                .await?;
+            c.execute(
+                &st,
+                &[
+                    tids,
+                    &owner,
+                    states,
+                    done,
+                    created,
+                    &now,
+                    records,
+                    senders,
+                    assets,
+                    correlations,
+                    recipients,
+                ],
+            )
+            .await?;
             if !ids.is_empty() {
                 let st = c.prepare_cached(MIRROR_ROUTE_IDS).await?;
                 c.execute(&st, &[ids, id_tids]).await?;
@@ -317,10 +349,78 @@ impl Pg {
         .await
     }
 
+    /// The message log from the `transactions` table: one statement whose WHERE names
+    /// only the filters given, so each shape is planned on its own index.
+    async fn search(&self, q: &LogQuery) -> Result<LogPage, StoreError> {
+        use tokio_postgres::types::ToSql;
+        let limit = q.limit.max(1);
+        let lower = |v: &Option<String>| v.as_ref().map(|s| s.to_ascii_lowercase());
+        let (recipient, sender) = (lower(&q.recipient), lower(&q.sender));
+        let state = q.state.map(|s| s.label());
+        let (since, until) = (q.since_ms.map(ms), q.until_ms.map(ms));
+        let cursor = q.cursor.as_ref().map(|(at, tid)| (ms(*at), tid.as_str()));
+        let fetch = (limit + 1) as i64;
+        let mut clauses: Vec<(&str, &(dyn ToSql + Sync))> = Vec::new();
+        if let Some(r) = &recipient {
+            clauses.push((" AND recipients @> ARRAY[?::text]", r));
+        }
+        if let Some(v) = &sender {
+            clauses.push((" AND sender = ?", v));
+        }
+        if let Some(v) = &q.tid {
+            clauses.push((" AND tid = ?", v));
+        }
+        if let Some(v) = &q.correlation_id {
+            clauses.push((" AND correlation_id = ?", v));
+        }
+        if let Some(v) = &q.asset {
+            clauses.push((" AND asset = ?", v));
+        }
+        if let Some(v) = &state {
+            clauses.push((" AND state = ?", v));
+        }
+        if let Some(v) = &since {
+            clauses.push((" AND created_ms >= ?", v));
+        }
+        if let Some(v) = &until {
+            clauses.push((" AND created_ms < ?", v));
+        }
+        if let Some((at, tid)) = &cursor {
+            clauses.push((" AND (created_ms, tid) < (?", at));
+            clauses.push((", ?)", tid));
+        }
+        clauses.push((" ORDER BY created_ms DESC, tid DESC LIMIT ?", &fetch));
+        let mut sql = String::from("SELECT record FROM transactions WHERE true");
+        for (i, (clause, _)) in clauses.iter().enumerate() {
+            sql.push_str(&clause.replace('?', &format!("${}", i + 1)));
+        }
+        let params: Vec<&(dyn ToSql + Sync)> = clauses.iter().map(|(_, v)| *v).collect();
+        let (sql, params) = (&sql, &params);
+        let rows = self
+            .run(|c| async move {
+                let st = c.prepare_cached(sql).await?;
+                c.query(&st, params).await
+            })
+            .await?;
+        let mut page = LogPage::default();
+        for row in rows {
+            let bytes: Vec<u8> = row.get(0);
+            let r = decode("transactions", &bytes)?;
+            if page.messages.len() == limit {
+                page.next = page.messages.last().map(|l| (l.created_ms, l.tid.clone()));
+                break;
+            }
+            page.messages.push(r);
+        }
+        Ok(page)
+    }
+
     /// Writes a transaction's record (and its route ids) to the database.
     async fn upsert(&self, r: &MessageRecord) -> Result<(), StoreError> {
         let bytes = codec::encode(r);
         let owner = self.node_id.as_str();
+        let log = LogColumns::of(r);
+        let log = &log;
         self.run(|c| async move {
             let st = c.prepare_cached(UPSERT).await?;
             c.execute(
@@ -333,6 +433,10 @@ impl Pg {
                     &ms(r.created_ms),
                     &ms(crate::model::time::now_ms()),
                     &bytes,
+                    &log.sender,
+                    &log.asset,
+                    &log.correlation_id,
+                    &log.recipients,
                 ],
             )
             .await?;
@@ -432,6 +536,31 @@ async fn mirror_pass(pg: &Pg, local: &SledMessages, mirror: &sled::Tree) -> Resu
         mirror_chunk(pg, local, mirror, chunk).await?;
     }
     Ok(())
+}
+
+/// A transaction's searchable columns (the message log, SPEC 14): sender and recipients
+/// in lower case, the recipients joined by newlines (`string_to_array` splits them).
+pub(super) struct LogColumns<'a> {
+    pub(super) sender: String,
+    pub(super) asset: &'a str,
+    pub(super) correlation_id: Option<&'a str>,
+    pub(super) recipients: String,
+}
+
+impl<'a> LogColumns<'a> {
+    pub(super) fn of(r: &'a MessageRecord) -> LogColumns<'a> {
+        let recipients: Vec<String> = r
+            .recipients
+            .iter()
+            .map(|x| x.address.to_ascii_lowercase())
+            .collect();
+        LogColumns {
+            sender: r.from.to_ascii_lowercase(),
+            asset: &r.asset_id,
+            correlation_id: r.correlation_id.as_deref(),
+            recipients: recipients.join("\n"),
+        }
+    }
 }
 
 /// A marked tid's record as read for one copy.

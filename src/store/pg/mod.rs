@@ -119,6 +119,21 @@ const MIGRATIONS: &[&str] = &[
     // 5: the TPS buckets are rate state, not records: unlogged, a request's take waits
     // for no WAL flush (a database crash empties them, which only forgets recent sends).
     "ALTER TABLE buckets SET UNLOGGED;",
+    // 6: the message log (SPEC 14): searchable columns, filled from the records already
+    // there, and an index per filter.
+    "ALTER TABLE transactions ADD COLUMN sender text, ADD COLUMN asset text,
+        ADD COLUMN correlation_id text, ADD COLUMN recipients text[];
+     UPDATE transactions t SET sender = lower(j->>'from'), asset = j->>'asset_id',
+        correlation_id = j->>'correlation_id',
+        recipients = ARRAY(SELECT lower(x->>'address') FROM jsonb_array_elements(j->'recipients') x)
+     FROM (SELECT tid, convert_from(substring(record FROM 2), 'UTF8')::jsonb AS j
+           FROM transactions) s
+     WHERE s.tid = t.tid;
+     CREATE INDEX transactions_created ON transactions (created_ms DESC, tid DESC);
+     CREATE INDEX transactions_recipients ON transactions USING gin (recipients);
+     CREATE INDEX transactions_sender ON transactions (sender, created_ms DESC);
+     CREATE INDEX transactions_asset ON transactions (asset, created_ms DESC);
+     CREATE INDEX transactions_correlation ON transactions (correlation_id, created_ms DESC);",
 ];
 
 /// The advisory lock key under which migrations run ("pstn").
