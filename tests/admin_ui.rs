@@ -14,8 +14,10 @@ use ui::UiClient;
 const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; \
     form-action 'self'; frame-ancestors 'none'; base-uri 'none'; frame-src 'self'";
 
-const PAGES: [&str; 5] = [
+const PAGES: [&str; 7] = [
     "/admin/ui/",
+    "/admin/ui/messages",
+    "/admin/ui/queue",
     "/admin/ui/domains",
     "/admin/ui/suppressions",
     "/admin/ui/dead-letters",
@@ -326,6 +328,10 @@ async fn the_openapi_document_lists_the_admin_calls_the_page_makes() {
         "/admin/dead-letters",
         "/admin/dead-letters/{id}/replay",
         "/admin/dead-letters/replay",
+        "/admin/queue",
+        "/admin/queue/{tid}",
+        "/admin/queue/{tid}/{action}",
+        "/admin/messages",
     ] {
         assert!(
             paths.contains_key(path),

@@ -5,6 +5,9 @@ use super::layout::{self, Nav};
 use super::session::Signed;
 use crate::http::AppState;
 use crate::metrics::RouteResult;
+use crate::model::types::DeliveryCode;
+use crate::outbound::queue::control;
+use crate::store::log::LogQuery;
 use axum::extract::State;
 use axum::response::Response;
 use maud::{html, Markup};
@@ -30,6 +33,73 @@ pub(super) fn outbound_totals(exposition: &str) -> [u64; RouteResult::ALL.len()]
         }
     }
     totals
+}
+
+const HOUR_MS: u64 = 3_600_000;
+const DAY_MS: u64 = 24 * HOUR_MS;
+/// Message-log pages (of 1000) the dashboard reads at most for its hour and day counts.
+const MAX_PAGES: usize = 5;
+/// The codes counted as sent, bounced and complained.
+const COUNTED: [DeliveryCode; 3] = [
+    DeliveryCode::Submitted,
+    DeliveryCode::Bounce,
+    DeliveryCode::Complaint,
+];
+
+/// Notifications of [`COUNTED`] in the last hour and the last day, over the transactions
+/// accepted in the last day (the message log's index, newest first); `true` when more
+/// transactions than [`MAX_PAGES`] pages hold were left uncounted.
+async fn recent(d: &crate::daemon::Daemon, now: u64) -> Result<([u64; 3], [u64; 3], bool), String> {
+    let (mut hour, mut day) = ([0u64; 3], [0u64; 3]);
+    let mut q = LogQuery {
+        since_ms: Some(now.saturating_sub(DAY_MS)),
+        limit: 1000,
+        ..LogQuery::default()
+    };
+    for _ in 0..MAX_PAGES {
+        let page = control::search(&d.store, &q)
+            .await
+            .map_err(|e| e.to_string())?;
+        for h in page.messages.iter().flat_map(|m| &m.history) {
+            let Some(i) = COUNTED.iter().position(|c| c.code() == h.code) else {
+                continue;
+            };
+            if h.at_ms + DAY_MS >= now {
+                day[i] += 1;
+            }
+            if h.at_ms + HOUR_MS >= now {
+                hour[i] += 1;
+            }
+        }
+        match page.next {
+            Some(next) => q.cursor = Some(next),
+            None => return Ok((hour, day, false)),
+        }
+    }
+    Ok((hour, day, true))
+}
+
+fn recent_card(counts: Result<([u64; 3], [u64; 3], bool), String>) -> Markup {
+    html! {
+        section.card aria-labelledby="h-recent" {
+            h2 #h-recent { "Recent outcomes" }
+            @match counts {
+                Err(e) => p.flash.bad { "The message log cannot be read: " (e) },
+                Ok((hour, day, capped)) => {
+                    table {
+                        thead { tr { th scope="col" { "Recipients" } th scope="col" { "Last hour" } th scope="col" { "Last day" } } }
+                        tbody {
+                            @for (i, name) in ["sent (7501)", "bounced (7520)", "complained (7521)"].iter().enumerate() {
+                                tr { th scope="row" { (name) } td { (hour[i]) } td { (day[i]) } }
+                            }
+                        }
+                    }
+                    p.hint { "Of the transactions accepted in the last day"
+                        @if capped { " (the newest " (MAX_PAGES * 1000) " only)" } "." }
+                },
+            }
+        }
+    }
 }
 
 fn badge(ok: bool, yes: &str, no: &str) -> Markup {
@@ -105,6 +175,7 @@ pub(super) async fn page(State(d): State<AppState>, signed: Signed) -> Response 
         .map(|(r, n)| (r.label(), n.to_string()))
         .collect();
     let dead = d.store.dead_list(None).map(|l| l.len());
+    let counts = recent(&d, crate::model::time::now_ms()).await;
     let body = html! {
         div.grid {
             section.card aria-labelledby="h-queue" {
@@ -131,6 +202,7 @@ pub(super) async fn page(State(d): State<AppState>, signed: Signed) -> Response 
                 }
             }
         }
+        (recent_card(counts))
         (health(&d))
     };
     layout::page("Dashboard", Nav::Dashboard, &signed, body)

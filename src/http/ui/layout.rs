@@ -12,6 +12,8 @@ use maud::{html, Markup, DOCTYPE};
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Nav {
     Dashboard,
+    Messages,
+    Queue,
     Domains,
     Suppressions,
     DeadLetters,
@@ -19,8 +21,10 @@ pub(super) enum Nav {
     None,
 }
 
-const NAV: [(Nav, &str, &str); 5] = [
+const NAV: [(Nav, &str, &str); 7] = [
     (Nav::Dashboard, "/admin/ui/", "Dashboard"),
+    (Nav::Messages, "/admin/ui/messages", "Messages"),
+    (Nav::Queue, "/admin/ui/queue", "Queue"),
     (Nav::Domains, "/admin/ui/domains", "Domains"),
     (Nav::Suppressions, "/admin/ui/suppressions", "Suppressions"),
     (Nav::DeadLetters, "/admin/ui/dead-letters", "Dead letters"),

@@ -11,6 +11,8 @@ mod dashboard;
 mod dead_letters;
 mod domains;
 mod layout;
+mod messages;
+mod queue;
 mod routes_page;
 mod session;
 mod suppressions;
@@ -44,6 +46,8 @@ pub fn routes() -> Router<AppState> {
         .merge(suppressions::routes())
         .merge(dead_letters::routes())
         .merge(routes_page::routes())
+        .merge(queue::routes())
+        .merge(messages::routes())
         .route("/admin/ui/{*rest}", any(not_found))
         .layer(Extension(Ui::new()))
         .layer(axum::middleware::map_response(security_headers))
