@@ -84,6 +84,7 @@ async fn page(State(d): State<AppState>, signed: Signed) -> Response {
 async fn replay(d: &crate::daemon::Daemon, ids: Vec<String>) -> Flash {
     let n = ids.len();
     match crate::http::replay(d, ids).await {
+        Ok(_) if n == 1 => Flash::Done("1 dead letter replayed.".into()),
         Ok(_) => Flash::Done(format!("{n} dead letters replayed.")),
         Err(e) => Flash::Failed(e.description),
     }

@@ -37,6 +37,7 @@ fn head(title: &str) -> Markup {
             meta charset="utf-8";
             meta name="viewport" content="width=device-width, initial-scale=1";
             meta name="referrer" content="no-referrer";
+            link rel="icon" href="data:,";
             title { (title) " · postern" }
             link rel="stylesheet" href=(assets::css_url());
             script src=(assets::js_url()) defer {}

@@ -289,15 +289,22 @@ fn over_tls(headers: &HeaderMap, public_url: &str) -> bool {
     })
 }
 
-/// A sign-in form posted from another site (its `Origin` names another host) is refused.
+/// A sign-in form posted from another site is refused: by the browser's
+/// `Sec-Fetch-Site`, else by an `Origin` naming another host. (Under the page's
+/// `Referrer-Policy: no-referrer` browsers send `Origin: null`, which says nothing.)
 fn same_origin(headers: &HeaderMap) -> bool {
-    let Some(origin) = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()) else {
+    let value = |name| {
+        headers
+            .get(name)
+            .and_then(|v: &HeaderValue| v.to_str().ok())
+    };
+    if let Some(site) = value("sec-fetch-site") {
+        return site == "same-origin" || site == "none";
+    }
+    let Some(origin) = value("origin").filter(|o| *o != "null") else {
         return true;
     };
-    let host = headers
-        .get(header::HOST)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("");
+    let host = value("host").unwrap_or("");
     url::Url::parse(origin).is_ok_and(|u| {
         let port = u.port().map(|p| format!(":{p}")).unwrap_or_default();
         u.host_str()
@@ -438,6 +445,13 @@ mod tests {
         assert!(same_origin(&h));
         h.insert(header::ORIGIN, HeaderValue::from_static("http://evil.test"));
         assert!(!same_origin(&h));
+        h.insert("sec-fetch-site", HeaderValue::from_static("same-origin"));
+        assert!(same_origin(&h), "the browser's own verdict decides");
+        h.insert("sec-fetch-site", HeaderValue::from_static("cross-site"));
+        assert!(!same_origin(&h));
+        h.remove("sec-fetch-site");
+        h.insert(header::ORIGIN, HeaderValue::from_static("null"));
+        assert!(same_origin(&h));
         assert!(!over_tls(&h, "http://127.0.0.1:8080"));
         h.insert("x-forwarded-proto", HeaderValue::from_static("https"));
         assert!(over_tls(&h, "http://127.0.0.1:8080"));
