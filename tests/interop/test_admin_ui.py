@@ -259,7 +259,7 @@ def browser(env):
     d.get(env.base + "/admin/ui/")
     if "sign-in" in d.current_url:
         d.find_element(By.ID, "token").send_keys(ADMIN_TOKEN)
-        d.find_element(By.CSS_SELECTOR, "form.card button[type=submit]").click()
+        submit(d, d.find_element(By.CSS_SELECTOR, "form.card button[type=submit]"))
         wait(d).until(EC.text_to_be_present_in_element((By.TAG_NAME, "h1"), "Dashboard"))
     return d
 
@@ -280,6 +280,16 @@ def shot(env, name):
     print(f"screenshot: {path}")
     d.set_window_size(width, 1000)
     return path
+
+
+def submit(driver, button, confirm=False):
+    """Clicks a button that loads a new page and waits until the old one is gone, so
+    nothing is read from the page before it."""
+    old = driver.find_element(By.TAG_NAME, "html")
+    button.click()
+    if confirm:
+        wait(driver).until(EC.alert_is_present()).accept()
+    wait(driver).until(EC.staleness_of(old))
 
 
 def flash(driver):
@@ -377,7 +387,7 @@ def test_verify_a_domain_against_the_loopback_dns(env, browser):
     d.get(env.base + "/admin/ui/domains")
     check_page(d)
     # Nothing published yet: not verified, records missing.
-    d.find_element(By.XPATH, "//form[@action='/admin/ui/domains/verify']//button").click()
+    submit(d, d.find_element(By.XPATH, "//form[@action='/admin/ui/domains/verify']//button"))
     assert "is not verified" in flash(d)
     assert d.find_elements(By.XPATH, "//span[contains(@class,'badge') and text()='missing']")
     out = subprocess.run(
@@ -387,7 +397,7 @@ def test_verify_a_domain_against_the_loopback_dns(env, browser):
     )
     for r in json.loads(out.stdout):
         env.dns.zone.setdefault((r["name"].rstrip(".").lower(), r["type"]), []).append(r["value"])
-    d.find_element(By.XPATH, "//form[@action='/admin/ui/domains/verify']//button").click()
+    submit(d, d.find_element(By.XPATH, "//form[@action='/admin/ui/domains/verify']//button"))
     assert f"{DOMAIN} is verified." in flash(d)
     ok = d.find_elements(By.XPATH, "//td[@data-label='Last check']//span[text()='ok']")
     assert len(ok) >= 3, "verification, DKIM, SPF, DMARC and MX are each ok"
@@ -411,13 +421,13 @@ def test_import_suppressions_from_csv_and_see_them(env, browser, tmp_path):
     d.get(env.base + "/admin/ui/suppressions")
     check_page(d)
     d.find_element(By.ID, "import-file").send_keys(str(path))
-    d.find_element(By.XPATH, "//form[@action='/admin/ui/suppressions/import']//button").click()
+    submit(d, d.find_element(By.XPATH, "//form[@action='/admin/ui/suppressions/import']//button"))
     assert "3 suppressions imported." in flash(d)
     for a in addresses:
         assert row_of(d, a)
     # Search narrows the list; the export holds them.
     d.find_element(By.ID, "q").send_keys(addresses[1])
-    d.find_element(By.XPATH, "//form[@role='search']//button").click()
+    submit(d, d.find_element(By.XPATH, "//form[@role='search']//button"))
     wait(d).until(EC.text_to_be_present_in_element((By.TAG_NAME, "h2"), "1 of"))
     assert addresses[0] not in d.find_element(By.TAG_NAME, "main").text
     shot(env, "suppressions")
@@ -425,7 +435,7 @@ def test_import_suppressions_from_csv_and_see_them(env, browser, tmp_path):
     assert status == 200 and "attachment" in headers.get("content-disposition", "")
     assert all(a in csv_body.decode() for a in addresses)
     # Remove one through its row's button.
-    row_of(d, addresses[1]).find_element(By.XPATH, ".//button[text()='Remove']").click()
+    submit(d, row_of(d, addresses[1]).find_element(By.XPATH, ".//button[text()='Remove']"))
     assert "is no longer suppressed" in flash(d)
     _, body = env.admin("GET", "/admin/suppressions")
     listed = {e["address"] for e in body["suppressions"]}
@@ -450,7 +460,7 @@ def test_replay_a_dead_letter(env, browser):
     d.get(env.base + "/admin/ui/dead-letters")
     check_page(d)
     shot(env, "dead-letters")
-    row_of(d, event).find_element(By.XPATH, ".//button[text()='Replay']").click()
+    submit(d, row_of(d, event).find_element(By.XPATH, ".//button[text()='Replay']"))
     assert "1 dead letter replayed." in flash(d)
     env.hook.wait_subject(subject, timeout=15)
     _, body = env.admin("GET", "/admin/dead-letters")
@@ -468,11 +478,11 @@ def test_find_a_sent_message_by_recipient_and_read_its_timeline(env, browser):
     d.get(env.base + "/admin/ui/messages")
     check_page(d)
     d.find_element(By.ID, "m-recipient").send_keys(rcpt.upper())
-    d.find_element(By.XPATH, "//form[@role='search']//button").click()
+    submit(d, d.find_element(By.XPATH, "//form[@role='search']//button"))
     row = row_of(d, rcpt)
     assert "7501 Submitted" in row.text
     shot(env, "messages")
-    row.find_element(By.PARTIAL_LINK_TEXT, "Timeline").click()
+    submit(d, row.find_element(By.PARTIAL_LINK_TEXT, "Timeline"))
     wait(d).until(EC.text_to_be_present_in_element((By.TAG_NAME, "h1"), tid))
     check_page(d)
     main = d.find_element(By.TAG_NAME, "main").text
@@ -501,15 +511,14 @@ def test_hold_release_and_cancel_from_the_queue_page(env, browser):
     d.get(env.base + "/admin/ui/queue")
     check_page(d)
     shot(env, "queue")
-    row_of(d, held).find_element(By.XPATH, ".//button[text()='Hold']").click()
+    submit(d, row_of(d, held).find_element(By.XPATH, ".//button[text()='Hold']"))
     assert "it is now held" in flash(d)
     assert env.queue_state(held) == "held"
-    row_of(d, held).find_element(By.XPATH, ".//button[text()='Release']").click()
+    submit(d, row_of(d, held).find_element(By.XPATH, ".//button[text()='Release']"))
     assert "it is now ready" in flash(d)
     wait_for(lambda: env.relay.received_by(held_rcpt), 20, message="released mail is sent at once")
     # Cancel asks first (the script's confirm); then the recipient ends with 7592.
-    row_of(d, cancelled).find_element(By.XPATH, ".//button[text()='Cancel']").click()
-    wait(d).until(EC.alert_is_present()).accept()
+    submit(d, row_of(d, cancelled).find_element(By.XPATH, ".//button[text()='Cancel']"), confirm=True)
     assert "it is now cancelled" in flash(d)
     assert env.queue_state(cancelled) == "cancelled"
     env.hook.wait_hook(lambda e: e["deliveryInfoNotification"]["transid"] == cancelled
@@ -549,7 +558,7 @@ def test_routes_page_tests_the_connection(env, browser):
     d.get(env.base + "/admin/ui/routes")
     check_page(d)
     assert "a_demo@inbound.example.test" in d.find_element(By.TAG_NAME, "main").text
-    d.find_element(By.XPATH, "//form[@action='/admin/ui/routes/test']//button").click()
+    submit(d, d.find_element(By.XPATH, "//form[@action='/admin/ui/routes/test']//button"))
     assert "answered" in flash(d)
     result = d.find_elements(By.XPATH, "//p[contains(@class,'flash') and contains(., 'Test at')]")
     assert result and "connected" in result[0].text
@@ -558,7 +567,7 @@ def test_routes_page_tests_the_connection(env, browser):
 
 def test_sign_out_ends_the_session(env, browser):
     d = browser
-    d.find_element(By.CSS_SELECTOR, "form.signout button").click()
+    submit(d, d.find_element(By.CSS_SELECTOR, "form.signout button"))
     wait(d).until(EC.text_to_be_present_in_element((By.TAG_NAME, "h1"), "Sign in"))
     shot(env, "sign-in")
     d.get(env.base + "/admin/ui/queue")
