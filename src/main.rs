@@ -50,6 +50,8 @@ enum Command {
         #[command(subcommand)]
         action: RouteAction,
     },
+    /// Send one message through the running daemon's Messaging API; prints its tid(s).
+    Send(cli::SendArgs),
     /// The running daemon's outbound queue (through its admin API).
     Queue {
         #[command(subcommand)]
@@ -176,6 +178,7 @@ fn main() -> ExitCode {
         Command::Domain { action } => with_config(&path, |config| domain(config, action)),
         Command::Suppression { action } => with_config(&path, |config| suppression(config, action)),
         Command::Queue { action } => with_config(&path, |config| cli::queue(config, action)),
+        Command::Send(args) => with_config(&path, |config| cli::send(config, args)),
         Command::Route {
             action: RouteAction::Test { asset },
         } => with_config(&path, |config| route_test(config, &asset)),

@@ -121,13 +121,19 @@ impl Node {
         found.unwrap()
     }
 
-    /// `postern queue ARGS` against this daemon: exit code and stdout.
+    /// `postern queue ARGS` against this daemon: exit code, stdout and stderr.
     async fn cli(&self, args: &[&str]) -> (Option<i32>, String, String) {
+        let mut all = vec!["queue"];
+        all.extend_from_slice(args);
+        self.postern(&all).await
+    }
+
+    /// `postern ARGS` against this daemon: exit code, stdout and stderr.
+    async fn postern(&self, args: &[&str]) -> (Option<i32>, String, String) {
         let config = self.dir.path().join("postern.toml");
         let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
         tokio::task::spawn_blocking(move || {
             let out = std::process::Command::new(env!("CARGO_BIN_EXE_postern"))
-                .arg("queue")
                 .args(&args)
                 .arg("--config")
                 .arg(&config)
@@ -506,4 +512,75 @@ async fn message_log(pg: Option<&PgServer>) {
 
 fn urlencode(s: &str) -> String {
     s.replace(':', "%3A").replace('+', "%2B")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postern_send_prints_tids_and_waits_for_every_final_notification() {
+    let relay = Smarthost::start(Script::default()).await;
+    let node = Node::start(&relay, 1).await;
+    let html = node.dir.path().join("body.html");
+    std::fs::write(&html, "<p>Hello <b>operator</b></p>").unwrap();
+    let file = node.dir.path().join("report.csv");
+    std::fs::write(&file, "a,b\n1,2\n").unwrap();
+    let (code, out, err) = node
+        .postern(&[
+            "send",
+            "--from",
+            "news@example.test",
+            "--to",
+            "one@example.org",
+            "--to",
+            "two@example.org",
+            "--subject",
+            "From the CLI",
+            "--text",
+            "Plain",
+            "--html",
+            html.to_str().unwrap(),
+            "--attach",
+            file.to_str().unwrap(),
+            "--wait",
+            "--timeout",
+            "30",
+        ])
+        .await;
+    assert_eq!(code, Some(0), "{out}{err}");
+    let lines: Vec<&str> = out.lines().collect();
+    let tids: Vec<&str> = lines.iter().take(2).copied().collect();
+    assert!(tids.iter().all(|t| !t.contains(' ')), "{out}");
+    for (tid, to) in tids.iter().zip(["one@example.org", "two@example.org"]) {
+        assert!(
+            lines
+                .iter()
+                .any(|l| l.starts_with(tid) && l.contains(to) && l.contains(" 7501 ")),
+            "no 7501 line for {to}: {out}"
+        );
+    }
+    // Both went out once, with the HTML part and the attachment the CLI served.
+    assert_eq!(received_by(&relay, "one@example.org"), 1);
+    let data = relay.received.lock().unwrap()[0].data.clone();
+    let text = String::from_utf8_lossy(&data);
+    assert!(
+        text.contains("text/html") && text.contains("report.csv"),
+        "{text}"
+    );
+    // Bad input is named.
+    let (code, _, err) = node
+        .postern(&[
+            "send",
+            "--from",
+            "news@example.test",
+            "--to",
+            "x@example.org",
+            "--subject",
+            "s",
+            "--text",
+            "t",
+            "--service",
+            "nope",
+        ])
+        .await;
+    assert_eq!(code, Some(1));
+    assert!(err.contains("--service: no service \"nope\""), "{err}");
+    node.stop().await;
 }

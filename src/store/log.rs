@@ -147,7 +147,7 @@ mod tests {
     use crate::store::messages::{RecipientPhase, RecipientState};
 
     fn record(tid: &str, at: u64, to: &[&str]) -> MessageRecord {
-        let mut r = MessageRecord::for_tests(tid);
+        let mut r = MessageRecord::blank(tid);
         r.created_ms = at;
         r.from = "News@Example.test".into();
         r.asset_id = "a1".into();

@@ -136,9 +136,8 @@ pub struct MessageRecord {
 }
 
 impl MessageRecord {
-    /// An empty record for unit tests: no recipients, state `Ready`.
-    #[cfg(test)]
-    pub fn for_tests(tid: &str) -> MessageRecord {
+    /// An empty record (no recipients, state `Ready`), for tests and benchmarks to fill.
+    pub fn blank(tid: &str) -> MessageRecord {
         MessageRecord {
             tid: tid.into(),
             request_id: String::new(),

@@ -261,7 +261,7 @@ mod tests {
 
     #[test]
     fn actions_apply_only_where_they_make_sense() {
-        let mut r = MessageRecord::for_tests("t1");
+        let mut r = MessageRecord::blank("t1");
         r.state = QueueState::Retry;
         r.next_ms = 99_999;
         apply(&mut r, Action::Retry, 5).unwrap();

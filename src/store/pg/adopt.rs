@@ -8,7 +8,7 @@ use super::{migrate, ms, pool, ClusterOptions};
 use crate::model::wire::Template;
 use crate::store::codec;
 use crate::store::domains::DomainState;
-use crate::store::messages::{MessageRecord, QueueState};
+use crate::store::messages::MessageRecord;
 use crate::store::suppression::Suppression;
 use crate::store::StoreError;
 
@@ -182,47 +182,38 @@ async fn copy_policy(tx: &Tx<'_>, db: &sled::Db) -> Result<(u64, u64), StoreErro
 /// Every transaction, queued or finished, with its route ids; the queued ones stay in
 /// this node's queue too, and it stays their owner.
 async fn copy_transactions(tx: &Tx<'_>, db: &sled::Db, owner: &str) -> Result<u64, StoreError> {
+    use super::messages::{insert_batch, ADOPT_INSERT, MIRROR_ROUTE_IDS};
+    let st = tx.prepare(ADOPT_INSERT).await.map_err(db_err)?;
+    let ids_st = tx.prepare(MIRROR_ROUTE_IDS).await.map_err(db_err)?;
     let mut n = 0;
+    let mut batch: Vec<(MessageRecord, sled::IVec)> = Vec::with_capacity(ADOPT_BATCH);
     for tree in ["messages", "finished"] {
-        for item in db.open_tree(tree)?.iter() {
+        let mut items = db.open_tree(tree)?.iter().peekable();
+        while let Some(item) = items.next() {
             let (_, v) = item?;
-            let Ok(r) = codec::decode::<MessageRecord>(&v) else {
-                continue;
-            };
-            let done = matches!(r.state, QueueState::Done | QueueState::Cancelled);
-            let log = super::messages::LogColumns::of(&r);
-            tx.execute(
-                "INSERT INTO transactions (tid, owner, state, finished, created_ms, updated_ms,
-                     record, sender, asset, correlation_id, recipients)
-                 VALUES ($1, $2, $3, $4, $5, $5, $6, $7, $8, $9, string_to_array($10, E'\\n'))
-                 ON CONFLICT DO NOTHING",
-                &[
-                    &r.tid,
-                    &owner,
-                    &r.state.label(),
-                    &done,
-                    &ms(r.created_ms),
-                    &v.as_ref(),
-                    &log.sender,
-                    &log.asset,
-                    &log.correlation_id,
-                    &log.recipients,
-                ],
-            )
-            .await
-            .map_err(db_err)?;
-            tx.execute(
-                "INSERT INTO route_ids (id, tid) SELECT unnest($1::text[]), $2
-                 ON CONFLICT DO NOTHING",
-                &[&r.route_ids, &r.tid],
-            )
-            .await
-            .map_err(db_err)?;
-            n += 1;
+            if let Ok(r) = codec::decode::<MessageRecord>(&v) {
+                batch.push((r, v));
+            }
+            if batch.len() == ADOPT_BATCH || (items.peek().is_none() && !batch.is_empty()) {
+                let rows: Vec<(&MessageRecord, &[u8])> =
+                    batch.iter().map(|(r, v)| (r, v.as_ref())).collect();
+                insert_batch(&**tx, (&st, &ids_st), owner, &rows)
+                    .await
+                    .map_err(db_err)?;
+                n += batch.len() as u64;
+                batch.clear();
+            }
         }
     }
+    // The message log's queries are planned on fresh statistics.
+    tx.batch_execute("ANALYZE transactions")
+        .await
+        .map_err(db_err)?;
     Ok(n)
 }
+
+/// Transactions copied per statement.
+const ADOPT_BATCH: usize = 1000;
 
 /// The DKIM keys and rotation states (`data_dir/dkim/`), as the nodes keep them in step.
 async fn copy_dkim(tx: &Tx<'_>, dir: &std::path::Path) -> Result<u64, StoreError> {

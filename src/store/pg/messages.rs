@@ -30,11 +30,11 @@ const UPSERT: &str = "INSERT INTO transactions
     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, string_to_array($11, E'\\n'))
     ON CONFLICT (tid) DO UPDATE SET state = excluded.state, finished = excluded.finished,
         updated_ms = excluded.updated_ms, record = excluded.record";
-/// The owner's mirror copies, many rows in one statement: never over a finished row, which
-/// the database holds from the owner's first finished copy on (feedback from any node may
-/// have been added to it since; a later copy of the owner's is that same copy again,
-/// after a crash).
-const MIRROR_UPSERT: &str = "INSERT INTO transactions
+/// Many transactions in one statement (`$1`..`$11`: arrays, but `$2` the owner and `$6`
+/// the time), without its conflict clause.
+macro_rules! insert_many {
+    () => {
+        "INSERT INTO transactions
         (tid, owner, state, finished, created_ms, updated_ms, record,
          sender, asset, correlation_id, recipients)
     SELECT tid, $2::text, state, finished, created_ms, $6::bigint, record,
@@ -43,10 +43,23 @@ const MIRROR_UPSERT: &str = "INSERT INTO transactions
             $8::text[], $9::text[], $10::text[], $11::text[])
         AS r (tid, state, finished, created_ms, record,
             sender, asset, correlation_id, recipients)
-    ON CONFLICT (tid) DO UPDATE SET state = excluded.state, finished = excluded.finished,
+    "
+    };
+}
+
+/// The owner's mirror copies, many rows in one statement: never over a finished row, which
+/// the database holds from the owner's first finished copy on (feedback from any node may
+/// have been added to it since; a later copy of the owner's is that same copy again,
+/// after a crash).
+const MIRROR_UPSERT: &str = concat!(
+    insert_many!(),
+    "ON CONFLICT (tid) DO UPDATE SET state = excluded.state, finished = excluded.finished,
         updated_ms = excluded.updated_ms, record = excluded.record
-    WHERE NOT transactions.finished";
-const MIRROR_ROUTE_IDS: &str = "INSERT INTO route_ids (id, tid)
+    WHERE NOT transactions.finished"
+);
+/// `cluster adopt`'s copies: what the database has is kept.
+pub(super) const ADOPT_INSERT: &str = concat!(insert_many!(), "ON CONFLICT DO NOTHING");
+pub(super) const MIRROR_ROUTE_IDS: &str = "INSERT INTO route_ids (id, tid)
     SELECT * FROM unnest($1::text[], $2::text[]) ON CONFLICT (id) DO NOTHING";
 const ROUTE_IDS: &str = "INSERT INTO route_ids (id, tid)
     SELECT unnest($1::text[]), $2 ON CONFLICT (id) DO NOTHING";
@@ -298,53 +311,15 @@ impl Pg {
         if copies.is_empty() {
             return Ok(());
         }
-        let owner = self.node_id.as_str();
-        let now = ms(crate::model::time::now_ms());
-        let tids: Vec<&str> = copies.iter().map(|c| c.tid.as_str()).collect();
-        let states: Vec<&str> = copies.iter().map(|c| c.record.state.label()).collect();
-        let done: Vec<bool> = copies.iter().map(|c| finished(c.record.state)).collect();
-        let created: Vec<i64> = copies.iter().map(|c| ms(c.record.created_ms)).collect();
-        let records: Vec<&[u8]> = copies.iter().map(|c| c.bytes.as_ref()).collect();
-        let log: Vec<LogColumns> = copies.iter().map(|c| LogColumns::of(&c.record)).collect();
-        let senders: Vec<&str> = log.iter().map(|l| l.sender.as_str()).collect();
-        let assets: Vec<&str> = log.iter().map(|l| l.asset).collect();
-        let correlations: Vec<Option<&str>> = log.iter().map(|l| l.correlation_id).collect();
-        let recipients: Vec<&str> = log.iter().map(|l| l.recipients.as_str()).collect();
-        let (mut ids, mut id_tids) = (Vec::new(), Vec::new());
-        for c in copies {
-            for id in &c.record.route_ids {
-                ids.push(id.as_str());
-                id_tids.push(c.tid.as_str());
-            }
-        }
-        let (tids, states, done, created, records, ids, id_tids) =
-            (&tids, &states, &done, &created, &records, &ids, &id_tids);
-        let (senders, assets, correlations, recipients) =
-            (&senders, &assets, &correlations, &recipients);
+        let rows: Vec<(&MessageRecord, &[u8])> = copies
+            .iter()
+            .map(|c| (&c.record, c.bytes.as_ref()))
+            .collect();
+        let (owner, rows) = (self.node_id.as_str(), &rows);
         self.run(|c| async move {
             let st = c.prepare_cached(MIRROR_UPSERT).await?;
-            c.execute(
-                &st,
-                &[
-                    tids,
-                    &owner,
-                    states,
-                    done,
-                    created,
-                    &now,
-                    records,
-                    senders,
-                    assets,
-                    correlations,
-                    recipients,
-                ],
-            )
-            .await?;
-            if !ids.is_empty() {
-                let st = c.prepare_cached(MIRROR_ROUTE_IDS).await?;
-                c.execute(&st, &[ids, id_tids]).await?;
-            }
-            Ok(())
+            let ids_st = c.prepare_cached(MIRROR_ROUTE_IDS).await?;
+            insert_batch(&**c, (&st, &ids_st), owner, rows).await
         })
         .await
     }
@@ -534,6 +509,56 @@ async fn mirror_pass(pg: &Pg, local: &SledMessages, mirror: &sled::Tree) -> Resu
     }
     for chunk in tids.chunks(MIRROR_CHUNK) {
         mirror_chunk(pg, local, mirror, chunk).await?;
+    }
+    Ok(())
+}
+
+/// Writes `rows` (records and their encoded bytes) with `st` (prepared from
+/// [`MIRROR_UPSERT`] or [`ADOPT_INSERT`]) in one statement, and their route ids with
+/// `ids_st` (from [`MIRROR_ROUTE_IDS`]) in another.
+pub(super) async fn insert_batch(
+    c: &impl tokio_postgres::GenericClient,
+    (st, ids_st): (&tokio_postgres::Statement, &tokio_postgres::Statement),
+    owner: &str,
+    rows: &[(&MessageRecord, &[u8])],
+) -> Result<(), tokio_postgres::Error> {
+    let now = ms(crate::model::time::now_ms());
+    let tids: Vec<&str> = rows.iter().map(|(r, _)| r.tid.as_str()).collect();
+    let states: Vec<&str> = rows.iter().map(|(r, _)| r.state.label()).collect();
+    let done: Vec<bool> = rows.iter().map(|(r, _)| finished(r.state)).collect();
+    let created: Vec<i64> = rows.iter().map(|(r, _)| ms(r.created_ms)).collect();
+    let records: Vec<&[u8]> = rows.iter().map(|(_, b)| *b).collect();
+    let log: Vec<LogColumns> = rows.iter().map(|(r, _)| LogColumns::of(r)).collect();
+    let senders: Vec<&str> = log.iter().map(|l| l.sender.as_str()).collect();
+    let assets: Vec<&str> = log.iter().map(|l| l.asset).collect();
+    let correlations: Vec<Option<&str>> = log.iter().map(|l| l.correlation_id).collect();
+    let recipients: Vec<&str> = log.iter().map(|l| l.recipients.as_str()).collect();
+    let (mut ids, mut id_tids) = (Vec::new(), Vec::new());
+    for (r, _) in rows {
+        for id in &r.route_ids {
+            ids.push(id.as_str());
+            id_tids.push(r.tid.as_str());
+        }
+    }
+    c.execute(
+        st,
+        &[
+            &tids,
+            &owner,
+            &states,
+            &done,
+            &created,
+            &now,
+            &records,
+            &senders,
+            &assets,
+            &correlations,
+            &recipients,
+        ],
+    )
+    .await?;
+    if !ids.is_empty() {
+        c.execute(ids_st, &[&ids, &id_tids]).await?;
     }
     Ok(())
 }

@@ -130,7 +130,8 @@ const MIGRATIONS: &[&str] = &[
            FROM transactions) s
      WHERE s.tid = t.tid;
      CREATE INDEX transactions_created ON transactions (created_ms DESC, tid DESC);
-     CREATE INDEX transactions_recipients ON transactions USING gin (recipients);
+     CREATE INDEX transactions_recipients ON transactions USING gin (recipients)
+        WITH (fastupdate = off);
      CREATE INDEX transactions_sender ON transactions (sender, created_ms DESC);
      CREATE INDEX transactions_asset ON transactions (asset, created_ms DESC);
      CREATE INDEX transactions_correlation ON transactions (correlation_id, created_ms DESC);",
