@@ -167,7 +167,7 @@ pub(super) fn button(
             @for (name, value) in fields {
                 input type="hidden" name=(name) value=(value);
             }
-            button type="submit" data-confirm=[confirm] { (label) }
+            button type="submit" class=[confirm.map(|_| "danger")] data-confirm=[confirm] { (label) }
         }
     }
 }

@@ -320,3 +320,30 @@ async fn preview(State(d): State<AppState>, _signed: Signed, Path(tid): Path<Str
             .into_response(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn datetime_local_values_are_read_as_utc() {
+        assert_eq!(rfc3339("2026-12-03T10:00"), "2026-12-03T10:00:00Z");
+        assert_eq!(rfc3339("2026-12-03T10:00:30"), "2026-12-03T10:00:30Z");
+        assert_eq!(
+            rfc3339("2026-12-03T10:00:00+01:00"),
+            "2026-12-03T10:00:00+01:00"
+        );
+    }
+
+    #[test]
+    fn empty_form_fields_are_no_filter_and_bad_ones_are_named() {
+        let f = fields(Some("recipient=+Ann%40Example.org+&sender=&state=done"));
+        assert_eq!(f.len(), 2);
+        let q = log_query(params(&f).unwrap()).unwrap();
+        assert_eq!(q.recipient.as_deref(), Some("Ann@Example.org"));
+        assert_eq!(q.state, Some(QueueState::Done));
+        let bad = fields(Some("since=yesterday"));
+        let e = log_query(params(&bad).unwrap()).unwrap_err();
+        assert!(e.description.contains("since"), "{}", e.description);
+    }
+}

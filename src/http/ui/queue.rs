@@ -214,3 +214,32 @@ async fn act(State(d): State<AppState>, action: Action) -> Response {
     };
     action.signed.redirect(back, flash)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn actions_return_only_to_pages_of_the_admin_ui() {
+        assert_eq!(back_to("/admin/ui/messages/t1"), "/admin/ui/messages/t1");
+        for outside in [
+            "https://evil.example/",
+            "//evil.example/admin/ui/",
+            "/admin/uix",
+            "",
+            "/admin/ui/\\evil",
+        ] {
+            assert_eq!(back_to(outside), PAGE, "{outside}");
+        }
+    }
+
+    #[test]
+    fn a_held_transaction_offers_release_and_cancel_only() {
+        assert_eq!(
+            actions_for(QueueState::Held),
+            &[QueueAction::Release, QueueAction::Cancel]
+        );
+        assert!(actions_for(QueueState::Done).is_empty());
+        assert!(!actions_for(QueueState::Retry).contains(&QueueAction::Release));
+    }
+}
