@@ -345,3 +345,33 @@ async fn the_openapi_document_lists_the_admin_calls_the_page_makes() {
     );
     d.stop().await;
 }
+
+#[tokio::test]
+async fn changing_the_admin_token_ends_every_session() {
+    let dir = tempfile::tempdir().unwrap();
+    let smtp = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let http = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let config = ConfigBuilder::inbound("http://127.0.0.1:9")
+        .listen(smtp.local_addr().unwrap(), http.local_addr().unwrap());
+    let path = config.write_in(dir.path());
+    let text = std::fs::read_to_string(&path).unwrap();
+    let parsed = postern::config::Config::parse(&text, "postern.toml").unwrap();
+    let listeners = postern::Listeners {
+        smtp: vec![smtp],
+        http,
+    };
+    let handle = postern::start(parsed, Some(path.clone()), listeners)
+        .await
+        .unwrap();
+    let mut c = UiClient::new(handle.http_addr);
+    c.sign_in().await;
+    assert_eq!(c.get("/admin/ui/").await.0, 200);
+    std::fs::write(&path, text.replace("admin-secret", "a-new-admin-token")).unwrap();
+    handle.daemon.reload().unwrap();
+    let (status, headers, _) = c.get("/admin/ui/").await;
+    assert_eq!(status, 303, "the session opened with the old token is over");
+    assert_eq!(headers["location"], "/admin/ui/sign-in");
+    assert_eq!(c.sign_in_with(ui::TOKEN).await.status(), 401);
+    assert_eq!(c.sign_in_with("a-new-admin-token").await.status(), 303);
+    handle.shutdown().await;
+}

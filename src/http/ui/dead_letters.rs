@@ -43,7 +43,7 @@ fn table(signed: &Signed, list: &[DeadLetter]) -> Markup {
                                 @if !x.entry.last_error.is_empty() { p.hint { (x.entry.last_error) } }
                             }
                             td data-label="Died" { (layout::time(x.died_ms)) }
-                            td { (layout::button(signed, "/admin/ui/dead-letters/replay", "Replay", &[("id", &x.entry.id)], None)) }
+                            td { (layout::row_button(signed, "/admin/ui/dead-letters/replay", "Replay", Some(&x.entry.id), &[("id", &x.entry.id)], None)) }
                         }
                     }
                 }

@@ -161,13 +161,28 @@ pub(super) fn button(
     fields: &[(&str, &str)],
     confirm: Option<&str>,
 ) -> Markup {
+    row_button(signed, action, label, None, fields, confirm)
+}
+
+/// [`button`] for one row of a table: its accessible name adds `context` (the row's
+/// address or id), so "Remove" among many says which.
+pub(super) fn row_button(
+    signed: &Signed,
+    action: &str,
+    label: &str,
+    context: Option<&str>,
+    fields: &[(&str, &str)],
+    confirm: Option<&str>,
+) -> Markup {
+    let name = context.map(|c| format!("{label} {c}"));
     html! {
         form.inline method="post" action=(action) {
             (csrf(signed))
             @for (name, value) in fields {
                 input type="hidden" name=(name) value=(value);
             }
-            button type="submit" class=[confirm.map(|_| "danger")] data-confirm=[confirm] { (label) }
+            button type="submit" class=[confirm.map(|_| "danger")] aria-label=[name]
+                data-confirm=[confirm] { (label) }
         }
     }
 }

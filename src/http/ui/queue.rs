@@ -105,7 +105,7 @@ pub(super) fn buttons(signed: &Signed, r: &MessageRecord, back: &str) -> Markup 
                 };
                 @let confirm = (*a == QueueAction::Cancel)
                     .then_some("Cancel this transaction? Its unsent recipients end with 7592.");
-                (layout::button(signed, "/admin/ui/queue/action", label,
+                (layout::row_button(signed, "/admin/ui/queue/action", label, Some(&r.tid),
                     &[("tid", &r.tid), ("action", a.label()), ("back", back)], confirm))
             }
         }

@@ -32,8 +32,19 @@ pub(super) enum Flash {
     Failed(String),
 }
 
+/// A digest of the admin token a session was opened with: when the token in force is
+/// another (changed and reloaded), the session ends.
+pub(super) type TokenKey = [u8; 32];
+
+/// The [`TokenKey`] of the admin token in force.
+pub(super) fn token_key(d: &crate::daemon::Daemon) -> TokenKey {
+    use sha2::Digest;
+    sha2::Sha256::digest(d.config().admin.token.expose().as_bytes()).into()
+}
+
 struct Session {
     csrf: String,
+    key: TokenKey,
     last_seen: Instant,
     flash: Option<Flash>,
 }
@@ -56,7 +67,7 @@ impl Sessions {
     }
 
     /// A new session at `now`: its id and CSRF token. Expired sessions go first.
-    pub(super) fn open(&self, now: Instant) -> (String, String) {
+    pub(super) fn open(&self, now: Instant, key: TokenKey) -> (String, String) {
         let mut table = self.table();
         table.retain(|_, s| now.saturating_duration_since(s.last_seen) < IDLE);
         while table.len() >= MAX_SESSIONS {
@@ -74,6 +85,7 @@ impl Sessions {
             id.clone(),
             Session {
                 csrf: csrf.clone(),
+                key,
                 last_seen: now,
                 flash: None,
             },
@@ -81,12 +93,18 @@ impl Sessions {
         (id, csrf)
     }
 
-    /// The session `id` used at `now`: its CSRF token and pending message. An expired
-    /// session is removed and gives `None`.
-    pub(super) fn touch(&self, id: &str, now: Instant) -> Option<(String, Option<Flash>)> {
+    /// The session `id` used at `now` while the admin token's key is `key`: its CSRF
+    /// token and pending message. An expired session, or one opened with another admin
+    /// token, is removed and gives `None`.
+    pub(super) fn touch(
+        &self,
+        id: &str,
+        now: Instant,
+        key: TokenKey,
+    ) -> Option<(String, Option<Flash>)> {
         let mut table = self.table();
         let session = table.get_mut(id)?;
-        if now.saturating_duration_since(session.last_seen) >= IDLE {
+        if now.saturating_duration_since(session.last_seen) >= IDLE || session.key != key {
             table.remove(id);
             return None;
         }
@@ -176,7 +194,7 @@ impl OptionalFromRequestParts<AppState> for Signed {
 
     async fn from_request_parts(
         parts: &mut Parts,
-        _: &AppState,
+        d: &AppState,
     ) -> Result<Option<Self>, Self::Rejection> {
         let Some(ui) = ui_of(parts) else {
             return Ok(None);
@@ -186,7 +204,7 @@ impl OptionalFromRequestParts<AppState> for Signed {
         };
         Ok(ui
             .sessions
-            .touch(&id, Instant::now())
+            .touch(&id, Instant::now(), token_key(d))
             .map(|(csrf, flash)| Signed {
                 ui: ui.clone(),
                 id,
@@ -350,7 +368,7 @@ pub(super) async fn sign_in(
             Some("That is not the admin token."),
         );
     }
-    let (id, _) = ui.sessions.open(Instant::now());
+    let (id, _) = ui.sessions.open(Instant::now(), token_key(&d));
     tracing::info!("admin page: signed in");
     let secure = over_tls(&headers, &d.config().server.public_url);
     let mut resp = Redirect::to("/admin/ui/").into_response();
@@ -377,23 +395,34 @@ pub(super) async fn sign_out(action: Action) -> Response {
 mod tests {
     use super::*;
 
+    const K: TokenKey = [7; 32];
+
+    #[test]
+    fn a_session_ends_when_the_admin_token_changes() {
+        let sessions = Sessions::default();
+        let now = Instant::now();
+        let (id, _) = sessions.open(now, K);
+        assert!(sessions.touch(&id, now, [8; 32]).is_none());
+        assert!(sessions.touch(&id, now, K).is_none(), "and stays ended");
+    }
+
     #[test]
     fn a_session_lives_until_twelve_hours_idle() {
         let sessions = Sessions::default();
         let t0 = Instant::now();
-        let (id, csrf) = sessions.open(t0);
+        let (id, csrf) = sessions.open(t0, K);
         assert_eq!(id.len(), 64);
         assert_ne!(id, csrf);
         let later = t0 + Duration::from_secs(11 * 3600);
-        assert_eq!(sessions.touch(&id, later).map(|s| s.0), Some(csrf));
+        assert_eq!(sessions.touch(&id, later, K).map(|s| s.0), Some(csrf));
         // Used at `later`: twelve hours from then it is still there a moment before.
         assert!(sessions
-            .touch(&id, later + IDLE - Duration::from_secs(1))
+            .touch(&id, later + IDLE - Duration::from_secs(1), K)
             .is_some());
         let idle = later + IDLE - Duration::from_secs(1) + IDLE;
-        assert!(sessions.touch(&id, idle).is_none());
+        assert!(sessions.touch(&id, idle, K).is_none());
         assert!(
-            sessions.touch(&id, t0).is_none(),
+            sessions.touch(&id, t0, K).is_none(),
             "an expired session is gone"
         );
     }
@@ -402,27 +431,27 @@ mod tests {
     fn a_closed_session_is_gone_and_a_flash_shows_once() {
         let sessions = Sessions::default();
         let now = Instant::now();
-        let (id, _) = sessions.open(now);
+        let (id, _) = sessions.open(now, K);
         sessions.set_flash(&id, Flash::Done("ok".into()));
         assert_eq!(
-            sessions.touch(&id, now).and_then(|s| s.1),
+            sessions.touch(&id, now, K).and_then(|s| s.1),
             Some(Flash::Done("ok".into()))
         );
-        assert_eq!(sessions.touch(&id, now).and_then(|s| s.1), None);
+        assert_eq!(sessions.touch(&id, now, K).and_then(|s| s.1), None);
         sessions.close(&id);
-        assert!(sessions.touch(&id, now).is_none());
+        assert!(sessions.touch(&id, now, K).is_none());
     }
 
     #[test]
     fn the_table_is_bounded() {
         let sessions = Sessions::default();
         let t0 = Instant::now();
-        let (first, _) = sessions.open(t0);
+        let (first, _) = sessions.open(t0, K);
         for i in 1..=MAX_SESSIONS as u64 {
-            sessions.open(t0 + Duration::from_millis(i));
+            sessions.open(t0 + Duration::from_millis(i), K);
         }
         assert!(sessions
-            .touch(&first, t0 + Duration::from_secs(1))
+            .touch(&first, t0 + Duration::from_secs(1), K)
             .is_none());
         assert_eq!(sessions.table().len(), MAX_SESSIONS);
     }

@@ -78,7 +78,7 @@ fn list(signed: &Signed, entries: &[&Suppression]) -> Markup {
                             }
                             td data-label="Source" { (e.source) }
                             td {
-                                (layout::button(signed, "/admin/ui/suppressions/remove", "Remove",
+                                (layout::row_button(signed, "/admin/ui/suppressions/remove", "Remove", Some(&e.address),
                                     &[("asset", &e.asset_id), ("address", &e.address)], None))
                             }
                         }
