@@ -48,6 +48,7 @@ os.environ["SE_OFFLINE"] = "true"  # Selenium Manager must never fetch a browser
 try:
     from selenium import webdriver
     from selenium.webdriver.chrome.options import Options
+    from selenium.common.exceptions import WebDriverException
     from selenium.webdriver.chrome.service import Service
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support import expected_conditions as EC
@@ -283,13 +284,22 @@ def shot(env, name):
 
 
 def submit(driver, button, confirm=False):
-    """Clicks a button that loads a new page and waits until the old one is gone, so
-    nothing is read from the page before it."""
-    old = driver.find_element(By.TAG_NAME, "html")
+    """Clicks a button that loads a new page and waits until the new page has loaded, so
+    nothing is read from the page before it (the old page's window carries a mark the
+    new one lacks)."""
+    driver.execute_script("window.__posternOld = true")
     button.click()
     if confirm:
         wait(driver).until(EC.alert_is_present()).accept()
-    wait(driver).until(EC.staleness_of(old))
+
+    def new_page(drv):
+        try:
+            return drv.execute_script(
+                "return window.__posternOld !== true && document.readyState === 'complete'")
+        except WebDriverException:  # between the two pages
+            return False
+
+    wait(driver).until(new_page)
 
 
 def flash(driver):
