@@ -482,3 +482,67 @@ async fn large_message_is_streamed_to_the_webhook_signed_and_intact() {
     .await;
     d.stop().await;
 }
+
+/// SPEC 14: the admin page shows an asset's last mails, a Gmail forwarding confirmation's
+/// code and link up front (`GET /admin/assets/{asset}/inbound`, which the page calls).
+#[tokio::test]
+async fn a_gmail_forwarding_confirmation_shows_its_code_and_link() {
+    let rx = Receiver::start().await;
+    let d = TestDaemon::start(ConfigBuilder::inbound(&rx.url(""))).await;
+    let link = "https://mail-settings.google.com/mail/vf-%5BANGjdJ9x%5D-Zk2";
+    let confirmation = MessageBuilder::new()
+        .from(("Gmail Team", "forwarding-noreply@google.com"))
+        .to("support@example.test")
+        .subject("(#612873440) Gmail Forwarding Confirmation - Receive Mail from mary@gmail.com")
+        .text_body(format!(
+            "mary@gmail.com has requested to automatically forward mail to your email\r\n\
+             address support@example.test.\r\nConfirmation code: 612873440\r\n\r\n\
+             To allow mary@gmail.com to automatically forward mail to your address, please\r\n\
+             click the link below to confirm the request:\r\n\r\n{link}\r\n"
+        ));
+    let ordinary = MessageBuilder::new()
+        .from("alice@example.org")
+        .to("sales@example.test")
+        .subject("Order 77")
+        .text_body("Where is my order? code: 123456");
+    for m in [ordinary, confirmation] {
+        SmtpClientBuilder::new("127.0.0.1", d.smtp.port())
+            .unwrap()
+            .implicit_tls(false)
+            .connect_plain()
+            .await
+            .expect("connect")
+            .send(m)
+            .await
+            .expect("accepted");
+    }
+    rx.wait_for_count(2, WAIT).await;
+    let got: serde_json::Value = reqwest::Client::new()
+        .get(format!("http://{}/admin/assets/a_demo/inbound", d.http))
+        .bearer_auth("admin-secret")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        got["forwardingDomains"],
+        serde_json::json!(["example.test"]),
+        "{got}"
+    );
+    let mails = got["messages"].as_array().unwrap();
+    assert_eq!(mails.len(), 2, "{got}");
+    let newest = &mails[0];
+    assert_eq!(newest["from"], "forwarding-noreply@google.com");
+    assert_eq!(newest["confirmation"]["code"], "612873440", "{got}");
+    assert_eq!(newest["confirmation"]["link"], link);
+    assert_eq!(mails[1]["subject"], "Order 77");
+    assert_eq!(mails[1]["confirmation"], serde_json::Value::Null, "{got}");
+    let r = reqwest::Client::new()
+        .get(format!("http://{}/admin/assets/a_demo/inbound", d.http))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+}

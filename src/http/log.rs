@@ -7,7 +7,7 @@ use crate::model::types::ApiCode;
 use crate::outbound::queue::control;
 use crate::store::log::{cursor_text, parse_cursor, LogQuery};
 use crate::store::messages::QueueState;
-use axum::extract::{Query, State};
+use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -17,11 +17,13 @@ use serde_json::{json, Value};
 
 /// The message-log route in the OpenAPI document (admin token required).
 #[derive(utoipa::OpenApi)]
-#[openapi(paths(messages))]
+#[openapi(paths(messages, inbound))]
 pub struct LogDoc;
 
 pub fn routes() -> Router<AppState> {
-    Router::new().route("/admin/messages", get(messages))
+    Router::new()
+        .route("/admin/messages", get(messages))
+        .route("/admin/assets/{asset}/inbound", get(inbound))
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
@@ -109,4 +111,46 @@ async fn messages(
     let messages: Vec<Value> = page.messages.iter().map(detail).collect();
     let next = page.next.as_ref().map(cursor_text);
     Ok(Json(json!({"messages": messages, "next": next})).into_response())
+}
+
+/// An asset's forwarding address (any address at its domains) and the last mails it
+/// received on this node, a forwarding confirmation's code and link up front.
+#[utoipa::path(get, path = "/admin/assets/{asset}/inbound", tag = "admin", params(("asset" = String, Path)), responses((status = 200), (status = 404)))]
+async fn inbound(
+    State(d): State<AppState>,
+    headers: HeaderMap,
+    Path(asset): Path<String>,
+) -> Result<Response, ApiError> {
+    admin(&d, &headers)?;
+    let config = d.config();
+    let Some(a) = config.asset(&asset) else {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            ApiCode::NotFound,
+            format!("no asset \"{asset}\""),
+        ));
+    };
+    let notes = d.store.recent_inbound(&asset).map_err(ApiError::internal)?;
+    let mails: Vec<Value> = notes
+        .iter()
+        .map(|n| {
+            json!({
+                "tid": n.tid,
+                "receivedAt": crate::model::time::timestamp(n.received_ms),
+                "from": n.from,
+                "to": n.to,
+                "subject": n.subject,
+                "snippet": n.snippet,
+                "confirmation": (n.confirmation_code.is_some() || n.confirmation_link.is_some())
+                    .then(|| json!({"code": n.confirmation_code, "link": n.confirmation_link})),
+            })
+        })
+        .collect();
+    Ok(Json(json!({
+        "asset": a.id,
+        "inbound": a.inbound,
+        "forwardingDomains": a.domains,
+        "messages": mails,
+    }))
+    .into_response())
 }

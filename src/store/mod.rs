@@ -35,6 +35,7 @@ pub mod outbox;
 pub mod pending;
 pub mod pg;
 pub mod policy;
+pub mod recent;
 pub mod routes;
 pub mod spool;
 pub mod suppression;
@@ -561,6 +562,17 @@ impl Store {
 
     pub fn spool_dir(&self) -> &Path {
         &self.inner.spool_dir
+    }
+
+    /// Notes a mail `asset` received, for the admin page (this node's, at most
+    /// [`recent::KEEP`] per asset; not made durable on its own).
+    pub fn note_inbound(&self, asset: &str, note: &recent::InboundNote) -> Result<(), StoreError> {
+        recent::note(&self.inner.db.open_tree("recent_inbound")?, asset, note)
+    }
+
+    /// The last mails `asset` received on this node, newest first.
+    pub fn recent_inbound(&self, asset: &str) -> Result<Vec<recent::InboundNote>, StoreError> {
+        recent::recent(&self.inner.db.open_tree("recent_inbound")?, asset)
     }
 
     fn quarantine(&self, tree: &'static str, key: &[u8], value: &[u8], reason: &str) {

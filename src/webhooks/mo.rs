@@ -141,12 +141,21 @@ pub fn repaired(raw: &[u8]) -> Cow<'_, [u8]> {
     }
 }
 
-/// Renders the MO event for `raw` into `out`.
+/// What the admin page keeps of a rendered mail (`store::recent`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MoSummary {
+    pub from: String,
+    pub subject: String,
+    /// The start of the text body (at most 2,000 characters).
+    pub text: String,
+}
+
+/// Renders the MO event for `raw` into `out`; a summary of it for the admin page.
 pub fn render(
     raw: &[u8],
     ctx: &MoContext<'_>,
     out: &mut impl std::io::Write,
-) -> serde_json::Result<()> {
+) -> serde_json::Result<MoSummary> {
     let bytes = repair::repair(raw);
     let parsed = bytes.as_ref().and_then(|r| parse(&r.bytes));
     let mut event = MoEvent {
@@ -213,7 +222,13 @@ pub fn render(
             event.text_message = String::from_utf8_lossy(raw);
         }
     }
-    serde_json::to_writer(out, &event)
+    let summary = MoSummary {
+        from: event.from.clone(),
+        subject: event.subject.clone(),
+        text: event.text_message.chars().take(2000).collect(),
+    };
+    serde_json::to_writer(out, &event)?;
+    Ok(summary)
 }
 
 #[cfg(test)]

@@ -5,6 +5,7 @@
 //! keeps only ids and due times in memory; the entries themselves stay in sled, so a
 //! restart loses nothing.
 
+pub mod confirm;
 pub mod mo;
 pub mod repair;
 pub mod retry;
@@ -111,6 +112,8 @@ const LARGE_POSTPONE_MS: u64 = 500;
 pub struct Rendered {
     body: RenderedBody,
     signature: Option<String>,
+    /// An MO event's summary, for the admin page's last mails of its asset.
+    summary: Option<mo::MoSummary>,
 }
 
 enum RenderedBody {
@@ -125,6 +128,7 @@ impl Rendered {
         Rendered {
             body: RenderedBody::Memory(bytes),
             signature,
+            summary: None,
         }
     }
 }
@@ -166,8 +170,10 @@ impl MoJob {
         match &self.file {
             None => {
                 let mut out = Vec::with_capacity(self.record.size as usize * 4 / 3 + 1024);
-                mo::render(&raw, &ctx, &mut out).map_err(|e| e.to_string())?;
-                Ok(Rendered::memory(out, self.secret.clone(), self.unix))
+                let summary = mo::render(&raw, &ctx, &mut out).map_err(|e| e.to_string())?;
+                let mut rendered = Rendered::memory(out, self.secret.clone(), self.unix);
+                rendered.summary = Some(summary);
+                Ok(rendered)
             }
             Some(path) => self.render_to_file(&raw, &ctx, path),
         }
@@ -204,14 +210,15 @@ impl MoJob {
         );
         let written = mo::render(raw, ctx, &mut w)
             .map_err(|e| e.to_string())
-            .and_then(|_| w.finish().map_err(|e| e.to_string()));
+            .and_then(|summary| Ok((summary, w.finish().map_err(|e| e.to_string())?)));
         match written {
-            Ok((len, signature)) => Ok(Rendered {
+            Ok((summary, (len, signature))) => Ok(Rendered {
                 body: RenderedBody::File {
                     path: path.to_path_buf(),
                     len,
                 },
                 signature,
+                summary: Some(summary),
             }),
             Err(e) => {
                 let _ = std::fs::remove_file(path);
@@ -441,7 +448,12 @@ impl Worker {
                 }
             }
         };
-        if job.record.size <= RENDER_INLINE {
+        let (received_ms, tid, to) = (
+            job.record.received_ms,
+            job.tid.clone(),
+            job.recipients.clone(),
+        );
+        let rendered = if job.record.size <= RENDER_INLINE {
             // Microseconds of work: cheaper than a hop to the blocking pool.
             job.render()
         } else {
@@ -449,6 +461,38 @@ impl Worker {
                 .run(move || job.render())
                 .await
                 .map_err(|e| e.to_string())?
+        }?;
+        if let Some(summary) = &rendered.summary {
+            self.note_inbound(&entry.asset_id, tid, to, received_ms, summary);
+        }
+        Ok(rendered)
+    }
+
+    /// Keeps what the admin page shows of a mail the asset received, with a forwarding
+    /// confirmation's code and link picked out (a failure only costs the view).
+    fn note_inbound(
+        &self,
+        asset: &str,
+        tid: String,
+        to: Vec<String>,
+        received_ms: u64,
+        summary: &mo::MoSummary,
+    ) {
+        let found =
+            confirm::forwarding_confirmation(&summary.from, &summary.subject, &summary.text);
+        let (code, link) = found.unwrap_or_default();
+        let note = crate::store::recent::InboundNote {
+            tid,
+            received_ms,
+            from: summary.from.clone(),
+            to,
+            subject: summary.subject.clone(),
+            snippet: summary.text.chars().take(300).collect(),
+            confirmation_code: code,
+            confirmation_link: link,
+        };
+        if let Err(e) = self.store.note_inbound(asset, &note) {
+            tracing::warn!(error = %e, "received mail not noted for the admin page");
         }
     }
 
