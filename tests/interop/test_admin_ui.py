@@ -563,11 +563,27 @@ def test_requests_without_session_or_with_a_wrong_csrf_change_nothing(env, brows
     assert env.queue_state(tid) == "cancelled"
 
 
-def test_routes_page_tests_the_connection(env, browser):
+def test_routes_page_tests_the_connection_and_shows_a_forwarding_confirmation(env, browser):
     d = browser
+    link = "https://mail-settings.google.com/mail/vf-%5BANGjdJ9x%5D-Ui7"
+    confirmation = text_message(
+        "(#612873440) Gmail Forwarding Confirmation - Receive Mail from mary@gmail.com",
+        body=("mary@gmail.com has requested to automatically forward mail to your email\n"
+              "address a_demo@inbound.example.test.\nConfirmation code: 612873440\n\n"
+              f"Please click the link below to confirm the request:\n\n{link}\n"),
+        sender="forwarding-noreply@google.com",
+        to="a_demo@inbound.example.test",
+    )
+    send(env.daemon, confirmation, mail_from="forwarding-noreply@google.com",
+         rcpts=("a_demo@inbound.example.test",))
+    env.hook.wait_hook(lambda e: e.get("subject", "").startswith("(#612873440)"))
     d.get(env.base + "/admin/ui/routes")
     check_page(d)
-    assert "a_demo@inbound.example.test" in d.find_element(By.TAG_NAME, "main").text
+    main = d.find_element(By.TAG_NAME, "main").text
+    assert "a_demo@inbound.example.test" in main
+    box = d.find_element(By.XPATH, "//div[contains(@class,'flash')][.//strong[text()='Forwarding confirmation']]")
+    assert "612873440" in box.text
+    assert box.find_element(By.LINK_TEXT, "Confirm the forwarding").get_attribute("href") == link
     submit(d, d.find_element(By.XPATH, "//form[@action='/admin/ui/routes/test']//button"))
     assert "answered" in flash(d)
     result = d.find_elements(By.XPATH, "//p[contains(@class,'flash') and contains(., 'Test at')]")

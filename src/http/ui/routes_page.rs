@@ -1,11 +1,14 @@
 //! Routes and assets: per asset its domains, forwarding address and route (kind, host or
 //! region, security, authentication), with "Test connection": the daemon's own route for
 //! the asset connects and authenticates without sending, as `postern route test` does.
+//! Below each, the last mails the asset received (what `GET /admin/assets/{asset}/inbound`
+//! reads), a Gmail or Outlook forwarding confirmation's code and link up front.
 
 use super::layout::{self, Nav};
 use super::session::{lock, Action, Flash, RouteTest, Signed};
 use crate::config::{AssetConfig, RouteAuth, RouteConfig, Security};
 use crate::http::AppState;
+use crate::store::recent::InboundNote;
 use axum::extract::State;
 use axum::response::Response;
 use axum::routing::{get, post};
@@ -60,11 +63,58 @@ fn route_facts(route: &RouteConfig) -> Markup {
     }
 }
 
+/// A forwarding confirmation, up front: its code to copy and its link to follow.
+fn confirmation(n: &InboundNote) -> Markup {
+    html! {
+        div.flash.ok role="status" {
+            strong { "Forwarding confirmation" } " from " (n.from) ", " (layout::time(n.received_ms)) ". "
+            @if let Some(code) = &n.confirmation_code { "Code: " (layout::copyable(code)) " " }
+            @if let Some(link) = &n.confirmation_link {
+                a href=(link) rel="noopener noreferrer" { "Confirm the forwarding" }
+                " (" code { (link) } ")"
+            }
+        }
+    }
+}
+
+fn received(notes: &Result<Vec<InboundNote>, String>) -> Markup {
+    html! {
+        h3 { "Last mails received" }
+        @match notes {
+            Err(e) => p.flash.bad { "They cannot be read: " (e) },
+            Ok(n) if n.is_empty() => p.hint { "None yet on this node." },
+            Ok(notes) => {
+                @if let Some(c) = notes.iter().find(|n| n.confirmation_code.is_some() || n.confirmation_link.is_some()) {
+                    (confirmation(c))
+                }
+                div.scroll {
+                    table.stack {
+                        thead { tr {
+                            th scope="col" { "Received" } th scope="col" { "From" } th scope="col" { "To" }
+                            th scope="col" { "Subject" } th scope="col" { "Start of the text" }
+                        } }
+                        tbody { @for n in notes {
+                            tr {
+                                th scope="row" { (layout::time(n.received_ms)) }
+                                td data-label="From" { (n.from) }
+                                td data-label="To" { (n.to.join(", ")) }
+                                td data-label="Subject" { (n.subject) }
+                                td data-label="Text" { (n.snippet) }
+                            }
+                        } }
+                    }
+                }
+            },
+        }
+    }
+}
+
 fn asset_section(
     signed: &Signed,
     asset: &AssetConfig,
     inbound_domain: &str,
     tested: Option<&RouteTest>,
+    notes: &Result<Vec<InboundNote>, String>,
 ) -> Markup {
     let forwarding = format!("{}@{inbound_domain}", asset.id);
     html! {
@@ -90,6 +140,7 @@ fn asset_section(
                     None => {},
                 }
             }
+            (received(notes))
         }
     }
 }
@@ -100,7 +151,8 @@ async fn page(State(d): State<AppState>, signed: Signed) -> Response {
     let body = html! {
         p.hint { "Mail sent to an asset's forwarding address (for example by a Gmail or Outlook forwarding rule) becomes an MO event at its incoming webhook." }
         @for a in &config.assets {
-            (asset_section(&signed, a, &config.server.inbound_domain, tested.get(&a.id)))
+            @let notes = d.store.recent_inbound(&a.id).map_err(|e| e.to_string());
+            (asset_section(&signed, a, &config.server.inbound_domain, tested.get(&a.id), &notes))
         }
     };
     layout::page("Routes and assets", Nav::Routes, &signed, body)
