@@ -584,3 +584,24 @@ async fn postern_send_prints_tids_and_waits_for_every_final_notification() {
     assert!(err.contains("--service: no service \"nope\""), "{err}");
     node.stop().await;
 }
+
+#[tokio::test]
+async fn route_test_through_the_admin_api_reports_the_smarthost() {
+    let relay = Smarthost::start(Script::default()).await;
+    let node = Node::start(&relay, 1).await;
+    let post = |path: String| {
+        node.client
+            .post(format!("{}{path}", node.api))
+            .bearer_auth(ADMIN)
+            .send()
+    };
+    let r = post("/admin/routes/a_out/test".into()).await.unwrap();
+    assert_eq!(r.status(), 200);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["ok"], true, "{v}");
+    assert!(!v["report"].as_str().unwrap().is_empty(), "{v}");
+    assert_eq!(relay.received.lock().unwrap().len(), 0, "nothing sent");
+    let r = post("/admin/routes/nope/test".into()).await.unwrap();
+    assert_eq!(r.status(), 404);
+    node.stop().await;
+}

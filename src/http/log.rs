@@ -113,8 +113,9 @@ async fn messages(
     Ok(Json(json!({"messages": messages, "next": next})).into_response())
 }
 
-/// An asset's forwarding address (any address at its domains) and the last mails it
-/// received on this node, a forwarding confirmation's code and link up front.
+/// An asset's forwarding address (`<asset-id>@<inbound_domain>`) and the last mails it
+/// received on this node (there or at its domains), a forwarding confirmation's code and
+/// link up front.
 #[utoipa::path(get, path = "/admin/assets/{asset}/inbound", tag = "admin", params(("asset" = String, Path)), responses((status = 200), (status = 404)))]
 async fn inbound(
     State(d): State<AppState>,
@@ -149,7 +150,8 @@ async fn inbound(
     Ok(Json(json!({
         "asset": a.id,
         "inbound": a.inbound,
-        "forwardingDomains": a.domains,
+        "forwardingAddress": format!("{}@{}", a.id, config.server.inbound_domain),
+        "domains": a.domains,
         "messages": mails,
     }))
     .into_response())

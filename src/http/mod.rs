@@ -11,6 +11,7 @@ pub mod domains;
 pub mod log;
 pub mod public;
 pub mod queue;
+pub mod routes;
 mod serve;
 pub mod ses;
 mod ui;
@@ -44,6 +45,7 @@ pub fn router(daemon: Arc<Daemon>) -> Router {
         .merge(domains::routes())
         .merge(queue::routes())
         .merge(log::routes())
+        .merge(routes::routes())
         .merge(ui::routes())
         .route(
             "/openapi.json",
@@ -82,6 +84,7 @@ pub fn openapi_json() -> String {
     doc.merge(DeadLetterDoc::openapi());
     doc.merge(queue::QueueDoc::openapi());
     doc.merge(log::LogDoc::openapi());
+    doc.merge(routes::RouteDoc::openapi());
     doc.to_pretty_json().unwrap_or_default()
 }
 
