@@ -334,6 +334,7 @@ async fn the_openapi_document_lists_the_admin_calls_the_page_makes() {
         "/admin/queue/{tid}/{action}",
         "/admin/messages",
         "/admin/assets/{asset}/inbound",
+        "/admin/routes/{asset}/test",
     ] {
         assert!(
             paths.contains_key(path),

@@ -32,8 +32,22 @@ async fn test(
     Path(asset): Path<String>,
 ) -> Result<Response, ApiError> {
     admin(&d, &headers)?;
+    let result = test_route(&d, &asset).await?;
+    Ok(Json(match result {
+        Ok(report) => json!({"asset": asset, "ok": true, "report": report}),
+        Err(e) => json!({"asset": asset, "ok": false, "error": e}),
+    })
+    .into_response())
+}
+
+/// The test itself, for the admin API and the admin page: the daemon's kept route for
+/// `asset` connects and authenticates; its report, or why it failed.
+pub(super) async fn test_route(
+    d: &crate::daemon::Daemon,
+    asset: &str,
+) -> Result<Result<String, String>, ApiError> {
     let config = d.config();
-    let Some(route) = d.queue_worker.route(&config, &asset) else {
+    let Some(route) = d.queue_worker.route(&config, asset) else {
         return Err(ApiError::new(
             StatusCode::NOT_FOUND,
             ApiCode::NotFound,
@@ -41,13 +55,11 @@ async fn test(
         ));
     };
     let result = match tokio::time::timeout(TEST_TIMEOUT, route.test()).await {
-        Ok(r) => r.map_err(|e| e.to_string()),
+        Ok(r) => r
+            .map(|report| report.to_string())
+            .map_err(|e| e.to_string()),
         Err(_) => Err(format!("no answer within {}s", TEST_TIMEOUT.as_secs())),
     };
     tracing::info!(asset = %asset, ok = result.is_ok(), "route tested by an operator");
-    Ok(Json(match result {
-        Ok(report) => json!({"asset": asset, "ok": true, "report": report.to_string()}),
-        Err(e) => json!({"asset": asset, "ok": false, "error": e}),
-    })
-    .into_response())
+    Ok(result)
 }

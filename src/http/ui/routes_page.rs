@@ -1,6 +1,6 @@
 //! Routes and assets: per asset its domains, forwarding address and route (kind, host or
-//! region, security, authentication), with "Test connection": the daemon's own route for
-//! the asset connects and authenticates without sending, as `postern route test` does.
+//! region, security, authentication), with "Test connection": the route-test admin API's
+//! own function (`POST /admin/routes/{asset}/test`), which sends nothing.
 //! Below each, the last mails the asset received (what `GET /admin/assets/{asset}/inbound`
 //! reads), a Gmail or Outlook forwarding confirmation's code and link up front.
 
@@ -14,11 +14,8 @@ use axum::response::Response;
 use axum::routing::{get, post};
 use axum::Router;
 use maud::{html, Markup};
-use std::time::Duration;
 
 const PAGE: &str = "/admin/ui/routes";
-/// A test connection that has not answered by then is reported as failed.
-const TEST_TIMEOUT: Duration = Duration::from_secs(30);
 
 pub(super) fn routes() -> Router<AppState> {
     Router::new()
@@ -160,17 +157,11 @@ async fn page(State(d): State<AppState>, signed: Signed) -> Response {
 
 async fn test(State(d): State<AppState>, action: Action) -> Response {
     let asset = action.fields.get("asset").to_string();
-    let config = d.config();
     let back = format!("{PAGE}#h-{asset}");
-    let Some(route) = d.queue_worker.route(&config, &asset) else {
-        let flash = Flash::Failed(format!("Asset {asset} has no route in the configuration."));
-        return action.signed.redirect(PAGE, flash);
-    };
-    let result = match tokio::time::timeout(TEST_TIMEOUT, route.test()).await {
+    let result = match crate::http::routes::test_route(&d, &asset).await {
         Ok(r) => r,
-        Err(_) => Err(format!("no answer within {}s", TEST_TIMEOUT.as_secs())),
+        Err(e) => return action.signed.redirect(PAGE, Flash::Failed(e.description)),
     };
-    tracing::info!(asset = %asset, ok = result.is_ok(), "admin page: route tested");
     let flash = match &result {
         Ok(_) => Flash::Done(format!("The route of {asset} answered.")),
         Err(_) => Flash::Failed(format!("The route of {asset} failed its test.")),
