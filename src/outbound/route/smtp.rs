@@ -369,9 +369,20 @@ impl SmtpRoute {
             let _ = c.quit().await;
             r
         });
+        use crate::config::{RouteAuth, Security};
+        let tls = match self.config.security {
+            Security::None => "without TLS",
+            Security::Ssl => "over implicit TLS",
+            Security::Starttls => "with STARTTLS",
+        };
+        let auth = match self.config.auth {
+            RouteAuth::None => "no authentication",
+            RouteAuth::Password => "password authentication accepted",
+            RouteAuth::Oauth2 => "OAuth2 (XOAUTH2) authentication accepted",
+        };
         Ok(format!(
-            "{host}:{port}: connected ({:?}), authenticated ({:?}); server {} (SIZE {})",
-            self.config.security, self.config.auth, ehlo.hostname, ehlo.size
+            "{host}:{port}: connected {tls}, {auth}; server {} (SIZE {})",
+            ehlo.hostname, ehlo.size
         ))
     }
 
