@@ -209,10 +209,7 @@ fn run_send(config: &Config, args: SendArgs) -> Result<ExitCode, String> {
             return Err("--attach FILE: the daemon may not fetch from loopback; add \"127.0.0.1/32\" to [outbound] allow_private_targets, or give an https URL".into());
         }
     }
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| e.to_string())?;
+    let runtime = crate::runtime().ok_or("no async runtime")?;
     runtime.block_on(send_and_wait(config, service, &args, html, urls, files))
 }
 

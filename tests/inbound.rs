@@ -483,8 +483,9 @@ async fn large_message_is_streamed_to_the_webhook_signed_and_intact() {
     d.stop().await;
 }
 
-async fn forwarding_address(d: &TestDaemon) -> String {
-    let got: serde_json::Value = reqwest::Client::new()
+/// `GET /admin/assets/a_demo/inbound` with the admin token.
+async fn inbound_view(d: &TestDaemon) -> serde_json::Value {
+    reqwest::Client::new()
         .get(format!("http://{}/admin/assets/a_demo/inbound", d.http))
         .bearer_auth("admin-secret")
         .send()
@@ -492,8 +493,7 @@ async fn forwarding_address(d: &TestDaemon) -> String {
         .unwrap()
         .json()
         .await
-        .unwrap();
-    got["forwardingAddress"].as_str().unwrap().to_string()
+        .unwrap()
 }
 
 /// SPEC 14: the admin page shows an asset's last mails, a Gmail forwarding confirmation's
@@ -503,7 +503,10 @@ async fn a_gmail_forwarding_confirmation_shows_its_code_and_link() {
     let rx = Receiver::start().await;
     let d = TestDaemon::start(ConfigBuilder::inbound(&rx.url(""))).await;
     let link = "https://mail-settings.google.com/mail/vf-%5BANGjdJ9x%5D-Zk2";
-    let address = forwarding_address(&d).await;
+    let address = inbound_view(&d).await["forwardingAddress"]
+        .as_str()
+        .unwrap()
+        .to_string();
     let confirmation = MessageBuilder::new()
         .from(("Gmail Team", "forwarding-noreply@google.com"))
         .to(address.as_str())
@@ -531,15 +534,7 @@ async fn a_gmail_forwarding_confirmation_shows_its_code_and_link() {
             .expect("accepted");
     }
     rx.wait_for_count(2, WAIT).await;
-    let got: serde_json::Value = reqwest::Client::new()
-        .get(format!("http://{}/admin/assets/a_demo/inbound", d.http))
-        .bearer_auth("admin-secret")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let got = inbound_view(&d).await;
     assert_eq!(got["forwardingAddress"], address.as_str(), "{got}");
     assert!(address.starts_with("a_demo@"), "{got}");
     let mails = got["messages"].as_array().unwrap();

@@ -1,7 +1,7 @@
 //! `GET /admin/messages`: the message log (SPEC 14). Handlers translate; the store's
 //! index answers.
 
-use super::queue::{detail, page_limit, state_param};
+use super::queue::{detail, invalid, page_limit, state_param};
 use super::{admin, ApiError, AppState};
 use crate::model::types::ApiCode;
 use crate::outbound::queue::control;
@@ -45,10 +45,6 @@ pub struct LogParams {
     /// Default 100, at most 1000.
     limit: Option<usize>,
     cursor: Option<String>,
-}
-
-fn invalid(message: String) -> ApiError {
-    ApiError::new(StatusCode::BAD_REQUEST, ApiCode::InvalidValue, message)
 }
 
 fn time_param(name: &str, v: Option<&str>) -> Result<Option<u64>, ApiError> {

@@ -53,7 +53,8 @@ pub fn page_limit(limit: Option<usize>) -> Result<usize, ApiError> {
     }
 }
 
-fn invalid(message: String) -> ApiError {
+/// 400 7004 with `message` (which names the parameter and the rule).
+pub fn invalid(message: String) -> ApiError {
     ApiError::new(StatusCode::BAD_REQUEST, ApiCode::InvalidValue, message)
 }
 
