@@ -600,6 +600,56 @@ pub enum RouteAuth {
     Oauth2,
 }
 
+/// `auth = "oauth2"`: whose endpoints and SMTP scope the route uses (SPEC 15). Absent
+/// means `custom`: every endpoint comes from the route's own keys.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OAuthProvider {
+    Google,
+    Microsoft,
+    #[default]
+    Custom,
+}
+
+/// Where an OAuth2 route gets consent and tokens: the provider's defaults, each replaced
+/// by the route's own key when it has one (a Microsoft tenant's URLs, say).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OAuthEndpoints {
+    pub auth_url: Option<String>,
+    pub token_url: Option<String>,
+    pub device_url: Option<String>,
+    /// Space-separated scopes.
+    pub scope: Option<String>,
+}
+
+impl OAuthProvider {
+    /// The provider's endpoints and SMTP scope (`custom`: none). Google's device flow
+    /// does not grant the mail scope, so it has no device URL.
+    pub fn defaults(self) -> OAuthEndpoints {
+        let some = |s: &str| Some(s.to_string());
+        match self {
+            OAuthProvider::Google => OAuthEndpoints {
+                auth_url: some("https://accounts.google.com/o/oauth2/v2/auth"),
+                token_url: some("https://oauth2.googleapis.com/token"),
+                device_url: None,
+                scope: some("https://mail.google.com/"),
+            },
+            OAuthProvider::Microsoft => OAuthEndpoints {
+                auth_url: some("https://login.microsoftonline.com/common/oauth2/v2.0/authorize"),
+                token_url: some("https://login.microsoftonline.com/common/oauth2/v2.0/token"),
+                device_url: some("https://login.microsoftonline.com/common/oauth2/v2.0/devicecode"),
+                scope: some("https://outlook.office.com/SMTP.Send offline_access"),
+            },
+            OAuthProvider::Custom => OAuthEndpoints {
+                auth_url: None,
+                token_url: None,
+                device_url: None,
+                scope: None,
+            },
+        }
+    }
+}
+
 /// How an asset's outbound mail leaves (`[asset.route]`, chosen by `kind`).
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(try_from = "RouteToml")]
@@ -622,12 +672,30 @@ pub struct SmtpRouteConfig {
     pub username: Option<String>,
     /// `auth = "password"`.
     pub password: Option<Secret>,
-    /// `auth = "oauth2"`: the client, its token endpoint and the refresh token to start from.
+    /// `auth = "oauth2"`: the provider, the client, its endpoints (each one given here
+    /// replaces the provider's) and the refresh token to start from when the store holds
+    /// none yet.
+    pub provider: OAuthProvider,
     pub client_id: Option<String>,
     pub client_secret: Option<Secret>,
+    pub auth_url: Option<String>,
     pub token_url: Option<String>,
+    pub device_url: Option<String>,
     pub refresh_token: Option<Secret>,
     pub scope: Option<String>,
+}
+
+impl SmtpRouteConfig {
+    /// The OAuth2 endpoints and scope in effect: the route's keys over the provider's.
+    pub fn oauth_endpoints(&self) -> OAuthEndpoints {
+        let d = self.provider.defaults();
+        OAuthEndpoints {
+            auth_url: self.auth_url.clone().or(d.auth_url),
+            token_url: self.token_url.clone().or(d.token_url),
+            device_url: self.device_url.clone().or(d.device_url),
+            scope: self.scope.clone().or(d.scope),
+        }
+    }
 }
 
 /// An Amazon SES route.
@@ -663,9 +731,13 @@ struct RouteToml {
     auth: RouteAuth,
     username: Option<String>,
     password: Option<Secret>,
+    #[serde(default)]
+    provider: OAuthProvider,
     client_id: Option<String>,
     client_secret: Option<Secret>,
+    auth_url: Option<String>,
     token_url: Option<String>,
+    device_url: Option<String>,
     refresh_token: Option<Secret>,
     scope: Option<String>,
     region: Option<String>,
@@ -685,6 +757,39 @@ impl TryFrom<RouteToml> for RouteConfig {
     }
 }
 
+/// What an `auth = "oauth2"` route lacks or has wrong.
+fn oauth_problems(route: &SmtpRouteConfig) -> Vec<String> {
+    let mut out = Vec::new();
+    if route.auth != RouteAuth::Oauth2 {
+        return out;
+    }
+    if route.client_id.as_deref().unwrap_or("").is_empty() {
+        out.push("auth = \"oauth2\" needs client_id".to_string());
+    }
+    let e = route.oauth_endpoints();
+    if e.token_url.is_none() {
+        out.push(
+            "auth = \"oauth2\" needs token_url (or provider = \"google\" or \"microsoft\")"
+                .to_string(),
+        );
+    }
+    for (key, url) in [
+        ("auth_url", &e.auth_url),
+        ("token_url", &e.token_url),
+        ("device_url", &e.device_url),
+    ] {
+        if let Some(u) = url {
+            if reqwest::Url::parse(u)
+                .map(|u| !matches!(u.scheme(), "http" | "https"))
+                .unwrap_or(true)
+            {
+                out.push(format!("{key} \"{u}\" is not an http(s) URL"));
+            }
+        }
+    }
+    out
+}
+
 impl RouteToml {
     /// The route of its kind, or everything it lacks or has wrong.
     fn typed(&self) -> Result<RouteConfig, Vec<String>> {
@@ -698,19 +803,26 @@ impl RouteToml {
         let Some(host) = self.host.clone().filter(|h| !h.is_empty()) else {
             return Err(vec!["kind = \"smtp\" needs host".to_string()]);
         };
-        Ok(SmtpRouteConfig {
+        let route = SmtpRouteConfig {
             host,
             port: self.port,
             security: self.security,
             auth: self.auth,
             username: self.username.clone(),
             password: self.password.clone(),
+            provider: self.provider,
             client_id: self.client_id.clone(),
             client_secret: self.client_secret.clone(),
+            auth_url: self.auth_url.clone(),
             token_url: self.token_url.clone(),
+            device_url: self.device_url.clone(),
             refresh_token: self.refresh_token.clone(),
             scope: self.scope.clone(),
-        })
+        };
+        match oauth_problems(&route) {
+            problems if problems.is_empty() => Ok(route),
+            problems => Err(problems),
+        }
     }
 
     fn ses(&self) -> Result<SesRouteConfig, Vec<String>> {
