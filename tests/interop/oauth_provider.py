@@ -155,6 +155,7 @@ class TokenRequest:
     issued_refresh_token: str | None = None
     grant_id: int | None = None
     finished: float = 0.0
+    test_side: bool = False  # made by the test (``post_token``), not by the client under test
 
     @property
     def accepted(self) -> bool:
@@ -250,7 +251,8 @@ class OAuthProvider:
                 if url.path == "/authorize/decide":
                     self._send(*provider._decide(form))
                 elif url.path == "/token":
-                    self._send(*provider._token(form, self.headers.get("Authorization")))
+                    self._send(*provider._token(form, self.headers.get("Authorization"),
+                                                bool(self.headers.get("X-Test-Side"))))
                 elif url.path == "/device":
                     self._send(*provider._device_authorization(form, self.headers.get("Authorization")))
                 elif url.path == "/device/verify":
@@ -455,10 +457,10 @@ class OAuthProvider:
         self.grants.append(g)
         return g
 
-    def _token(self, form: dict, authorization):
+    def _token(self, form: dict, authorization, test_side: bool = False):
         grant_type = form.get("grant_type", "")
         client_id, secret, how = self._client(form, authorization)
-        req = TokenRequest(grant_type, dict(form), how, time.monotonic())
+        req = TokenRequest(grant_type, dict(form), how, time.monotonic(), test_side=test_side)
         with self.lock:
             self.token_requests.append(req)
             self.in_flight += 1
@@ -548,9 +550,12 @@ class OAuthProvider:
             entry = self.access_tokens.get(access_token)
             return entry[0] if entry else None
 
-    def requests(self, grant_type: str | None = None) -> list[TokenRequest]:
+    def requests(self, grant_type: str | None = None, test_side: bool = False) -> list[TokenRequest]:
+        """The token requests of ``grant_type`` (all when None) the client made (or with
+        ``test_side``, those the test made through ``post_token``)."""
         with self.lock:
-            return [r for r in self.token_requests if grant_type is None or r.grant_type == grant_type]
+            return [r for r in self.token_requests
+                    if (grant_type is None or r.grant_type == grant_type) and r.test_side == test_side]
 
     def refreshes(self) -> list[TokenRequest]:
         return self.requests("refresh_token")
@@ -561,7 +566,8 @@ class OAuthProvider:
     def post_token(self, form: dict) -> tuple[int, dict]:
         """A token request made by the test itself (e.g. replaying an old refresh token)."""
         status, _, body = http_request(self.token_url, {
-            "client_id": self.client_id, "client_secret": self.client_secret, **form})
+            "client_id": self.client_id, "client_secret": self.client_secret, **form},
+            {"X-Test-Side": "1"})
         return status, json.loads(body)
 
 
@@ -834,7 +840,8 @@ def _self_test():  # pragma: no cover - run by hand
         status, tok2 = p.post_token({"grant_type": "refresh_token", "refresh_token": tok["refresh_token"]})
         assert status == 200 and tok2["refresh_token"] != tok["refresh_token"]
         status, err = p.post_token({"grant_type": "refresh_token", "refresh_token": tok["refresh_token"]})
-        assert (status, err["error"]) == (400, "invalid_grant") and p.refreshes()[-1].stale
+        assert (status, err["error"]) == (400, "invalid_grant")
+        assert p.requests("refresh_token", test_side=True)[-1].stale
         # HTTP Basic client authentication works as well.
         basic = base64.b64encode(f"{p.client_id}:{p.client_secret}".encode()).decode()
         status, _, body = http_request(p.token_url, {"grant_type": "refresh_token",
@@ -842,6 +849,7 @@ def _self_test():  # pragma: no cover - run by hand
                                        {"Authorization": f"Basic {basic}"})
         tok3 = json.loads(body)
         assert status == 200 and p.refreshes()[-1].client_auth == "basic"
+        assert len(p.refreshes()) == 1 and len(p.requests(test_side=True)) == 5
         # SMTP: only a valid bearer for the right user, MAIL before AUTH refused.
         with smtplib.SMTP("127.0.0.1", smarthost.port) as s:
             s.ehlo("client.test")
