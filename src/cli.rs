@@ -1,6 +1,6 @@
-//! `postern queue ...` and `postern send ...`: admin and Messaging API calls to the
-//! running daemon (SPEC 14). Nothing here reads the store: the daemon decides, the CLI
-//! asks and prints.
+//! `postern queue ...`, `postern send ...` and `postern route test|authorize`: admin and
+//! Messaging API calls to the running daemon (SPEC 14, 15). Nothing here reads the store:
+//! the daemon decides, the CLI asks and prints.
 
 use crate::{admin_base, admin_call};
 use clap::Subcommand;
@@ -410,4 +410,129 @@ async fn watch(
         }
         tokio::time::sleep(std::time::Duration::from_millis(250)).await;
     }
+}
+
+/// `postern route test`: the running daemon's route connects and authenticates (with its
+/// stored OAuth2 grant), sends nothing; exit 1 when it fails or needs re-authorization.
+/// Without a running daemon, a route of its own does the same (not for OAuth2, whose
+/// grant only the daemon's store holds).
+pub fn route_test(config: &Config, asset: &str) -> ExitCode {
+    let Some(route) = config.asset(asset).and_then(|a| a.route.clone()) else {
+        eprintln!("postern: asset {asset} has no route in the configuration");
+        return ExitCode::from(1);
+    };
+    let url = format!("{}/admin/routes/{asset}/test", admin_base(config));
+    let answer = crate::runtime().and_then(|rt| {
+        rt.block_on(async {
+            let client = reqwest::Client::new();
+            let resp = client
+                .post(&url)
+                .bearer_auth(config.admin.token.expose())
+                .send()
+                .await
+                .ok()?;
+            Some((resp.status(), resp.text().await.ok()?))
+        })
+    });
+    let result = match answer {
+        Some((status, body)) if status.is_success() => {
+            let v: Value = serde_json::from_str(&body).unwrap_or_default();
+            match v["ok"].as_bool() {
+                Some(true) => Ok(v["report"].as_str().unwrap_or_default().to_string()),
+                _ => Err(v["error"].as_str().unwrap_or(&body).to_string()),
+            }
+        }
+        Some((status, body)) => Err(format!("the daemon answered {status}: {body}")),
+        None => {
+            let Some(rt) = crate::runtime() else {
+                return ExitCode::from(1);
+            };
+            eprintln!(
+                "postern: no daemon answers at {}: testing from here",
+                admin_base(config)
+            );
+            let route = postern::outbound::route::Route::new(&route, &config.server.hostname);
+            rt.block_on(route.test())
+        }
+    };
+    match result {
+        Ok(report) => {
+            println!("{report}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("postern: route test failed: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// How long `postern route authorize` waits: the flow's lifetime, and a little more for
+/// the code's exchange.
+const AUTHORIZE_WAIT: std::time::Duration = std::time::Duration::from_secs(630);
+
+/// `postern route authorize ASSET [--device]` (SPEC 15): the running daemon starts the
+/// flow; this prints the consent URL (or the device code) and polls the flow until it is
+/// authorized (exit 0) or failed (exit 1).
+pub fn route_authorize(config: &Config, asset: &str, device: bool) -> ExitCode {
+    let base = format!("{}/admin/routes/{asset}/authorize", admin_base(config));
+    let body = serde_json::json!({ "device": device }).to_string();
+    let started = admin_call(config, |c| {
+        c.post(&base)
+            .header("content-type", "application/json")
+            .body(body)
+    });
+    let v: Value = match started {
+        Some((status, body)) if status.is_success() => {
+            serde_json::from_str(&body).unwrap_or_default()
+        }
+        Some((status, body)) => {
+            eprintln!("postern: authorization not started: the daemon answered {status}: {body}");
+            return ExitCode::from(1);
+        }
+        None => return ExitCode::from(1),
+    };
+    let flow = v["flow"].as_str().unwrap_or_default().to_string();
+    if device {
+        println!(
+            "On any device, open {} and enter the code {}",
+            v["verificationUri"].as_str().unwrap_or_default(),
+            v["userCode"].as_str().unwrap_or_default()
+        );
+    } else {
+        println!("Open this address in a browser and grant access (it expires in 10 minutes):");
+        println!("  {}", v["url"].as_str().unwrap_or_default());
+    }
+    println!("Waiting for the authorization...");
+    let status_url = format!("{base}/{flow}");
+    let deadline = std::time::Instant::now() + AUTHORIZE_WAIT;
+    while std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_secs(1));
+        let Some((status, body)) = admin_call(config, |c| c.get(&status_url)) else {
+            continue;
+        };
+        if !status.is_success() {
+            eprintln!("postern: authorization failed: the daemon answered {status}: {body}");
+            return ExitCode::from(1);
+        }
+        let v: Value = serde_json::from_str(&body).unwrap_or_default();
+        match v["status"].as_str() {
+            Some("authorized") => {
+                println!(
+                    "Authorized: the route of {asset} has a new refresh token in postern's store."
+                );
+                return ExitCode::SUCCESS;
+            }
+            Some("failed") => {
+                eprintln!(
+                    "postern: authorization failed: {}",
+                    v["error"].as_str().unwrap_or("no reason given")
+                );
+                return ExitCode::from(1);
+            }
+            _ => {}
+        }
+    }
+    eprintln!("postern: authorization failed: nothing came back within 10 minutes");
+    ExitCode::from(1)
 }

@@ -23,6 +23,8 @@ pub struct Daemon {
     pub conns: Arc<crate::inbound::conns::ConnLimits>,
     pub queue: crate::outbound::queue::Queue,
     pub queue_worker: Arc<crate::outbound::queue::QueueWorker>,
+    /// OAuth2 accounts of smarthost routes: grants, flows, re-authorization flags.
+    pub oauth: Arc<crate::outbound::oauth::OAuth>,
     pub url_policy: crate::model::urls::Policy,
     pub keys: Arc<crate::outbound::dkim::Keys>,
     /// Verifies SNS messages at `/ses/events` (caches signing certificates).

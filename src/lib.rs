@@ -221,6 +221,11 @@ async fn compose(
     let webhook_timeout = Duration::from_secs(config.webhooks.timeout.max(1));
     let fetch_timeout = Duration::from_secs(config.queue.fetch_timeout.max(1));
     let webhook_concurrency = config.webhooks.concurrency;
+    // Who holds an OAuth2 refresh lease: this node.
+    let node = match &config.cluster {
+        Some(c) => c.node_id.clone(),
+        None => config.server.hostname.clone(),
+    };
     let shared_config = SharedConfig::new(config);
     let webhooks = Arc::new(webhooks::Worker {
         store: store.clone(),
@@ -234,6 +239,7 @@ async fn compose(
         large: webhooks::Worker::large_slots(webhook_concurrency),
     });
     let fetcher = crate::model::urls::guarded_client(&url_policy, fetch_timeout);
+    let oauth = crate::outbound::oauth::OAuth::new(store.clone(), node);
     let queue_worker = Arc::new(crate::outbound::queue::QueueWorker {
         store: store.clone(),
         config: shared_config.clone(),
@@ -243,6 +249,7 @@ async fn compose(
         signer: signer.clone(),
         fetcher,
         metrics: metrics.clone(),
+        oauth: oauth.clone(),
         routes: Default::default(),
         unrecorded: Default::default(),
         in_flight: Default::default(),
@@ -267,6 +274,7 @@ async fn compose(
         conns: Arc::new(crate::inbound::conns::ConnLimits::default()),
         queue,
         queue_worker,
+        oauth,
         url_policy,
         keys,
         sns: feedback::sns::Verifier::default(),
@@ -458,5 +466,13 @@ fn background(
     if daemon.store.clustered() {
         tasks.push(tokio::spawn(daemon::dkim_sync_loop(daemon.clone())));
     }
+    let queue = daemon.queue_worker.clone();
+    let woken = move |asset: String| {
+        let queue = queue.clone();
+        tokio::spawn(async move { queue.wake_asset(&asset).await });
+    };
+    tasks.push(tokio::spawn(
+        daemon.oauth.clone().watch(daemon.config.clone(), woken),
+    ));
     tasks
 }

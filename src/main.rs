@@ -149,6 +149,14 @@ enum SuppressionAction {
 enum RouteAction {
     /// Connect and authenticate to an asset's smarthost; report its answer; send nothing.
     Test { asset: String },
+    /// Grant the asset's OAuth2 route access to its mailbox (SPEC 15): prints the consent
+    /// URL and waits (up to 10 minutes) until the provider's callback completes it.
+    Authorize {
+        asset: String,
+        /// The device-code flow: a code to enter on any device (Microsoft, or device_url).
+        #[arg(long)]
+        device: bool,
+    },
 }
 
 fn check_config(path: &std::path::Path) -> ExitCode {
@@ -181,7 +189,10 @@ fn main() -> ExitCode {
         Command::Send(args) => with_config(&path, |config| cli::send(config, args)),
         Command::Route {
             action: RouteAction::Test { asset },
-        } => with_config(&path, |config| route_test(config, &asset)),
+        } => with_config(&path, |config| cli::route_test(config, &asset)),
+        Command::Route {
+            action: RouteAction::Authorize { asset, device },
+        } => with_config(&path, |config| cli::route_authorize(config, &asset, device)),
         Command::Cluster {
             action: ClusterAction::Adopt,
         } => with_config(&path, |config| exit(cluster_adopt(config))),
@@ -306,28 +317,6 @@ fn cluster_adopt(config: &Config) -> Result<(), String> {
     Ok(())
 }
 
-/// `postern route test`: connects and authenticates to the asset's route, sends nothing.
-fn route_test(config: &Config, asset: &str) -> ExitCode {
-    let Some(route) = config.asset(asset).and_then(|a| a.route.clone()) else {
-        eprintln!("postern: asset {asset} has no route in the configuration");
-        return ExitCode::from(1);
-    };
-    let Some(runtime) = runtime() else {
-        return ExitCode::from(1);
-    };
-    let route = postern::outbound::route::Route::new(&route, &config.server.hostname);
-    match runtime.block_on(route.test()) {
-        Ok(report) => {
-            println!("{report}");
-            ExitCode::SUCCESS
-        }
-        Err(e) => {
-            eprintln!("postern: route test failed: {e}");
-            ExitCode::from(1)
-        }
-    }
-}
-
 /// Exit status when the store cannot recover in process (EX_TEMPFAIL).
 const EXIT_STORE: i32 = 75;
 
@@ -403,7 +392,7 @@ async fn run(config: Config, path: PathBuf) -> anyhow::Result<()> {
 
 /// A single-threaded runtime for a command's one network exchange, or `None` after
 /// saying why there is none.
-fn runtime() -> Option<tokio::runtime::Runtime> {
+pub(crate) fn runtime() -> Option<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

@@ -283,6 +283,27 @@ impl Metrics {
         s
     }
 
+    /// `postern_route_needs_authorization{asset}` (SPEC 15): 1 for each OAuth2 route that
+    /// cannot authenticate until its account is authorized (again), 0 for the others.
+    pub fn render_authorization(routes: impl IntoIterator<Item = (String, bool)>) -> String {
+        let samples = routes.into_iter().map(|(asset, needs)| {
+            let asset = asset.replace('\\', "\\\\").replace('"', "\\\"");
+            (
+                format!("{{asset=\"{asset}\"}}"),
+                u8::from(needs).to_string(),
+            )
+        });
+        let mut s = String::new();
+        Family::new(
+            "postern_route_needs_authorization",
+            "gauge",
+            "1 while the asset's OAuth2 route needs (re-)authorization: postern route authorize ASSET.",
+        )
+        .samples(samples)
+        .write(&mut s);
+        s
+    }
+
     fn inbound(&self) -> Family {
         Family::new(
             "postern_inbound_messages_total",

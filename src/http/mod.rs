@@ -163,6 +163,8 @@ async fn readyz(State(d): State<AppState>) -> Response {
             why.to_string(),
         )
         .into_response()
+    } else if let Some(why) = reauthorization_needed(&d) {
+        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, ApiCode::Unavailable, why).into_response()
     } else if d.is_ready() {
         Json(json!({"status": "ready"})).into_response()
     } else {
@@ -175,8 +177,32 @@ async fn readyz(State(d): State<AppState>) -> Response {
     }
 }
 
+/// The routes whose OAuth2 grant the provider refused (SPEC 15), in words, if any.
+fn reauthorization_needed(d: &Daemon) -> Option<String> {
+    let refused: Vec<String> = d
+        .oauth
+        .flagged()
+        .into_iter()
+        .filter_map(|(asset, need)| match need {
+            crate::outbound::oauth::Need::Refused(why) => Some(format!(
+                "asset {asset}: route needs re-authorization ({why}); run `postern route authorize {asset}`"
+            )),
+            crate::outbound::oauth::Need::Missing => None,
+        })
+        .collect();
+    (!refused.is_empty()).then(|| refused.join("; "))
+}
+
 async fn metrics(State(d): State<AppState>) -> Response {
     let mut text = d.metrics.render(d.store.outbox_len());
+    let config = d.config();
+    let routes = crate::outbound::oauth::oauth_routes(&config);
+    if !routes.is_empty() {
+        let needs = routes
+            .iter()
+            .map(|(asset, _)| (asset.clone(), d.oauth.needs_authorization(asset).is_some()));
+        text.push_str(&crate::metrics::Metrics::render_authorization(needs));
+    }
     if let Some(stats) = d.store.cluster_stats() {
         let up = d.health.database_up();
         text.push_str(&crate::metrics::Metrics::render_cluster(up, stats));
@@ -200,7 +226,8 @@ pub(crate) fn admin(d: &Daemon, headers: &HeaderMap) -> Result<(), ApiError> {
         .ok()
         .and_then(|v| v.strip_prefix("Bearer "))
         .unwrap_or("");
-    if want.is_empty() || !constant_time_eq(given.as_bytes(), want.as_bytes()) {
+    if want.is_empty() || !crate::model::tokens::constant_time_eq(given.as_bytes(), want.as_bytes())
+    {
         return Err(ApiError::new(
             StatusCode::FORBIDDEN,
             ApiCode::AuthFailed,
@@ -208,10 +235,6 @@ pub(crate) fn admin(d: &Daemon, headers: &HeaderMap) -> Result<(), ApiError> {
         ));
     }
     Ok(())
-}
-
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 #[derive(Deserialize)]

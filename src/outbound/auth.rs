@@ -40,7 +40,7 @@ pub fn authenticate<'c>(
     config
         .services
         .iter()
-        .find(|s| constant_time_eq(s.key.expose().as_bytes(), key.as_bytes()))
+        .find(|s| crate::model::tokens::constant_time_eq(s.key.expose().as_bytes(), key.as_bytes()))
         .ok_or(AuthError::Failed("unknown service key"))
 }
 
@@ -102,10 +102,6 @@ fn verify_jwt<'c>(
         return Err(AuthError::Failed("JWT is too old"));
     }
     Ok(service)
-}
-
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 /// Makes an HS256 token (used by `postern send` and tests).

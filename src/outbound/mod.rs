@@ -6,6 +6,7 @@ pub mod auth;
 pub mod compose;
 pub mod dkim;
 pub mod domains;
+pub mod oauth;
 pub mod queue;
 pub mod route;
 pub mod submit;

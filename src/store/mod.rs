@@ -10,7 +10,7 @@
 //! [`Templates`] (`templates`), [`Policy`] (`consent`, `frequency`), [`Domains`]
 //! (`domains`), [`Buckets`] (in memory alone), [`Messages`] (`messages` / `finished`,
 //! `track`; in a cluster the owner's sled and `mirror`, then the database), [`RouteState`]
-//! (`route_ids`, `sns_seen`, `route_tokens`). DKIM files are kept in step by
+//! (`route_ids`, `sns_seen`), [`Accounts`] (`route_tokens`, `oauth_flows`). DKIM files are kept in step by
 //! [`Store::sync_files`].
 //! `quarantine` holds records that no longer decode: kept, never deleted. Records carry a
 //! version byte; anything this build cannot decode is moved to `quarantine` and logged
@@ -26,6 +26,7 @@
 //! in sled 0.34 each of those seals the IO buffer, which measured at several times the
 //! cost of everything else in accepting a message.
 
+pub mod accounts;
 pub mod bucket;
 mod codec;
 pub mod domains;
@@ -40,7 +41,6 @@ pub mod routes;
 pub mod spool;
 pub mod suppression;
 pub mod templates;
-pub mod tokens;
 
 use crate::model::health::Health;
 use crate::model::time::now_ms;
@@ -50,6 +50,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use tokio::sync::oneshot;
 
+pub use accounts::Accounts;
 pub use bucket::Buckets;
 pub use domains::Domains;
 pub use messages::{Messages, TidLock};
@@ -110,7 +111,7 @@ impl From<sled::transaction::TransactionError<StoreError>> for StoreError {
 /// always sled, always this node's) and reaches the state that several nodes will share
 /// (SPEC 13) through one interface per concern: [`Store::suppressions`],
 /// [`Store::templates`], [`Store::policy`], [`Store::domains`], [`Store::messages`],
-/// [`Store::routes`]. [`Store::open`] puts the sled implementations behind them; a
+/// [`Store::routes`], [`Store::accounts`]. [`Store::open`] puts the sled implementations behind them; a
 /// cluster build puts PostgreSQL ones there, and nothing above the store changes.
 #[derive(Clone)]
 pub struct Store {
@@ -143,6 +144,7 @@ struct Shared {
     messages: Box<dyn Messages>,
     routes: Box<dyn RouteState>,
     buckets: Box<dyn Buckets>,
+    accounts: Box<dyn Accounts>,
 }
 
 impl Shared {
@@ -176,6 +178,7 @@ impl Shared {
             messages: Box::new(Shared::sled_messages(db, outbox, durable, q, true)?),
             buckets: Box::<bucket::MemoryBuckets>::default(),
             routes: Box::new(Shared::sled_routes(db, durable)?),
+            accounts: Box::new(accounts::SledAccounts::open(db, durable)?),
         })
     }
 
@@ -208,7 +211,6 @@ impl Shared {
 
     fn sled_routes(db: &sled::Db, durable: &Durable) -> sled::Result<routes::SledRouteState> {
         Ok(routes::SledRouteState {
-            db: db.clone(),
             route_ids: db.open_tree("route_ids")?,
             sns_seen: db.open_tree("sns_seen")?,
             durable: durable.clone(),
@@ -430,6 +432,7 @@ impl Store {
         inner.shared.policy = Box::new(pg::PgPolicy(db.clone()));
         inner.shared.domains = Box::new(pg::PgDomains(db.clone()));
         inner.shared.buckets = Box::new(pg::PgBuckets(db.clone()));
+        inner.shared.accounts = Box::new(pg::PgAccounts(db.clone()));
         Shared::cluster_messages(inner, &db)?;
         inner.pg = Some(db);
         Ok(store)
@@ -514,6 +517,11 @@ impl Store {
     /// Outbound transactions: status, history, open and click counters.
     pub fn messages(&self) -> &dyn Messages {
         &*self.inner.shared.messages
+    }
+
+    /// OAuth2 grants of smarthost routes and the authorization flows under way (SPEC 15).
+    pub fn accounts(&self) -> &dyn Accounts {
+        &*self.inner.shared.accounts
     }
 
     /// What routes and their feedback need kept: route message ids, SNS de-duplication,

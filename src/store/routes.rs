@@ -1,9 +1,7 @@
 //! What routes and the feedback about their sends need kept: route message ids (an SES
 //! MessageId -> its tid, `route_ids`), SNS de-duplication (`sns_seen`: SNS delivers at
-//! least once) and rotated OAuth2 refresh tokens of smarthost routes (`route_tokens`, see
-//! [`RouteToken`]).
+//! least once).
 
-use super::tokens::RouteToken;
 use super::{codec, Durable, StoreError, StoreFuture};
 use crate::model::time::now_ms;
 
@@ -42,16 +40,6 @@ pub trait RouteState: Send + Sync {
 
     /// Forgets SNS messages recorded before `cutoff_ms`.
     fn forget_sns_seen_before(&self, cutoff_ms: u64) -> Result<(), StoreError>;
-
-    /// The newest refresh token of the asset's route, if one was rotated.
-    fn route_token(&self, asset_id: &str) -> Result<Option<RouteToken>, StoreError>;
-
-    /// Replaces the asset's token; durable when the future finishes.
-    fn put_route_token<'a>(
-        &'a self,
-        asset_id: &'a str,
-        token: &'a RouteToken,
-    ) -> StoreFuture<'a, ()>;
 }
 
 /// What [`RouteState::claim_sns`] found.
@@ -65,25 +53,15 @@ pub enum SnsClaim {
     Busy,
 }
 
-const TOKENS: &str = "route_tokens";
 /// Appended to the claim time in an `sns_seen` value while the message is being recorded;
 /// a recorded message's value is its time alone (what `codec::stamped_before` reads).
 const CLAIMED: u8 = b'c';
 
-/// [`RouteState`] on sled: the `route_ids`, `sns_seen` and `route_tokens` trees.
+/// [`RouteState`] on sled: the `route_ids` and `sns_seen` trees.
 pub(super) struct SledRouteState {
-    pub(super) db: sled::Db,
     pub(super) route_ids: sled::Tree,
     pub(super) sns_seen: sled::Tree,
     pub(super) durable: Durable,
-}
-
-impl SledRouteState {
-    /// Opened on use rather than at start: rotations are rare (one per access token), and
-    /// sled returns the open tree.
-    fn route_tokens(&self) -> Result<sled::Tree, StoreError> {
-        Ok(self.db.open_tree(TOKENS)?)
-    }
 }
 
 impl SledRouteState {
@@ -165,55 +143,12 @@ impl RouteState for SledRouteState {
         }
         Ok(())
     }
-
-    fn route_token(&self, asset_id: &str) -> Result<Option<RouteToken>, StoreError> {
-        match self.route_tokens()?.get(asset_id.as_bytes())? {
-            Some(v) => codec::decode(&v)
-                .map(Some)
-                .map_err(|reason| StoreError::Corrupt {
-                    tree: TOKENS,
-                    key: asset_id.to_string(),
-                    reason,
-                }),
-            None => Ok(None),
-        }
-    }
-
-    fn put_route_token<'a>(
-        &'a self,
-        asset_id: &'a str,
-        token: &'a RouteToken,
-    ) -> StoreFuture<'a, ()> {
-        Box::pin(async move {
-            self.route_tokens()?
-                .insert(asset_id.as_bytes(), codec::encode(token))?;
-            self.durable.commit().await
-        })
-    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::store::Store;
-
-    #[tokio::test]
-    async fn tokens_are_kept_per_asset_and_replaced() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
-        let routes = store.routes();
-        assert_eq!(routes.route_token("a").unwrap(), None);
-        let t = |r: &str| RouteToken {
-            refresh_token: r.into(),
-            configured_sha256: "c".into(),
-            updated_ms: 1,
-        };
-        routes.put_route_token("a", &t("r-1")).await.unwrap();
-        routes.put_route_token("b", &t("r-9")).await.unwrap();
-        routes.put_route_token("a", &t("r-2")).await.unwrap();
-        assert_eq!(routes.route_token("a").unwrap(), Some(t("r-2")));
-        assert_eq!(routes.route_token("b").unwrap(), Some(t("r-9")));
-    }
 
     #[tokio::test]
     async fn an_sns_claim_is_taken_once_until_released_finished_or_stale() {

@@ -112,6 +112,11 @@ fn page_status(
     super::html(status, markup)
 }
 
+/// A page outside a session (the OAuth2 callback): no navigation.
+pub(super) fn bare_page(status: StatusCode, title: &str, body: Markup) -> Response {
+    page_status(status, title, Nav::None, None, body)
+}
+
 /// An error page (403, 404, a failed lookup).
 pub(super) fn error_page(
     status: StatusCode,

@@ -12,6 +12,7 @@ mod dead_letters;
 mod domains;
 mod layout;
 mod messages;
+mod oauth;
 mod queue;
 mod routes_page;
 mod session;
@@ -48,6 +49,7 @@ pub fn routes() -> Router<AppState> {
         .merge(routes_page::routes())
         .merge(queue::routes())
         .merge(messages::routes())
+        .merge(oauth::routes())
         .route("/admin/ui/{*rest}", any(not_found))
         .layer(Extension(Ui::new()))
         .layer(axum::middleware::map_response(security_headers))

@@ -251,7 +251,8 @@ impl Fields {
 
 /// Whether `given` is the session's CSRF token (constant time).
 pub(super) fn csrf_ok(signed: &Signed, given: &str) -> bool {
-    !given.is_empty() && crate::http::constant_time_eq(given.as_bytes(), signed.csrf.as_bytes())
+    !given.is_empty()
+        && crate::model::tokens::constant_time_eq(given.as_bytes(), signed.csrf.as_bytes())
 }
 
 /// The answer to a form without the right CSRF token: 403, nothing changed.

@@ -160,6 +160,16 @@ impl QueueWorker {
     /// Applies an operator's `action` to `tid` and makes it durable with its
     /// notifications; returns the record as it now is.
     pub async fn control(&self, tid: &str, action: Action) -> Result<MessageRecord, ControlError> {
+        self.act(tid, action, "operator").await
+    }
+
+    /// [`QueueWorker::control`] on behalf of `by` (who the log names).
+    async fn act(
+        &self,
+        tid: &str,
+        action: Action,
+        by: &str,
+    ) -> Result<MessageRecord, ControlError> {
         let deadline = tokio::time::Instant::now() + ACTION_WAIT;
         let _in_flight = loop {
             if let Some(guard) = self.claim(tid) {
@@ -203,7 +213,8 @@ impl QueueWorker {
             tid,
             action = action.label(),
             state = record.state.label(),
-            "queue action by operator"
+            by,
+            "queue action"
         );
         self.metrics
             .queue_move(was, crate::metrics::queue_slot(record.state));
@@ -212,6 +223,37 @@ impl QueueWorker {
             self.queue.schedule(now, tid.to_string());
         }
         Ok(record)
+    }
+}
+
+impl QueueWorker {
+    /// Makes the asset's deferred transactions on this node due now: its route was just
+    /// authorized (SPEC 15: deferred mail goes out within 30 s). Returns how many.
+    pub async fn wake_asset(&self, asset: &str) -> usize {
+        let waiting: Vec<String> = match self.store.messages().active() {
+            Ok(all) => all
+                .into_iter()
+                .filter(|m| m.asset_id == asset && m.state == QueueState::Retry)
+                .map(|m| m.tid)
+                .collect(),
+            Err(e) => {
+                tracing::error!(asset, error = %e, "cannot read the queue to release the asset's deferred mail");
+                return 0;
+            }
+        };
+        let mut woken = 0;
+        for tid in waiting {
+            match self.act(&tid, Action::Retry, "authorization").await {
+                Ok(_) => woken += 1,
+                Err(e) => tracing::debug!(tid, error = %e, "not made due"),
+            }
+        }
+        tracing::info!(
+            asset,
+            woken,
+            "deferred mail due again after the route's authorization"
+        );
+        woken
     }
 }
 

@@ -65,6 +65,8 @@ pub struct QueueWorker {
     pub signer: Signer,
     pub fetcher: reqwest::Client,
     pub metrics: Arc<crate::metrics::Metrics>,
+    /// OAuth2 grants of smarthost routes.
+    pub oauth: Arc<crate::outbound::oauth::OAuth>,
     /// Routes by asset with the settings they were made from, kept so their connections
     /// are reused; a reload that changes an asset's route replaces it.
     pub routes: Mutex<HashMap<String, (RouteConfig, Arc<Route>)>>,
@@ -101,6 +103,8 @@ type KeptOutcome = (MessageRecord, Vec<OutboxEntry>, Option<usize>);
 
 /// Where unrecorded outcomes are saved when the daemon exits to recover its store.
 const UNRECORDED_FILE: &str = "queue-unrecorded.json";
+/// How a deferral waiting for the route's OAuth2 authorization begins.
+const AWAITING_AUTHORIZATION: &str = "the route's OAuth2 account: ";
 /// When a tid refused by health or blocked by unrecorded outcomes is looked at again.
 const RECHECK_MS: u64 = 2000;
 
@@ -117,7 +121,7 @@ impl QueueWorker {
             Some((made_from, route)) if made_from == settings => Some(route.clone()),
             _ => {
                 let route =
-                    Route::for_asset(settings, &config.server.hostname, &self.store, asset_id);
+                    Route::for_asset(settings, &config.server.hostname, &self.oauth, asset_id);
                 routes.insert(asset_id.to_string(), (settings.clone(), route.clone()));
                 Some(route)
             }
@@ -290,7 +294,8 @@ impl QueueWorker {
         let was = crate::metrics::queue_slot(record.state);
         let mut events = Vec::new();
         let handed = self.advance(&config, &mut record, &mut events).await;
-        schedule_next(&config, &mut record);
+        let quiet = !handed && record.last_error.starts_with(AWAITING_AUTHORIZATION);
+        schedule_next(&config, &mut record, quiet);
         self.record_attempt(record, events, was, handed).await;
     }
 
@@ -468,6 +473,12 @@ impl QueueWorker {
         // Building can take a while (attachments): look again just before the send.
         if self.store.health().check_shared().is_err() {
             record.last_error = "the store cannot record an outcome right now".into();
+            return None;
+        }
+        // Waits for an authorization without asking the provider again (SPEC 15); made
+        // due again when one arrives (`wake_asset`).
+        if let Some(need) = route.needs_authorization() {
+            record.last_error = format!("{AWAITING_AUTHORIZATION}{need}");
             return None;
         }
         Some(route)
@@ -734,7 +745,9 @@ fn end_recipient(
 
 /// After an attempt: done when no recipient is pending, else a retry after the queue's
 /// backoff (never later than the expiry, which then ends it).
-fn schedule_next(config: &Config, record: &mut MessageRecord) {
+/// A `quiet` deferral (the route waits for an authorization, which `oauth` logs once a
+/// minute) is logged at debug level, not once per message.
+fn schedule_next(config: &Config, record: &mut MessageRecord, quiet: bool) {
     let pending = record.pending().count();
     if pending == 0 {
         record.state = QueueState::Done;
@@ -744,7 +757,12 @@ fn schedule_next(config: &Config, record: &mut MessageRecord) {
     let delay = backoff(config.queue.retry_base).delay(record.attempts, rand::random());
     record.next_ms = (now_ms() + delay.as_millis() as u64).min(record.expire_at_ms);
     record.state = QueueState::Retry;
-    tracing::info!(tid = %record.tid, pending, retry_in_ms = record.next_ms.saturating_sub(now_ms()), reason = %record.last_error, "deferred");
+    let retry_in_ms = record.next_ms.saturating_sub(now_ms());
+    if !quiet {
+        tracing::info!(tid = %record.tid, pending, retry_in_ms, reason = %record.last_error, "deferred");
+    } else {
+        tracing::debug!(tid = %record.tid, pending, retry_in_ms, reason = %record.last_error, "deferred");
+    }
 }
 
 /// What a final route outcome records for its recipient.

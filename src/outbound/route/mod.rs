@@ -50,30 +50,29 @@ pub enum Route {
 }
 
 impl Route {
-    /// A route outside the daemon (`postern route test`): OAuth2 starts from the
-    /// configured refresh token and keeps rotations in memory only.
+    /// A route outside the daemon (`postern route test` without it): no OAuth2 grant.
     pub fn new(config: &RouteConfig, hostname: &str) -> Arc<Route> {
         Self::make(config, hostname, None)
     }
 
-    /// The daemon's route of `asset_id`: rotated OAuth2 refresh tokens are kept in `store`.
+    /// The daemon's route of `asset_id`: XOAUTH2 with the asset's grant in `oauth`.
     pub fn for_asset(
         config: &RouteConfig,
         hostname: &str,
-        store: &crate::store::Store,
+        oauth: &Arc<crate::outbound::oauth::OAuth>,
         asset_id: &str,
     ) -> Arc<Route> {
-        let tokens = smtp::TokenStore {
-            store: store.clone(),
+        let grant = smtp::Grant {
+            oauth: oauth.clone(),
             asset_id: asset_id.to_string(),
         };
-        Self::make(config, hostname, Some(tokens))
+        Self::make(config, hostname, Some(grant))
     }
 
-    fn make(config: &RouteConfig, hostname: &str, tokens: Option<smtp::TokenStore>) -> Arc<Route> {
+    fn make(config: &RouteConfig, hostname: &str, grant: Option<smtp::Grant>) -> Arc<Route> {
         Arc::new(match config {
             RouteConfig::Smtp(smtp) => {
-                Route::Smtp(smtp::SmtpRoute::new(smtp.clone(), hostname.into(), tokens))
+                Route::Smtp(smtp::SmtpRoute::new(smtp.clone(), hostname.into(), grant))
             }
             RouteConfig::Ses(ses) => Route::Ses(ses::SesRoute::new(ses)),
         })
@@ -114,6 +113,15 @@ impl Route {
                 }
                 sent
             }
+        }
+    }
+
+    /// Why the route cannot authenticate until its OAuth2 account is authorized, if so:
+    /// its mail waits without calling it.
+    pub fn needs_authorization(&self) -> Option<crate::outbound::oauth::Need> {
+        match self {
+            Route::Smtp(r) => r.needs_authorization(),
+            Route::Ses(_) => None,
         }
     }
 

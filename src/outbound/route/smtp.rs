@@ -1,6 +1,6 @@
 //! The SMTP smarthost route: mail-send over none / ssl / starttls, AUTH PLAIN/LOGIN or
-//! XOAUTH2 (access token refreshed from `token_url` before it expires; a rotated refresh
-//! token is flushed to the store before use), connections kept and reused across messages.
+//! XOAUTH2 (the access token from [`crate::outbound::oauth`]), connections kept and
+//! reused across messages.
 //! One call = one SMTP transaction; the result is per recipient. A connection goes back to
 //! the pool only when the exchange ended in step (a late reply would otherwise answer the
 //! next message's command): after a timeout, an I/O error, an unexpected or refused reply
@@ -8,10 +8,10 @@
 
 use super::RcptOutcome;
 use crate::config::{RouteAuth, Security, SmtpRouteConfig};
-use crate::store::tokens::RouteToken;
-use crate::store::Store;
+use crate::outbound::oauth::{OAuth, TokenError};
 use mail_send::smtp::message::Parameters;
 use mail_send::{Credentials, SmtpClient, SmtpClientBuilder};
+use std::sync::Arc;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 use tokio::net::TcpStream;
@@ -44,23 +44,11 @@ macro_rules! on_conn {
     };
 }
 
-struct Token {
-    value: String,
-    expires: Instant,
-}
-
-/// XOAUTH2 state: the access token in use and the refresh token to get the next one (the
-/// configured one, or the newest the endpoint rotated to; loaded on first use).
-#[derive(Default)]
-struct OAuth {
-    access: Option<Token>,
-    refresh: Option<String>,
-}
-
-/// Where a route keeps rotated refresh tokens: the store, under its asset's id.
+/// Whose OAuth2 grant a route authenticates with: the asset's, through the daemon's
+/// accounts.
 #[derive(Clone)]
-pub struct TokenStore {
-    pub store: Store,
+pub struct Grant {
+    pub oauth: Arc<OAuth>,
     pub asset_id: String,
 }
 
@@ -68,9 +56,7 @@ pub struct SmtpRoute {
     config: SmtpRouteConfig,
     hostname: String,
     idle: Mutex<Vec<(Conn, Instant)>>,
-    oauth: tokio::sync::Mutex<OAuth>,
-    tokens: Option<TokenStore>,
-    http: reqwest::Client,
+    grant: Option<Grant>,
     timeout: Duration,
     /// Built once: mail-send's default builder reads and parses the system CA store for
     /// every connection (~100 ms, on the async worker), which stalled the queue's bursts.
@@ -86,9 +72,13 @@ enum After {
     Close,
 }
 
-/// A failure before any recipient was tried.
-fn setup_failure(e: &mail_send::Error) -> RcptOutcome {
+/// A failure before any recipient was tried. With XOAUTH2 a refused login is deferred:
+/// it means a token the server no longer takes, and the grant decides what happens next.
+fn setup_failure(e: &mail_send::Error, auth: RouteAuth) -> RcptOutcome {
     match e {
+        mail_send::Error::AuthenticationFailed(r) if auth == RouteAuth::Oauth2 => {
+            RcptOutcome::Deferred(format!("XOAUTH2 refused: {}", format_reply(r)))
+        }
         mail_send::Error::AuthenticationFailed(r) if r.code() >= 500 => {
             RcptOutcome::Refused(format!("authentication refused: {}", format_reply(r)))
         }
@@ -114,26 +104,14 @@ fn reply_text(e: &mail_send::Error) -> (u16, String) {
     }
 }
 
-/// SHA-256 (hex) of the configured refresh token: what a stored rotation descends from.
-fn fingerprint(configured: &str) -> String {
-    use sha2::Digest;
-    hex::encode(sha2::Sha256::digest(configured.as_bytes()))
-}
-
 impl SmtpRoute {
-    /// A route; with `tokens`, rotated refresh tokens are kept in the store across restarts
-    /// (without, as for `postern route test`, the configured token is used).
-    pub fn new(config: SmtpRouteConfig, hostname: String, tokens: Option<TokenStore>) -> SmtpRoute {
+    /// A route; `grant` is needed for `auth = "oauth2"` (the daemon's routes have one).
+    pub fn new(config: SmtpRouteConfig, hostname: String, grant: Option<Grant>) -> SmtpRoute {
         SmtpRoute {
             config,
             hostname,
             idle: Mutex::new(Vec::new()),
-            oauth: tokio::sync::Mutex::new(OAuth::default()),
-            tokens,
-            http: reqwest::Client::builder()
-                .timeout(Duration::from_secs(20))
-                .build()
-                .expect("static HTTP client settings are valid"),
+            grant,
             timeout: TIMEOUT,
             tls: Mutex::new(None),
         }
@@ -175,121 +153,36 @@ impl SmtpRoute {
         (self.config.host.as_str(), port)
     }
 
-    /// The refresh token to start from: the stored rotation when it descends from the
-    /// configured token, else the configured one (changed since: the operator re-authorized).
-    fn first_refresh_token(&self, configured: &str) -> String {
-        let Some(t) = &self.tokens else {
-            return configured.to_string();
+    /// The XOAUTH2 access token of the route's grant.
+    async fn access_token(&self) -> Result<String, TokenError> {
+        let Some(g) = &self.grant else {
+            return Err(TokenError::Failed(
+                "an oauth2 route is tested through the running daemon, whose store holds its grant"
+                    .into(),
+            ));
         };
-        match t.store.routes().route_token(&t.asset_id) {
-            Ok(Some(kept)) if kept.configured_sha256 == fingerprint(configured) => {
-                tracing::info!(asset = %t.asset_id, "using the refresh token the endpoint last rotated to");
-                kept.refresh_token
-            }
-            Ok(Some(_)) => {
-                tracing::info!(asset = %t.asset_id, "route.refresh_token changed since the last rotation: using the configured one");
-                configured.to_string()
-            }
-            Ok(None) => configured.to_string(),
-            Err(e) => {
-                tracing::error!(asset = %t.asset_id, error = %e, "stored refresh token unreadable: using the configured one");
-                configured.to_string()
-            }
-        }
+        g.oauth.access_token(&g.asset_id, &self.config).await
     }
 
-    /// The XOAUTH2 access token, refreshed when it has less than a minute left. A new
-    /// refresh token in the answer replaces the old one, on disk first: the endpoint may
-    /// already have revoked the old.
-    async fn access_token(&self) -> Result<String, String> {
-        let mut slot = self.oauth.lock().await;
-        if let Some(t) = slot.access.as_ref() {
-            if t.expires > Instant::now() + Duration::from_secs(60) {
-                return Ok(t.value.clone());
-            }
-        }
-        let c = &self.config;
-        let url = c.token_url.as_deref().ok_or("route.token_url is not set")?;
-        let configured = c
-            .refresh_token
-            .as_ref()
-            .map(|s| s.expose().to_string())
-            .unwrap_or_default();
-        let refresh = match &slot.refresh {
-            Some(r) => r.clone(),
-            None => {
-                let r = self.first_refresh_token(&configured);
-                slot.refresh = Some(r.clone());
-                r
-            }
-        };
-        let mut form = vec![
-            ("grant_type", "refresh_token".to_string()),
-            ("refresh_token", refresh.clone()),
-            ("client_id", c.client_id.clone().unwrap_or_default()),
-            (
-                "client_secret",
-                c.client_secret
-                    .as_ref()
-                    .map(|s| s.expose().to_string())
-                    .unwrap_or_default(),
-            ),
-        ];
-        if let Some(scope) = &c.scope {
-            form.push(("scope", scope.clone()));
-        }
-        let resp = self
-            .http
-            .post(url)
-            .form(&form)
-            .send()
-            .await
-            .map_err(|e| format!("token endpoint: {e}"))?;
-        let status = resp.status();
-        let body: serde_json::Value = resp
-            .json()
-            .await
-            .map_err(|e| format!("token endpoint: {e}"))?;
-        if !status.is_success() {
-            return Err(format!("token endpoint answered {status}: {body}"));
-        }
-        let value = body["access_token"]
-            .as_str()
-            .ok_or("token endpoint sent no access_token")?
-            .to_string();
-        if let Some(rotated) = body["refresh_token"]
-            .as_str()
-            .filter(|r| !r.is_empty() && *r != refresh)
-        {
-            self.keep_refresh_token(rotated, &configured).await;
-            slot.refresh = Some(rotated.to_string());
-        }
-        let ttl = body["expires_in"].as_u64().unwrap_or(3600);
-        slot.access = Some(Token {
-            value: value.clone(),
-            expires: Instant::now() + Duration::from_secs(ttl),
-        });
-        Ok(value)
+    /// Why the route cannot authenticate before a new authorization, if so.
+    pub fn needs_authorization(&self) -> Option<crate::outbound::oauth::Need> {
+        let g = self.grant.as_ref()?;
+        g.oauth.needs_authorization(&g.asset_id)
     }
 
-    /// Flushes a rotated refresh token to the store. On failure it is still used (from
-    /// memory): mail keeps flowing, and the next rotation tries the store again.
-    async fn keep_refresh_token(&self, rotated: &str, configured: &str) {
-        let Some(t) = &self.tokens else {
-            return;
-        };
-        let record = RouteToken {
-            refresh_token: rotated.to_string(),
-            configured_sha256: fingerprint(configured),
-            updated_ms: crate::model::time::now_ms(),
-        };
-        match t.store.routes().put_route_token(&t.asset_id, &record).await {
-            Ok(()) => tracing::info!(asset = %t.asset_id, "refresh token rotated and stored"),
-            Err(e) => tracing::error!(
-                asset = %t.asset_id,
-                error = %e,
-                "rotated refresh token not stored: a restart would fall back to the configured one"
-            ),
+    /// A connection, authenticated. A refused XOAUTH2 login is tried once more with a
+    /// fresh access token (the server may have stopped taking the one kept).
+    async fn open(&self) -> Result<Conn, mail_send::Error> {
+        match self.connect().await {
+            Err(mail_send::Error::AuthenticationFailed(_))
+                if self.config.auth == RouteAuth::Oauth2 =>
+            {
+                if let Some(g) = &self.grant {
+                    g.oauth.forget_access_token(&g.asset_id).await;
+                }
+                self.connect().await
+            }
+            other => other,
         }
     }
 
@@ -319,7 +212,7 @@ impl SmtpRoute {
                 let token = self
                     .access_token()
                     .await
-                    .map_err(|e| mail_send::Error::Io(std::io::Error::other(e)))?;
+                    .map_err(|e| mail_send::Error::Io(std::io::Error::other(e.to_string())))?;
                 b = b.credentials(Credentials::new_xoauth2(
                     self.config.username.clone().unwrap_or_default(),
                     token,
@@ -361,7 +254,7 @@ impl SmtpRoute {
     pub async fn test(&self) -> Result<String, String> {
         let (host, port) = self.host();
         let conn = self
-            .connect()
+            .open()
             .await
             .map_err(|e| format!("{host}:{port}: {e}"))?;
         let ehlo = on_conn!(conn, mut c => {
@@ -392,9 +285,9 @@ impl SmtpRoute {
         // MAIL FROM, retry once on a fresh one.
         let mut conn = match self.take_idle() {
             Some(c) => c,
-            None => match self.connect().await {
+            None => match self.open().await {
                 Ok(c) => c,
-                Err(e) => return vec![setup_failure(&e); rcpts.len()],
+                Err(e) => return vec![setup_failure(&e, self.config.auth); rcpts.len()],
             },
         };
         let mut mail = on_conn!(&mut conn, c => c.mail_from(from, &Parameters::default()).await);
@@ -404,9 +297,9 @@ impl SmtpRoute {
                 | mail_send::Error::Timeout
                 | mail_send::Error::UnparseableReply)
         ) {
-            conn = match self.connect().await {
+            conn = match self.open().await {
                 Ok(c) => c,
-                Err(e) => return vec![setup_failure(&e); rcpts.len()],
+                Err(e) => return vec![setup_failure(&e, self.config.auth); rcpts.len()],
             };
             mail = on_conn!(&mut conn, c => c.mail_from(from, &Parameters::default()).await);
         }

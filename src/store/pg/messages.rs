@@ -16,7 +16,6 @@ use super::{from_ms, ms, Pg};
 use crate::store::log::{LogPage, LogQuery};
 use crate::store::messages::{Hit, MessageRecord, Messages, QueueState, SledMessages, TidLock};
 use crate::store::routes::{RouteState, SledRouteState, SnsClaim};
-use crate::store::tokens::RouteToken;
 use crate::store::{codec, OutboxEntry, StoreError, StoreFuture};
 use std::sync::Arc;
 use std::time::Duration;
@@ -670,7 +669,7 @@ async fn purge(pg: &Pg, now: u64) -> Result<(), StoreError> {
 }
 
 /// [`RouteState`] of a cluster node: route ids found on any node (the mirror task writes
-/// each record's), SNS de-duplication in the database, route tokens on this node.
+/// each record's), SNS de-duplication in the database.
 pub(in crate::store) struct ClusterRouteState {
     pub(in crate::store) local: SledRouteState,
     pub(in crate::store) pg: Arc<Pg>,
@@ -746,17 +745,5 @@ impl RouteState for ClusterRouteState {
 
     fn forget_sns_seen_before(&self, cutoff_ms: u64) -> Result<(), StoreError> {
         self.local.forget_sns_seen_before(cutoff_ms)
-    }
-
-    fn route_token(&self, asset_id: &str) -> Result<Option<RouteToken>, StoreError> {
-        self.local.route_token(asset_id)
-    }
-
-    fn put_route_token<'a>(
-        &'a self,
-        asset_id: &'a str,
-        token: &'a RouteToken,
-    ) -> StoreFuture<'a, ()> {
-        self.local.put_route_token(asset_id, token)
     }
 }

@@ -7,6 +7,7 @@
 //! [`StoreError::Database`] rather than waiting on the pool, so callers can defer, answer
 //! 503 or keep the work in sled. Each concern's SQL lives in its own file.
 
+mod accounts;
 pub(super) mod adopt;
 mod bucket;
 mod domains;
@@ -16,6 +17,7 @@ mod policy;
 mod suppression;
 mod templates;
 
+pub(super) use accounts::PgAccounts;
 pub use adopt::Adopted;
 pub(super) use bucket::PgBuckets;
 pub(super) use domains::PgDomains;
@@ -135,6 +137,10 @@ const MIGRATIONS: &[&str] = &[
      CREATE INDEX transactions_sender ON transactions (sender, created_ms DESC);
      CREATE INDEX transactions_asset ON transactions (asset, created_ms DESC);
      CREATE INDEX transactions_correlation ON transactions (correlation_id, created_ms DESC);",
+    // 7: OAuth2 grants of smarthost routes, shared with their refresh lease, and the
+    // authorization flows under way (SPEC 15).
+    "CREATE TABLE route_tokens (asset_id text PRIMARY KEY, body text NOT NULL);
+     CREATE TABLE oauth_flows (id text PRIMARY KEY, created_ms bigint NOT NULL, body text NOT NULL);",
 ];
 
 /// The advisory lock key under which migrations run ("pstn").
