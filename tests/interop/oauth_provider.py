@@ -629,6 +629,7 @@ class XOAuth2Smarthost:
         self.messages: list[Accepted] = []
         self.auth_attempts: list[AuthAttempt] = []
         self.connections = 0
+        self.max_sessions = 0  # the most connections open at once
         self.lock = threading.Lock()
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -679,6 +680,7 @@ class XOAuth2Smarthost:
             with self.lock:
                 self.connections += 1
                 self._open.add(conn)
+                self.max_sessions = max(self.max_sessions, len(self._open))
             threading.Thread(target=self._session, args=(conn,), daemon=True).start()
 
     def received_by(self, address: str) -> list[Accepted]:

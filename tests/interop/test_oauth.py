@@ -294,6 +294,8 @@ def start(postern, hook, provider, smarthost):
     def launch(**sections) -> Env:
         daemon = postern(
             hook,
+            # The test machines share a busy disk; nothing here is about free space.
+            server={"min_free_space": 64 << 20},
             asset={"route": oauth_route(provider, smarthost)},
             services=[service()],
             **sections,
@@ -438,10 +440,9 @@ def test_a_revoked_grant_defers_mail_until_a_new_authorization(start, provider, 
     assert all(not smarthost.received_by(rcpt) for _, rcpt in sent)
     failed = provider.refreshes()[refreshes_before:]
     assert failed and all(r.error == "invalid_grant" for r in failed), [(r.status, r.error) for r in failed]
+    # Counted now (after 2 x 4 failed attempts), asserted at the end so that the rest of
+    # the behaviour is checked even when the log is too talkative.
     logged = env.log_lines(NEEDS)
-    assert 1 <= len(logged) <= 2, \
-        f"{2 * len(tids)} failed attempts: the log says it at most once a minute, got {len(logged)}:\n" + \
-        "\n".join(logged)
 
     body = env.wait_readyz(503)
     assert ASSET in body and NEEDS in body, body
@@ -470,6 +471,9 @@ def test_a_revoked_grant_defers_mail_until_a_new_authorization(start, provider, 
     assert test.returncode == 0, (test.stdout, test.stderr)
     assert not any(n["deliveryInfo"]["code"] in {"7520", "7592"}
                    for tid in tids for n in env.notifications(tid))
+    assert 1 <= len(logged) <= 2, (
+        f"{2 * len(tids)} failed attempts within seconds: the log says \"{NEEDS}\" at most "
+        f"once a minute, not per message; {len(logged)} lines:\n" + "\n".join(logged))
 
 
 def test_a_forged_state_is_refused_and_changes_nothing(start, provider, smarthost):
@@ -495,7 +499,7 @@ def test_a_forged_state_is_refused_and_changes_nothing(start, provider, smarthos
                   {"code": attacker["code"]}):
         status, page = env.callback(env.callback_uri + "?" + urllib.parse.urlencode(query))
         assert status == 400, (query, status, page)
-        assert "state" in page.lower(), page
+        assert "unknown state" in page.lower(), page
         assert "Account connected" not in page
     assert len(provider.requests("authorization_code")) == exchanges, "a forged callback was exchanged"
     assert env.flow_status(flow["flow"])["status"] == "pending"
@@ -614,9 +618,10 @@ def test_concurrent_sends_make_one_refresh(start, provider, smarthost):
     sent = [env.send_mail(subject=f"Burst {i}") for i in range(6)]
     accepted = [env.delivered(rcpt) for _, rcpt in sent]
     refreshes = provider.refreshes()[before:]
-    assert len(refreshes) <= 1, f"{len(refreshes)} refreshes for one burst"
+    assert len(refreshes) == 1, f"{len(refreshes)} refreshes for one burst"
     assert provider.max_in_flight == 1
     assert len({a.bearer for a in accepted}) == 1, "one access token served the burst"
+    assert smarthost.max_sessions >= 2, "the messages were sent in parallel"
 
 
 def test_connect_account_in_the_browser(start, provider, smarthost, tmp_path):
