@@ -535,6 +535,12 @@ class OAuthProvider:
                 g.revoked = True
             self.access_tokens = {t: v for t, v in self.access_tokens.items() if not v[0].revoked}
 
+    def expire_access_tokens(self):
+        """Every access token issued so far stops working (the grants' refresh tokens still
+        work): what a server does when a token dies before its announced expiry."""
+        with self.lock:
+            self.access_tokens = {}
+
     def access_token_valid(self, token: str) -> bool:
         with self.lock:
             entry = self.access_tokens.get(token)

@@ -624,6 +624,29 @@ def test_concurrent_sends_make_one_refresh(start, provider, smarthost):
     assert smarthost.max_sessions >= 2, "the messages were sent in parallel"
 
 
+@pytest.mark.parametrize("gmail_errors", [False, True], ids=["535", "334-json-then-535"])
+def test_an_access_token_the_smarthost_refuses_is_refreshed_not_bounced(start, provider, smarthost,
+                                                                         gmail_errors):
+    """The smarthost refuses a cached access token that died early (535 5.7.8, or Gmail's
+    334 with a base64 JSON error first): postern drops it, refreshes, authenticates with
+    the new token and delivers; nothing bounces."""
+    smarthost.gmail_errors = gmail_errors
+    env = start()
+    _, grant = env.authorize_via_api()
+    env.send_and_deliver()
+    refreshes = len(provider.refreshes())
+    provider.expire_access_tokens()
+    tid, accepted = env.send_and_deliver()
+    assert env.grant_of(accepted) == grant.id
+    assert len(provider.refreshes()) == refreshes + 1 and provider.refreshes()[-1].accepted
+    refused = [a for a in smarthost.auth_attempts if not a.ok]
+    assert len(refused) == 1 and refused[0].reason == "the bearer token is not valid", refused
+    env.hook.wait_hook(lambda e: e["deliveryInfoNotification"]["transid"] == tid
+                       and e["deliveryInfoNotification"]["deliveryInfo"]["code"] == "7501", path="/dlr")
+    assert not any(n["deliveryInfo"]["code"] in {"7520", "7592"} for n in env.notifications(tid))
+    assert env.needs_authorization() == 0
+
+
 def test_connect_account_in_the_browser(start, provider, smarthost, tmp_path):
     """The admin page in Chromium: sign in, Routes shows the oauth2 route with "Connect
     account"; the button (a form POST with the CSRF token) sends the browser to the
