@@ -364,7 +364,7 @@ class OAuthProvider:
 
     # -- device authorization
     def _device_authorization(self, form: dict, authorization):
-        client_id, secret, _ = self._client(form, authorization)
+        client_id, _, _ = self._client(form, authorization)
         if client_id != self.client_id:
             return 401, json.dumps({"error": "invalid_client"})
         device_code = "d_" + secrets.token_urlsafe(24)
@@ -761,14 +761,14 @@ class XOAuth2Smarthost:
                     if not authed:
                         say("530 5.7.0 Authentication required")
                         continue
-                    m = re.match(r"FROM:\s*<([^>]*)>", arg, re.I)
+                    m = re.match(r"FROM:\s*<([^>]*)>", arg, re.IGNORECASE)
                     if not m:
                         say("501 5.5.4 Syntax: MAIL FROM:<address>")
                         continue
                     mail_from, rcpts = m.group(1), []
                     say("250 2.1.0 OK")
                 elif verb == "RCPT":
-                    m = re.match(r"TO:\s*<([^>]*)>", arg, re.I)
+                    m = re.match(r"TO:\s*<([^>]*)>", arg, re.IGNORECASE)
                     if mail_from is None or not m:
                         say("503 5.5.1 MAIL first")
                         continue

@@ -10,7 +10,8 @@ button in Chromium; the provider redirects to postern's ``/oauth/callback``. The
 check PKCE and the single-use ``state``, refresh-token rotation (also across a restart),
 what a revoked grant does (mail deferred, never bounced; ``/readyz``, the metric, ``route
 test`` and a throttled log line say "needs re-authorization"; mail flows again after a
-new authorization), the device-code flow's polling, and one refresh for concurrent sends.
+new authorization), the device-code flow's polling, one refresh for concurrent sends, and
+an access token the smarthost refuses (refreshed, never bounced).
 
 The smarthost closes the connection after each message, so each message opens a session
 and authenticates; with ``expires_in = 1`` every connection needs a refresh.
@@ -30,7 +31,6 @@ import uuid
 from pathlib import Path
 
 import pytest
-
 from conftest import ADMIN_TOKEN, postern_bin, wait_for
 from oauth_provider import OAuthProvider, XOAuth2Smarthost, http_request, pkce_challenge
 
@@ -161,8 +161,11 @@ class Env:
 
     def wait_readyz(self, status: int, timeout: float = 10.0) -> str:
         """Waits until ``/readyz`` answers ``status``; returns the body."""
-        return wait_for(lambda: (lambda r: r if r[0] == status else None)(self.readyz()),
-                        timeout, interval=0.1, message=f"/readyz answers {status}")[1]
+        def answered():
+            got = self.readyz()
+            return got if got[0] == status else None
+
+        return wait_for(answered, timeout, interval=0.1, message=f"/readyz answers {status}")[1]
 
     def needs_authorization(self) -> float:
         return self.daemon.metric("postern_route_needs_authorization", asset=ASSET)
@@ -170,7 +173,7 @@ class Env:
     def route_test(self) -> subprocess.CompletedProcess:
         return subprocess.run(
             [str(postern_bin()), "--config", str(self.daemon.config_path), "route", "test", ASSET],
-            capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL,
+            check=False, capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL,
         )
 
     def log_lines(self, needle: str) -> list[str]:
@@ -556,8 +559,11 @@ def test_a_provider_error_fails_the_flow_and_stores_nothing(start, provider, sma
     flow = env.start_flow()
     status, _ = env.callback(provider.deny(flow["url"]))
     assert status == 400
-    result = wait_for(lambda: (lambda s: s if s["status"] != "pending" else None)(
-        env.flow_status(flow["flow"])), 10, message="the flow ended")
+    def ended():
+        got = env.flow_status(flow["flow"])
+        return got if got["status"] != "pending" else None
+
+    result = wait_for(ended, 10, message="the flow ended")
     assert result["status"] == "failed" and "access_denied" in result.get("error", ""), result
 
     _, accepted = env.send_and_deliver()
