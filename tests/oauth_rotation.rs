@@ -1,7 +1,8 @@
 //! XOAUTH2 with a token endpoint that rotates refresh tokens on every use and refuses the
 //! old one (as Microsoft's does): mail keeps flowing across refreshes and across a daemon
-//! restart (the newest refresh token was stored), and a changed `route.refresh_token`
-//! (the operator re-authorized) is used instead of the stored one.
+//! restart (the newest refresh token was stored). Once the store holds a token, the
+//! configured `route.refresh_token` is only ever the first (SPEC 15): a grant the provider
+//! refuses defers mail and flags the route, and another token in the file changes nothing.
 
 mod common;
 
@@ -180,19 +181,7 @@ async fn start(
 /// Submits one message and waits for its notification; returns its code.
 async fn send_one(d: &Daemon, hooks: &Receiver, to: &str) -> String {
     let before = hooks.delivered().len();
-    let resp = reqwest::Client::new()
-        .post(format!("{}/v2/messages", d.api))
-        .header("key", "key-a")
-        .json(&json!({
-            "channel": "email",
-            "from": "news@example.test",
-            "to": [{"email": [to]}],
-            "content": {"type": "text", "subject": "Hello", "text": "Hi"},
-        }))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 202);
+    submit(d, to).await;
     let hooks = hooks.wait_for_count(before + 1, WAIT).await;
     let note: Value = hooks[before].json();
     note["deliveryInfoNotification"]["deliveryInfo"]["code"]
@@ -239,18 +228,78 @@ async fn rotated_refresh_tokens_keep_mail_flowing_across_refreshes_and_restarts(
         );
     }
 
-    // The operator re-authorized: a new token in the configuration wins over the stored
-    // one (which the provider no longer accepts either).
+    // The provider revoked the grant. A new token in the file does not replace the
+    // store's (only `postern route authorize` does): mail is deferred, not bounced, the
+    // route is flagged, and the provider is asked once, not once per message.
     idp.lock().unwrap().current = "fresh".into();
     let d = start(dir.path(), &hooks, relay, idp_addr, "fresh").await;
-    assert_eq!(send_one(&d, &hooks, "carol@example.org").await, "7501");
-    assert_eq!(send_one(&d, &hooks, "dave@example.org").await, "7501");
+    let before = hooks.delivered().len();
+    for to in ["carol@example.org", "dave@example.org"] {
+        submit(&d, to).await;
+    }
+    let http = reqwest::Client::new();
+    wait_until(
+        WAIT,
+        "/readyz names the route needing re-authorization",
+        async || {
+            let r = http.get(format!("{}/readyz", d.api)).send().await.unwrap();
+            r.status() == 503 && {
+                let body = r.text().await.unwrap();
+                body.contains("a_out") && body.contains("needs re-authorization")
+            }
+        },
+    )
+    .await;
+    wait_until(WAIT, "both messages deferred", async || {
+        let q: Value = http
+            .get(format!("{}/admin/queue?state=retry", d.api))
+            .bearer_auth("admin-secret")
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        q["entries"].as_array().map_or(0, Vec::len) == 2
+    })
+    .await;
+    let metrics = http
+        .get(format!("{}/metrics", d.api))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("postern_route_needs_authorization{asset=\"a_out\"} 1"),
+        "{metrics}"
+    );
     d.handle.shutdown().await;
     let idp = idp.lock().unwrap();
     assert_eq!(
-        idp.presented[idp.presented.len() - 2..],
-        ["fresh".to_string(), "fresh+5".to_string()]
+        idp.presented.last().unwrap(),
+        "r0+1+2+3+4",
+        "the stored token was presented"
     );
-    assert_eq!(idp.refused, 0);
-    assert_eq!(accepted.lock().unwrap().len(), 6);
+    assert_eq!(idp.refused, 1, "asked once for two messages");
+    assert_eq!(hooks.delivered().len(), before, "nothing bounced");
+    assert_eq!(accepted.lock().unwrap().len(), 4);
+}
+
+/// Submits one message; 202.
+async fn submit(d: &Daemon, to: &str) {
+    let resp = reqwest::Client::new()
+        .post(format!("{}/v2/messages", d.api))
+        .header("key", "key-a")
+        .json(&json!({
+            "channel": "email",
+            "from": "news@example.test",
+            "to": [{"email": [to]}],
+            "content": {"type": "text", "subject": "Hello", "text": "Hi"},
+        }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 202);
 }
