@@ -5,6 +5,8 @@
 //! refuses defers mail and flags the route, and another token in the file changes nothing.
 
 mod common;
+#[path = "common/pg.rs"]
+mod pg;
 
 use axum::extract::State;
 use axum::routing::post;
@@ -28,11 +30,27 @@ struct Idp {
     /// Refresh tokens presented, accepted or not.
     presented: Vec<String>,
     refused: usize,
+    /// Token requests being answered now, and the most there ever were at once.
+    in_flight: usize,
+    max_in_flight: usize,
 }
 
 type Shared = Arc<Mutex<Idp>>;
 
 async fn token(State(idp): State<Shared>, body: String) -> axum::response::Response {
+    {
+        let mut idp = idp.lock().unwrap();
+        idp.in_flight += 1;
+        idp.max_in_flight = idp.max_in_flight.max(idp.in_flight);
+    }
+    // A provider takes a while: long enough for overlapping refreshes to be seen.
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let answer = redeem(&idp, &body);
+    idp.lock().unwrap().in_flight -= 1;
+    answer
+}
+
+fn redeem(idp: &Shared, body: &str) -> axum::response::Response {
     use axum::response::IntoResponse;
     let form: std::collections::HashMap<String, String> =
         url::form_urlencoded::parse(body.as_bytes())
@@ -302,4 +320,54 @@ async fn submit(d: &Daemon, to: &str) {
         .await
         .unwrap();
     assert_eq!(resp.status(), 202);
+}
+
+/// SPEC 15 in a cluster: two nodes share one grant on PostgreSQL. Every message makes a
+/// refresh (a fresh connection, a one-second access token), on both nodes at once, and
+/// the provider rotates the refresh token each time and refuses the old one: the nodes
+/// refresh one at a time (a lease in the database), each from the token the other
+/// stored, so none is ever refused and all the mail goes out.
+#[tokio::test]
+async fn two_nodes_share_the_grant_and_refresh_one_at_a_time() {
+    let pg = pg::PgServer::start().await;
+    let (idp, idp_addr) = start_idp("r0").await;
+    let (accepted, relay) = start_smarthost(idp.clone()).await;
+    let hooks = Receiver::start().await;
+    let mut nodes = Vec::new();
+    let mut dirs = Vec::new();
+    for id in ["a", "b"] {
+        let dir = tempfile::tempdir().unwrap();
+        let route = Route::smtp(relay.port()).oauth2(&format!("http://{idp_addr}/token"), "r0");
+        let config = ConfigBuilder::outbound(&hooks.url(""), route)
+            .set("cluster.database_url", pg.url())
+            .set("cluster.node_id", id);
+        let started = start_in_process(dir.path(), config).await;
+        nodes.push(Daemon {
+            handle: started.handle,
+            api: format!("http://{}", started.http),
+        });
+        dirs.push(dir);
+    }
+    let sends = (0..16).map(|i| {
+        let d = &nodes[i % 2];
+        async move { submit(d, &format!("r{i}@example.org")).await }
+    });
+    futures::future::join_all(sends).await;
+    let delivered = hooks.wait_for_count(16, WAIT).await;
+    for h in &delivered {
+        let code = h.json()["deliveryInfoNotification"]["deliveryInfo"]["code"].clone();
+        assert_eq!(code, "7501", "{}", h.json());
+    }
+    for d in nodes {
+        d.handle.shutdown().await;
+    }
+    let idp = idp.lock().unwrap();
+    assert_eq!(
+        idp.refused, 0,
+        "no node presented a replaced token: {:?}",
+        idp.presented
+    );
+    assert_eq!(idp.max_in_flight, 1, "one refresh at a time in the cluster");
+    assert!(idp.presented.len() >= 2, "{:?}", idp.presented);
+    assert_eq!(accepted.lock().unwrap().len(), 16);
 }
