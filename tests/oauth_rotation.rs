@@ -1,9 +1,12 @@
 //! XOAUTH2 with a token endpoint that rotates refresh tokens on every use and refuses the
 //! old one (as Microsoft's does): mail keeps flowing across refreshes and across a daemon
-//! restart (the newest refresh token was stored), and a changed `route.refresh_token`
-//! (the operator re-authorized) is used instead of the stored one.
+//! restart (the newest refresh token was stored). Once the store holds a token, the
+//! configured `route.refresh_token` is only ever the first (SPEC 15): a grant the provider
+//! refuses defers mail and flags the route, and another token in the file changes nothing.
 
 mod common;
+#[path = "common/pg.rs"]
+mod pg;
 
 use axum::extract::State;
 use axum::routing::post;
@@ -27,11 +30,27 @@ struct Idp {
     /// Refresh tokens presented, accepted or not.
     presented: Vec<String>,
     refused: usize,
+    /// Token requests being answered now, and the most there ever were at once.
+    in_flight: usize,
+    max_in_flight: usize,
 }
 
 type Shared = Arc<Mutex<Idp>>;
 
 async fn token(State(idp): State<Shared>, body: String) -> axum::response::Response {
+    {
+        let mut idp = idp.lock().unwrap();
+        idp.in_flight += 1;
+        idp.max_in_flight = idp.max_in_flight.max(idp.in_flight);
+    }
+    // A provider takes a while: long enough for overlapping refreshes to be seen.
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let answer = redeem(&idp, &body);
+    idp.lock().unwrap().in_flight -= 1;
+    answer
+}
+
+fn redeem(idp: &Shared, body: &str) -> axum::response::Response {
     use axum::response::IntoResponse;
     let form: std::collections::HashMap<String, String> =
         url::form_urlencoded::parse(body.as_bytes())
@@ -180,19 +199,7 @@ async fn start(
 /// Submits one message and waits for its notification; returns its code.
 async fn send_one(d: &Daemon, hooks: &Receiver, to: &str) -> String {
     let before = hooks.delivered().len();
-    let resp = reqwest::Client::new()
-        .post(format!("{}/v2/messages", d.api))
-        .header("key", "key-a")
-        .json(&json!({
-            "channel": "email",
-            "from": "news@example.test",
-            "to": [{"email": [to]}],
-            "content": {"type": "text", "subject": "Hello", "text": "Hi"},
-        }))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 202);
+    submit(d, to).await;
     let hooks = hooks.wait_for_count(before + 1, WAIT).await;
     let note: Value = hooks[before].json();
     note["deliveryInfoNotification"]["deliveryInfo"]["code"]
@@ -239,18 +246,128 @@ async fn rotated_refresh_tokens_keep_mail_flowing_across_refreshes_and_restarts(
         );
     }
 
-    // The operator re-authorized: a new token in the configuration wins over the stored
-    // one (which the provider no longer accepts either).
+    // The provider revoked the grant. A new token in the file does not replace the
+    // store's (only `postern route authorize` does): mail is deferred, not bounced, the
+    // route is flagged, and the provider is asked once, not once per message.
     idp.lock().unwrap().current = "fresh".into();
     let d = start(dir.path(), &hooks, relay, idp_addr, "fresh").await;
-    assert_eq!(send_one(&d, &hooks, "carol@example.org").await, "7501");
-    assert_eq!(send_one(&d, &hooks, "dave@example.org").await, "7501");
+    let before = hooks.delivered().len();
+    for to in ["carol@example.org", "dave@example.org"] {
+        submit(&d, to).await;
+    }
+    let http = reqwest::Client::new();
+    wait_until(
+        WAIT,
+        "/readyz names the route needing re-authorization",
+        async || {
+            let r = http.get(format!("{}/readyz", d.api)).send().await.unwrap();
+            r.status() == 503 && {
+                let body = r.text().await.unwrap();
+                body.contains("a_out") && body.contains("needs re-authorization")
+            }
+        },
+    )
+    .await;
+    wait_until(WAIT, "both messages deferred", async || {
+        let q: Value = http
+            .get(format!("{}/admin/queue?state=retry", d.api))
+            .bearer_auth("admin-secret")
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        q["entries"].as_array().map_or(0, Vec::len) == 2
+    })
+    .await;
+    let metrics = http
+        .get(format!("{}/metrics", d.api))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("postern_route_needs_authorization{asset=\"a_out\"} 1"),
+        "{metrics}"
+    );
     d.handle.shutdown().await;
     let idp = idp.lock().unwrap();
     assert_eq!(
-        idp.presented[idp.presented.len() - 2..],
-        ["fresh".to_string(), "fresh+5".to_string()]
+        idp.presented.last().unwrap(),
+        "r0+1+2+3+4",
+        "the stored token was presented"
     );
-    assert_eq!(idp.refused, 0);
-    assert_eq!(accepted.lock().unwrap().len(), 6);
+    assert_eq!(idp.refused, 1, "asked once for two messages");
+    assert_eq!(hooks.delivered().len(), before, "nothing bounced");
+    assert_eq!(accepted.lock().unwrap().len(), 4);
+}
+
+/// Submits one message; 202.
+async fn submit(d: &Daemon, to: &str) {
+    let resp = reqwest::Client::new()
+        .post(format!("{}/v2/messages", d.api))
+        .header("key", "key-a")
+        .json(&json!({
+            "channel": "email",
+            "from": "news@example.test",
+            "to": [{"email": [to]}],
+            "content": {"type": "text", "subject": "Hello", "text": "Hi"},
+        }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 202);
+}
+
+/// SPEC 15 in a cluster: two nodes share one grant on PostgreSQL. Every message makes a
+/// refresh (a fresh connection, a one-second access token), on both nodes at once, and
+/// the provider rotates the refresh token each time and refuses the old one: the nodes
+/// refresh one at a time (a lease in the database), each from the token the other
+/// stored, so none is ever refused and all the mail goes out.
+#[tokio::test]
+async fn two_nodes_share_the_grant_and_refresh_one_at_a_time() {
+    let pg = pg::PgServer::start().await;
+    let (idp, idp_addr) = start_idp("r0").await;
+    let (accepted, relay) = start_smarthost(idp.clone()).await;
+    let hooks = Receiver::start().await;
+    let mut nodes = Vec::new();
+    let mut dirs = Vec::new();
+    for id in ["a", "b"] {
+        let dir = tempfile::tempdir().unwrap();
+        let route = Route::smtp(relay.port()).oauth2(&format!("http://{idp_addr}/token"), "r0");
+        let config = ConfigBuilder::outbound(&hooks.url(""), route)
+            .set("cluster.database_url", pg.url())
+            .set("cluster.node_id", id);
+        let started = start_in_process(dir.path(), config).await;
+        nodes.push(Daemon {
+            handle: started.handle,
+            api: format!("http://{}", started.http),
+        });
+        dirs.push(dir);
+    }
+    let sends = (0..16).map(|i| {
+        let d = &nodes[i % 2];
+        async move { submit(d, &format!("r{i}@example.org")).await }
+    });
+    futures::future::join_all(sends).await;
+    let delivered = hooks.wait_for_count(16, WAIT).await;
+    for h in &delivered {
+        let code = h.json()["deliveryInfoNotification"]["deliveryInfo"]["code"].clone();
+        assert_eq!(code, "7501", "{}", h.json());
+    }
+    for d in nodes {
+        d.handle.shutdown().await;
+    }
+    let idp = idp.lock().unwrap();
+    assert_eq!(
+        idp.refused, 0,
+        "no node presented a replaced token: {:?}",
+        idp.presented
+    );
+    assert_eq!(idp.max_in_flight, 1, "one refresh at a time in the cluster");
+    assert!(idp.presented.len() >= 2, "{:?}", idp.presented);
+    assert_eq!(accepted.lock().unwrap().len(), 16);
 }

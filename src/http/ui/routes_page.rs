@@ -2,12 +2,15 @@
 //! region, security, authentication), with "Test connection": the route-test admin API's
 //! own function (`POST /admin/routes/{asset}/test`), which sends nothing.
 //! Below each, the last mails the asset received (what `GET /admin/assets/{asset}/inbound`
-//! reads), a Gmail or Outlook forwarding confirmation's code and link up front.
+//! reads), a Gmail or Outlook forwarding confirmation's code and link up front. An OAuth2
+//! route has "Connect account" (SPEC 15, `ui::oauth`) and says when it needs (re-)
+//! authorization.
 
 use super::layout::{self, Nav};
 use super::session::{lock, Action, Flash, RouteTest, Signed};
 use crate::config::{AssetConfig, RouteAuth, RouteConfig, Security};
 use crate::http::AppState;
+use crate::outbound::oauth::Need;
 use crate::store::recent::InboundNote;
 use axum::extract::State;
 use axum::response::Response;
@@ -106,13 +109,31 @@ fn received(notes: &Result<Vec<InboundNote>, String>) -> Markup {
     }
 }
 
+/// An OAuth2 route's account: whether it can authenticate, and "Connect account".
+fn account(signed: &Signed, asset: &str, need: Option<Need>) -> Markup {
+    html! {
+        @match &need {
+            Some(Need::Refused(why)) => p.flash.bad role="alert" {
+                strong { "Needs re-authorization." } " The provider refused the grant (" (why) "): mail is deferred until the account is connected again."
+            },
+            Some(Need::Missing) => p.flash.bad role="status" {
+                strong { "No account connected yet." } " Mail is deferred until one is."
+            },
+            None => {},
+        }
+        p { (layout::button(signed, "/admin/ui/routes/connect", "Connect account", &[("asset", asset)], None)) }
+    }
+}
+
 fn asset_section(
     signed: &Signed,
     asset: &AssetConfig,
     inbound_domain: &str,
     tested: Option<&RouteTest>,
     notes: &Result<Vec<InboundNote>, String>,
+    need: Option<Need>,
 ) -> Markup {
+    let oauth = matches!(&asset.route, Some(RouteConfig::Smtp(s)) if s.auth == RouteAuth::Oauth2);
     let forwarding = format!("{}@{inbound_domain}", asset.id);
     html! {
         section.card aria-labelledby=(format!("h-{}", asset.id)) {
@@ -129,6 +150,7 @@ fn asset_section(
                     None => { dt { "Route" } dd { "none: this asset does not send" } },
                 }
             }
+            @if oauth { (account(signed, &asset.id, need)) }
             @if asset.route.is_some() {
                 p { (layout::button(signed, "/admin/ui/routes/test", "Test connection", &[("asset", &asset.id)], None)) }
                 @match tested {
@@ -149,7 +171,8 @@ async fn page(State(d): State<AppState>, signed: Signed) -> Response {
         p.hint { "Mail sent to an asset's forwarding address (for example by a Gmail or Outlook forwarding rule) becomes an MO event at its incoming webhook." }
         @for a in &config.assets {
             @let notes = d.store.recent_inbound(&a.id).map_err(|e| e.to_string());
-            (asset_section(&signed, a, &config.server.inbound_domain, tested.get(&a.id), &notes))
+            @let need = d.oauth.needs_authorization(&a.id);
+            (asset_section(&signed, a, &config.server.inbound_domain, tested.get(&a.id), &notes, need))
         }
     };
     layout::page("Routes and assets", Nav::Routes, &signed, body)

@@ -1,6 +1,6 @@
 //! `postern cluster adopt` (SPEC 13): one stopped node's shared state (suppressions,
 //! consent, frequency counters, templates, domain verdicts, the link key, transactions
-//! with their status and history), from its sled into an empty database, in one
+//! with their status and history, smarthost routes' OAuth2 grants), from its sled into an empty database, in one
 //! transaction. A user who outgrows one machine keeps
 //! everything; a database that already holds state is refused, naming what it holds.
 
@@ -13,7 +13,7 @@ use crate::store::suppression::Suppression;
 use crate::store::StoreError;
 
 /// The tables adopt fills, which must be empty before it starts.
-const SHARED_TABLES: [&str; 9] = [
+const SHARED_TABLES: [&str; 10] = [
     "files",
     "suppressions",
     "templates",
@@ -23,6 +23,7 @@ const SHARED_TABLES: [&str; 9] = [
     "secrets",
     "transactions",
     "route_ids",
+    "route_tokens",
 ];
 
 /// What adopt copied: (table, rows), in [`SHARED_TABLES`] order.
@@ -66,6 +67,7 @@ pub async fn adopt(
             copy_transactions(&tx, db, &opts.node_id).await?,
         ),
         ("files", copy_dkim(&tx, &data_dir.join("dkim")).await?),
+        ("route_tokens", copy_grants(&tx, db).await?),
         ("secrets", {
             tx.execute(
                 "INSERT INTO secrets (name, value) VALUES ('links', $1)",
@@ -120,6 +122,29 @@ async fn copy_suppressions(tx: &Tx<'_>, db: &sled::Db) -> Result<u64, StoreError
                 &e.expires_ms.map(ms),
                 &e.source,
             ],
+        )
+        .await
+        .map_err(db_err)?;
+        n += 1;
+    }
+    Ok(n)
+}
+
+/// OAuth2 grants, without a lease (no node is refreshing during adopt).
+async fn copy_grants(tx: &Tx<'_>, db: &sled::Db) -> Result<u64, StoreError> {
+    let mut n = 0;
+    for item in db.open_tree("route_tokens")?.iter() {
+        let (k, v) = item?;
+        let Ok(mut grant) = codec::decode::<crate::store::accounts::RouteToken>(&v) else {
+            continue;
+        };
+        grant.lease_holder = None;
+        grant.lease_until_ms = 0;
+        let asset = String::from_utf8_lossy(&k).into_owned();
+        let body = serde_json::to_string(&grant).map_err(db_err)?;
+        tx.execute(
+            "INSERT INTO route_tokens (asset_id, body) VALUES ($1, $2)",
+            &[&asset, &body],
         )
         .await
         .map_err(db_err)?;
