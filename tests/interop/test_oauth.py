@@ -653,80 +653,130 @@ def test_an_access_token_the_smarthost_refuses_is_refreshed_not_bounced(start, p
     assert env.needs_authorization() == 0
 
 
-def test_connect_account_in_the_browser(start, provider, smarthost, tmp_path):
-    """The admin page in Chromium: sign in, Routes shows the oauth2 route with "Connect
-    account"; the button (a form POST with the CSRF token) sends the browser to the
-    provider's consent page; "Allow" leads to postern's "Account connected" page with a
-    link back to the admin page; then mail goes out with the new grant. A revoked grant
-    shows "needs re-authorization" on the routes page. Screenshots go to the test's tmp
-    dir."""
-    ui = pytest.importorskip("test_admin_ui")
-    if ui.webdriver is None:
-        pytest.skip("selenium is not installed")
-    for path in (ui.CHROMIUM, ui.CHROMEDRIVER):
-        if not os.access(path, os.X_OK):
-            pytest.skip(f"{path} is missing: apt-get install chromium chromium-driver")
-    from selenium.webdriver.common.by import By
-    from selenium.webdriver.support import expected_conditions as EC
+class Browser:
+    """Chromium driven by Selenium as ``test_admin_ui`` does (by path, headless), signed in
+    to the admin page of ``env``; screenshots go to ``shots``."""
 
-    provider.expires_in = 1
-    env = start()
-    opts = ui.Options()
-    opts.binary_location = ui.CHROMIUM
-    for arg in ("--headless=new", "--disable-gpu", "--disable-dev-shm-usage",
-                "--window-size=1280,1000", "--no-first-run", "--disable-extensions"):
-        opts.add_argument(arg)
-    if os.geteuid() == 0:
-        opts.add_argument("--no-sandbox")
-    driver = ui.webdriver.Chrome(service=ui.Service(executable_path=ui.CHROMEDRIVER), options=opts)
-    shots = _Shots(driver, tmp_path)
-    try:
-        d = driver
+    def __init__(self, ui, env: Env, shots: Path):
+        from selenium.webdriver.common.by import By
+        from selenium.webdriver.support import expected_conditions as EC
+
+        self.ui = ui
+        self.env = env
+        self.shots = shots
+        opts = ui.Options()
+        opts.binary_location = ui.CHROMIUM
+        for arg in ("--headless=new", "--disable-gpu", "--disable-dev-shm-usage",
+                    "--window-size=1280,1000", "--no-first-run", "--disable-extensions"):
+            opts.add_argument(arg)
+        if os.geteuid() == 0:
+            opts.add_argument("--no-sandbox")
+        opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+        self.driver = ui.webdriver.Chrome(service=ui.Service(executable_path=ui.CHROMEDRIVER),
+                                          options=opts)
+        d = self.driver
         d.get(env.daemon.http_base + "/admin/ui/")
         if "sign-in" in d.current_url:
             d.find_element(By.ID, "token").send_keys(ADMIN_TOKEN)
             ui.submit(d, d.find_element(By.CSS_SELECTOR, "form.card button[type=submit]"))
             ui.wait(d).until(EC.text_to_be_present_in_element((By.TAG_NAME, "h1"), "Dashboard"))
-        d.get(env.daemon.http_base + "/admin/ui/routes")
-        shots.take("routes-before")
-        button = d.find_element(By.XPATH, "//form//button[normalize-space(.)='Connect account']")
-        form = button.find_element(By.XPATH, "./ancestor::form")
-        assert form.get_attribute("method").lower() == "post"
-        assert form.find_element(By.CSS_SELECTOR, "input[name=csrf]").get_attribute("value")
-        ui.submit(d, button)
-        assert d.current_url.startswith(provider.auth_url + "?"), d.current_url
-        assert d.find_element(By.TAG_NAME, "h1").text == "Grant access"
-        shots.take("consent")
-        ui.submit(d, d.find_element(By.ID, "allow"))
-        assert d.current_url.startswith(env.callback_uri + "?"), d.current_url
-        assert "Account connected" in d.find_element(By.TAG_NAME, "body").text
-        shots.take("connected")
-        back = [a.get_attribute("href") for a in d.find_elements(By.TAG_NAME, "a")]
-        assert any(h and h.startswith(env.daemon.http_base + "/admin/ui") for h in back), back
 
-        grant = provider.grants[-1]
-        _, accepted = env.send_and_deliver()
-        assert env.grant_of(accepted) == grant.id
-
-        provider.revoke()
-        env.send_mail(subject="After revocation")
-        wait_for(lambda: env.needs_authorization() == 1, 30, interval=0.2,
-                 message="the route needs re-authorization")
-        d.get(env.daemon.http_base + "/admin/ui/routes")
-        assert NEEDS in d.find_element(By.TAG_NAME, "main").text
-        assert d.find_elements(By.XPATH, "//form//button[normalize-space(.)='Connect account']")
-        shots.take("routes-needs-reauthorization")
-    finally:
-        driver.quit()
-
-
-class _Shots:
-    def __init__(self, driver, directory: Path):
-        self.driver = driver
-        self.directory = directory
-
-    def take(self, name: str) -> Path:
-        path = self.directory / f"{name}.png"
+    def shot(self, name: str) -> Path:
+        path = self.shots / f"{name}.png"
         assert self.driver.save_screenshot(str(path)), f"screenshot {path} not saved"
         print(f"screenshot: {path}")
         return path
+
+    def console(self) -> list[str]:
+        """What the browser logged at level SEVERE (a CSP refusal, for one)."""
+        try:
+            return [e["message"] for e in self.driver.get_log("browser") if e["level"] == "SEVERE"]
+        except Exception:  # noqa: BLE001 - diagnostics only
+            return []
+
+    def connect_buttons(self):
+        from selenium.webdriver.common.by import By
+
+        return self.driver.find_elements(By.XPATH, "//form//button[normalize-space(.)='Connect account']")
+
+
+@pytest.fixture
+def browser(start, tmp_path):
+    """Factory: ``browser(env)`` -> a signed-in Browser, quit on teardown."""
+    ui = pytest.importorskip("test_admin_ui")
+    if ui.webdriver is None:
+        pytest.skip("selenium is not installed (scripts/test installs it)")
+    for path in (ui.CHROMIUM, ui.CHROMEDRIVER):
+        if not os.access(path, os.X_OK):
+            pytest.skip(f"{path} is missing: apt-get install chromium chromium-driver")
+    made: list[Browser] = []
+
+    def make(env: Env) -> Browser:
+        b = Browser(ui, env, tmp_path)
+        made.append(b)
+        return b
+
+    yield make
+    for b in made:
+        b.driver.quit()
+
+
+def test_connect_account_in_the_browser(start, provider, smarthost, browser):
+    """The admin page in Chromium: Routes shows the oauth2 route with "Connect account"
+    (a form POST carrying the CSRF token); the button sends the browser to the provider's
+    consent page; "Allow" leads to postern's "Account connected" page with a link back to
+    the admin page; then mail goes out with the new grant. Screenshots go to the test's
+    tmp dir."""
+    from selenium.webdriver.common.by import By
+
+    env = start()
+    b = browser(env)
+    d = b.driver
+    d.get(env.daemon.http_base + "/admin/ui/routes")
+    b.shot("routes-before")
+    buttons = b.connect_buttons()
+    assert len(buttons) == 1, "one Connect account button for the one oauth2 route"
+    form = buttons[0].find_element(By.XPATH, "./ancestor::form")
+    assert form.get_attribute("method").lower() == "post"
+    assert form.find_element(By.CSS_SELECTOR, "input[name=csrf]").get_attribute("value")
+    buttons[0].click()
+    try:
+        b.ui.wait(d, 15).until(lambda drv: drv.current_url.startswith(provider.auth_url + "?"))
+    except Exception as e:
+        b.shot("connect-refused")
+        raise AssertionError(
+            f"the browser stayed on {d.current_url}; its console: {b.console()}") from e
+    b.ui.wait(d).until(lambda drv: drv.find_elements(By.ID, "allow"))
+    assert d.find_element(By.TAG_NAME, "h1").text == "Grant access"
+    b.shot("consent")
+    b.ui.submit(d, d.find_element(By.ID, "allow"))
+    assert d.current_url.startswith(env.callback_uri + "?"), d.current_url
+    assert "Account connected" in d.find_element(By.TAG_NAME, "h1").text
+    b.shot("connected")
+    back = [a.get_attribute("href") or "" for a in d.find_elements(By.TAG_NAME, "a")]
+    assert env.daemon.http_base + "/admin/ui/routes" in back, back
+
+    grant = provider.grants[-1]
+    _, accepted = env.send_and_deliver()
+    assert env.grant_of(accepted) == grant.id
+
+
+def test_routes_page_says_a_revoked_grant_needs_re_authorization(start, provider, smarthost, browser):
+    """After the provider refused the grant, the admin page's Routes shows "needs
+    re-authorization" for the route, still with its "Connect account" button."""
+    provider.expires_in = 1
+    env = start()
+    env.authorize_via_api()
+    env.send_and_deliver()
+    b = browser(env)
+    b.driver.get(env.daemon.http_base + "/admin/ui/routes")
+    assert NEEDS not in b.driver.find_element("tag name", "main").text.lower()
+    provider.revoke()
+    env.send_mail(subject="After revocation")
+    wait_for(lambda: env.needs_authorization() == 1, 30, interval=0.2,
+             message="the route needs re-authorization")
+    b.driver.get(env.daemon.http_base + "/admin/ui/routes")
+    main = b.driver.find_element("tag name", "main").text
+    assert NEEDS in main.lower(), main
+    assert b.connect_buttons()
+    b.shot("routes-needs-reauthorization")
