@@ -918,6 +918,15 @@ fn default_bounce_retention() -> u32 {
 }
 
 impl Config {
+    /// This node's id among a cluster's nodes (`cluster.node_id`), or its host name when
+    /// it runs alone.
+    pub fn node_id(&self) -> String {
+        match &self.cluster {
+            Some(c) => c.node_id.clone(),
+            None => self.server.hostname.clone(),
+        }
+    }
+
     /// Reads, parses and validates the file; every problem names `file:line`.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
