@@ -918,6 +918,15 @@ fn default_bounce_retention() -> u32 {
 }
 
 impl Config {
+    /// This node's id among a cluster's nodes (`cluster.node_id`), or its host name when
+    /// it runs alone.
+    pub fn node_id(&self) -> String {
+        match &self.cluster {
+            Some(c) => c.node_id.clone(),
+            None => self.server.hostname.clone(),
+        }
+    }
+
     /// Reads, parses and validates the file; every problem names `file:line`.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
@@ -1336,6 +1345,55 @@ mod tests {
             Config::parse(text, "etc/postern.toml").expect("etc/postern.toml must validate");
         assert!(config.smtp.listen.iter().all(|a| a.ip().is_loopback()));
         assert!(config.http.listen.ip().is_loopback());
+    }
+
+    /// SPEC 15: a provider fills the endpoints and scope, a key given replaces the
+    /// provider's, and an oauth2 route without a client or a token endpoint is refused
+    /// naming what it lacks.
+    #[test]
+    fn oauth2_routes_take_the_providers_endpoints_and_name_what_they_lack() {
+        let route = |extra: &str| {
+            format!(
+                "{MINIMAL}\n[admin]\ntoken = \"t\"\n[[asset]]\nid = \"a_1\"\ndomains = [\"example.test\"]\n\
+                 [asset.route]\nkind = \"smtp\"\nhost = \"h.example.test\"\nauth = \"oauth2\"\n{extra}"
+            )
+        };
+        let parse = |extra: &str| Config::parse(&route(extra), "t.toml");
+        let smtp = |c: Config| match c.assets[0].route.clone() {
+            Some(RouteConfig::Smtp(s)) => s,
+            other => panic!("{other:?}"),
+        };
+        let ms = smtp(parse("provider = \"microsoft\"\nclient_id = \"c\"\n").unwrap());
+        let e = ms.oauth_endpoints();
+        assert_eq!(
+            e.scope.as_deref(),
+            Some("https://outlook.office.com/SMTP.Send offline_access")
+        );
+        assert!(e
+            .device_url
+            .unwrap()
+            .ends_with("/common/oauth2/v2.0/devicecode"));
+        let tenant = "token_url = \"https://login.microsoftonline.com/t1/oauth2/v2.0/token\"\n";
+        let ms = smtp(
+            parse(&format!(
+                "provider = \"microsoft\"\nclient_id = \"c\"\n{tenant}"
+            ))
+            .unwrap(),
+        );
+        assert!(ms.oauth_endpoints().token_url.unwrap().contains("/t1/"));
+        let g = smtp(parse("provider = \"google\"\nclient_id = \"c\"\n").unwrap());
+        assert_eq!(g.oauth_endpoints().device_url, None);
+        let err = parse("provider = \"google\"\n").unwrap_err().to_string();
+        assert!(err.contains("needs client_id"), "{err}");
+        let err = parse("client_id = \"c\"\n").unwrap_err().to_string();
+        assert!(err.contains("needs token_url"), "{err}");
+        let err = parse("client_id = \"c\"\ntoken_url = \"ftp://x\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("token_url \"ftp://x\" is not an http(s) URL"),
+            "{err}"
+        );
     }
 
     #[test]

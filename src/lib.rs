@@ -218,14 +218,11 @@ async fn compose(
         .map_err(StartError::Config)?;
     let keys = cluster_dkim_keys(&store, &config).await?;
     let (queue, queue_rx) = crate::outbound::queue::Queue::channel();
+    // Who holds this node's OAuth2 refresh leases: its id.
+    let oauth = crate::outbound::oauth::OAuth::new(store.clone(), config.node_id());
     let webhook_timeout = Duration::from_secs(config.webhooks.timeout.max(1));
     let fetch_timeout = Duration::from_secs(config.queue.fetch_timeout.max(1));
     let webhook_concurrency = config.webhooks.concurrency;
-    // Who holds an OAuth2 refresh lease: this node.
-    let node = match &config.cluster {
-        Some(c) => c.node_id.clone(),
-        None => config.server.hostname.clone(),
-    };
     let shared_config = SharedConfig::new(config);
     let webhooks = Arc::new(webhooks::Worker {
         store: store.clone(),
@@ -239,7 +236,6 @@ async fn compose(
         large: webhooks::Worker::large_slots(webhook_concurrency),
     });
     let fetcher = crate::model::urls::guarded_client(&url_policy, fetch_timeout);
-    let oauth = crate::outbound::oauth::OAuth::new(store.clone(), node);
     let queue_worker = Arc::new(crate::outbound::queue::QueueWorker {
         store: store.clone(),
         config: shared_config.clone(),
@@ -254,15 +250,7 @@ async fn compose(
         unrecorded: Default::default(),
         in_flight: Default::default(),
     });
-    let (feedback_tx, feedback_rx) = tokio::sync::mpsc::unbounded_channel();
-    let inbound = Arc::new(inbound::Inbound {
-        store: store.clone(),
-        auth: verifier,
-        signer: signer.clone(),
-        outbox: outbox.clone(),
-        metrics: metrics.clone(),
-        feedback: feedback_tx,
-    });
+    let (inbound, feedback_rx) = inbound_part(&store, verifier, &signer, &outbox, &metrics);
     let daemon = Arc::new(Daemon {
         config: shared_config,
         config_path,
@@ -289,6 +277,30 @@ async fn compose(
         feedback_rx,
     };
     Ok((daemon, workers))
+}
+
+/// The inbound side (SMTP sessions' use cases) and the channel that feeds DSNs and reports
+/// to the feedback worker.
+fn inbound_part(
+    store: &store::Store,
+    auth: inbound::auth::Verifier,
+    signer: &crate::model::tokens::Signer,
+    outbox: &webhooks::Outbox,
+    metrics: &Arc<metrics::Metrics>,
+) -> (
+    Arc<inbound::Inbound>,
+    tokio::sync::mpsc::UnboundedReceiver<String>,
+) {
+    let (feedback, feedback_rx) = tokio::sync::mpsc::unbounded_channel();
+    let inbound = Arc::new(inbound::Inbound {
+        store: store.clone(),
+        auth,
+        signer: signer.clone(),
+        outbox: outbox.clone(),
+        metrics: metrics.clone(),
+        feedback,
+    });
+    (inbound, feedback_rx)
 }
 
 /// Creates `data_dir` if needed and opens the store and the link-signing key in it; in

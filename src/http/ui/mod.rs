@@ -27,7 +27,7 @@ use session::Ui;
 
 /// The policy of every page: scripts, styles, images and frames from this origin only,
 /// forms posted only here, never framed by another site.
-const PAGE_CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; \
+pub(super) const PAGE_CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; \
     img-src 'self' data:; form-action 'self'; frame-ancestors 'none'; base-uri 'none'; \
     frame-src 'self'";
 

@@ -175,7 +175,35 @@ async fn page(State(d): State<AppState>, signed: Signed) -> Response {
             (asset_section(&signed, a, &config.server.inbound_domain, tested.get(&a.id), &notes, need))
         }
     };
-    layout::page("Routes and assets", Nav::Routes, &signed, body)
+    let mut page = layout::page("Routes and assets", Nav::Routes, &signed, body);
+    if let Some(csp) = connect_policy(&config) {
+        page.headers_mut()
+            .insert(axum::http::header::CONTENT_SECURITY_POLICY, csp);
+    }
+    page
+}
+
+/// The page's policy when it has "Connect account" buttons: browsers hold the redirect
+/// that follows a form's POST to `form-action` too, so the providers' consent pages
+/// (the origins of the OAuth2 routes' `auth_url`) are added to it; nothing else changes.
+fn connect_policy(config: &crate::config::Config) -> Option<axum::http::HeaderValue> {
+    let mut origins: Vec<String> = crate::outbound::oauth::oauth_routes(config)
+        .iter()
+        .filter_map(|(_, r)| r.oauth_endpoints().auth_url)
+        .filter_map(|u| url::Url::parse(&u).ok())
+        .map(|u| u.origin().ascii_serialization())
+        .filter(|o| o != "null")
+        .collect();
+    origins.sort();
+    origins.dedup();
+    if origins.is_empty() {
+        return None;
+    }
+    let csp = super::PAGE_CSP.replace(
+        "form-action 'self'",
+        &format!("form-action 'self' {}", origins.join(" ")),
+    );
+    axum::http::HeaderValue::from_str(&csp).ok()
 }
 
 async fn test(State(d): State<AppState>, action: Action) -> Response {

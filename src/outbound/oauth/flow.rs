@@ -341,3 +341,94 @@ fn no_refresh_token(route: &SmtpRouteConfig) -> String {
     };
     format!("the provider granted access but sent no refresh token{hint}")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::Store;
+
+    fn config(provider: &str) -> Config {
+        let text = format!(
+            "{}\n[admin]\ntoken = \"t\"\n[[asset]]\nid = \"a_g\"\ndomains = [\"example.test\"]\n\
+             [asset.route]\nkind = \"smtp\"\nhost = \"smtp.example.test\"\nauth = \"oauth2\"\n\
+             provider = \"{provider}\"\nclient_id = \"cid\"\nclient_secret = \"cs\"\n",
+            crate::config::TEST_SERVER
+        );
+        Config::parse(&text, "t.toml").unwrap()
+    }
+
+    fn query(url: &str) -> std::collections::HashMap<String, String> {
+        url::Url::parse(url)
+            .unwrap()
+            .query_pairs()
+            .into_owned()
+            .collect()
+    }
+
+    /// The consent URL: PKCE S256, the state naming the stored flow, the provider's
+    /// scope, and for Google the two parameters without which no refresh token comes.
+    #[tokio::test]
+    async fn the_consent_url_carries_pkce_state_scope_and_googles_offline_access() {
+        let dir = tempfile::tempdir().unwrap();
+        let oauth = OAuth::new(Store::open(dir.path()).unwrap(), "n".into());
+        for (provider, offline) in [("google", true), ("microsoft", false)] {
+            let config = config(provider);
+            let Started::Code { flow, url, .. } = oauth.start(&config, "a_g", false).await.unwrap()
+            else {
+                panic!("a code flow");
+            };
+            let q = query(&url);
+            assert_eq!(q["code_challenge_method"], "S256");
+            assert_eq!(q["redirect_uri"], "http://127.0.0.1:8080/oauth/callback");
+            assert_eq!(q["client_id"], "cid");
+            assert!(q["state"].starts_with(&format!("{flow}.")), "{url}");
+            assert_eq!(
+                q.get("access_type").map(String::as_str),
+                offline.then_some("offline")
+            );
+            assert_eq!(
+                q.get("prompt").map(String::as_str),
+                offline.then_some("consent")
+            );
+            let stored = oauth.status(&flow).await.unwrap().unwrap();
+            let want = config
+                .asset("a_g")
+                .unwrap()
+                .route
+                .as_ref()
+                .map(|r| match r {
+                    RouteConfig::Smtp(s) => s.oauth_endpoints().scope.unwrap(),
+                    RouteConfig::Ses(_) => unreachable!(),
+                });
+            assert_eq!(Some(q["scope"].clone()), want);
+            assert_eq!(stored.status, FlowStatus::Pending);
+            // The verifier stays in the store; the challenge in the URL is its hash.
+            use base64::Engine;
+            use sha2::Digest;
+            let challenge = base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .encode(sha2::Sha256::digest(stored.verifier.as_bytes()));
+            assert_eq!(q["code_challenge"], challenge);
+        }
+    }
+
+    /// A forged secret, an unknown flow or a malformed state change nothing.
+    #[tokio::test]
+    async fn a_forged_state_names_no_flow_and_leaves_it_pending() {
+        let dir = tempfile::tempdir().unwrap();
+        let oauth = OAuth::new(Store::open(dir.path()).unwrap(), "n".into());
+        let config = config("google");
+        let Started::Code { flow, .. } = oauth.start(&config, "a_g", false).await.unwrap() else {
+            panic!("a code flow");
+        };
+        for state in [format!("{flow}.forged"), "nope.x".into(), "no-dot".into()] {
+            let r = oauth.callback(&config, &state, Some("c"), None).await;
+            assert_eq!(r, Err(CallbackError::UnknownState), "{state}");
+        }
+        let stored = oauth.status(&flow).await.unwrap().unwrap();
+        assert_eq!(stored.status, FlowStatus::Pending);
+        assert!(matches!(
+            oauth.start(&config, "a_nope", false).await,
+            Err(StartError::NoRoute(_))
+        ));
+    }
+}
