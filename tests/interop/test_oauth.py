@@ -767,6 +767,7 @@ def test_connect_account_in_the_browser(start, provider, smarthost, browser):
     d = b.driver
     d.get(env.daemon.http_base + "/admin/ui/routes")
     b.shot("routes-before")
+    assert "no account connected yet" in d.find_element(By.TAG_NAME, "main").text.lower()
     buttons = b.connect_buttons()
     assert len(buttons) == 1, "one Connect account button for the one oauth2 route"
     form = buttons[0].find_element(By.XPATH, "./ancestor::form")
@@ -786,8 +787,13 @@ def test_connect_account_in_the_browser(start, provider, smarthost, browser):
     assert d.current_url.startswith(env.callback_uri + "?"), d.current_url
     assert "Account connected" in d.find_element(By.TAG_NAME, "h1").text
     b.shot("connected")
-    back = [a.get_attribute("href") or "" for a in d.find_elements(By.TAG_NAME, "a")]
-    assert env.daemon.http_base + "/admin/ui/routes" in back, back
+    back = [a for a in d.find_elements(By.TAG_NAME, "a")
+            if a.get_attribute("href") == env.daemon.http_base + "/admin/ui/routes"]
+    assert back, "a link back to the admin page's routes"
+    b.ui.submit(d, back[0])
+    main = d.find_element(By.TAG_NAME, "main").text.lower()
+    assert "no account connected yet" not in main and NEEDS not in main, main
+    b.shot("routes-after")
 
     grant = provider.grants[-1]
     _, accepted = env.send_and_deliver()
