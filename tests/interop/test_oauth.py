@@ -643,6 +643,27 @@ def test_device_flow_polls_at_the_interval_and_connects_the_account(start, provi
     assert not any(r.error == "slow_down" for r in provider.device_polls())
 
 
+def test_a_denied_or_expired_device_code_fails_the_command(start, provider, smarthost):
+    """`--device` when the user denies the code: the command exits 1 naming
+    `access_denied`; when nobody enters the code before it expires (the provider gives it
+    2 s here): exit 1 as well. No grant is made either way."""
+    env = start()
+    cmd = env.authorize_command("--device")
+    _, user_code = cmd.device_code()
+    provider.deny_device(user_code)
+    assert cmd.wait(30) == 1, cmd.output()
+    assert any(line.startswith("postern: authorization failed: ") and "access_denied" in line
+               for line in cmd.err), cmd.output()
+
+    provider.device_ttl = 2
+    cmd = env.authorize_command("--device")
+    cmd.device_code()
+    assert cmd.wait(30) == 1, cmd.output()
+    assert any(line.startswith("postern: authorization failed: ") for line in cmd.err), cmd.output()
+    assert provider.grants == []
+    assert not any(r.error == "slow_down" for r in provider.device_polls())
+
+
 def test_concurrent_sends_make_one_refresh(start, provider, smarthost):
     """Several messages handed to the route at once while the access token needs
     refreshing: one token request (none in parallel), and every message is delivered
