@@ -401,6 +401,47 @@ def test_refresh_tokens_rotate_and_the_newest_survives_a_restart(start, provider
     assert not any(r.stale for r in provider.refreshes())
 
 
+def test_a_refresh_token_in_the_file_is_only_the_first_value(postern, hook, provider, smarthost):
+    """A `refresh_token` in the config file starts the chain; from then on the store's
+    newest token is used, after a restart as well, and after a new authorization the
+    store's grant wins over the file's token."""
+    provider.expires_in = 1
+    verifier = "file-token-" + "v" * 50
+    redirect = "http://127.0.0.1:9/elsewhere"
+    consent = provider.auth_url + "?" + urllib.parse.urlencode({
+        "response_type": "code", "client_id": provider.client_id, "redirect_uri": redirect,
+        "scope": SCOPE, "state": "operator", "code_challenge": pkce_challenge(verifier),
+        "code_challenge_method": "S256"})
+    code = dict(urllib.parse.parse_qsl(urllib.parse.urlsplit(provider.approve(consent)).query))["code"]
+    status, answer = provider.post_token({"grant_type": "authorization_code", "code": code,
+                                          "redirect_uri": redirect, "code_verifier": verifier})
+    assert status == 200, answer
+    in_file = answer["refresh_token"]
+    route = {**oauth_route(provider, smarthost), "refresh_token": in_file}
+    daemon = postern(hook, server={"min_free_space": 64 << 20}, asset={"route": route},
+                     services=[service()])
+    env = Env(daemon, hook, provider, smarthost)
+    first = provider.grants[0]
+    for _ in range(2):
+        _, accepted = env.send_and_deliver()
+        assert env.grant_of(accepted) == first.id
+    refreshes = provider.refreshes()
+    assert refreshes[0].refresh_token == in_file
+    assert [r.refresh_token for r in refreshes] == first.refresh_tokens[:len(refreshes)]
+
+    daemon.restart()
+    _, accepted = env.send_and_deliver()
+    assert env.grant_of(accepted) == first.id
+    assert not any(r.stale for r in provider.refreshes()), "the file's token was used again"
+
+    _, second = env.authorize_via_api()
+    daemon.restart()
+    _, accepted = env.send_and_deliver()
+    assert env.grant_of(accepted) == second.id
+    assert not any(r.stale for r in provider.refreshes())
+    assert all(r.accepted for r in provider.refreshes())
+
+
 def test_a_revoked_grant_defers_mail_until_a_new_authorization(start, provider, smarthost):
     """The provider answers `invalid_grant` after a revocation: mail stays queued (no final
     notification, nothing at the smarthost), `/readyz` answers 503 naming the asset and
