@@ -7,10 +7,12 @@ The route starts with an empty store (no ``refresh_token`` in the file): the acc
 connected by ``postern route authorize`` (consent URL, or ``--device``), by the admin API
 (``POST /admin/routes/{asset}/authorize``) or by the admin page's "Connect account"
 button in Chromium; the provider redirects to postern's ``/oauth/callback``. The tests
-check PKCE and the single-use ``state``, refresh-token rotation (also across a restart),
-what a revoked grant does (mail deferred, never bounced; ``/readyz``, the metric, ``route
-test`` and a throttled log line say "needs re-authorization"; mail flows again after a
-new authorization), the device-code flow's polling, one refresh for concurrent sends, and
+check PKCE and the single-use ``state`` (forged, replayed, provider error), refresh-token
+rotation (also across a restart, and from a ``refresh_token`` in the file), what a
+revoked grant does (mail deferred, never bounced; ``/readyz``, the metric, ``route test``,
+the routes page and a throttled log line say "needs re-authorization"; mail flows again
+after a new authorization), the device-code flow (polling, denial, expiry), one refresh
+for concurrent sends, the store watcher leaving this node's own authorization alone, and
 an access token the smarthost refuses (refreshed, never bounced).
 
 The smarthost closes the connection after each message, so each message opens a session
