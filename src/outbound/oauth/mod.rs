@@ -33,6 +33,10 @@ const WATCH_EVERY: Duration = Duration::from_secs(5);
 /// At most one log line per asset per this while it needs re-authorization.
 const LOG_EVERY: Duration = Duration::from_secs(60);
 
+/// How every deferral for want of an authorization begins, so the queue logs those
+/// quietly (this module logs the condition itself once a minute).
+pub const AWAITING: &str = "the route's OAuth2 account: ";
+
 /// Why no access token could be had.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TokenError {
@@ -45,10 +49,9 @@ pub enum TokenError {
 impl std::fmt::Display for TokenError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            TokenError::NeedsAuthorization(need) => write!(
-                f,
-                "the route's OAuth2 account: {need} (run `postern route authorize`)"
-            ),
+            TokenError::NeedsAuthorization(need) => {
+                write!(f, "{AWAITING}{need} (run `postern route authorize`)")
+            }
             TokenError::Failed(why) => f.write_str(why),
         }
     }

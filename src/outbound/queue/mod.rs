@@ -103,8 +103,6 @@ type KeptOutcome = (MessageRecord, Vec<OutboxEntry>, Option<usize>);
 
 /// Where unrecorded outcomes are saved when the daemon exits to recover its store.
 const UNRECORDED_FILE: &str = "queue-unrecorded.json";
-/// How a deferral waiting for the route's OAuth2 authorization begins.
-const AWAITING_AUTHORIZATION: &str = "the route's OAuth2 account: ";
 /// When a tid refused by health or blocked by unrecorded outcomes is looked at again.
 const RECHECK_MS: u64 = 2000;
 
@@ -294,7 +292,7 @@ impl QueueWorker {
         let was = crate::metrics::queue_slot(record.state);
         let mut events = Vec::new();
         let handed = self.advance(&config, &mut record, &mut events).await;
-        let quiet = !handed && record.last_error.starts_with(AWAITING_AUTHORIZATION);
+        let quiet = record.last_error.contains(crate::outbound::oauth::AWAITING);
         schedule_next(&config, &mut record, quiet);
         self.record_attempt(record, events, was, handed).await;
     }
@@ -478,7 +476,7 @@ impl QueueWorker {
         // Waits for an authorization without asking the provider again (SPEC 15); made
         // due again when one arrives (`wake_asset`).
         if let Some(need) = route.needs_authorization() {
-            record.last_error = format!("{AWAITING_AUTHORIZATION}{need}");
+            record.last_error = format!("{}{need}", crate::outbound::oauth::AWAITING);
             return None;
         }
         Some(route)
