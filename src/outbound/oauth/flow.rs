@@ -304,14 +304,14 @@ impl OAuth {
                 .accounts()
                 .authorize(&asset, &refresh)
                 .await
-                .map(|_| ())
+                .map(|grant| grant.generation)
                 .map_err(|e| format!("the new grant could not be stored: {e}")),
             Err(e) => Err(e),
         };
         match &stored {
-            Ok(()) => {
+            Ok(generation) => {
                 flow.status = FlowStatus::Authorized;
-                self.granted(&asset).await;
+                self.granted(&asset, *generation).await;
             }
             Err(why) => {
                 tracing::warn!(asset, reason = %why, "authorization failed");

@@ -100,6 +100,9 @@ pub struct OAuth {
     /// The grant generation each asset had when last read: a higher one is a new
     /// authorization (on any node), which makes the asset's deferred mail due.
     generations: Mutex<HashMap<String, u64>>,
+    /// Assets authorized on this node since the watcher last looked, and its bell.
+    authorized_here: Mutex<Vec<String>>,
+    bell: tokio::sync::Notify,
 }
 
 impl OAuth {
@@ -117,6 +120,8 @@ impl OAuth {
             access: Mutex::new(HashMap::new()),
             flagged: Mutex::new(HashMap::new()),
             generations: Mutex::new(HashMap::new()),
+            authorized_here: Mutex::new(Vec::new()),
+            bell: tokio::sync::Notify::new(),
         })
     }
 
@@ -314,12 +319,24 @@ impl OAuth {
         v
     }
 
-    /// A new grant was stored for the asset (on this node): its flag and access token
-    /// go at once, without waiting for the watcher.
-    pub(crate) async fn granted(&self, asset: &str) {
+    /// A new grant (of `generation`) was stored for the asset on this node: its flag and
+    /// access token go at once, without waiting for the watcher, which is told the
+    /// generation so that it does not take this grant for another node's.
+    pub(crate) async fn granted(&self, asset: &str, generation: u64) {
+        self.generations
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(asset.to_string())
+            .and_modify(|g| *g = (*g).max(generation))
+            .or_insert(generation);
         self.unflag(asset);
         self.forget_access_token(asset).await;
         tracing::info!(asset, "route authorized: a new refresh token is stored");
+        self.authorized_here
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(asset.to_string());
+        self.bell.notify_one();
     }
 
     fn unflag(&self, asset: &str) {
@@ -344,7 +361,10 @@ impl OAuth {
             };
             let newer = {
                 let mut seen = self.generations.lock().unwrap_or_else(|p| p.into_inner());
-                let before = seen.insert(asset.clone(), grant.generation);
+                let before = seen.get(&asset).copied();
+                if before.is_none_or(|g| g < grant.generation) {
+                    seen.insert(asset.clone(), grant.generation);
+                }
                 before.is_some_and(|g| g < grant.generation)
             };
             if newer {
@@ -367,22 +387,35 @@ impl OAuth {
         authorized
     }
 
-    /// Runs [`OAuth::sync`] every few seconds (a task aborted at shutdown); `woken` gets each asset
-    /// authorized anew (its deferred mail is due again). Forgets flows older than a day.
+    /// Runs [`OAuth::sync`] every few seconds, and at once after an authorization on this
+    /// node (a task aborted at shutdown); `woken` gets each asset authorized anew on any
+    /// node (its deferred mail is due again). Forgets flows older than a day.
     pub async fn watch(
         self: Arc<Self>,
         config: crate::config::SharedConfig,
         woken: impl Fn(String) + Send + 'static,
     ) {
         loop {
-            for asset in self.sync(&config.get()).await {
+            let mut authorized = self.sync(&config.get()).await;
+            authorized.append(
+                &mut self
+                    .authorized_here
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner()),
+            );
+            authorized.sort();
+            authorized.dedup();
+            for asset in authorized {
                 woken(asset);
             }
             let day_ago = now_ms().saturating_sub(86_400_000);
             if let Err(e) = self.store.accounts().forget_flows_before(day_ago).await {
                 tracing::debug!(error = %e, "old authorization flows not forgotten");
             }
-            tokio::time::sleep(WATCH_EVERY).await;
+            tokio::select! {
+                () = tokio::time::sleep(WATCH_EVERY) => {}
+                () = self.bell.notified() => {}
+            }
         }
     }
 }
