@@ -213,15 +213,7 @@ async fn verify_reports_each_record_and_gates_sending() {
     assert_eq!(d.send().await.0, 400);
 
     // The admin list shows the state.
-    let list: Value = reqwest::Client::new()
-        .get(format!("{}/admin/domains", d.api))
-        .bearer_auth("admin-secret")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let list: Value = admin_json(&reqwest::Client::new(), format!("{}/admin/domains", d.api)).await;
     assert_eq!(list["domains"][0]["domain"], "example.test");
     assert_eq!(list["domains"][0]["verified"], false);
     assert_eq!(list["domains"][0]["requireVerified"], true);

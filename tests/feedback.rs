@@ -176,16 +176,11 @@ impl Env {
     }
 
     async fn suppressed(&self) -> Vec<(String, String)> {
-        let v: Value = self
-            .client
-            .get(format!("{}/admin/suppressions?asset=a_out", self.api))
-            .bearer_auth("admin-secret")
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let v: Value = admin_json(
+            &self.client,
+            format!("{}/admin/suppressions?asset=a_out", self.api),
+        )
+        .await;
         let mut out: Vec<(String, String)> = v["suppressions"]
             .as_array()
             .unwrap()

@@ -217,15 +217,7 @@ async fn receiver_down_then_up_gets_the_event_and_404_goes_to_dead_letters() {
     let list_url = format!("http://{}/admin/dead-letters", d.http);
     let mut listed = serde_json::Value::Null;
     for _ in 0..500 {
-        listed = admin
-            .get(&list_url)
-            .bearer_auth("admin-secret")
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        listed = admin_json(&admin, &list_url).await;
         if listed["count"] == 1 {
             break;
         }
@@ -485,15 +477,11 @@ async fn large_message_is_streamed_to_the_webhook_signed_and_intact() {
 
 /// `GET /admin/assets/a_demo/inbound` with the admin token.
 async fn inbound_view(d: &TestDaemon) -> serde_json::Value {
-    reqwest::Client::new()
-        .get(format!("http://{}/admin/assets/a_demo/inbound", d.http))
-        .bearer_auth("admin-secret")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap()
+    admin_json(
+        &reqwest::Client::new(),
+        format!("http://{}/admin/assets/a_demo/inbound", d.http),
+    )
+    .await
 }
 
 /// SPEC 14: the admin page shows an asset's last mails, a Gmail forwarding confirmation's

@@ -269,15 +269,7 @@ async fn rotated_refresh_tokens_keep_mail_flowing_across_refreshes_and_restarts(
     )
     .await;
     wait_until(WAIT, "both messages deferred", async || {
-        let q: Value = http
-            .get(format!("{}/admin/queue?state=retry", d.api))
-            .bearer_auth("admin-secret")
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let q: Value = admin_json(&http, format!("{}/admin/queue?state=retry", d.api)).await;
         q["entries"].as_array().map_or(0, Vec::len) == 2
     })
     .await;

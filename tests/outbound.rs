@@ -734,16 +734,7 @@ async fn suppression_csv_import_is_all_or_nothing_and_round_trips_through_the_cl
             .starts_with("line 3: address 'broken'"),
         "{err}"
     );
-    let listed: Value = out
-        .client
-        .get(format!("{}/admin/suppressions", out.api))
-        .bearer_auth("admin-secret")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let listed: Value = admin_json(&out.client, format!("{}/admin/suppressions", out.api)).await;
     assert_eq!(listed["count"], 0, "nothing half-imported");
     let r = import("asset_id,address,reason\na_out,one@example.org,unsubscribed\na_out,two@example.org,complained\n").await.unwrap();
     assert_eq!(r.json::<Value>().await.unwrap()["imported"], 2);
@@ -802,16 +793,7 @@ async fn suppression_csv_import_is_all_or_nothing_and_round_trips_through_the_cl
         cli_out.2 .2
     );
     assert_eq!(cli_out.3 .0, Some(0));
-    let listed: Value = out
-        .client
-        .get(format!("{}/admin/suppressions", out.api))
-        .bearer_auth("admin-secret")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let listed: Value = admin_json(&out.client, format!("{}/admin/suppressions", out.api)).await;
     assert_eq!(listed["count"], 2);
     out.stop().await;
 }
@@ -905,16 +887,7 @@ async fn unsubscribe_headers_one_click_events_and_resubscribe() {
         400
     );
     assert_eq!(out.client.get(&bad).send().await.unwrap().status(), 400);
-    let listed: Value = out
-        .client
-        .get(format!("{}/admin/suppressions", out.api))
-        .bearer_auth("admin-secret")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let listed: Value = admin_json(&out.client, format!("{}/admin/suppressions", out.api)).await;
     assert_eq!(listed["count"], 0);
 
     // RFC 8058 one-click from a real HTTP client.

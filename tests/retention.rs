@@ -142,15 +142,11 @@ async fn send_large(smtp: SocketAddr, subject: &str, size: usize) {
 }
 
 async fn dead_letters(http: SocketAddr) -> serde_json::Value {
-    reqwest::Client::new()
-        .get(format!("http://{http}/admin/dead-letters"))
-        .bearer_auth("admin-secret")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap()
+    admin_json(
+        &reqwest::Client::new(),
+        format!("http://{http}/admin/dead-letters"),
+    )
+    .await
 }
 
 async fn wait_dead(http: SocketAddr, n: u64) -> serde_json::Value {

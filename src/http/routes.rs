@@ -6,6 +6,7 @@
 //! the browser there) completes it, in `ui::oauth`.
 
 use super::{admin, ApiError, AppState};
+use crate::model::time::timestamp;
 use crate::model::types::ApiCode;
 use crate::outbound::oauth::flow::{StartError, Started};
 use axum::extract::{Path, State};
@@ -64,7 +65,7 @@ async fn authorize(
             flow,
             url,
             expires_ms,
-        } => json!({"asset": asset, "flow": flow, "url": url, "expiresAt": rfc3339(expires_ms)}),
+        } => json!({"asset": asset, "flow": flow, "url": url, "expiresAt": timestamp(expires_ms)}),
         Started::Device {
             flow,
             user_code,
@@ -76,14 +77,10 @@ async fn authorize(
             "asset": asset, "flow": flow, "userCode": user_code,
             "verificationUri": verification_uri,
             "verificationUriComplete": verification_uri_complete,
-            "interval": interval_secs, "expiresAt": rfc3339(expires_ms),
+            "interval": interval_secs, "expiresAt": timestamp(expires_ms),
         }),
     })
     .into_response())
-}
-
-fn rfc3339(ms: u64) -> String {
-    crate::model::time::timestamp(ms)
 }
 
 /// A flow started for the admin API or the admin page; errors as the API answers them.
@@ -120,13 +117,7 @@ async fn flow_status(
         .oauth
         .status(&flow)
         .await
-        .map_err(|e| {
-            ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                ApiCode::Unavailable,
-                e.to_string(),
-            )
-        })?
+        .map_err(ApiError::store)?
         .filter(|f| f.asset_id == asset)
         .ok_or_else(|| {
             ApiError::new(
@@ -141,7 +132,7 @@ async fn flow_status(
         status = "failed";
         error = Some("the authorization expired (flows last 10 minutes)".into());
     }
-    Ok(Json(json!({"asset": asset, "flow": flow, "status": status, "error": error, "expiresAt": rfc3339(found.expires_ms)})).into_response())
+    Ok(Json(json!({"asset": asset, "flow": flow, "status": status, "error": error, "expiresAt": timestamp(found.expires_ms)})).into_response())
 }
 
 /// Connects and authenticates to the asset's route (smarthost EHLO/AUTH, SES

@@ -143,6 +143,19 @@ impl Receiver {
 }
 
 /// Polls `cond` every 20 ms until it holds; panics after `within`.
+/// GET `url` with the test configuration's admin token (`admin-secret`); the JSON answer.
+pub async fn admin_json(client: &reqwest::Client, url: impl reqwest::IntoUrl) -> serde_json::Value {
+    client
+        .get(url)
+        .bearer_auth("admin-secret")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
 pub async fn wait_for(within: Duration, mut cond: impl FnMut() -> bool) {
     let deadline = Instant::now() + within;
     while !cond() {

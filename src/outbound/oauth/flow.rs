@@ -6,7 +6,7 @@
 //! `state` is `<flow id>.<secret>`: the store keeps the secret's hash, so a forged state
 //! names no flow, and one replayed finds its flow already used. Neither changes anything.
 
-use super::provider::{self, TokenFailure};
+use super::provider;
 use super::OAuth;
 use crate::config::{Config, RouteAuth, RouteConfig, SmtpRouteConfig};
 use crate::model::time::now_ms;
@@ -174,10 +174,9 @@ impl OAuth {
             .add_scopes(provider::scopes(route))
             .request_async(self.http())
             .await
-            .map_err(|e| match provider::failure(e) {
-                TokenFailure::Refused(why) | TokenFailure::Failed(why) => {
-                    StartError::Failed(format!("device authorization endpoint: {why}"))
-                }
+            .map_err(|e| {
+                let why = provider::failure(e).into_reason();
+                StartError::Failed(format!("device authorization endpoint: {why}"))
             })?;
         let lifetime = details.expires_in().min(FLOW_TTL);
         flow.expires_ms = flow.created_ms + lifetime.as_millis() as u64;
@@ -286,9 +285,7 @@ impl OAuth {
             .set_pkce_verifier(PkceCodeVerifier::new(flow.verifier.clone()))
             .request_async(self.http())
             .await
-            .map_err(|e| match provider::failure(e) {
-                TokenFailure::Refused(why) | TokenFailure::Failed(why) => why,
-            })?;
+            .map_err(|e| provider::failure(e).into_reason())?;
         answer
             .refresh_token()
             .map(|t| t.secret().clone())

@@ -7,8 +7,7 @@ use oauth2::basic::{
 };
 use oauth2::{
     AuthType, AuthUrl, ClientId, ClientSecret, DeviceAuthorizationUrl, EndpointMaybeSet,
-    EndpointNotSet, ErrorResponse, RedirectUrl, RequestTokenError, Scope, StandardRevocableToken,
-    TokenUrl,
+    EndpointNotSet, RedirectUrl, RequestTokenError, Scope, StandardRevocableToken, TokenUrl,
 };
 
 /// A client whose endpoints are those the route has (each checked where it is used).
@@ -97,9 +96,13 @@ pub enum TokenFailure {
     Failed(String),
 }
 
-/// An error response in words: its code, then the provider's description.
-pub fn describe<T: ErrorResponse + std::fmt::Display>(r: &T) -> String {
-    r.to_string()
+impl TokenFailure {
+    /// Why, whichever the kind (for a flow, where both end it).
+    pub fn into_reason(self) -> String {
+        match self {
+            TokenFailure::Refused(why) | TokenFailure::Failed(why) => why,
+        }
+    }
 }
 
 /// What a failed token request means.
@@ -110,9 +113,9 @@ pub fn failure<RE: std::error::Error + 'static>(
         RequestTokenError::ServerResponse(r)
             if *r.error() == BasicErrorResponseType::InvalidGrant =>
         {
-            TokenFailure::Refused(describe(&r))
+            TokenFailure::Refused(r.to_string())
         }
-        RequestTokenError::ServerResponse(r) => TokenFailure::Failed(describe(&r)),
+        RequestTokenError::ServerResponse(r) => TokenFailure::Failed(r.to_string()),
         RequestTokenError::Request(e) => {
             TokenFailure::Failed(format!("token endpoint: {}", chain(&e)))
         }

@@ -42,6 +42,23 @@ fn encode<T: serde::Serialize>(v: &T) -> String {
 }
 
 impl PgAccounts {
+    /// The record `sql` selects by `key` (its JSON body), decoded.
+    async fn read<T: serde::de::DeserializeOwned>(
+        &self,
+        sql: &'static str,
+        table: &'static str,
+        key: &str,
+    ) -> Result<Option<T>, StoreError> {
+        let body: Option<String> = self
+            .0
+            .run(|c| async move {
+                let st = c.prepare_cached(sql).await?;
+                Ok(c.query_opt(&st, &[&key]).await?.map(|r| r.get(0)))
+            })
+            .await?;
+        body.map(|b| decode(table, key, &b)).transpose()
+    }
+
     /// Applies `change` to the asset's grant in one transaction, its row locked (made
     /// first when there is none). `change` gets the grant (default when new) and returns
     /// the grant to write with its answer, or `None` to write nothing.
@@ -80,17 +97,7 @@ impl PgAccounts {
 
 impl Accounts for PgAccounts {
     fn token<'a>(&'a self, asset_id: &'a str) -> StoreFuture<'a, Option<RouteToken>> {
-        Box::pin(async move {
-            let body: Option<String> = self
-                .0
-                .run(|c| async move {
-                    let st = c.prepare_cached(TOKEN).await?;
-                    Ok(c.query_opt(&st, &[&asset_id]).await?.map(|r| r.get(0)))
-                })
-                .await?;
-            body.map(|b| decode("route_tokens", asset_id, &b))
-                .transpose()
-        })
+        Box::pin(self.read(TOKEN, "route_tokens", asset_id))
     }
 
     fn lease<'a>(
@@ -153,16 +160,7 @@ impl Accounts for PgAccounts {
     }
 
     fn flow<'a>(&'a self, id: &'a str) -> StoreFuture<'a, Option<OAuthFlow>> {
-        Box::pin(async move {
-            let body: Option<String> = self
-                .0
-                .run(|c| async move {
-                    let st = c.prepare_cached(FLOW).await?;
-                    Ok(c.query_opt(&st, &[&id]).await?.map(|r| r.get(0)))
-                })
-                .await?;
-            body.map(|b| decode("oauth_flows", id, &b)).transpose()
-        })
+        Box::pin(self.read(FLOW, "oauth_flows", id))
     }
 
     fn claim_flow<'a>(&'a self, id: &'a str, now_ms: u64) -> StoreFuture<'a, FlowClaim> {
